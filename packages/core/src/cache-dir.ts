@@ -1,0 +1,361 @@
+import { constants as fsConstants } from 'node:fs';
+import { lstat, mkdir, open, readdir, rename, stat, unlink, utimes, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import { BadDriverConfigurationError, CacheStorageError, ImageBeingCachedError } from './errors.js';
+import { isValidImageId, type ImageId } from './image-id.js';
+
+/** Where an image's file lives: the active set or one of the three sub-directories. */
+export type EntryStatus = 'active' | 'incomplete' | 'invalid' | 'queue';
+
+/** The sub-directories of a cache directory, as Glance names them. */
+export const SUBDIRECTORIES = ['incomplete', 'invalid', 'queue'] as const;
+
+/** What one directory scan knows about a file in the cache directory. */
+export interface EntryStat {
+  readonly imageId: ImageId;
+  /** Bytes. */
+  readonly size: number;
+  /** Modification time, epoch seconds (float, nanosecond source). */
+  readonly mtime: number;
+  /** Access time, epoch seconds (float, nanosecond source). */
+  readonly atime: number;
+  /** Modification time in nanoseconds since the epoch. */
+  readonly mtimeNs: bigint;
+  /** Access time in nanoseconds since the epoch. */
+  readonly atimeNs: bigint;
+}
+
+const NS_PER_S = 1_000_000_000n;
+
+/** Converts nanoseconds since the epoch to float seconds without losing the whole-second part. */
+export function nsToSeconds(ns: bigint): number {
+  return Number(ns / NS_PER_S) + Number(ns % NS_PER_S) / 1e9;
+}
+
+/** Incomplete files owned by live writers of this process (any CacheDirectory instance). */
+const liveWriters = new Set<string>();
+
+/** Strictly increasing queue-marker times for this process, so FIFO order survives coarse clocks. */
+let lastQueueTime = 0;
+
+/** True for a Node system error with one of `codes`. */
+export function isErrnoError(error: unknown, ...codes: string[]): error is NodeJS.ErrnoException {
+  return typeof error === 'object' && error !== null && codes.includes((error as NodeJS.ErrnoException).code ?? '');
+}
+
+/**
+ * Wraps an `fs` error as a {@link CacheStorageError} that names the operation,
+ * the path and what to do about the most common causes.
+ */
+export function storageError(operation: string, path: string, cause: unknown): CacheStorageError {
+  const code = (cause as NodeJS.ErrnoException | undefined)?.code;
+  const hint =
+    code === 'ENOSPC' || code === 'EDQUOT'
+      ? ': the filesystem is full; free space or lower the cache size budget and prune'
+      : code === 'EACCES' || code === 'EPERM'
+        ? ': permission denied; give the process read/write access to the cache directory'
+        : code === 'EROFS'
+          ? ': the filesystem is read-only'
+          : code === 'EMFILE' || code === 'ENFILE'
+            ? ': too many open files; raise the open-file limit'
+            : '';
+  const reason = cause instanceof Error ? cause.message : String(cause);
+  return new CacheStorageError(`${operation} failed for ${path} (${reason})${hint}`, { path, cause });
+}
+
+/**
+ * The cache-directory logic, written once and composed by every driver:
+ * paths, exclusive create, durable commit (fsync + atomic rename + directory
+ * fsync), rollback to `invalid/`, listings of real entries, the FIFO queue and
+ * reaping of stalled and invalid files.
+ *
+ * It validates nothing about ids: callers (the driver base class) validate at
+ * their public boundary. Listings skip names that are not valid ids, so the
+ * database, lock files, probes and junk never count as images.
+ */
+export class CacheDirectory {
+  /** The base directory: active entries live directly in it. */
+  readonly baseDir: string;
+  readonly #driverName: string;
+  readonly #reserved: readonly string[];
+
+  /**
+   * @param baseDir - the cache directory.
+   * @param options.driverName - used in error messages.
+   * @param options.reservedNames - extra file names in `baseDir` that are not entries (e.g. a DB file).
+   */
+  constructor(baseDir: string, options: { driverName: string; reservedNames?: readonly string[] }) {
+    this.baseDir = baseDir;
+    this.#driverName = options.driverName;
+    this.#reserved = options.reservedNames ?? [];
+  }
+
+  /** Extra reserved names given at construction. */
+  get reservedNames(): readonly string[] {
+    return this.#reserved;
+  }
+
+  /** The path of `id` in the given part of the cache. Pure: no I/O. */
+  path(id: ImageId, status: EntryStatus = 'active'): string {
+    return status === 'active' ? join(this.baseDir, id) : join(this.baseDir, status, id);
+  }
+
+  /** Path of one of the sub-directories, or of the base directory for `active`. */
+  dir(status: EntryStatus): string {
+    return status === 'active' ? this.baseDir : join(this.baseDir, status);
+  }
+
+  /** Creates the base directory and `incomplete/`, `invalid/`, `queue/`; refuses a base that is not a directory. */
+  async create(): Promise<void> {
+    try {
+      await mkdir(this.baseDir, { recursive: true });
+      for (const sub of SUBDIRECTORIES) await mkdir(join(this.baseDir, sub), { recursive: true });
+      for (const sub of ['', ...SUBDIRECTORIES]) {
+        const info = await stat(join(this.baseDir, sub));
+        if (!info.isDirectory()) throw Object.assign(new Error('not a directory'), { code: 'ENOTDIR' });
+      }
+    } catch (error) {
+      throw new BadDriverConfigurationError(
+        this.#driverName,
+        `cannot use cache directory ${this.baseDir}: ${(error as Error).message}. ` +
+          'Point cacheDir at a writable directory (it is created if missing).',
+        { path: this.baseDir, cause: error },
+      );
+    }
+  }
+
+  /** Stat of a regular file (symlinks and directories are not entries), or `undefined`. */
+  async statFile(id: ImageId, status: EntryStatus = 'active'): Promise<EntryStat | undefined> {
+    const path = this.path(id, status);
+    try {
+      const info = await lstat(path, { bigint: true });
+      return info.isFile() ? toEntryStat(id, info) : undefined;
+    } catch (error) {
+      if (isErrnoError(error, 'ENOENT', 'ENOTDIR')) return undefined;
+      throw storageError('stat', path, error);
+    }
+  }
+
+  /** True when a regular file for `id` exists in that part of the cache. */
+  async exists(id: ImageId, status: EntryStatus = 'active'): Promise<boolean> {
+    return (await this.statFile(id, status)) !== undefined;
+  }
+
+  /**
+   * Every entry of one part of the cache, sorted by id: regular files whose
+   * names are valid ids. One `readdir` and one `stat` per file; files that
+   * vanish during the scan are skipped.
+   */
+  async list(status: EntryStatus = 'active'): Promise<EntryStat[]> {
+    const dir = this.dir(status);
+    let names: string[];
+    try {
+      const dirents = await readdir(dir, { withFileTypes: true });
+      names = dirents
+        .filter((d) => d.isFile() && isValidImageId(d.name, this.#reserved))
+        .map((d) => d.name);
+    } catch (error) {
+      if (isErrnoError(error, 'ENOENT')) return [];
+      throw storageError('list', dir, error);
+    }
+    const stats = await mapLimit(names, 64, (name) => this.statFile(name, status));
+    return stats.filter((s): s is EntryStat => s !== undefined).sort((a, b) => compareIds(a.imageId, b.imageId));
+  }
+
+  /** Queued ids, oldest marker first; ties in marker time are broken by id. */
+  async listQueue(): Promise<ImageId[]> {
+    const markers = await this.list('queue');
+    return markers
+      .sort((a, b) => (a.mtimeNs < b.mtimeNs ? -1 : a.mtimeNs > b.mtimeNs ? 1 : compareIds(a.imageId, b.imageId)))
+      .map((m) => m.imageId);
+  }
+
+  /**
+   * Creates the zero-byte `queue/<id>` marker atomically (`wx`). Returns false
+   * when it already exists. The marker's mtime is set strictly later than any
+   * earlier marker of this process, so FIFO order holds on coarse clocks too.
+   */
+  async createQueueMarker(id: ImageId): Promise<boolean> {
+    const path = this.path(id, 'queue');
+    let handle: FileHandle;
+    try {
+      handle = await open(path, 'wx');
+    } catch (error) {
+      if (isErrnoError(error, 'EEXIST')) return false;
+      throw storageError('queue', path, error);
+    }
+    try {
+      const now = Date.now() / 1000;
+      lastQueueTime = now > lastQueueTime ? now : lastQueueTime + 1e-6;
+      await handle.utimes(lastQueueTime, lastQueueTime);
+    } finally {
+      await handle.close();
+    }
+    return true;
+  }
+
+  /** Deletes one file; false when it was not there. */
+  async remove(id: ImageId, status: EntryStatus = 'active'): Promise<boolean> {
+    const path = this.path(id, status);
+    try {
+      const info = await lstat(path);
+      if (!info.isFile()) return false;
+      await unlink(path);
+      return true;
+    } catch (error) {
+      if (isErrnoError(error, 'ENOENT')) return false;
+      throw storageError('delete', path, error);
+    }
+  }
+
+  /** Deletes every entry of one part of the cache and returns how many files it deleted. */
+  async removeAll(status: EntryStatus): Promise<number> {
+    const entries = await this.list(status);
+    let removed = 0;
+    for (const entry of entries) if (await this.remove(entry.imageId, status)) removed++;
+    return removed;
+  }
+
+  /**
+   * Creates `incomplete/<id>` exclusively and registers it as owned by a live
+   * writer of this process. A second writer gets {@link ImageBeingCachedError}.
+   */
+  async openIncomplete(id: ImageId): Promise<FileHandle> {
+    const path = this.path(id, 'incomplete');
+    try {
+      const handle = await open(path, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL, 0o644);
+      liveWriters.add(path);
+      return handle;
+    } catch (error) {
+      if (isErrnoError(error, 'EEXIST')) throw new ImageBeingCachedError(id, path, error);
+      throw storageError('create', path, error);
+    }
+  }
+
+  /** Forgets that this process writes `incomplete/<id>` (after commit or rollback). */
+  releaseIncomplete(id: ImageId): void {
+    liveWriters.delete(this.path(id, 'incomplete'));
+  }
+
+  /** True while a writer of this process owns `incomplete/<id>`. */
+  isLiveWriter(id: ImageId): boolean {
+    return liveWriters.has(this.path(id, 'incomplete'));
+  }
+
+  /**
+   * Makes the incomplete file durable and active: fsync the data, rename
+   * `incomplete/<id>` over `<id>` atomically, fsync the base directory so the
+   * rename survives a crash. Returns the committed file's stat.
+   */
+  async promote(id: ImageId, handle: FileHandle): Promise<EntryStat> {
+    const from = this.path(id, 'incomplete');
+    const to = this.path(id, 'active');
+    try {
+      await handle.sync();
+    } catch (error) {
+      throw storageError('fsync', from, error);
+    }
+    try {
+      await rename(from, to);
+    } catch (error) {
+      throw storageError('rename', `${from} -> ${to}`, error);
+    }
+    await this.syncDir('active');
+    const info = await this.statFile(id, 'active');
+    if (info === undefined) throw storageError('stat', to, new Error('committed file vanished'));
+    return info;
+  }
+
+  /**
+   * Moves a file to `invalid/<id>` (replacing an older one). Missing source is
+   * fine (returns false): the file was already reaped or moved.
+   */
+  async moveToInvalid(id: ImageId, from: 'incomplete' | 'active'): Promise<boolean> {
+    const source = this.path(id, from);
+    try {
+      await rename(source, this.path(id, 'invalid'));
+      return true;
+    } catch (error) {
+      if (isErrnoError(error, 'ENOENT')) return false;
+      throw storageError('move to invalid', source, error);
+    }
+  }
+
+  /** fsync of a directory, so renames and unlinks in it are durable. */
+  async syncDir(status: EntryStatus): Promise<void> {
+    const dir = this.dir(status);
+    let handle: FileHandle | undefined;
+    try {
+      handle = await open(dir, 'r');
+      await handle.sync();
+    } catch (error) {
+      // Some filesystems refuse fsync on directories; the rename is still atomic.
+      if (!isErrnoError(error, 'EINVAL', 'EISDIR', 'ENOTSUP', 'EOPNOTSUPP')) throw storageError('fsync', dir, error);
+    } finally {
+      await handle?.close();
+    }
+  }
+
+  /** Deletes every file in `invalid/`. A file that cannot be deleted is counted in `errors`, not fatal. */
+  async reapInvalid(): Promise<ReapResult> {
+    return this.#reap('invalid', () => true);
+  }
+
+  /**
+   * Deletes files in `incomplete/` whose mtime is older than `stallSeconds`
+   * (every one at 0), except those a live writer of this process owns.
+   */
+  async reapStalled(stallSeconds: number): Promise<ReapResult> {
+    const threshold = Date.now() / 1000 - stallSeconds;
+    return this.#reap('incomplete', (entry) => !this.isLiveWriter(entry.imageId) && (stallSeconds <= 0 || entry.mtime < threshold));
+  }
+
+  async #reap(status: 'invalid' | 'incomplete', select: (entry: EntryStat) => boolean): Promise<ReapResult> {
+    const result: ReapResult = { removed: [], errors: [] };
+    for (const entry of await this.list(status)) {
+      if (!select(entry)) continue;
+      try {
+        if (await this.remove(entry.imageId, status)) result.removed.push(entry.imageId);
+      } catch (error) {
+        result.errors.push(error as Error);
+      }
+    }
+    return result;
+  }
+}
+
+/** What a reap did. */
+export interface ReapResult {
+  removed: ImageId[];
+  errors: Error[];
+}
+
+function toEntryStat(imageId: ImageId, info: import('node:fs').BigIntStats): EntryStat {
+  return {
+    imageId,
+    size: Number(info.size),
+    mtimeNs: info.mtimeNs,
+    atimeNs: info.atimeNs,
+    mtime: nsToSeconds(info.mtimeNs),
+    atime: nsToSeconds(info.atimeNs),
+  };
+}
+
+/** Orders ids by code unit, as SQLite's default `ORDER BY` on TEXT does for ASCII ids. */
+export function compareIds(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+/** `Promise.all` over `items` with at most `limit` calls in flight. */
+export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const results = new Array<R>(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      results[i] = await fn(items[i] as T);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return results;
+}

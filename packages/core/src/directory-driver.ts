@@ -1,0 +1,401 @@
+import { constants as fsConstants } from 'node:fs';
+import { open, type FileHandle } from 'node:fs/promises';
+import type { Readable } from 'node:stream';
+import { CacheDirectory, isErrnoError, storageError, type EntryStat, type EntryStatus } from './cache-dir.js';
+import { nowSeconds } from './clock.js';
+import type {
+  CachedImage,
+  CacheDriver,
+  CacheWriter,
+  CleanReport,
+  DriverCapabilities,
+  LeastRecentlyAccessed,
+} from './driver.js';
+import { CacheError, CacheStorageError, DriverNotOpenError, ImageNotCachedError, InvalidArgumentError } from './errors.js';
+import { assertImageId, type ImageId } from './image-id.js';
+import { CacheReadStream, CacheWriteStream } from './streams.js';
+
+/** Default age (seconds) after which `clean()` deletes an incomplete file, as in Glance. */
+export const DEFAULT_STALL_TIME = 86_400;
+
+/** A problem a driver reports without failing the call (e.g. a hit it could not record). */
+export interface CacheWarning {
+  code: 'CACHE_HIT_NOT_RECORDED' | 'CACHE_ROLLBACK_INCOMPLETE' | 'CACHE_CLEAN_FAILED';
+  message: string;
+  imageId?: ImageId;
+  cause?: unknown;
+}
+
+/** Options every directory-based driver takes. */
+export interface DirectoryDriverOptions {
+  /** The cache directory; created by `configure()` if missing. */
+  cacheDir: string;
+  /**
+   * Receives non-fatal problems (a hit that could not be recorded, a rollback
+   * that left a file behind).
+   * @default process.emitWarning
+   */
+  onWarning?: (warning: CacheWarning) => void;
+}
+
+/** Per-entry metadata a driver keeps; sizes always come from the file itself. */
+export interface ImageMetadata {
+  hits: number;
+  lastAccessed: number;
+  lastModified: number;
+}
+
+/** What a driver records when an entry is committed. */
+export interface CommitInfo {
+  /** Bytes of the committed file. */
+  size: number;
+  /** Commit time, epoch seconds; also the first `lastAccessed`. */
+  time: number;
+  /** Verified digest, when the writer was given one (`sha256:<hex>`, or md5 hex). */
+  checksum: string | undefined;
+}
+
+const STATUSES: readonly EntryStatus[] = ['active', 'incomplete', 'invalid', 'queue'];
+
+/**
+ * Orders entries for eviction: least recently accessed first; ties broken by
+ * older commit, then by id. Every driver and the facade use this one rule.
+ */
+export function compareByRecency(
+  a: Pick<CachedImage, 'imageId' | 'lastAccessed' | 'lastModified'>,
+  b: Pick<CachedImage, 'imageId' | 'lastAccessed' | 'lastModified'>,
+): number {
+  return (
+    a.lastAccessed - b.lastAccessed ||
+    a.lastModified - b.lastModified ||
+    (a.imageId < b.imageId ? -1 : a.imageId > b.imageId ? 1 : 0)
+  );
+}
+
+/**
+ * The shared implementation of {@link CacheDriver}: lifecycle guard, id
+ * validation at every public call, and all file handling through
+ * {@link CacheDirectory}. A concrete driver adds only where metadata lives, by
+ * implementing the protected hooks.
+ *
+ * Files are the truth: an entry exists when its active file does. Listings
+ * come from one directory scan merged with the driver's metadata; a file with
+ * no metadata is listed with 0 hits and its mtime as access time, metadata
+ * with no file is not listed (and `clean()` reconciles both).
+ */
+export abstract class DirectoryCacheDriver implements CacheDriver {
+  abstract readonly name: string;
+  readonly capabilities: DriverCapabilities = { xattr: false, atime: false };
+  /** The cache-directory logic this driver composes. */
+  protected readonly dir: CacheDirectory;
+  readonly #onWarning: (warning: CacheWarning) => void;
+  #state: 'new' | 'open' | 'closed' = 'new';
+  #configuring: Promise<void> | undefined;
+
+  /**
+   * @param options - the cache directory and warning sink.
+   * @param reservedNames - file names in the cache directory that belong to the driver (e.g. its database).
+   */
+  constructor(options: DirectoryDriverOptions, reservedNames: readonly string[] = []) {
+    if (typeof options?.cacheDir !== 'string' || options.cacheDir.length === 0) {
+      throw new InvalidArgumentError('cacheDir is required: pass { cacheDir: "/path/to/cache" }');
+    }
+    this.dir = new CacheDirectory(options.cacheDir, { driverName: new.target.name, reservedNames });
+    this.#onWarning = options.onWarning ?? defaultWarning;
+  }
+
+  get cacheDir(): string {
+    return this.dir.baseDir;
+  }
+
+  // ---- hooks for concrete drivers -------------------------------------------------
+
+  /** Opens the metadata store and probes what it needs; throw `BadDriverConfigurationError` to refuse. */
+  protected abstract openMetadata(): Promise<void>;
+  /** Releases the metadata store. */
+  protected abstract closeMetadata(): Promise<void>;
+  /** Records a committed entry (after the file is durable and active). Throwing rolls the commit back. */
+  protected abstract recordCommit(id: ImageId, info: CommitInfo): Promise<void>;
+  /** Records a completed read: one more hit, last access `time`. */
+  protected abstract recordHit(id: ImageId, time: number): Promise<void>;
+  /** Metadata for the given entries (missing ones are treated as 0 hits, mtime access). */
+  protected abstract readMetadata(entries: readonly EntryStat[]): Promise<Map<ImageId, ImageMetadata>>;
+  /** Forgets one entry's metadata (delete, rollback). */
+  protected abstract forgetImage(id: ImageId): Promise<void>;
+  /** Forgets every entry's metadata. */
+  protected abstract forgetAllImages(): Promise<void>;
+  /** Runs on the incomplete file just before it is made durable and active (e.g. set attributes on it). */
+  protected async prepareCommit(_id: ImageId, _incompletePath: string, _info: CommitInfo): Promise<void> {}
+  /** Runs on the incomplete file before it moves to `invalid/`; by default forgets the id's metadata. */
+  protected async prepareRollback(id: ImageId, _incompletePath: string, _reason: Error): Promise<void> {
+    await this.forgetImage(id);
+  }
+  /** Makes metadata agree with the active files (during `clean()`). */
+  protected async reconcile(_entries: readonly EntryStat[]): Promise<{ orphanRecords: number; adoptedFiles: number }> {
+    return { orphanRecords: 0, adoptedFiles: 0 };
+  }
+
+  /** Reports a non-fatal problem. */
+  protected warn(warning: CacheWarning): void {
+    try {
+      this.#onWarning(warning);
+    } catch {
+      // A broken warning sink must not break the cache.
+    }
+  }
+
+  // ---- lifecycle ------------------------------------------------------------------
+
+  async configure(): Promise<void> {
+    if (this.#state === 'open') return;
+    if (this.#state === 'closed') throw new DriverNotOpenError(this.name, 'closed');
+    this.#configuring ??= (async () => {
+      try {
+        await this.dir.create();
+        await this.openMetadata();
+        this.#state = 'open';
+      } finally {
+        this.#configuring = undefined;
+      }
+    })();
+    return this.#configuring;
+  }
+
+  async close(): Promise<void> {
+    if (this.#state === 'closed') return;
+    const wasOpen = this.#state === 'open';
+    this.#state = 'closed';
+    if (wasOpen) await this.closeMetadata();
+  }
+
+  /** Validates the id (`InvalidImageIdError`), then that the driver is open (`DriverNotOpenError`). */
+  protected guard(id: unknown): asserts id is ImageId {
+    assertImageId(id, this.dir.reservedNames);
+    this.guardOpen();
+  }
+
+  /** Throws `DriverNotOpenError` unless `configure()` has completed and `close()` has not been called. */
+  protected guardOpen(): void {
+    if (this.#state !== 'open') throw new DriverNotOpenError(this.name, this.#state === 'closed' ? 'closed' : 'new');
+  }
+
+  // ---- queries --------------------------------------------------------------------
+
+  async isCached(id: ImageId): Promise<boolean> {
+    this.guard(id);
+    return this.dir.exists(id, 'active');
+  }
+
+  async isBeingCached(id: ImageId): Promise<boolean> {
+    this.guard(id);
+    return this.dir.exists(id, 'incomplete');
+  }
+
+  async isCacheable(id: ImageId): Promise<boolean> {
+    this.guard(id);
+    return !(await this.dir.exists(id, 'active')) && !(await this.dir.exists(id, 'incomplete'));
+  }
+
+  async isQueued(id: ImageId): Promise<boolean> {
+    this.guard(id);
+    return this.dir.exists(id, 'queue');
+  }
+
+  async getCachedImages(): Promise<CachedImage[]> {
+    this.guardOpen();
+    const entries = await this.dir.list('active');
+    const metadata = await this.readMetadata(entries);
+    return entries.map((entry) => toRecord(entry, metadata.get(entry.imageId)));
+  }
+
+  async getCacheSize(): Promise<number> {
+    this.guardOpen();
+    const entries = await this.dir.list('active');
+    return entries.reduce((sum, entry) => sum + entry.size, 0);
+  }
+
+  async getImageSize(id: ImageId): Promise<number> {
+    this.guard(id);
+    const entry = await this.dir.statFile(id, 'active');
+    if (entry === undefined) throw new ImageNotCachedError(id, this.dir.path(id));
+    return entry.size;
+  }
+
+  async getHitCount(id: ImageId): Promise<number> {
+    this.guard(id);
+    const entry = await this.dir.statFile(id, 'active');
+    if (entry === undefined) return 0;
+    const metadata = await this.readMetadata([entry]);
+    return metadata.get(id)?.hits ?? 0;
+  }
+
+  async getLeastRecentlyAccessed(): Promise<LeastRecentlyAccessed | null> {
+    const images = await this.getCachedImages();
+    let least: CachedImage | undefined;
+    for (const image of images) if (least === undefined || compareByRecency(image, least) < 0) least = image;
+    return least === undefined ? null : { imageId: least.imageId, size: least.size };
+  }
+
+  getImageFilepath(id: ImageId, status: EntryStatus = 'active'): string {
+    assertImageId(id, this.dir.reservedNames);
+    if (!STATUSES.includes(status)) {
+      throw new InvalidArgumentError(`unknown cache status '${String(status)}': use one of ${STATUSES.join(', ')}`);
+    }
+    return this.dir.path(id, status);
+  }
+
+  // ---- queue ----------------------------------------------------------------------
+
+  async queueImage(id: ImageId): Promise<boolean> {
+    this.guard(id);
+    if ((await this.dir.exists(id, 'active')) || (await this.dir.exists(id, 'incomplete'))) return false;
+    return this.dir.createQueueMarker(id);
+  }
+
+  async getQueuedImages(): Promise<ImageId[]> {
+    this.guardOpen();
+    return this.dir.listQueue();
+  }
+
+  async deleteQueuedImage(id: ImageId): Promise<void> {
+    this.guard(id);
+    await this.dir.remove(id, 'queue');
+  }
+
+  async deleteAllQueuedImages(): Promise<number> {
+    this.guardOpen();
+    return this.dir.removeAll('queue');
+  }
+
+  // ---- deletes and clean ----------------------------------------------------------
+
+  async deleteCachedImage(id: ImageId): Promise<void> {
+    this.guard(id);
+    await this.dir.remove(id, 'active');
+    await this.forgetImage(id);
+  }
+
+  async deleteAllCachedImages(): Promise<number> {
+    this.guardOpen();
+    const removed = await this.dir.removeAll('active');
+    await this.forgetAllImages();
+    return removed;
+  }
+
+  async clean(stallTimeSeconds: number = DEFAULT_STALL_TIME): Promise<CleanReport> {
+    this.guardOpen();
+    if (typeof stallTimeSeconds !== 'number' || !(stallTimeSeconds >= 0)) {
+      throw new InvalidArgumentError(`stall time must be a number of seconds >= 0, got ${String(stallTimeSeconds)}`);
+    }
+    const invalid = await this.dir.reapInvalid();
+    const stalled = await this.dir.reapStalled(stallTimeSeconds);
+    const { orphanRecords, adoptedFiles } = await this.reconcile(await this.dir.list('active'));
+    const errors = [...invalid.errors, ...stalled.errors];
+    for (const error of errors) this.warn({ code: 'CACHE_CLEAN_FAILED', message: error.message, cause: error });
+    return { invalid: invalid.removed.length, stalled: stalled.removed.length, orphanRecords, adoptedFiles, errors };
+  }
+
+  // ---- reads and writes -----------------------------------------------------------
+
+  async openForRead(id: ImageId): Promise<Readable> {
+    this.guard(id);
+    const path = this.dir.path(id, 'active');
+    let handle: FileHandle;
+    try {
+      handle = await open(path, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW);
+    } catch (error) {
+      if (isErrnoError(error, 'ENOENT', 'ELOOP', 'ENOTDIR')) throw new ImageNotCachedError(id, path, error);
+      throw storageError('open', path, error);
+    }
+    const info = await handle.stat().catch((error: unknown) => error as Error);
+    if (info instanceof Error || !info.isFile()) {
+      await handle.close();
+      if (info instanceof Error) throw storageError('stat', path, info);
+      throw new ImageNotCachedError(id, path);
+    }
+    return new CacheReadStream(id, handle, async () => {
+      try {
+        await this.recordHit(id, nowSeconds());
+      } catch (error) {
+        this.warn({
+          code: 'CACHE_HIT_NOT_RECORDED',
+          message: `[${this.name}] could not record a hit for '${id}': ${(error as Error).message}`,
+          imageId: id,
+          cause: error,
+        });
+      }
+    });
+  }
+
+  async openForWrite(id: ImageId): Promise<CacheWriter> {
+    this.guard(id);
+    const handle = await this.dir.openIncomplete(id);
+    return new CacheWriteStream(id, handle, {
+      commit: (h, checksum) => this.#commit(id, h, checksum),
+      rollback: (h, reason) => this.#rollback(id, h, reason),
+    });
+  }
+
+  async #commit(id: ImageId, handle: FileHandle, checksum: string | undefined): Promise<void> {
+    const incompletePath = this.dir.path(id, 'incomplete');
+    let info: CommitInfo;
+    try {
+      const { size } = await handle.stat();
+      info = { size, time: nowSeconds(), checksum };
+      await this.prepareCommit(id, incompletePath, info);
+      await this.dir.promote(id, handle);
+    } catch (error) {
+      await this.#rollback(id, handle, error as Error);
+      throw error;
+    }
+    await handle.close().catch(() => undefined);
+    this.dir.releaseIncomplete(id);
+    try {
+      await this.recordCommit(id, info);
+    } catch (error) {
+      // No active file without its metadata: take the file back out.
+      await this.dir.moveToInvalid(id, 'active').catch(() => undefined);
+      await this.forgetImage(id).catch(() => undefined);
+      throw CacheError.isCacheError(error)
+        ? error
+        : new CacheStorageError(`[${this.name}] could not record the commit of '${id}': ${(error as Error).message}`, {
+            cause: error,
+          });
+    }
+    await this.dir.remove(id, 'queue');
+  }
+
+  async #rollback(id: ImageId, handle: FileHandle, reason: Error): Promise<void> {
+    await handle.close().catch(() => undefined);
+    const incompletePath = this.dir.path(id, 'incomplete');
+    try {
+      await this.prepareRollback(id, incompletePath, reason);
+    } catch (error) {
+      this.warn({
+        code: 'CACHE_ROLLBACK_INCOMPLETE',
+        message: `[${this.name}] rollback of '${id}' could not update metadata: ${(error as Error).message}`,
+        imageId: id,
+        cause: error,
+      });
+    }
+    try {
+      await this.dir.moveToInvalid(id, 'incomplete');
+    } finally {
+      this.dir.releaseIncomplete(id);
+    }
+  }
+}
+
+function toRecord(entry: EntryStat, metadata: ImageMetadata | undefined): CachedImage {
+  return {
+    imageId: entry.imageId,
+    hits: metadata?.hits ?? 0,
+    lastAccessed: metadata?.lastAccessed ?? entry.mtime,
+    lastModified: metadata?.lastModified ?? entry.mtime,
+    size: entry.size,
+  };
+}
+
+function defaultWarning(warning: CacheWarning): void {
+  process.emitWarning(warning.message, { code: warning.code });
+}

@@ -1,0 +1,118 @@
+import type { Readable, Writable } from 'node:stream';
+import type { EntryStatus } from './cache-dir.js';
+import type { ImageId } from './image-id.js';
+
+/** One cached image, as every driver lists it. Times are epoch seconds (float). */
+export interface CachedImage {
+  imageId: ImageId;
+  /** Completed reads since the entry was committed. */
+  hits: number;
+  /** Last completed read, or the commit time if never read. */
+  lastAccessed: number;
+  /** Commit time. */
+  lastModified: number;
+  /** Bytes on disk. */
+  size: number;
+}
+
+/** The least recently accessed entry: the next one prune evicts. */
+export interface LeastRecentlyAccessed {
+  imageId: ImageId;
+  size: number;
+}
+
+/** What `clean()` did. */
+export interface CleanReport {
+  /** Files deleted from `invalid/`. */
+  invalid: number;
+  /** Files deleted from `incomplete/` (stalled writes). */
+  stalled: number;
+  /** Metadata records deleted because their file was gone. */
+  orphanRecords: number;
+  /** Metadata records created for files that had none. */
+  adoptedFiles: number;
+  /** Files that could not be deleted (the clean goes on past each one). */
+  errors: Error[];
+}
+
+/** What a filesystem must offer for a driver to work. */
+export interface DriverCapabilities {
+  /** The driver stores metadata in `user.*` extended attributes. */
+  xattr: boolean;
+  /** The driver relies on every read updating atime (strictatime). */
+  atime: boolean;
+}
+
+/**
+ * The writable end of a cache write, from {@link CacheDriver.openForWrite}.
+ * Finishing it commits the entry; an error or `destroy(err)` rolls it back.
+ */
+export interface CacheWriter extends Writable {
+  /** The image being written. */
+  readonly imageId: ImageId;
+  /** Bytes accepted so far. */
+  readonly bytesWritten: number;
+  /**
+   * Records a verified digest (e.g. `sha256:<hex>`, or a bare md5 hex for Glance)
+   * to store with the entry at commit. Call before `end()`.
+   */
+  setChecksum(checksum: string): void;
+}
+
+/**
+ * The contract every metadata driver implements: Glance's driver methods in
+ * camelCase, all async. Ids are validated by every method; an invalid id
+ * rejects with `InvalidImageIdError` and touches nothing on disk.
+ */
+export interface CacheDriver {
+  /** Short driver name, used in messages (e.g. `sqlite`). */
+  readonly name: string;
+  /** The cache directory. */
+  readonly cacheDir: string;
+  /** Filesystem capabilities this driver needs. */
+  readonly capabilities: DriverCapabilities;
+
+  /** Creates the directories, opens the metadata store, probes the filesystem. Throws `BadDriverConfigurationError`. */
+  configure(): Promise<void>;
+  /** Releases handles. Idempotent. */
+  close(): Promise<void>;
+
+  /** An active entry exists. */
+  isCached(id: ImageId): Promise<boolean>;
+  /** An `incomplete/` file exists. */
+  isBeingCached(id: ImageId): Promise<boolean>;
+  /** Neither cached nor being cached (a check only: nothing is reserved). */
+  isCacheable(id: ImageId): Promise<boolean>;
+  /** A queue marker exists. */
+  isQueued(id: ImageId): Promise<boolean>;
+  /** Queues the id for prefetch; false when cached, being cached or already queued. */
+  queueImage(id: ImageId): Promise<boolean>;
+  /** Queued ids, oldest first. */
+  getQueuedImages(): Promise<ImageId[]>;
+  /** Every active entry, sorted by id. */
+  getCachedImages(): Promise<CachedImage[]>;
+  /** Sum of the sizes of the active entries, in bytes. */
+  getCacheSize(): Promise<number>;
+  /** Size of an active entry; `ImageNotCachedError` when there is none. */
+  getImageSize(id: ImageId): Promise<number>;
+  /** Completed reads of an active entry; 0 when not cached. */
+  getHitCount(id: ImageId): Promise<number>;
+  /** The entry prune evicts next (oldest access, then oldest commit, then id), or null when empty. */
+  getLeastRecentlyAccessed(): Promise<LeastRecentlyAccessed | null>;
+  /** Opens an exclusive writer; see {@link CacheWriter}. `ImageBeingCachedError` when another writer has the id. */
+  openForWrite(id: ImageId): Promise<CacheWriter>;
+  /** Opens an active entry for reading; a hit is recorded when the read completes. `ImageNotCachedError` when absent. */
+  openForRead(id: ImageId): Promise<Readable>;
+  /** Deletes an active entry and its metadata; no-op when absent. */
+  deleteCachedImage(id: ImageId): Promise<void>;
+  /** Deletes every active entry; returns how many files were deleted. */
+  deleteAllCachedImages(): Promise<number>;
+  /** Removes a queue marker; no-op when absent. */
+  deleteQueuedImage(id: ImageId): Promise<void>;
+  /** Removes every queue marker; returns how many. */
+  deleteAllQueuedImages(): Promise<number>;
+  /** Deletes invalid files and incomplete files older than `stallTimeSeconds`, and reconciles metadata with files. */
+  clean(stallTimeSeconds?: number): Promise<CleanReport>;
+  /** The path of an id's file in one part of the cache (no I/O). */
+  getImageFilepath(id: ImageId, status?: EntryStatus): string;
+}

@@ -1,0 +1,176 @@
+/**
+ * Typed errors of the image cache. Every error carries a stable `code`; compare
+ * codes (or use the static `isInstance`), never messages: messages may change.
+ *
+ * @packageDocumentation
+ */
+
+const MARKER = Symbol.for('@cache/core.error');
+
+/** Stable error codes, one per error class. */
+export const ErrorCodes = {
+  BAD_DRIVER_CONFIGURATION: 'CACHE_BAD_DRIVER_CONFIGURATION',
+  INVALID_IMAGE_ID: 'CACHE_INVALID_IMAGE_ID',
+  INVALID_ARGUMENT: 'CACHE_INVALID_ARGUMENT',
+  IMAGE_NOT_CACHED: 'CACHE_IMAGE_NOT_CACHED',
+  IMAGE_BEING_CACHED: 'CACHE_IMAGE_BEING_CACHED',
+  CHECKSUM_MISMATCH: 'CACHE_CHECKSUM_MISMATCH',
+  STORAGE: 'CACHE_STORAGE_ERROR',
+  DRIVER_NOT_OPEN: 'CACHE_DRIVER_NOT_OPEN',
+} as const;
+
+/** One of the values of {@link ErrorCodes}. */
+export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
+
+/** Options common to every cache error. */
+export interface CacheErrorOptions {
+  /** The lower-level error that caused this one (an `fs` or database error). */
+  cause?: unknown;
+  /** The file or directory the error is about, when there is one. */
+  path?: string;
+}
+
+/**
+ * Base class of every error thrown by `@cache/*` packages.
+ *
+ * `CacheError.isInstance(err)` works across two installed copies of the
+ * package, where `instanceof` does not.
+ */
+export class CacheError extends Error {
+  /** Stable machine-readable code. */
+  readonly code: ErrorCode;
+  /** The path the error is about, if any. */
+  readonly path: string | undefined;
+
+  constructor(code: ErrorCode, message: string, options: CacheErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.code = code;
+    this.path = options.path;
+    Object.defineProperty(this, MARKER, { value: true });
+  }
+
+  override get name(): string {
+    return this.constructor.name;
+  }
+
+  /** True for any cache error (from any copy of this package), optionally of one `code`. */
+  static isCacheError(error: unknown, code?: ErrorCode): error is CacheError {
+    return (
+      typeof error === 'object' &&
+      error !== null &&
+      (error as Record<symbol, unknown>)[MARKER] === true &&
+      (code === undefined || (error as CacheError).code === code)
+    );
+  }
+}
+
+/** Defines `static isInstance()` for a subclass with a fixed code. */
+function codeGuard<T extends CacheError>(code: ErrorCode) {
+  return (error: unknown): error is T => CacheError.isCacheError(error, code);
+}
+
+/** A driver cannot work with its options or on this filesystem. Thrown by `configure()`. */
+export class BadDriverConfigurationError extends CacheError {
+  /** Name of the driver that refused. */
+  readonly driver: string;
+  constructor(driver: string, reason: string, options: CacheErrorOptions = {}) {
+    super(ErrorCodes.BAD_DRIVER_CONFIGURATION, `[${driver}] bad driver configuration: ${reason}`, options);
+    this.driver = driver;
+  }
+  static isInstance = codeGuard<BadDriverConfigurationError>(ErrorCodes.BAD_DRIVER_CONFIGURATION);
+}
+
+/** An image id that cannot be a cache entry (path separators, reserved names, too long...). */
+export class InvalidImageIdError extends CacheError {
+  /** The rejected id, as given (possibly not a string). */
+  readonly imageId: unknown;
+  constructor(imageId: unknown, reason: string) {
+    super(
+      ErrorCodes.INVALID_IMAGE_ID,
+      `invalid image id ${describeId(imageId)}: ${reason}. Use one path segment of at most 255 bytes, ` +
+        `not starting with '.', without '/', '\\' or NUL, and not a reserved name.`,
+    );
+    this.imageId = imageId;
+  }
+  static isInstance = codeGuard<InvalidImageIdError>(ErrorCodes.INVALID_IMAGE_ID);
+}
+
+/** A call got an argument it cannot use (a malformed checksum, a negative size...). */
+export class InvalidArgumentError extends CacheError {
+  constructor(message: string) {
+    super(ErrorCodes.INVALID_ARGUMENT, message);
+  }
+  static isInstance = codeGuard<InvalidArgumentError>(ErrorCodes.INVALID_ARGUMENT);
+}
+
+/** The image has no active entry in the cache. */
+export class ImageNotCachedError extends CacheError {
+  readonly imageId: string;
+  constructor(imageId: string, path: string, cause?: unknown) {
+    super(ErrorCodes.IMAGE_NOT_CACHED, `image '${imageId}' is not cached (no file at ${path})`, { path, cause });
+    this.imageId = imageId;
+  }
+  static isInstance = codeGuard<ImageNotCachedError>(ErrorCodes.IMAGE_NOT_CACHED);
+}
+
+/** Another writer is caching this image right now (its `incomplete/` file exists). */
+export class ImageBeingCachedError extends CacheError {
+  readonly imageId: string;
+  constructor(imageId: string, path: string, cause?: unknown) {
+    super(
+      ErrorCodes.IMAGE_BEING_CACHED,
+      `image '${imageId}' is being cached by another writer (${path} exists); serve it from the source ` +
+        `or wait. A stalled file is removed by clean() after the stall time.`,
+      { path, cause },
+    );
+    this.imageId = imageId;
+  }
+  static isInstance = codeGuard<ImageBeingCachedError>(ErrorCodes.IMAGE_BEING_CACHED);
+}
+
+/** The bytes did not hash to the expected digest; nothing was committed. */
+export class ChecksumMismatchError extends CacheError {
+  readonly imageId: string;
+  readonly algorithm: string;
+  readonly expected: string;
+  readonly actual: string;
+  constructor(imageId: string, algorithm: string, expected: string, actual: string) {
+    super(
+      ErrorCodes.CHECKSUM_MISMATCH,
+      `checksum verification failed for image '${imageId}': expected ${algorithm} ${expected}, got ${actual}. ` +
+        `The data was not cached; check the source.`,
+    );
+    this.imageId = imageId;
+    this.algorithm = algorithm;
+    this.expected = expected;
+    this.actual = actual;
+  }
+  static isInstance = codeGuard<ChecksumMismatchError>(ErrorCodes.CHECKSUM_MISMATCH);
+}
+
+/** The filesystem or the metadata store failed (disk full, I/O error, corrupt database...). */
+export class CacheStorageError extends CacheError {
+  constructor(message: string, options: CacheErrorOptions = {}) {
+    super(ErrorCodes.STORAGE, message, options);
+  }
+  static isInstance = codeGuard<CacheStorageError>(ErrorCodes.STORAGE);
+}
+
+/** A driver was used before `configure()` or after `close()`. */
+export class DriverNotOpenError extends CacheError {
+  constructor(driver: string, state: 'new' | 'closed') {
+    super(
+      ErrorCodes.DRIVER_NOT_OPEN,
+      state === 'new'
+        ? `[${driver}] driver is not configured: call and await configure() first (ImageCache.open does it)`
+        : `[${driver}] driver is closed: open a new driver`,
+    );
+  }
+  static isInstance = codeGuard<DriverNotOpenError>(ErrorCodes.DRIVER_NOT_OPEN);
+}
+
+function describeId(id: unknown): string {
+  if (typeof id !== 'string') return `(${id === null ? 'null' : typeof id})`;
+  const shown = id.length > 64 ? `${id.slice(0, 64)}...` : id;
+  return JSON.stringify(shown);
+}

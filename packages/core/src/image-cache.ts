@@ -1,0 +1,483 @@
+import { createReadStream } from 'node:fs';
+import type { Hash } from 'node:crypto';
+import { Readable, Transform, type TransformCallback } from 'node:stream';
+import { finished, pipeline } from 'node:stream/promises';
+import type { EntryStatus } from './cache-dir.js';
+import {
+  createChecksumHash,
+  formatChecksum,
+  normalizeChecksum,
+  type Checksum,
+  type NormalizedChecksum,
+} from './checksum.js';
+import { compareByRecency, DEFAULT_STALL_TIME } from './directory-driver.js';
+import type { CachedImage, CacheDriver, CacheWriter, CleanReport, LeastRecentlyAccessed } from './driver.js';
+import {
+  BadDriverConfigurationError,
+  ChecksumMismatchError,
+  ImageBeingCachedError,
+  InvalidArgumentError,
+} from './errors.js';
+import { assertImageId, type ImageId } from './image-id.js';
+
+/** Glance's default cache budget: 10 GiB. */
+export const DEFAULT_MAX_SIZE = 10 * 1024 ** 3;
+
+/** Where image bytes come from: a stream, any async iterable of bytes, or a file path. */
+export type ImageSource = Readable | AsyncIterable<Uint8Array> | string;
+
+/** Options of {@link ImageCache.open}. */
+export interface ImageCacheOptions {
+  /** The metadata driver; `open` configures it. */
+  driver: CacheDriver;
+  /** Byte budget that `prune()` enforces. @default 10 GiB */
+  maxSize?: number;
+  /** Seconds after which `clean()` deletes an incomplete file. @default 86400 */
+  stallTime?: number;
+  /** Called when caching failed but the client's stream went on (disk full, driver error). */
+  onCacheError?: (error: Error, imageId: ImageId) => void;
+}
+
+/** Options for writing an image into the cache. */
+export interface CacheImageOptions {
+  /** Expected digest; a mismatch rejects with `ChecksumMismatchError` and nothing is committed. */
+  checksum?: Checksum;
+}
+
+/** What `prune()` evicted. */
+export interface PruneResult {
+  files: number;
+  bytes: number;
+}
+
+/** How a caching stream's cache write ended. */
+export interface CachingOutcome {
+  /**
+   * - `committed`: the entry is active and verified.
+   * - `skipped`: not written (already cached, or another writer has it).
+   * - `failed`: the cache failed (the client still got every byte); see `error`.
+   * - `aborted`: the source failed, the checksum did not match, or the client stopped; rolled back.
+   */
+  status: 'committed' | 'skipped' | 'failed' | 'aborted';
+  error?: Error;
+}
+
+/**
+ * The cache as an application uses it: one driver, a size budget, LRU prune,
+ * clean, the prefetch queue, and caching while streaming with verification.
+ *
+ * @example
+ * ```ts
+ * const cache = await ImageCache.open({ driver: new SqliteDriver({ cacheDir }), maxSize: 20 * 2 ** 30 });
+ * await cache.cacheImage('image-1', '/srv/images/image-1.qcow2', { checksum: { algorithm: 'sha256', digest } });
+ * const { files, bytes } = await cache.prune();
+ * ```
+ */
+export class ImageCache {
+  /** The driver this cache runs on. */
+  readonly driver: CacheDriver;
+  /** Byte budget of `prune()`. */
+  readonly maxSize: number;
+  /** Default stall time of `clean()`, seconds. */
+  readonly stallTime: number;
+  readonly #onCacheError: ((error: Error, imageId: ImageId) => void) | undefined;
+
+  private constructor(options: Required<Omit<ImageCacheOptions, 'onCacheError'>> & Pick<ImageCacheOptions, 'onCacheError'>) {
+    this.driver = options.driver;
+    this.maxSize = options.maxSize;
+    this.stallTime = options.stallTime;
+    this.#onCacheError = options.onCacheError;
+  }
+
+  /** Validates the options, configures the driver and returns the cache. */
+  static async open(options: ImageCacheOptions): Promise<ImageCache> {
+    const { driver, maxSize = DEFAULT_MAX_SIZE, stallTime = DEFAULT_STALL_TIME, onCacheError } = options ?? {};
+    if (driver === undefined || driver === null || typeof driver.configure !== 'function') {
+      throw new BadDriverConfigurationError('ImageCache', 'options.driver must be a CacheDriver instance');
+    }
+    for (const [name, value] of [['maxSize', maxSize], ['stallTime', stallTime]] as const) {
+      if (typeof value !== 'number' || !Number.isFinite(value) || value < 0) {
+        throw new BadDriverConfigurationError(driver.name, `${name} must be a finite number >= 0, got ${String(value)}`);
+      }
+    }
+    await driver.configure();
+    return new ImageCache({ driver, maxSize, stallTime, onCacheError });
+  }
+
+  /** Closes the driver. */
+  close(): Promise<void> {
+    return this.driver.close();
+  }
+
+  // ---- passthroughs -----------------------------------------------------------------
+
+  /** See {@link CacheDriver.isCached}. */
+  isCached(id: ImageId): Promise<boolean> {
+    return this.driver.isCached(id);
+  }
+  /** See {@link CacheDriver.isBeingCached}. */
+  isBeingCached(id: ImageId): Promise<boolean> {
+    return this.driver.isBeingCached(id);
+  }
+  /** See {@link CacheDriver.isCacheable}. */
+  isCacheable(id: ImageId): Promise<boolean> {
+    return this.driver.isCacheable(id);
+  }
+  /** See {@link CacheDriver.isQueued}. */
+  isQueued(id: ImageId): Promise<boolean> {
+    return this.driver.isQueued(id);
+  }
+  /** See {@link CacheDriver.queueImage}. */
+  queueImage(id: ImageId): Promise<boolean> {
+    return this.driver.queueImage(id);
+  }
+  /** See {@link CacheDriver.getQueuedImages}. */
+  getQueuedImages(): Promise<ImageId[]> {
+    return this.driver.getQueuedImages();
+  }
+  /** See {@link CacheDriver.getCachedImages}. */
+  getCachedImages(): Promise<CachedImage[]> {
+    return this.driver.getCachedImages();
+  }
+  /** See {@link CacheDriver.getCacheSize}. */
+  getCacheSize(): Promise<number> {
+    return this.driver.getCacheSize();
+  }
+  /** See {@link CacheDriver.getImageSize}. */
+  getImageSize(id: ImageId): Promise<number> {
+    return this.driver.getImageSize(id);
+  }
+  /** See {@link CacheDriver.getHitCount}. */
+  getHitCount(id: ImageId): Promise<number> {
+    return this.driver.getHitCount(id);
+  }
+  /** See {@link CacheDriver.getLeastRecentlyAccessed}. */
+  getLeastRecentlyAccessed(): Promise<LeastRecentlyAccessed | null> {
+    return this.driver.getLeastRecentlyAccessed();
+  }
+  /** See {@link CacheDriver.openForRead}. */
+  openForRead(id: ImageId): Promise<Readable> {
+    return this.driver.openForRead(id);
+  }
+  /** See {@link CacheDriver.deleteCachedImage}. */
+  deleteCachedImage(id: ImageId): Promise<void> {
+    return this.driver.deleteCachedImage(id);
+  }
+  /** See {@link CacheDriver.deleteAllCachedImages}. */
+  deleteAllCachedImages(): Promise<number> {
+    return this.driver.deleteAllCachedImages();
+  }
+  /** See {@link CacheDriver.deleteQueuedImage}. */
+  deleteQueuedImage(id: ImageId): Promise<void> {
+    return this.driver.deleteQueuedImage(id);
+  }
+  /** See {@link CacheDriver.deleteAllQueuedImages}. */
+  deleteAllQueuedImages(): Promise<number> {
+    return this.driver.deleteAllQueuedImages();
+  }
+  /** See {@link CacheDriver.getImageFilepath}. */
+  getImageFilepath(id: ImageId, status?: EntryStatus): string {
+    return this.driver.getImageFilepath(id, status);
+  }
+
+  // ---- maintenance ------------------------------------------------------------------
+
+  /**
+   * Evicts least recently accessed entries (ties: older commit, then id) until
+   * the cache is within `maxSize`. One listing, one sort, one pass: it stops
+   * when the budget is met or nothing is left, never loops.
+   */
+  async prune(): Promise<PruneResult> {
+    const images = await this.driver.getCachedImages();
+    let size = images.reduce((sum, image) => sum + image.size, 0);
+    const result: PruneResult = { files: 0, bytes: 0 };
+    if (size <= this.maxSize) return result;
+    images.sort(compareByRecency);
+    for (const image of images) {
+      if (size <= this.maxSize) break;
+      await this.driver.deleteCachedImage(image.imageId);
+      result.files += 1;
+      result.bytes += image.size;
+      size -= image.size;
+    }
+    return result;
+  }
+
+  /** Deletes invalid files and incomplete files older than `stallTime` (default: the cache's). */
+  clean(stallTime: number = this.stallTime): Promise<CleanReport> {
+    return this.driver.clean(stallTime);
+  }
+
+  // ---- writing ------------------------------------------------------------------------
+
+  /**
+   * Caches an image from a stream, async iterable or file path. Resolves true
+   * when the entry was committed, false when it was not cacheable (already
+   * cached, or another writer has it; the source is then left unread).
+   * Rejects with `ChecksumMismatchError` (nothing committed), with the
+   * source's error, or with a `CacheStorageError`; in each case the partial
+   * file is in `invalid/`.
+   */
+  async cacheImage(id: ImageId, source: ImageSource, options: CacheImageOptions = {}): Promise<boolean> {
+    assertImageId(id);
+    const expected = normalizeChecksum(options.checksum);
+    assertSource(source);
+    if (!(await this.driver.isCacheable(id))) return false;
+    let writer: CacheWriter;
+    try {
+      writer = await this.driver.openForWrite(id);
+    } catch (error) {
+      if (ImageBeingCachedError.isInstance(error)) return false;
+      throw error;
+    }
+    const input = typeof source === 'string' ? createReadStream(source, { highWaterMark: 1024 * 1024 }) : source;
+    if (expected === undefined) {
+      await pipeline(input, writer);
+    } else {
+      await pipeline(input, new VerifyingTransform(id, expected, writer), writer);
+    }
+    return true;
+  }
+
+  /**
+   * A `Readable` for the client that passes the source through while writing
+   * it to the cache (Glance's caching iterator), with these rules:
+   * - a cache failure (disk full, another writer, a driver error) never breaks
+   *   the client's stream: it gets every byte, the entry is rolled back, and the
+   *   failure is reported (`cacheError` event, `onCacheError`, `cacheOutcome`);
+   * - a source failure always reaches the client as a stream error, and the
+   *   entry is rolled back;
+   * - a checksum mismatch is a source failure: the client gets all bytes and
+   *   then a `ChecksumMismatchError`; the entry goes to `invalid/`.
+   * The stream ends only after the entry is committed, so a client that read
+   * to the end can read the image from the cache.
+   *
+   * Invalid ids and checksums throw synchronously.
+   */
+  getCachingStream(id: ImageId, source: ImageSource, options: CacheImageOptions = {}): CachingStream {
+    assertImageId(id);
+    const expected = normalizeChecksum(options.checksum);
+    assertSource(source);
+    return new CachingStream(this.driver, id, source, expected, this.#onCacheError);
+  }
+}
+
+function assertSource(source: unknown): asserts source is ImageSource {
+  const ok =
+    typeof source === 'string'
+      ? source.length > 0
+      : typeof source === 'object' && source !== null && Symbol.asyncIterator in source;
+  if (!ok) {
+    throw new InvalidArgumentError('source must be a Readable, an AsyncIterable<Uint8Array> or a file path');
+  }
+}
+
+function toBuffer(chunk: unknown): Buffer {
+  if (Buffer.isBuffer(chunk)) return chunk;
+  if (chunk instanceof Uint8Array) return Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+  throw new InvalidArgumentError(`source yielded a ${typeof chunk}, expected Uint8Array chunks`);
+}
+
+/** Hashes what passes; on flush either records the digest on the writer or fails with `ChecksumMismatchError`. */
+class VerifyingTransform extends Transform {
+  readonly #hash: Hash;
+  constructor(
+    readonly imageId: ImageId,
+    readonly expected: NormalizedChecksum,
+    readonly writer: CacheWriter,
+  ) {
+    super();
+    this.#hash = createChecksumHash(expected);
+  }
+  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
+    this.#hash.update(chunk);
+    callback(null, chunk);
+  }
+  override _flush(callback: TransformCallback): void {
+    const actual = this.#hash.digest('hex');
+    if (actual !== this.expected.digest) {
+      callback(new ChecksumMismatchError(this.imageId, this.expected.algorithm, this.expected.digest, actual));
+      return;
+    }
+    this.writer.setChecksum(formatChecksum(this.expected));
+    callback();
+  }
+}
+
+/**
+ * The client's stream from {@link ImageCache.getCachingStream}. Emits
+ * `cacheError` when the cache write fails (never `error` for that);
+ * `cacheOutcome` tells how the cache write ended.
+ */
+export class CachingStream extends Readable {
+  /** The image being streamed. */
+  readonly imageId: ImageId;
+  /** Settles (never rejects) once the cache write has committed, been skipped, failed or been rolled back. */
+  readonly cacheOutcome: Promise<CachingOutcome>;
+  readonly #driver: CacheDriver;
+  readonly #source: ImageSource;
+  readonly #expected: NormalizedChecksum | undefined;
+  readonly #hash: Hash | undefined;
+  readonly #onCacheError: ((error: Error, imageId: ImageId) => void) | undefined;
+  #iterator: AsyncIterator<unknown> | undefined;
+  #writer: CacheWriter | undefined;
+  #pumping = false;
+  #settle!: (outcome: CachingOutcome) => void;
+  #settled = false;
+
+  constructor(
+    driver: CacheDriver,
+    id: ImageId,
+    source: ImageSource,
+    expected: NormalizedChecksum | undefined,
+    onCacheError?: (error: Error, imageId: ImageId) => void,
+  ) {
+    super({ highWaterMark: 1024 * 1024 });
+    this.imageId = id;
+    this.#driver = driver;
+    this.#source = source;
+    this.#expected = expected;
+    this.#hash = expected === undefined ? undefined : createChecksumHash(expected);
+    this.#onCacheError = onCacheError;
+    this.cacheOutcome = new Promise((resolve) => (this.#settle = resolve));
+  }
+
+  #finishOutcome(outcome: CachingOutcome): void {
+    if (this.#settled) return;
+    this.#settled = true;
+    this.#settle(outcome);
+  }
+
+  /** A cache-side failure: report it, roll back, keep serving the client. */
+  #cacheFailed(error: Error): void {
+    const writer = this.#writer;
+    this.#writer = undefined;
+    writer?.destroy(error);
+    this.#finishOutcome({ status: 'failed', error });
+    this.emit('cacheError', error);
+    try {
+      this.#onCacheError?.(error, this.imageId);
+    } catch {
+      // A broken reporter must not break the client.
+    }
+  }
+
+  /** Rolls the cache write back because of a source-side failure and waits until the file is in `invalid/`. */
+  async #abortCache(error: Error): Promise<void> {
+    const writer = this.#writer;
+    this.#writer = undefined;
+    if (writer !== undefined) {
+      writer.destroy(error);
+      await finished(writer).catch(() => undefined);
+    }
+    this.#finishOutcome({ status: 'aborted', error });
+  }
+
+  override _construct(callback: (error?: Error | null) => void): void {
+    this.#open().then(() => callback(), callback);
+  }
+
+  async #open(): Promise<void> {
+    const source = this.#source;
+    const iterable: AsyncIterable<unknown> =
+      typeof source === 'string' ? createReadStream(source, { highWaterMark: 1024 * 1024 }) : source;
+    this.#iterator = iterable[Symbol.asyncIterator]();
+    try {
+      if (!(await this.#driver.isCacheable(this.imageId))) {
+        this.#finishOutcome({ status: 'skipped' });
+        return;
+      }
+      const writer = await this.#driver.openForWrite(this.imageId);
+      writer.on('error', (error: Error) => {
+        if (this.#writer === writer) this.#cacheFailed(error);
+      });
+      this.#writer = writer;
+    } catch (error) {
+      if (ImageBeingCachedError.isInstance(error)) this.#finishOutcome({ status: 'skipped', error });
+      else this.#cacheFailed(error as Error);
+    }
+  }
+
+  override _read(): void {
+    if (this.#pumping) return;
+    this.#pumping = true;
+    this.#pump().catch((error: Error) => this.destroy(error));
+  }
+
+  async #pump(): Promise<void> {
+    const iterator = this.#iterator as AsyncIterator<unknown>;
+    for (;;) {
+      let step: IteratorResult<unknown>;
+      let chunk: Buffer;
+      try {
+        step = await iterator.next();
+        if (this.destroyed) return;
+        if (step.done === true) break;
+        chunk = toBuffer(step.value);
+      } catch (error) {
+        await this.#abortCache(error as Error);
+        this.destroy(error as Error);
+        return;
+      }
+      this.#hash?.update(chunk);
+      await this.#writeToCache(chunk);
+      if (this.destroyed) return;
+      if (!this.push(chunk)) {
+        this.#pumping = false;
+        return;
+      }
+    }
+    await this.#endOfSource();
+  }
+
+  async #writeToCache(chunk: Buffer): Promise<void> {
+    const writer = this.#writer;
+    if (writer === undefined || chunk.length === 0) return;
+    if (writer.write(chunk)) return;
+    await new Promise<void>((resolve) => {
+      const done = () => {
+        writer.off('drain', done);
+        writer.off('close', done);
+        resolve();
+      };
+      writer.on('drain', done);
+      writer.on('close', done);
+    });
+  }
+
+  async #endOfSource(): Promise<void> {
+    if (this.#expected !== undefined && this.#hash !== undefined) {
+      const actual = this.#hash.digest('hex');
+      if (actual !== this.#expected.digest) {
+        const error = new ChecksumMismatchError(this.imageId, this.#expected.algorithm, this.#expected.digest, actual);
+        await this.#abortCache(error);
+        this.destroy(error);
+        return;
+      }
+    }
+    const writer = this.#writer;
+    if (writer !== undefined) {
+      if (this.#expected !== undefined) writer.setChecksum(formatChecksum(this.#expected));
+      writer.end();
+      try {
+        await finished(writer);
+        if (this.#writer === writer) this.#finishOutcome({ status: 'committed' });
+      } catch (error) {
+        if (this.#writer === writer) this.#cacheFailed(error as Error);
+      }
+      this.#writer = undefined;
+    }
+    this.push(null);
+  }
+
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    const reason = error ?? new Error('client stopped reading before the end of the image');
+    const iterator = this.#iterator;
+    this.#abortCache(reason)
+      .then(() => iterator?.return?.())
+      .then(
+        () => callback(error),
+        () => callback(error),
+      );
+  }
+}

@@ -1,0 +1,50 @@
+import { InvalidImageIdError } from './errors.js';
+
+/** An image id: one file name in the cache directory. Validate with {@link assertImageId}. */
+export type ImageId = string;
+
+/** Longest id accepted, in UTF-8 bytes (the usual file-name limit). */
+export const MAX_IMAGE_ID_BYTES = 255;
+
+/** Names the cache directory uses for itself; never accepted as ids (compared case-insensitively). */
+export const RESERVED_NAMES: readonly string[] = Object.freeze([
+  'incomplete',
+  'invalid',
+  'queue',
+  'cache.db',
+  'cache.db-wal',
+  'cache.db-shm',
+  'cache.db-journal',
+]);
+
+/**
+ * Why `id` is not a valid image id, or `undefined` when it is.
+ *
+ * @param extraReserved - further names a driver keeps for itself (e.g. a custom database file name).
+ */
+export function imageIdProblem(id: unknown, extraReserved: readonly string[] = []): string | undefined {
+  if (typeof id !== 'string') return 'it must be a string';
+  if (id.length === 0) return 'it is empty';
+  if (id === '.' || id === '..') return 'it is a relative directory name';
+  if (id.startsWith('.')) return "it starts with '.' (such names are kept for the cache's own files)";
+  if (id.includes('/') || id.includes('\\')) return 'it contains a path separator';
+  if (id.includes('\0')) return 'it contains a NUL character';
+  if (Buffer.byteLength(id, 'utf8') > MAX_IMAGE_ID_BYTES) return `it is longer than ${MAX_IMAGE_ID_BYTES} bytes`;
+  if (!id.isWellFormed()) return 'it is not well-formed Unicode (a lone surrogate)';
+  const lower = id.toLowerCase();
+  if (RESERVED_NAMES.includes(lower) || extraReserved.some((name) => name.toLowerCase() === lower)) {
+    return `'${id}' is a reserved name of the cache directory`;
+  }
+  return undefined;
+}
+
+/** True when `id` is a valid image id. */
+export function isValidImageId(id: unknown, extraReserved: readonly string[] = []): id is ImageId {
+  return imageIdProblem(id, extraReserved) === undefined;
+}
+
+/** Throws {@link InvalidImageIdError} unless `id` is a valid image id. */
+export function assertImageId(id: unknown, extraReserved: readonly string[] = []): asserts id is ImageId {
+  const problem = imageIdProblem(id, extraReserved);
+  if (problem !== undefined) throw new InvalidImageIdError(id, problem);
+}

@@ -231,10 +231,14 @@ export class ImageCache {
       throw error;
     }
     const input = typeof source === 'string' ? createReadStream(source, { highWaterMark: 1024 * 1024 }) : source;
-    if (expected === undefined) {
-      await pipeline(input, writer);
-    } else {
-      await pipeline(input, new VerifyingTransform(id, expected, writer), writer);
+    try {
+      if (expected === undefined) await pipeline(input, writer);
+      else await pipeline(input, new VerifyingTransform(id, expected, writer), writer);
+    } catch (error) {
+      // pipeline rejects at the first error; wait until the rollback has moved the file to invalid/.
+      if (!writer.destroyed) writer.destroy(error as Error);
+      await whenClosed(writer);
+      throw error;
     }
     return true;
   }
@@ -270,6 +274,12 @@ function assertSource(source: unknown): asserts source is ImageSource {
   if (!ok) {
     throw new InvalidArgumentError('source must be a Readable, an AsyncIterable<Uint8Array> or a file path');
   }
+}
+
+/** Resolves once the stream has emitted `close` (its destroy work, e.g. a rollback, is done). */
+function whenClosed(stream: Readable | CacheWriter): Promise<void> {
+  if (stream.closed) return Promise.resolve();
+  return new Promise((resolve) => stream.once('close', () => resolve()));
 }
 
 function toBuffer(chunk: unknown): Buffer {
@@ -368,7 +378,7 @@ export class CachingStream extends Readable {
     this.#writer = undefined;
     if (writer !== undefined) {
       writer.destroy(error);
-      await finished(writer).catch(() => undefined);
+      await whenClosed(writer);
     }
     this.#finishOutcome({ status: 'aborted', error });
   }

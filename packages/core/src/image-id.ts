@@ -6,7 +6,11 @@ export type ImageId = string;
 /** Longest id accepted, in UTF-8 bytes (the usual file-name limit). */
 export const MAX_IMAGE_ID_BYTES = 255;
 
-/** Names the cache directory uses for itself; never accepted as ids (compared case-insensitively). */
+/**
+ * Names the cache directory uses for itself; never accepted as ids (compared
+ * case-insensitively). Besides our own, the lock and probe files that Glance
+ * leaves in a cache directory, so they are never listed as images.
+ */
 export const RESERVED_NAMES: readonly string[] = Object.freeze([
   'incomplete',
   'invalid',
@@ -15,6 +19,13 @@ export const RESERVED_NAMES: readonly string[] = Object.freeze([
   'cache.db-wal',
   'cache.db-shm',
   'cache.db-journal',
+  // Glance's inter-process lock files and xattr probe (spec section 2).
+  'image_cache_db_init',
+  'glance-cache',
+  'glance-cache-clean',
+  'glance-cache-prune',
+  'sqlite_centralized_migrate',
+  'checkme',
 ]);
 
 /**

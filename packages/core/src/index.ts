@@ -56,3 +56,4 @@ export {
   type ImageSource,
   type PruneResult,
 } from './image-cache.js';
+export { MemoryDriver } from './memory-driver.js';

@@ -1,0 +1,68 @@
+import type { EntryStat } from './cache-dir.js';
+import { DirectoryCacheDriver, type CommitInfo, type DirectoryDriverOptions, type ImageMetadata } from './directory-driver.js';
+import type { ImageId } from './image-id.js';
+
+/**
+ * A driver with files on disk and metadata in process memory: no native
+ * dependency, nothing persisted besides the files. On start every existing
+ * file is an entry with 0 hits and its mtime as last access. Good for tests,
+ * ephemeral caches, and as the smallest example of a driver.
+ */
+export class MemoryDriver extends DirectoryCacheDriver {
+  readonly name: string = 'memory';
+  readonly #records = new Map<ImageId, ImageMetadata>();
+
+  constructor(options: DirectoryDriverOptions) {
+    super(options);
+  }
+
+  protected async openMetadata(): Promise<void> {}
+
+  protected async closeMetadata(): Promise<void> {
+    this.#records.clear();
+  }
+
+  protected async recordCommit(id: ImageId, info: CommitInfo): Promise<void> {
+    this.#records.set(id, { hits: 0, lastAccessed: info.time, lastModified: info.time });
+  }
+
+  protected async recordHit(id: ImageId, time: number): Promise<void> {
+    const record = this.#records.get(id);
+    if (record !== undefined) {
+      record.hits += 1;
+      record.lastAccessed = time;
+      return;
+    }
+    const entry = await this.dir.statFile(id, 'active');
+    if (entry !== undefined) this.#records.set(id, { hits: 1, lastAccessed: time, lastModified: entry.mtime });
+  }
+
+  protected async readMetadata(entries: readonly EntryStat[]): Promise<Map<ImageId, ImageMetadata>> {
+    const result = new Map<ImageId, ImageMetadata>();
+    for (const entry of entries) {
+      const record = this.#records.get(entry.imageId);
+      if (record !== undefined) result.set(entry.imageId, { ...record });
+    }
+    return result;
+  }
+
+  protected async forgetImage(id: ImageId): Promise<void> {
+    this.#records.delete(id);
+  }
+
+  protected async forgetAllImages(): Promise<void> {
+    this.#records.clear();
+  }
+
+  protected override async reconcile(entries: readonly EntryStat[]): Promise<{ orphanRecords: number; adoptedFiles: number }> {
+    const present = new Set(entries.map((entry) => entry.imageId));
+    let orphanRecords = 0;
+    for (const id of this.#records.keys()) {
+      if (!present.has(id)) {
+        this.#records.delete(id);
+        orphanRecords++;
+      }
+    }
+    return { orphanRecords, adoptedFiles: 0 };
+  }
+}

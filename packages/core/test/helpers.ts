@@ -1,0 +1,35 @@
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type { CacheDriver } from '../src/index.js';
+
+/** A fresh directory on the OS temp filesystem (real files; no mocked fs). */
+export async function tempDir(prefix: string): Promise<{ dir: string; cleanup: () => Promise<void> }> {
+  const dir = await mkdtemp(join(tmpdir(), `${prefix}-`));
+  return { dir, cleanup: () => rm(dir, { recursive: true, force: true }) };
+}
+
+export async function write(driver: CacheDriver, id: string, data: Buffer | string): Promise<void> {
+  await pipeline(Readable.from([Buffer.from(data)]), await driver.openForWrite(id));
+}
+
+export async function collect(stream: AsyncIterable<unknown>): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of stream) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks);
+}
+
+/** Every path under `dir`, sorted, with a trailing slash on directories. */
+export async function tree(dir: string): Promise<string[]> {
+  const entries = await readdir(dir, { recursive: true, withFileTypes: true });
+  return entries
+    .map((e) => join(e.parentPath ?? (e as unknown as { path: string }).path, e.name).slice(dir.length + 1) + (e.isDirectory() ? '/' : ''))
+    .sort();
+}
+
+/** Chunks of `size` bytes each, `count` of them, every chunk different. */
+export function chunks(count: number, size: number): Buffer[] {
+  return Array.from({ length: count }, (_, i) => Buffer.alloc(size, i % 251));
+}

@@ -1,0 +1,286 @@
+import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Readable, Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import {
+  ErrorCodes,
+  ImageCache,
+  MemoryDriver,
+  type CacheWriter,
+  type CommitInfo,
+  type DirectoryDriverOptions,
+  type ImageId,
+} from '../src/index.js';
+import { chunks, collect, tempDir, tree, write } from './helpers.js';
+
+const sha256 = (data: Buffer) => createHash('sha256').update(data).digest('hex');
+const md5 = (data: Buffer) => createHash('md5').update(data).digest('hex');
+
+/** A real driver whose cache side can be made to fail on demand. */
+class FlakyDriver extends MemoryDriver {
+  failCommit = false;
+  failWriteAfter: number | undefined;
+  constructor(options: DirectoryDriverOptions) {
+    super(options);
+  }
+  protected override async recordCommit(id: ImageId, info: CommitInfo): Promise<void> {
+    if (this.failCommit) throw new Error('metadata store is down');
+    return super.recordCommit(id, info);
+  }
+  override async openForWrite(id: ImageId): Promise<CacheWriter> {
+    const writer = await super.openForWrite(id);
+    const limit = this.failWriteAfter;
+    if (limit !== undefined) {
+      const original = writer.write.bind(writer);
+      let seen = 0;
+      writer.write = ((chunk: Buffer, ...rest: never[]) => {
+        seen += chunk.length;
+        if (seen > limit) {
+          writer.destroy(Object.assign(new Error('ENOSPC: no space left on device'), { code: 'ENOSPC' }));
+          return false;
+        }
+        return original(chunk, ...rest);
+      }) as typeof writer.write;
+    }
+    return writer;
+  }
+}
+
+let dir: string;
+let cleanup: () => Promise<void>;
+let driver: FlakyDriver;
+let cache: ImageCache;
+
+beforeEach(async () => {
+  ({ dir, cleanup } = await tempDir('image-cache'));
+  driver = new FlakyDriver({ cacheDir: dir, onWarning: () => undefined });
+  cache = await ImageCache.open({ driver, maxSize: 5 * 1024 });
+});
+
+afterEach(async () => {
+  await cache.close();
+  await cleanup();
+});
+
+function sink(): { writable: Writable; data: () => Buffer } {
+  const parts: Buffer[] = [];
+  return {
+    writable: new Writable({
+      write(chunk: Buffer, _e, cb) {
+        parts.push(chunk);
+        cb();
+      },
+    }),
+    data: () => Buffer.concat(parts),
+  };
+}
+
+async function* failingSource(good: Buffer[], error: Error): AsyncGenerator<Buffer> {
+  for (const chunk of good) yield chunk;
+  throw error;
+}
+
+describe('ImageCache.open', () => {
+  it.each([
+    [{ maxSize: -1 }, /maxSize/],
+    [{ maxSize: Number.NaN }, /maxSize/],
+    [{ stallTime: -5 }, /stallTime/],
+  ])('rejects %j with BadDriverConfigurationError', async (options, message) => {
+    const other = new MemoryDriver({ cacheDir: join(dir, 'other') });
+    await expect(ImageCache.open({ driver: other, ...options })).rejects.toMatchObject({
+      code: ErrorCodes.BAD_DRIVER_CONFIGURATION,
+      message: expect.stringMatching(message),
+    });
+    expect(existsSync(join(dir, 'other'))).toBe(false);
+  });
+
+  it('rejects a missing driver', async () => {
+    await expect(ImageCache.open({} as never)).rejects.toMatchObject({ code: ErrorCodes.BAD_DRIVER_CONFIGURATION });
+  });
+
+  it('defaults to Glance: 10 GiB budget, 86400 s stall time', async () => {
+    const other = await ImageCache.open({ driver: new MemoryDriver({ cacheDir: join(dir, 'd') }) });
+    expect([other.maxSize, other.stallTime]).toEqual([10 * 1024 ** 3, 86_400]);
+    await other.close();
+  });
+});
+
+describe('prune()', () => {
+  it('evicts least recently accessed entries until the size is within budget (eleven 1 KiB, budget 5 KiB -> six)', async () => {
+    for (let i = 0; i < 11; i++) await write(driver, `img-${String(i).padStart(2, '0')}`, Buffer.alloc(1024, i));
+    await collect(await cache.openForRead('img-00')); // the oldest becomes the most recent
+    expect(await cache.prune()).toEqual({ files: 6, bytes: 6 * 1024 });
+    expect((await cache.getCachedImages()).map((i) => i.imageId)).toEqual(['img-00', 'img-07', 'img-08', 'img-09', 'img-10']);
+    expect(await cache.prune()).toEqual({ files: 0, bytes: 0 });
+  });
+
+  it('with budget 0 removes everything and stops', async () => {
+    const zero = await ImageCache.open({ driver, maxSize: 0 });
+    for (const id of ['a', 'b', 'c']) await write(driver, id, id);
+    expect(await zero.prune()).toEqual({ files: 3, bytes: 3 });
+    expect(await zero.prune()).toEqual({ files: 0, bytes: 0 });
+  });
+
+  it('counts a file that has no metadata as a candidate (by its mtime), so the budget is reached', async () => {
+    await writeFile(join(dir, 'stray'), Buffer.alloc(6 * 1024));
+    expect(await cache.prune()).toEqual({ files: 1, bytes: 6 * 1024 });
+    expect(await cache.getCacheSize()).toBe(0);
+  });
+});
+
+describe('cacheImage()', () => {
+  it('caches from a Readable, an async iterable and a file path, and verifies each checksum form', async () => {
+    const data = Buffer.concat(chunks(8, 1000));
+    const path = join(dir, 'incomplete', '..', '..', 'source.bin');
+    await writeFile(path, data);
+    expect(await cache.cacheImage('from-stream', Readable.from(chunks(8, 1000)), { checksum: md5(data) })).toBe(true);
+    expect(
+      await cache.cacheImage('from-iterable', (async function* () { yield* chunks(8, 1000); })(), {
+        checksum: { algorithm: 'sha256', digest: sha256(data) },
+      }),
+    ).toBe(true);
+    expect(await cache.cacheImage('from-path', path)).toBe(true);
+    for (const id of ['from-stream', 'from-iterable', 'from-path']) {
+      expect((await readFile(join(dir, id))).equals(data)).toBe(true);
+    }
+  });
+
+  it('returns false without reading the source when the image is already cached or being cached', async () => {
+    await write(driver, 'img', 'x');
+    const source = Readable.from([Buffer.from('never read')]);
+    expect(await cache.cacheImage('img', source)).toBe(false);
+    expect(source.readableFlowing).toBe(null);
+    const writer = await driver.openForWrite('busy');
+    expect(await cache.cacheImage('busy', Readable.from([Buffer.from('y')]))).toBe(false);
+    writer.destroy();
+  });
+
+  it('a checksum mismatch rejects with ChecksumMismatchError and leaves the bytes in invalid/ only', async () => {
+    const error = await cache
+      .cacheImage('img', Readable.from([Buffer.from('tampered')]), { checksum: { algorithm: 'sha256', digest: sha256(Buffer.from('original')) } })
+      .catch((e: unknown) => e);
+    expect(error).toMatchObject({ code: ErrorCodes.CHECKSUM_MISMATCH, algorithm: 'sha256' });
+    expect(await cache.isCached('img')).toBe(false);
+    expect(await readdir(join(dir, 'invalid'))).toEqual(['img']);
+    expect(await readdir(join(dir, 'incomplete'))).toEqual([]);
+  });
+
+  it('rejects malformed checksums and sources before touching the disk', async () => {
+    const before = await tree(dir);
+    await expect(cache.cacheImage('img', Readable.from([]), { checksum: 'xyz' })).rejects.toMatchObject({ code: ErrorCodes.INVALID_ARGUMENT });
+    await expect(cache.cacheImage('img', 42 as never)).rejects.toMatchObject({ code: ErrorCodes.INVALID_ARGUMENT });
+    await expect(cache.cacheImage('../img', Readable.from([]))).rejects.toMatchObject({ code: ErrorCodes.INVALID_IMAGE_ID });
+    expect(await tree(dir)).toEqual(before);
+  });
+
+  it('a storage failure while writing rejects with the error and leaves nothing active', async () => {
+    driver.failWriteAfter = 2000;
+    await expect(cache.cacheImage('img', Readable.from(chunks(4, 1000)))).rejects.toThrow(/ENOSPC/);
+    expect(await cache.isCached('img')).toBe(false);
+    expect(await readdir(join(dir, 'invalid'))).toEqual(['img']);
+  });
+});
+
+describe('getCachingStream()', () => {
+  it('passes every byte to the client, and the entry is committed and verified when the stream ends', async () => {
+    const parts = chunks(20, 4096);
+    const data = Buffer.concat(parts);
+    const client = sink();
+    const stream = cache.getCachingStream('img', Readable.from(parts), { checksum: { algorithm: 'sha512', digest: createHash('sha512').update(data).digest('hex') } });
+    await pipeline(stream, client.writable);
+    expect(client.data().equals(data)).toBe(true);
+    expect(await cache.isCached('img')).toBe(true);
+    expect((await readFile(join(dir, 'img'))).equals(data)).toBe(true);
+    expect(await stream.cacheOutcome).toEqual({ status: 'committed' });
+  });
+
+  it('a checksum mismatch: the client gets all bytes, then ChecksumMismatchError; the entry is in invalid/', async () => {
+    const parts = chunks(5, 1000);
+    const client = sink();
+    const stream = cache.getCachingStream('img', Readable.from(parts), { checksum: md5(Buffer.from('something else')) });
+    const error = await pipeline(stream, client.writable).catch((e: unknown) => e);
+    expect(error).toMatchObject({ code: ErrorCodes.CHECKSUM_MISMATCH });
+    expect(client.data().equals(Buffer.concat(parts))).toBe(true);
+    expect(await cache.isCached('img')).toBe(false);
+    expect(await readdir(join(dir, 'invalid'))).toEqual(['img']);
+    expect((await stream.cacheOutcome).status).toBe('aborted');
+  });
+
+  it('a source failure reaches the client as an error (never a short clean end) and rolls the entry back', async () => {
+    const client = sink();
+    const stream = cache.getCachingStream('img', failingSource(chunks(3, 1000), new Error('origin reset')));
+    await expect(pipeline(stream, client.writable)).rejects.toThrow('origin reset');
+    expect(client.data().length).toBe(3000);
+    expect(await cache.isCached('img')).toBe(false);
+    expect(await readdir(join(dir, 'invalid'))).toEqual(['img']);
+    expect(await readdir(join(dir, 'incomplete'))).toEqual([]);
+  });
+
+  it('a cache write failure never breaks the client: every byte arrives once, the failure is reported', async () => {
+    driver.failWriteAfter = 3000;
+    const reported: Error[] = [];
+    const parts = chunks(10, 1000);
+    const client = sink();
+    const stream = cache.getCachingStream('img', Readable.from(parts));
+    stream.on('cacheError', (e: Error) => reported.push(e));
+    await pipeline(stream, client.writable);
+    expect(client.data().equals(Buffer.concat(parts))).toBe(true);
+    expect(reported.map((e) => e.message)).toEqual([expect.stringMatching(/ENOSPC/)]);
+    expect((await stream.cacheOutcome).status).toBe('failed');
+    expect(await cache.isCached('img')).toBe(false);
+    expect(await readdir(join(dir, 'incomplete'))).toEqual([]);
+  });
+
+  it('a failed commit never breaks the client; no active file is left without metadata', async () => {
+    driver.failCommit = true;
+    const seen: [Error, string][] = [];
+    const withReporter = await ImageCache.open({ driver, onCacheError: (e, id) => seen.push([e, id]) });
+    const client = sink();
+    const stream = withReporter.getCachingStream('img', Readable.from(chunks(3, 100)));
+    await pipeline(stream, client.writable);
+    expect(client.data().length).toBe(300);
+    expect(seen.map(([e, id]) => [e.name, id])).toEqual([['CacheStorageError', 'img']]);
+    expect(await cache.isCached('img')).toBe(false);
+    expect(await readdir(join(dir, 'invalid'))).toEqual(['img']);
+  });
+
+  it('when another writer has the id, the client is served from the source and nothing is disturbed', async () => {
+    const writer = await driver.openForWrite('img');
+    writer.write(Buffer.from('first writer'));
+    const client = sink();
+    const stream = cache.getCachingStream('img', Readable.from([Buffer.from('second')]));
+    await pipeline(stream, client.writable);
+    expect(client.data().toString()).toBe('second');
+    expect((await stream.cacheOutcome).status).toBe('skipped');
+    await new Promise<void>((resolve, reject) => writer.end((e?: Error | null) => (e ? reject(e) : resolve())));
+    expect(await readFile(join(dir, 'img'), 'utf8')).toBe('first writer');
+  });
+
+  it('a client that stops early leaves nothing active and the partial file in invalid/', async () => {
+    const stream = cache.getCachingStream('img', Readable.from(chunks(100, 64 * 1024)));
+    for await (const _ of stream) break; // destroys the stream after the first chunk
+    expect((await stream.cacheOutcome).status).toBe('aborted');
+    expect(await cache.isCached('img')).toBe(false);
+    expect(await readdir(join(dir, 'invalid'))).toEqual(['img']);
+  });
+
+  it('an already cached image streams from the source unchanged and is not rewritten', async () => {
+    await write(driver, 'img', 'cached');
+    const client = sink();
+    const stream = cache.getCachingStream('img', Readable.from([Buffer.from('fresh')]));
+    await pipeline(stream, client.writable);
+    expect(client.data().toString()).toBe('fresh');
+    expect(await readFile(join(dir, 'img'), 'utf8')).toBe('cached');
+    expect((await stream.cacheOutcome).status).toBe('skipped');
+  });
+
+  it('throws synchronously for an invalid id or checksum', () => {
+    expect(() => cache.getCachingStream('a/b', Readable.from([]))).toThrowError(expect.objectContaining({ code: ErrorCodes.INVALID_IMAGE_ID }));
+    expect(() => cache.getCachingStream('a', Readable.from([]), { checksum: 'nope' })).toThrowError(
+      expect.objectContaining({ code: ErrorCodes.INVALID_ARGUMENT }),
+    );
+  });
+});

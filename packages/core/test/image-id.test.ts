@@ -1,0 +1,56 @@
+import { describe, expect, it } from 'vitest';
+import { assertImageId, ErrorCodes, imageIdProblem, InvalidImageIdError, isValidImageId, RESERVED_NAMES } from '../src/index.js';
+
+describe('image ids', () => {
+  it.each([
+    'a',
+    '8a3f1e8e-6c3a-4a1f-9d1e-2f0d3c5b7a91',
+    'image.qcow2',
+    'x'.repeat(255),
+    'é'.repeat(127), // 254 bytes
+    'with space',
+    'ends-with-dot.',
+  ])('accepts %j', (id) => {
+    expect(imageIdProblem(id)).toBeUndefined();
+    expect(isValidImageId(id)).toBe(true);
+  });
+
+  it.each([
+    ['', /empty/],
+    ['.', /relative/],
+    ['..', /relative/],
+    ['.hidden', /starts with '\.'/],
+    ['a/b', /separator/],
+    ['a\\b', /separator/],
+    ['a\0b', /NUL/],
+    ['x'.repeat(256), /255 bytes/],
+    ['é'.repeat(128), /255 bytes/],
+    ['\ud800', /surrogate/],
+    ['incomplete', /reserved/],
+    ['QUEUE', /reserved/],
+    ['cache.db-journal', /reserved/],
+    ['image_cache_db_init', /reserved/],
+  ])('rejects %j', (id, reason) => {
+    expect(imageIdProblem(id)).toMatch(reason);
+    expect(() => assertImageId(id)).toThrow(InvalidImageIdError);
+  });
+
+  it.each([42, null, undefined, {}, ['a']])('rejects the non-string %j', (id) => {
+    expect(() => assertImageId(id)).toThrowError(expect.objectContaining({ code: ErrorCodes.INVALID_IMAGE_ID }));
+  });
+
+  it('rejects a driver-specific reserved name, case-insensitively', () => {
+    expect(isValidImageId('Meta.DB', ['meta.db'])).toBe(false);
+    expect(isValidImageId('meta.db')).toBe(true);
+  });
+
+  it('reserves the three sub-directories and the default database files', () => {
+    for (const name of ['incomplete', 'invalid', 'queue', 'cache.db', 'cache.db-wal', 'cache.db-shm']) {
+      expect(RESERVED_NAMES).toContain(name);
+    }
+  });
+
+  it('says what to do in the message', () => {
+    expect(() => assertImageId('../etc')).toThrow(/one path segment of at most 255 bytes/);
+  });
+});

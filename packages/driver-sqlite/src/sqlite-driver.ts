@@ -1,0 +1,229 @@
+import { basename, dirname, join, resolve } from 'node:path';
+import Database from 'better-sqlite3';
+import {
+  BadDriverConfigurationError,
+  CacheStorageError,
+  DirectoryCacheDriver,
+  type CommitInfo,
+  type DirectoryDriverOptions,
+  type EntryStat,
+  type ImageId,
+  type ImageMetadata,
+} from '@cache/core';
+import { CREATE_LRU_INDEX, CREATE_TABLE, REQUIRED_COLUMNS, SQL, type CachedImageRow } from './sqlite-schema.js';
+
+/** Options of {@link SqliteDriver}. */
+export interface SqliteDriverOptions extends DirectoryDriverOptions {
+  /**
+   * The SQLite database file. A relative path is resolved against `cacheDir`,
+   * as Glance's `image_cache_sqlite_db` is.
+   * @default `<cacheDir>/cache.db`
+   */
+  dbPath?: string;
+  /**
+   * How long (ms) a statement waits for another process's lock before failing
+   * with a `CacheStorageError`.
+   * @default 5000
+   */
+  busyTimeout?: number;
+}
+
+type Statement = Database.Statement;
+
+const DRIVER_NAME = 'sqlite';
+
+/**
+ * Metadata in SQLite, in Glance's `cached_images` table, so a cache directory
+ * written by Glance's sqlite driver opens and lists here and the other way round.
+ *
+ * Fixes over the original: WAL and a busy timeout instead of a retry loop, an
+ * index for the LRU query, prepared statements reused, upsert on commit (no
+ * stale row after a re-cache), every database error surfaced as a typed
+ * error, and `clean()` reconciling rows with files.
+ *
+ * @example
+ * ```ts
+ * const driver = new SqliteDriver({ cacheDir: '/var/cache/images' });
+ * const cache = await ImageCache.open({ driver });
+ * ```
+ */
+export class SqliteDriver extends DirectoryCacheDriver {
+  readonly name = DRIVER_NAME;
+  /** Absolute path of the database file. */
+  readonly dbPath: string;
+  readonly #busyTimeout: number;
+  #db: Database.Database | undefined;
+  #statements: Record<keyof typeof SQL, Statement> | undefined;
+
+  constructor(options: SqliteDriverOptions) {
+    const cacheDir = options?.cacheDir;
+    const dbPath = resolve(cacheDir ?? '.', options?.dbPath ?? 'cache.db');
+    const inCacheDir = typeof cacheDir === 'string' && dirname(dbPath) === resolve(cacheDir);
+    const name = basename(dbPath);
+    super(options, inCacheDir ? [name, `${name}-wal`, `${name}-shm`, `${name}-journal`] : []);
+    this.dbPath = dbPath;
+    this.#busyTimeout = options.busyTimeout ?? 5000;
+  }
+
+  protected async openMetadata(): Promise<void> {
+    let db: Database.Database | undefined;
+    try {
+      db = new Database(this.dbPath, { timeout: this.#busyTimeout });
+      db.pragma('journal_mode = WAL');
+      db.pragma('synchronous = NORMAL');
+      db.pragma('temp_store = MEMORY');
+      db.transaction(() => {
+        db!.exec(CREATE_TABLE);
+        db!.exec(CREATE_LRU_INDEX);
+      }).immediate();
+      const columns = new Set(
+        (db.pragma('table_info(cached_images)') as { name: string }[]).map((column) => column.name),
+      );
+      const missing = REQUIRED_COLUMNS.filter((column) => !columns.has(column));
+      if (missing.length > 0) {
+        throw new Error(`table cached_images lacks column(s) ${missing.join(', ')}`);
+      }
+      this.#statements = Object.fromEntries(
+        Object.entries(SQL).map(([key, sql]) => [key, db!.prepare(sql)]),
+      ) as Record<keyof typeof SQL, Statement>;
+      this.#db = db;
+    } catch (error) {
+      db?.close();
+      throw new BadDriverConfigurationError(
+        this.name,
+        `cannot open the metadata database ${this.dbPath}: ${(error as Error).message}. ` +
+          describeRecovery(error, this.dbPath),
+        { path: this.dbPath, cause: error },
+      );
+    }
+  }
+
+  protected async closeMetadata(): Promise<void> {
+    this.#db?.close();
+    this.#db = undefined;
+    this.#statements = undefined;
+  }
+
+  /** Runs one database operation, turning any failure into a {@link CacheStorageError}. */
+  #run<T>(operation: string, fn: (statements: Record<keyof typeof SQL, Statement>, db: Database.Database) => T): T {
+    const statements = this.#statements;
+    const db = this.#db;
+    if (statements === undefined || db === undefined) {
+      throw new CacheStorageError(`[${this.name}] ${operation}: the database is not open`, { path: this.dbPath });
+    }
+    try {
+      return fn(statements, db);
+    } catch (error) {
+      throw new CacheStorageError(
+        `[${this.name}] ${operation} failed on ${this.dbPath}: ${(error as Error).message}. ` +
+          describeRecovery(error, this.dbPath),
+        { path: this.dbPath, cause: error },
+      );
+    }
+  }
+
+  protected async recordCommit(id: ImageId, info: CommitInfo): Promise<void> {
+    this.#run('record commit', (s) =>
+      s.upsert.run({ id, time: info.time, size: info.size, checksum: info.checksum ?? null }),
+    );
+  }
+
+  protected async recordHit(id: ImageId, time: number): Promise<void> {
+    const changed = this.#run('record hit', (s) => s.hit.run({ id, time }).changes);
+    if (changed > 0) return;
+    // A file without a row (written before a crash, or by hand): adopt it with this hit.
+    const entry = await this.dir.statFile(id, 'active');
+    if (entry === undefined) return;
+    this.#run('record hit', (s) =>
+      s.insertIfMissing.run({ id, lastAccessed: time, lastModified: entry.mtime, size: entry.size, hits: 1 }),
+    );
+  }
+
+  protected async readMetadata(entries: readonly EntryStat[]): Promise<Map<ImageId, ImageMetadata>> {
+    const rows =
+      entries.length === 1
+        ? this.#run('read metadata', (s) => s.selectOne.all((entries[0] as EntryStat).imageId) as CachedImageRow[])
+        : this.#run('list metadata', (s) => s.selectAll.all() as CachedImageRow[]);
+    const metadata = new Map<ImageId, ImageMetadata>();
+    for (const row of rows) {
+      metadata.set(row.image_id, {
+        hits: row.hits ?? 0,
+        lastAccessed: row.last_accessed ?? 0,
+        lastModified: row.last_modified ?? 0,
+      });
+    }
+    return metadata;
+  }
+
+  protected async forgetImage(id: ImageId): Promise<void> {
+    this.#run('delete metadata', (s) => s.deleteOne.run(id));
+  }
+
+  protected async forgetAllImages(): Promise<void> {
+    this.#run('delete all metadata', (s) => s.deleteAll.run());
+  }
+
+  /** Deletes rows whose file is gone, adds rows for files that have none, corrects stale sizes. */
+  protected override async reconcile(
+    entries: readonly EntryStat[],
+  ): Promise<{ orphanRecords: number; adoptedFiles: number }> {
+    return this.#run('reconcile', (s, db) =>
+      db
+        .transaction(() => {
+          const files = new Map(entries.map((entry) => [entry.imageId, entry]));
+          const rows = s.selectIds.all() as Pick<CachedImageRow, 'image_id' | 'size'>[];
+          let orphanRecords = 0;
+          let adoptedFiles = 0;
+          const known = new Set<string>();
+          for (const row of rows) {
+            known.add(row.image_id);
+            const file = files.get(row.image_id);
+            if (file === undefined) {
+              s.deleteOne.run(row.image_id);
+              orphanRecords++;
+            } else if (row.size !== file.size) {
+              s.fixSize.run({ id: row.image_id, size: file.size });
+            }
+          }
+          for (const entry of entries) {
+            if (known.has(entry.imageId)) continue;
+            s.insertIfMissing.run({
+              id: entry.imageId,
+              lastAccessed: entry.mtime,
+              lastModified: entry.mtime,
+              size: entry.size,
+              hits: 0,
+            });
+            adoptedFiles++;
+          }
+          return { orphanRecords, adoptedFiles };
+        })
+        .immediate(),
+    );
+  }
+
+  /** The verified digest stored at commit (`sha256:<hex>`, or md5 hex), if any. */
+  async getStoredChecksum(id: ImageId): Promise<string | undefined> {
+    this.guard(id);
+    const row = this.#run('read checksum', (s) => s.selectOne.get(id) as CachedImageRow | undefined);
+    return row?.checksum ?? undefined;
+  }
+}
+
+function describeRecovery(error: unknown, dbPath: string): string {
+  const code = (error as { code?: string } | undefined)?.code ?? '';
+  if (code === 'SQLITE_NOTADB' || code === 'SQLITE_CORRUPT' || code.startsWith('SQLITE_CORRUPT')) {
+    return `The database is corrupt: stop the cache, move ${dbPath} aside (with its -wal/-shm files) and start again; ` +
+      'clean() then rebuilds the table from the cached files (hit counts restart at 0).';
+  }
+  if (code === 'SQLITE_BUSY' || code.startsWith('SQLITE_BUSY') || code === 'SQLITE_LOCKED') {
+    return 'Another process holds a lock on the database for longer than busyTimeout; retry, or raise busyTimeout.';
+  }
+  if (code === 'SQLITE_READONLY' || code === 'SQLITE_CANTOPEN' || code === 'SQLITE_PERM') {
+    return `Give the process read/write access to ${dbPath} and its directory ${join(dirname(dbPath))}.`;
+  }
+  if (code === 'SQLITE_FULL' || code === 'SQLITE_IOERR' || code.startsWith('SQLITE_IOERR')) {
+    return 'The filesystem failed or is full; free space and retry.';
+  }
+  return 'Check the database file; if it is damaged, move it aside and run clean() to rebuild it from the files.';
+}

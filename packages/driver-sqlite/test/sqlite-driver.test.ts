@@ -1,0 +1,271 @@
+import { existsSync } from 'node:fs';
+import { readdir, readFile, stat, truncate, unlink, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import Database from 'better-sqlite3';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { CacheError, ErrorCodes, ImageCache, type CacheWarning } from '@cache/core';
+import { SqliteDriver } from '../src/index.js';
+import { glanceCache, glanceConfigure, glanceList, glanceRead } from './glance.js';
+import { read, tempDir, write } from './helpers.js';
+
+let dir: string;
+let cleanup: () => Promise<void>;
+const open: SqliteDriver[] = [];
+
+async function driver(options: Partial<ConstructorParameters<typeof SqliteDriver>[0]> = {}): Promise<SqliteDriver> {
+  const d = new SqliteDriver({ cacheDir: dir, ...options });
+  await d.configure();
+  open.push(d);
+  return d;
+}
+
+beforeEach(async () => {
+  ({ dir, cleanup } = await tempDir('sqlite-driver'));
+});
+
+afterEach(async () => {
+  for (const d of open.splice(0)) await d.close();
+  await cleanup();
+});
+
+describe('schema', () => {
+  it("configure() creates Glance's cached_images table exactly, plus an LRU index, in WAL mode", async () => {
+    await driver();
+    const db = new Database(join(dir, 'cache.db'), { readonly: true });
+    try {
+      const columns = db.pragma('table_info(cached_images)') as { name: string; type: string; dflt_value: string | null; pk: number }[];
+      expect(columns.map(({ name, type, dflt_value, pk }) => [name, type, dflt_value, pk])).toEqual([
+        ['image_id', 'TEXT', null, 1],
+        ['last_accessed', 'REAL', '0.0', 0],
+        ['last_modified', 'REAL', '0.0', 0],
+        ['size', 'INTEGER', '0', 0],
+        ['hits', 'INTEGER', '0', 0],
+        ['checksum', 'TEXT', null, 0],
+      ]);
+      const plan = db
+        .prepare('EXPLAIN QUERY PLAN SELECT image_id FROM cached_images ORDER BY last_accessed, last_modified, image_id LIMIT 1')
+        .all() as { detail: string }[];
+      expect(plan.map((row) => row.detail).join(' ')).toMatch(/USING (COVERING )?INDEX cached_images_lru_idx/);
+      expect(db.pragma('journal_mode', { simple: true })).toBe('wal');
+    } finally {
+      db.close();
+    }
+  });
+
+  it('the database and its -wal/-shm files are never listed as images, and are reserved ids', async () => {
+    const d = await driver();
+    await write(d, 'img', 'data');
+    expect(existsSync(join(dir, 'cache.db-wal'))).toBe(true);
+    expect((await d.getCachedImages()).map((i) => i.imageId)).toEqual(['img']);
+    await expect(d.isCached('cache.db-wal')).rejects.toMatchObject({ code: ErrorCodes.INVALID_IMAGE_ID });
+  });
+
+  it('a custom dbPath name inside the cache directory becomes a reserved name too', async () => {
+    const d = await driver({ dbPath: 'meta.sqlite' });
+    await write(d, 'img', 'x');
+    expect(existsSync(join(dir, 'meta.sqlite'))).toBe(true);
+    expect(await d.getCacheSize()).toBe(1);
+    await expect(d.isCached('meta.sqlite-wal')).rejects.toMatchObject({ code: ErrorCodes.INVALID_IMAGE_ID });
+  });
+
+  it('refuses a cached_images table that lacks columns, with BadDriverConfigurationError', async () => {
+    const db = new Database(join(dir, 'cache.db'));
+    db.exec('CREATE TABLE cached_images (image_id TEXT PRIMARY KEY, hits INTEGER)');
+    db.close();
+    const d = new SqliteDriver({ cacheDir: dir });
+    await expect(d.configure()).rejects.toMatchObject({ code: ErrorCodes.BAD_DRIVER_CONFIGURATION });
+  });
+});
+
+describe('compatibility with a cache directory written by Glance', () => {
+  it('lists, reads, counts hits and prunes entries that Glance committed', async () => {
+    glanceConfigure(dir);
+    const t = Date.now() / 1000 - 100;
+    glanceCache(dir, 'img-b', 'bbbb', t);
+    glanceCache(dir, 'img-a', 'aa', t + 10);
+    glanceCache(dir, 'img-c', 'cccccc', t + 20);
+    const d = await driver();
+    const images = await d.getCachedImages();
+    expect(images.map((i) => [i.imageId, i.size, i.hits])).toEqual([
+      ['img-a', 2, 0],
+      ['img-b', 4, 0],
+      ['img-c', 6, 0],
+    ]);
+    expect(images[1]?.lastAccessed).toBeCloseTo(t, 3);
+    expect(await d.getLeastRecentlyAccessed()).toEqual({ imageId: 'img-b', size: 4 });
+    expect((await read(d, 'img-b')).toString()).toBe('bbbb');
+    expect(await d.getHitCount('img-b')).toBe(1);
+    // The lock file Glance leaves in the directory is not an image.
+    expect(existsSync(join(dir, 'image_cache_db_init'))).toBe(true);
+    expect(await d.getCacheSize()).toBe(12);
+    const cache = await ImageCache.open({ driver: d, maxSize: 6 });
+    // img-b was just read: img-a then img-c go, until 4 bytes <= 6 remain.
+    expect(await cache.prune()).toEqual({ files: 2, bytes: 8 });
+    expect((await d.getCachedImages()).map((i) => i.imageId)).toEqual(['img-b']);
+  });
+
+  it('what we write reads back through Glance: rows, LRU query, hit updates and queue order', async () => {
+    const d = await driver();
+    await write(d, 'one', '1');
+    await write(d, 'two', '22');
+    await read(d, 'one');
+    await read(d, 'one');
+    await d.queueImage('zeta');
+    await d.queueImage('alpha');
+    await d.close();
+    const seen = glanceList(dir);
+    expect(seen.cached.map((r) => [r.image_id, r.size, r.hits])).toEqual([
+      ['one', 1, 2],
+      ['two', 2, 0],
+    ]);
+    expect(seen.lru).toBe('two');
+    expect(seen.queued).toEqual(['zeta', 'alpha']);
+    expect(glanceRead(dir, 'two')).toBe('22');
+    const again = await driver();
+    expect(await again.getHitCount('two')).toBe(1);
+  });
+});
+
+describe('metadata stays true to the files', () => {
+  it('re-caching an id replaces its row (upsert): new size, hits back to 0', async () => {
+    const d = await driver();
+    await write(d, 'img', 'old');
+    await read(d, 'img');
+    await unlink(join(dir, 'img')); // deleted behind the driver's back; the row survives
+    await write(d, 'img', 'newer!');
+    const [record] = await d.getCachedImages();
+    expect(record).toMatchObject({ imageId: 'img', size: 6, hits: 0 });
+  });
+
+  it('clean() deletes rows without files and adopts files without rows', async () => {
+    const d = await driver();
+    await write(d, 'kept', 'k');
+    await write(d, 'orphan-row', 'o');
+    await unlink(join(dir, 'orphan-row'));
+    await writeFile(join(dir, 'stray-file'), 'sss');
+    // Listing already reflects the files: the orphan row is not listed, the stray file is (0 hits).
+    expect((await d.getCachedImages()).map((i) => [i.imageId, i.hits])).toEqual([
+      ['kept', 0],
+      ['stray-file', 0],
+    ]);
+    const report = await d.clean();
+    expect(report).toMatchObject({ orphanRecords: 1, adoptedFiles: 1 });
+    const db = new Database(join(dir, 'cache.db'), { readonly: true });
+    const rows = db.prepare('SELECT image_id, size FROM cached_images ORDER BY image_id').all();
+    db.close();
+    expect(rows).toEqual([
+      { image_id: 'kept', size: 1 },
+      { image_id: 'stray-file', size: 3 },
+    ]);
+    expect(await d.clean()).toMatchObject({ orphanRecords: 0, adoptedFiles: 0 });
+  });
+
+  it('stores the verified checksum with the entry', async () => {
+    const d = await driver();
+    const cache = await ImageCache.open({ driver: d });
+    const digest = '5d41402abc4b2a76b9719d911017c592'; // md5("hello")
+    expect(await cache.cacheImage('hello', Readable.from([Buffer.from('hello')]), { checksum: digest })).toBe(true);
+    expect(await d.getStoredChecksum('hello')).toBe(digest);
+  });
+});
+
+describe('database failures are typed errors, never silent wrong answers', () => {
+  it('a corrupt cache.db refuses configure() with BadDriverConfigurationError saying how to recover', async () => {
+    await writeFile(join(dir, 'cache.db'), Buffer.alloc(8192, 'garbage!'));
+    const d = new SqliteDriver({ cacheDir: dir });
+    const error = await d.configure().then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(CacheError.isCacheError(error, ErrorCodes.BAD_DRIVER_CONFIGURATION)).toBe(true);
+    expect((error as Error).message).toMatch(/move .*cache\.db aside/);
+    await expect(d.getCachedImages()).rejects.toMatchObject({ code: ErrorCodes.DRIVER_NOT_OPEN });
+  });
+
+  it('a truncated cache.db gives a typed error, not an empty listing', async () => {
+    const d = await driver();
+    for (let i = 0; i < 200; i++) await write(d, `img-${i}`, 'x'.repeat(100));
+    await d.close();
+    const db = new Database(join(dir, 'cache.db'));
+    db.pragma('wal_checkpoint(TRUNCATE)');
+    db.close();
+    const { size } = await stat(join(dir, 'cache.db'));
+    await truncate(join(dir, 'cache.db'), Math.floor(size / 2));
+    const reopened = new SqliteDriver({ cacheDir: dir });
+    const outcome = await reopened.configure().then(
+      async () => {
+        open.push(reopened);
+        return reopened.getCachedImages();
+      },
+    ).then(
+      (images) => images,
+      (e: unknown) => e,
+    );
+    expect(CacheError.isCacheError(outcome)).toBe(true);
+    expect([ErrorCodes.BAD_DRIVER_CONFIGURATION, ErrorCodes.STORAGE]).toContain((outcome as CacheError).code);
+  });
+
+  it('a table dropped behind the driver makes listings reject with CacheStorageError', async () => {
+    const d = await driver();
+    await write(d, 'img', 'x');
+    const other = new Database(join(dir, 'cache.db'));
+    other.exec('DROP TABLE cached_images');
+    other.close();
+    await expect(d.getCachedImages()).rejects.toMatchObject({ code: ErrorCodes.STORAGE });
+    await expect(d.getHitCount('img')).rejects.toMatchObject({ code: ErrorCodes.STORAGE });
+  });
+
+  it('a commit whose row cannot be written (database locked) is rolled back: no active file without a row', async () => {
+    const d = await driver({ busyTimeout: 50 });
+    const locker = new Database(join(dir, 'cache.db'));
+    locker.exec('BEGIN EXCLUSIVE');
+    try {
+      const error = await write(d, 'img', 'data').then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(error).toMatchObject({ code: ErrorCodes.STORAGE });
+      expect((error as Error).message).toMatch(/busyTimeout/);
+      expect(existsSync(join(dir, 'img'))).toBe(false);
+      expect(await readdir(join(dir, 'invalid'))).toEqual(['img']);
+    } finally {
+      locker.exec('ROLLBACK');
+      locker.close();
+    }
+    expect(await d.isCached('img')).toBe(false);
+    await write(d, 'img', 'data');
+    expect(await d.isCached('img')).toBe(true);
+  });
+
+  it('a hit that cannot be recorded never breaks the read; it is reported as a warning', async () => {
+    const warnings: CacheWarning[] = [];
+    const d = await driver({ busyTimeout: 50, onWarning: (w) => warnings.push(w) });
+    await write(d, 'img', 'payload');
+    const locker = new Database(join(dir, 'cache.db'));
+    locker.exec('BEGIN EXCLUSIVE');
+    try {
+      expect((await read(d, 'img')).toString()).toBe('payload');
+    } finally {
+      locker.exec('ROLLBACK');
+      locker.close();
+    }
+    expect(warnings.map((w) => w.code)).toEqual(['CACHE_HIT_NOT_RECORDED']);
+    expect(await d.getHitCount('img')).toBe(0);
+    await read(d, 'img');
+    expect(await d.getHitCount('img')).toBe(1);
+  });
+
+  it('a database outside the cache directory works, and the directory holds only images', async () => {
+    const { dir: dbDir, cleanup: dbCleanup } = await tempDir('sqlite-db');
+    try {
+      const d = await driver({ dbPath: join(dbDir, 'meta.db') });
+      await write(d, 'img', 'abc');
+      expect(await readFile(join(dir, 'img'), 'utf8')).toBe('abc');
+      expect((await readdir(dir)).sort()).toEqual(['img', 'incomplete', 'invalid', 'queue']);
+      await d.close();
+    } finally {
+      await dbCleanup();
+    }
+  });
+});

@@ -36,7 +36,7 @@ export function nsToSeconds(ns: bigint): number {
 const liveWriters = new Set<string>();
 
 /** Strictly increasing queue-marker times for this process, so FIFO order survives coarse clocks. */
-let lastQueueTime = 0;
+let lastQueueMs = 0;
 
 /** True for a Node system error with one of `codes`. */
 export function isErrnoError(error: unknown, ...codes: string[]): error is NodeJS.ErrnoException {
@@ -172,8 +172,8 @@ export class CacheDirectory {
 
   /**
    * Creates the zero-byte `queue/<id>` marker atomically (`wx`). Returns false
-   * when it already exists. The marker's mtime is set strictly later than any
-   * earlier marker of this process, so FIFO order holds on coarse clocks too.
+   * when it already exists. The marker's mtime is set at least 1 ms later than
+   * any earlier marker of this process, so FIFO order holds on coarse clocks too.
    */
   async createQueueMarker(id: ImageId): Promise<boolean> {
     const path = this.path(id, 'queue');
@@ -185,9 +185,11 @@ export class CacheDirectory {
       throw storageError('queue', path, error);
     }
     try {
-      const now = Date.now() / 1000;
-      lastQueueTime = now > lastQueueTime ? now : lastQueueTime + 1e-6;
-      await handle.utimes(lastQueueTime, lastQueueTime);
+      // Whole milliseconds: far coarser than the float rounding of utimes (~0.24 µs at today's epoch),
+      // far finer than any queueing an operator does.
+      const now = Date.now();
+      lastQueueMs = now > lastQueueMs ? now : lastQueueMs + 1;
+      await handle.utimes(lastQueueMs / 1000, lastQueueMs / 1000);
     } finally {
       await handle.close();
     }

@@ -126,9 +126,13 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
   protected abstract forgetAllImages(): Promise<void>;
   /** Runs on the incomplete file just before it is made durable and active (e.g. set attributes on it). */
   protected async prepareCommit(_id: ImageId, _incompletePath: string, _info: CommitInfo): Promise<void> {}
-  /** Runs on the incomplete file before it moves to `invalid/`; by default forgets the id's metadata. */
+  /**
+   * Runs on the incomplete file before it moves to `invalid/`. By default it
+   * forgets stale metadata of the id when no committed file exists; a failed
+   * rewrite of a cached id leaves the committed entry and its metadata intact.
+   */
   protected async prepareRollback(id: ImageId, _incompletePath: string, _reason: Error): Promise<void> {
-    await this.forgetImage(id);
+    if (!(await this.dir.exists(id, 'active'))) await this.forgetImage(id);
   }
   /** Makes metadata agree with the active files (during `clean()`). */
   protected async reconcile(_entries: readonly EntryStat[]): Promise<{ orphanRecords: number; adoptedFiles: number }> {

@@ -1,0 +1,117 @@
+import { BadDriverConfigurationError, MemoryDriver, type DirectoryDriverOptions } from '@cache/core';
+import { describe, expect, it } from 'vitest';
+import {
+  describeDriverConformance,
+  getTestFilesystems,
+  listingCases,
+  probeAtime,
+  probeXattr,
+  readCases,
+  type CapabilityProbe,
+} from '../src/index.js';
+
+/** A reference driver that needs strictatime and refuses to configure without it. */
+class AtimeReferenceDriver extends MemoryDriver {
+  override readonly name: string = 'atime-reference';
+  constructor(options: DirectoryDriverOptions) {
+    super(options);
+  }
+  protected override async openMetadata(): Promise<void> {
+    const probe = await probeAtime(this.cacheDir);
+    if (!probe.supported) {
+      throw new BadDriverConfigurationError(this.name, `${this.cacheDir} ${probe.reason}`, { path: this.cacheDir });
+    }
+  }
+}
+
+/** The same, declaring the need on the driver itself instead of through `requires`. */
+class DeclaredAtimeReferenceDriver extends AtimeReferenceDriver {
+  override readonly capabilities = { xattr: false, atime: true };
+}
+
+/** A reference driver that needs user xattrs and refuses without them. */
+class XattrReferenceDriver extends MemoryDriver {
+  override readonly name: string = 'xattr-reference';
+  constructor(options: DirectoryDriverOptions) {
+    super(options);
+  }
+  protected override async openMetadata(): Promise<void> {
+    const probe = await probeXattr(this.cacheDir);
+    if (!probe.supported) throw new BadDriverConfigurationError(this.name, `${this.cacheDir} ${probe.reason}`);
+  }
+}
+
+describeDriverConformance({
+  name: 'needs-atime',
+  create: (dir) => new AtimeReferenceDriver({ cacheDir: dir }),
+  requires: { atime: true },
+});
+
+describeDriverConformance({
+  name: 'declares-atime',
+  create: (dir) => new DeclaredAtimeReferenceDriver({ cacheDir: dir }),
+});
+
+describeDriverConformance({
+  name: 'needs-xattr',
+  create: (dir) => new XattrReferenceDriver({ cacheDir: dir }),
+  requires: { xattr: true },
+  groups: [listingCases, readCases],
+});
+
+interface TaskLike {
+  type: string;
+  name: string;
+  mode: string;
+  tasks?: TaskLike[];
+  result?: { state?: string };
+}
+
+function tests(task: TaskLike): TaskLike[] {
+  return task.type === 'test' ? [task] : (task.tasks ?? []).flatMap(tests);
+}
+
+/** Checks the cases a suite registered for each filesystem against what the probe says. */
+async function checkPlan(
+  file: TaskLike,
+  suiteName: string,
+  capability: 'atime' | 'xattr',
+  probe: (root: string) => Promise<CapabilityProbe>,
+): Promise<void> {
+  const suite = file.tasks?.find((task) => task.name === suiteName);
+  expect(suite, `suite ${suiteName}`).toBeDefined();
+  for (const fs of getTestFilesystems()) {
+    const perFs = suite?.tasks?.find((task) => task.name === `on ${fs.name} (${fs.root})`);
+    expect(perFs, `${suiteName} on ${fs.name}`).toBeDefined();
+    const all = tests(perFs as TaskLike);
+    const found = await probe(fs.root);
+    if (found.supported) {
+      expect(all.length).toBeGreaterThan(0);
+      expect(all.every((t) => t.mode === 'run' && t.result?.state !== undefined && t.result.state !== 'skip'), `${suiteName} runs every case`).toBe(true);
+      expect(all.some((t) => t.name.startsWith('configure() rejects with BadDriverConfigurationError: the driver needs'))).toBe(false);
+      continue;
+    }
+    const refusal = all.filter((t) => t.mode === 'run');
+    expect(refusal.map((t) => t.name)).toEqual([expect.stringMatching(/^configure\(\) rejects with BadDriverConfigurationError: the driver needs /)]);
+    expect(refusal[0]?.name).toContain(`needs ${capability}, but ${fs.name} ${found.reason}`);
+    expect(refusal[0]?.result?.state, 'the refusal case ran and passed').toBe('pass');
+    const skipped = all.filter((t) => t.mode === 'skip');
+    expect(skipped.length).toBe(all.length - 1);
+    expect(skipped.length).toBeGreaterThan(10);
+    for (const t of skipped) expect(t.name).toContain(`[skipped: needs ${capability}, but ${fs.name} `);
+  }
+}
+
+describe('capability gating', () => {
+  it('a driver that requires atime refuses on a filesystem without strictatime; every other case is skipped with the reason', async (context) => {
+    await checkPlan(context.task.file as unknown as TaskLike, 'needs-atime driver conformance', 'atime', probeAtime);
+  });
+
+  it('a need declared on driver.capabilities gates the cases like requires does', async (context) => {
+    await checkPlan(context.task.file as unknown as TaskLike, 'declares-atime driver conformance', 'atime', probeAtime);
+  });
+
+  it('a driver that requires xattr runs every case where user xattrs work, and refuses where they do not', async (context) => {
+    await checkPlan(context.task.file as unknown as TaskLike, 'needs-xattr driver conformance', 'xattr', probeXattr);
+  });
+});

@@ -7,7 +7,8 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { CacheError, ErrorCodes, ImageCache, type CacheWarning } from '@cache/core';
 import { SqliteDriver } from '../src/index.js';
 import { glanceCache, glanceConfigure, glanceList, glanceRead } from './glance.js';
-import { read, tempDir, write } from './helpers.js';
+import { readImage, writeImage } from '@cache/conformance';
+import { tempDir } from './helpers.js';
 
 let dir: string;
 let cleanup: () => Promise<void>;
@@ -55,7 +56,7 @@ describe('schema', () => {
 
   it('the database and its -wal/-shm files are never listed as images, and are reserved ids', async () => {
     const d = await driver();
-    await write(d, 'img', 'data');
+    await writeImage(d, 'img', Buffer.from('data'));
     expect(existsSync(join(dir, 'cache.db-wal'))).toBe(true);
     expect((await d.getCachedImages()).map((i) => i.imageId)).toEqual(['img']);
     await expect(d.isCached('cache.db-wal')).rejects.toMatchObject({ code: ErrorCodes.INVALID_IMAGE_ID });
@@ -63,7 +64,7 @@ describe('schema', () => {
 
   it('a custom dbPath name inside the cache directory becomes a reserved name too', async () => {
     const d = await driver({ dbPath: 'meta.sqlite' });
-    await write(d, 'img', 'x');
+    await writeImage(d, 'img', Buffer.from('x'));
     expect(existsSync(join(dir, 'meta.sqlite'))).toBe(true);
     expect(await d.getCacheSize()).toBe(1);
     await expect(d.isCached('meta.sqlite-wal')).rejects.toMatchObject({ code: ErrorCodes.INVALID_IMAGE_ID });
@@ -94,7 +95,7 @@ describe('compatibility with a cache directory written by Glance', () => {
     ]);
     expect(images[1]?.lastAccessed).toBeCloseTo(t, 3);
     expect(await d.getLeastRecentlyAccessed()).toEqual({ imageId: 'img-b', size: 4 });
-    expect((await read(d, 'img-b')).toString()).toBe('bbbb');
+    expect((await readImage(d, 'img-b')).toString()).toBe('bbbb');
     expect(await d.getHitCount('img-b')).toBe(1);
     // The lock file Glance leaves in the directory is not an image.
     expect(existsSync(join(dir, 'image_cache_db_init'))).toBe(true);
@@ -107,10 +108,10 @@ describe('compatibility with a cache directory written by Glance', () => {
 
   it('what we write reads back through Glance: rows, LRU query, hit updates and queue order', async () => {
     const d = await driver();
-    await write(d, 'one', '1');
-    await write(d, 'two', '22');
-    await read(d, 'one');
-    await read(d, 'one');
+    await writeImage(d, 'one', Buffer.from('1'));
+    await writeImage(d, 'two', Buffer.from('22'));
+    await readImage(d, 'one');
+    await readImage(d, 'one');
     await d.queueImage('zeta');
     await d.queueImage('alpha');
     await d.close();
@@ -130,18 +131,18 @@ describe('compatibility with a cache directory written by Glance', () => {
 describe('metadata stays true to the files', () => {
   it('re-caching an id replaces its row (upsert): new size, hits back to 0', async () => {
     const d = await driver();
-    await write(d, 'img', 'old');
-    await read(d, 'img');
+    await writeImage(d, 'img', Buffer.from('old'));
+    await readImage(d, 'img');
     await unlink(join(dir, 'img')); // deleted behind the driver's back; the row survives
-    await write(d, 'img', 'newer!');
+    await writeImage(d, 'img', Buffer.from('newer!'));
     const [record] = await d.getCachedImages();
     expect(record).toMatchObject({ imageId: 'img', size: 6, hits: 0 });
   });
 
   it('clean() deletes rows without files and adopts files without rows', async () => {
     const d = await driver();
-    await write(d, 'kept', 'k');
-    await write(d, 'orphan-row', 'o');
+    await writeImage(d, 'kept', Buffer.from('k'));
+    await writeImage(d, 'orphan-row', Buffer.from('o'));
     await unlink(join(dir, 'orphan-row'));
     await writeFile(join(dir, 'stray-file'), 'sss');
     // Listing already reflects the files: the orphan row is not listed, the stray file is (0 hits).
@@ -185,7 +186,7 @@ describe('database failures are typed errors, never silent wrong answers', () =>
 
   it('a truncated cache.db gives a typed error, not an empty listing', async () => {
     const d = await driver();
-    for (let i = 0; i < 200; i++) await write(d, `img-${i}`, 'x'.repeat(100));
+    for (let i = 0; i < 200; i++) await writeImage(d, `img-${i}`, Buffer.from('x'.repeat(100)));
     await d.close();
     const db = new Database(join(dir, 'cache.db'));
     db.pragma('wal_checkpoint(TRUNCATE)');
@@ -208,7 +209,7 @@ describe('database failures are typed errors, never silent wrong answers', () =>
 
   it('a table dropped behind the driver makes listings reject with CacheStorageError', async () => {
     const d = await driver();
-    await write(d, 'img', 'x');
+    await writeImage(d, 'img', Buffer.from('x'));
     const other = new Database(join(dir, 'cache.db'));
     other.exec('DROP TABLE cached_images');
     other.close();
@@ -221,7 +222,7 @@ describe('database failures are typed errors, never silent wrong answers', () =>
     const locker = new Database(join(dir, 'cache.db'));
     locker.exec('BEGIN EXCLUSIVE');
     try {
-      const error = await write(d, 'img', 'data').then(
+      const error = await writeImage(d, 'img', Buffer.from('data')).then(
         () => undefined,
         (e: unknown) => e,
       );
@@ -234,25 +235,25 @@ describe('database failures are typed errors, never silent wrong answers', () =>
       locker.close();
     }
     expect(await d.isCached('img')).toBe(false);
-    await write(d, 'img', 'data');
+    await writeImage(d, 'img', Buffer.from('data'));
     expect(await d.isCached('img')).toBe(true);
   });
 
   it('a hit that cannot be recorded never breaks the read; it is reported as a warning', async () => {
     const warnings: CacheWarning[] = [];
     const d = await driver({ busyTimeout: 50, onWarning: (w) => warnings.push(w) });
-    await write(d, 'img', 'payload');
+    await writeImage(d, 'img', Buffer.from('payload'));
     const locker = new Database(join(dir, 'cache.db'));
     locker.exec('BEGIN EXCLUSIVE');
     try {
-      expect((await read(d, 'img')).toString()).toBe('payload');
+      expect((await readImage(d, 'img')).toString()).toBe('payload');
     } finally {
       locker.exec('ROLLBACK');
       locker.close();
     }
     expect(warnings.map((w) => w.code)).toEqual(['CACHE_HIT_NOT_RECORDED']);
     expect(await d.getHitCount('img')).toBe(0);
-    await read(d, 'img');
+    await readImage(d, 'img');
     expect(await d.getHitCount('img')).toBe(1);
   });
 
@@ -260,7 +261,7 @@ describe('database failures are typed errors, never silent wrong answers', () =>
     const { dir: dbDir, cleanup: dbCleanup } = await tempDir('sqlite-db');
     try {
       const d = await driver({ dbPath: join(dbDir, 'meta.db') });
-      await write(d, 'img', 'abc');
+      await writeImage(d, 'img', Buffer.from('abc'));
       expect(await readFile(join(dir, 'img'), 'utf8')).toBe('abc');
       expect((await readdir(dir)).sort()).toEqual(['img', 'incomplete', 'invalid', 'queue']);
       await d.close();

@@ -24,6 +24,7 @@ import { checksumCases } from './cases/checksum.js';
 import { cleanCases } from './cases/clean.js';
 import { ErrorCodes, expectRejects } from './cases/common.js';
 import { imageIdCases } from './cases/image-ids.js';
+import { interopCases } from './cases/interop.js';
 import { lifecycleCases } from './cases/lifecycle.js';
 import { listingCases } from './cases/listing.js';
 import { lruCases } from './cases/lru.js';
@@ -39,6 +40,7 @@ import { FILESYSTEMS_ENV, getTestFilesystems, type TestFilesystem } from './targ
 export { checksumCases } from './cases/checksum.js';
 export { cleanCases } from './cases/clean.js';
 export { HOSTILE_IDS, imageIdCases } from './cases/image-ids.js';
+export { interopCases } from './cases/interop.js';
 export { lifecycleCases } from './cases/lifecycle.js';
 export { listingCases } from './cases/listing.js';
 export { lruCases } from './cases/lru.js';
@@ -95,6 +97,7 @@ export const allCaseGroups: readonly CaseGroup[] = Object.freeze([
   queueCases,
   imageIdCases,
   checksumCases,
+  interopCases,
 ]);
 
 /** Options of {@link describeDriverConformance}. */
@@ -113,6 +116,13 @@ export interface DriverConformanceOptions {
    * - `atime`: every read updates atime (`strictatime`; `relatime` and `noatime` do not).
    */
   requires?: Partial<DriverCapabilities>;
+  /**
+   * Whether the driver's metadata is shared by every instance on one directory
+   * and survives `close()`; cases that need it are skipped (with the reason)
+   * when false, as for core's `MemoryDriver`.
+   * @default true
+   */
+  persistent?: boolean;
   /** Run only these case groups (default {@link allCaseGroups}). */
   groups?: readonly CaseGroup[];
   /** Filesystems to run on instead of `CACHE_TEST_FILESYSTEMS` / the OS temp dir. */
@@ -242,7 +252,14 @@ export function describeDriverConformance(options: DriverConformanceOptions): vo
           registerRefusal(options, fs, probe, missing);
           return;
         }
-        const kit = createRunKit({ name: options.name, create: options.create, fs, probe, configure: true });
+        const kit = createRunKit({
+          name: options.name,
+          create: options.create,
+          fs,
+          probe,
+          configure: true,
+          persistent: options.persistent ?? true,
+        });
         for (const group of options.groups ?? allCaseGroups) describe(group.name, () => group.register(kit));
       });
     }

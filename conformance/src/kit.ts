@@ -41,8 +41,16 @@ export interface ConformanceKit {
   readonly fs: TestFilesystem;
   /** What the probes found on it. */
   readonly probe: FilesystemProbe;
+  /**
+   * Whether the driver's metadata is shared by every driver instance on one
+   * directory and survives `close()` (false for a per-instance store such as
+   * `MemoryDriver`).
+   */
+  readonly persistent: boolean;
   /** Registers one case; title it with the call, e.g. `"openForWrite(id) rejects a second writer ..."`. */
   it(title: string, fn: CaseFn): void;
+  /** Registers a case that cannot apply to this driver as skipped, with the reason in its title. */
+  skip(title: string, reason: string): void;
 }
 
 /** A named set of cases, one per method group; pass a subset as `groups` to run only those. */
@@ -78,6 +86,7 @@ export function createRunKit(options: {
   fs: TestFilesystem;
   probe: FilesystemProbe;
   configure: boolean;
+  persistent?: boolean;
 }): ConformanceKit {
   const states = new WeakMap<object, CaseState>();
   const prefix = join(options.fs.root, `${safeName(options.name)}-${options.fs.name}-`);
@@ -122,6 +131,8 @@ export function createRunKit(options: {
     name: options.name,
     fs: options.fs,
     probe: options.probe,
+    persistent: options.persistent ?? true,
+    skip: skipCase,
     it(title, fn) {
       it(title, async (context) => {
         const env = states.get(context.task)?.env;
@@ -132,14 +143,20 @@ export function createRunKit(options: {
   };
 }
 
+function skipCase(title: string, reason: string): void {
+  it.skip(`${title} [skipped: ${reason}]`, () => undefined);
+}
+
 /** A kit whose cases are all registered as skipped, with `reason` at the end of each title. */
 export function createSkipKit(options: { name: string; fs: TestFilesystem; probe: FilesystemProbe; reason: string }): ConformanceKit {
   return {
     name: options.name,
     fs: options.fs,
     probe: options.probe,
+    persistent: true,
+    skip: skipCase,
     it(title) {
-      it.skip(`${title} [skipped: ${options.reason}]`, () => undefined);
+      skipCase(title, options.reason);
     },
   };
 }

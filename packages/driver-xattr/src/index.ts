@@ -1,0 +1,8 @@
+/**
+ * `@cache/driver-xattr`: image-cache metadata in `user.*` extended attributes
+ * on the cache files themselves, compatible with Glance's xattr driver.
+ *
+ * @packageDocumentation
+ */
+export { XattrDriver, type XattrDriverOptions } from './xattr-driver.js';
+export { MAX_ERROR_LENGTH, XATTR } from './xattr-names.js';

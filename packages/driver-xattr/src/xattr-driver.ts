@@ -1,0 +1,217 @@
+import { randomBytes } from 'node:crypto';
+import { stat, unlink, utimes, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { getAttribute, setAttribute } from 'fs-xattr';
+import {
+  BadDriverConfigurationError,
+  DirectoryCacheDriver,
+  isErrnoError,
+  mapLimit,
+  nsToSeconds,
+  type CommitInfo,
+  type DirectoryDriverOptions,
+  type DriverCapabilities,
+  type EntryStat,
+  type ImageId,
+  type ImageMetadata,
+} from '@cache/core';
+import { MAX_ERROR_LENGTH, XATTR } from './xattr-names.js';
+
+/** Options of {@link XattrDriver}. */
+export interface XattrDriverOptions extends DirectoryDriverOptions {}
+
+const DRIVER_NAME = 'xattr';
+
+/** How many attribute reads a listing keeps in flight. */
+const LIST_CONCURRENCY = 64;
+
+/**
+ * Metadata in `user.*` extended attributes on the cache files, as Glance's
+ * xattr driver keeps it: `user.hits` (decimal text) on every active file and
+ * `user.error` on files moved to `invalid/`. No database: a cache file carries
+ * its own metadata, and deleting it deletes its metadata.
+ *
+ * **Recency rule.** Glance ranks entries by atime, which `noatime` never
+ * updates and `relatime` updates at most once a day. This driver records its
+ * own last access, in nanoseconds, in `user.image_cache.last_accessed_ns` at
+ * commit and whenever a read completes, and ranks by that. Only entries that
+ * lack it (written by Glance and never read here) fall back to atime. It also
+ * sets the file's atime on each completed read, so Glance sees the same order,
+ * and keeps the exact commit time in `user.image_cache.committed_ns`.
+ * The driver therefore works on `noatime` and `relatime` mounts alike: it
+ * needs user xattrs (`capabilities.xattr`), not atime.
+ *
+ * **Hits** are a read-modify-write of `user.hits`, serialized per id within a
+ * process (no lost hits between concurrent readers of one process); across
+ * processes an increment can be lost, as in Glance. Hit accounting never
+ * throws: failures are reported through `onWarning`.
+ *
+ * `configure()` probes the filesystem with a uniquely named dot-file that is
+ * always removed, and refuses with `BadDriverConfigurationError` when a user
+ * attribute cannot be set and read back, whatever the error. There is no
+ * fallback to another driver.
+ *
+ * @example
+ * ```ts
+ * const cache = await ImageCache.open({ driver: new XattrDriver({ cacheDir: '/var/cache/images' }) });
+ * ```
+ */
+export class XattrDriver extends DirectoryCacheDriver {
+  readonly name = DRIVER_NAME;
+  override readonly capabilities: DriverCapabilities = { xattr: true, atime: false };
+  /** Per-id chains that serialize hit increments within this process. */
+  readonly #hitChains = new Map<ImageId, Promise<void>>();
+
+  constructor(options: XattrDriverOptions) {
+    super(options);
+  }
+
+  protected async openMetadata(): Promise<void> {
+    const probe = join(this.cacheDir, `.xattr-probe-${process.pid}-${randomBytes(6).toString('hex')}`);
+    try {
+      await writeFile(probe, 'probe', { flag: 'wx' });
+      const value = `ok-${randomBytes(4).toString('hex')}`;
+      await setAttribute(probe, XATTR.probe, value);
+      const back = (await getAttribute(probe, XATTR.probe)).toString('utf8');
+      if (back !== value) throw new Error(`read back ${JSON.stringify(back)} instead of ${JSON.stringify(value)}`);
+    } catch (error) {
+      throw new BadDriverConfigurationError(this.name, probeAdvice(this.cacheDir, error), { path: this.cacheDir, cause: error });
+    } finally {
+      await unlink(probe).catch(() => undefined);
+    }
+  }
+
+  protected async closeMetadata(): Promise<void> {}
+
+  protected override async prepareCommit(_id: ImageId, incompletePath: string, info: CommitInfo): Promise<void> {
+    await setAttribute(incompletePath, XATTR.hits, '0');
+    await setAttribute(incompletePath, XATTR.lastAccessed, secondsToNsText(info.time));
+    await setAttribute(incompletePath, XATTR.committed, secondsToNsText(info.time));
+    if (info.checksum !== undefined) await setAttribute(incompletePath, XATTR.checksum, info.checksum);
+  }
+
+  /** Metadata is on the file, set before the rename: nothing left to record. */
+  protected async recordCommit(): Promise<void> {}
+
+  protected override async prepareRollback(_id: ImageId, incompletePath: string, reason: Error): Promise<void> {
+    const text = (reason.message || String(reason)).slice(0, MAX_ERROR_LENGTH);
+    await setAttribute(incompletePath, XATTR.error, text).catch((error: unknown) => {
+      if (!isErrnoError(error, 'ENOENT')) throw error;
+    });
+  }
+
+  protected async recordHit(id: ImageId, time: number): Promise<void> {
+    const previous = this.#hitChains.get(id) ?? Promise.resolve();
+    const next = previous.then(() => this.#incrementHits(id, time));
+    const settled = next.catch(() => undefined);
+    this.#hitChains.set(id, settled);
+    void settled.then(() => {
+      if (this.#hitChains.get(id) === settled) this.#hitChains.delete(id);
+    });
+    return next;
+  }
+
+  async #incrementHits(id: ImageId, time: number): Promise<void> {
+    const path = this.dir.path(id, 'active');
+    try {
+      const hits = await readCount(path);
+      await setAttribute(path, XATTR.hits, String(hits + 1));
+      await setAttribute(path, XATTR.lastAccessed, secondsToNsText(time));
+      // Keep atime in step for Glance, which ranks by atime; leave mtime (the commit time) as it is.
+      const { mtimeNs } = await stat(path, { bigint: true });
+      await utimes(path, time, nsToSeconds(mtimeNs));
+    } catch (error) {
+      // The entry was deleted or pruned while it was being read: nothing to count.
+      if (!isErrnoError(error, 'ENOENT')) throw error;
+    }
+  }
+
+  protected async readMetadata(entries: readonly EntryStat[]): Promise<Map<ImageId, ImageMetadata>> {
+    const records = await mapLimit(entries, LIST_CONCURRENCY, async (entry) => {
+      const path = this.dir.path(entry.imageId, 'active');
+      const [hits, accessed, committed] = await Promise.all([
+        readCount(path),
+        readText(path, XATTR.lastAccessed).then(parseNs),
+        readText(path, XATTR.committed).then(parseNs),
+      ]);
+      return [
+        entry.imageId,
+        {
+          hits,
+          lastAccessed: accessed === undefined ? entry.atime : nsToSeconds(accessed),
+          lastModified: committed === undefined ? entry.mtime : nsToSeconds(committed),
+        },
+      ] as const;
+    });
+    return new Map(records);
+  }
+
+  /** Metadata lives on the file: deleting the file deleted it. */
+  protected async forgetImage(): Promise<void> {}
+
+  protected async forgetAllImages(): Promise<void> {}
+
+  /** Gives files without `user.hits` (dropped in by hand or by another tool) a count of 0. */
+  protected override async reconcile(entries: readonly EntryStat[]): Promise<{ orphanRecords: number; adoptedFiles: number }> {
+    const adopted = await mapLimit(entries, LIST_CONCURRENCY, async (entry) => {
+      const path = this.dir.path(entry.imageId, 'active');
+      if ((await readText(path, XATTR.hits)) !== undefined) return 0;
+      await setAttribute(path, XATTR.hits, '0').catch((error: unknown) => {
+        if (!isErrnoError(error, 'ENOENT')) throw error;
+      });
+      return 1;
+    });
+    return { orphanRecords: 0, adoptedFiles: adopted.reduce<number>((sum, n) => sum + n, 0) };
+  }
+
+  /** The verified digest stored at commit (`sha256:<hex>`, or md5 hex), if any. */
+  async getStoredChecksum(id: ImageId): Promise<string | undefined> {
+    this.guard(id);
+    return readText(this.dir.path(id, 'active'), XATTR.checksum);
+  }
+}
+
+/** An attribute's text, or `undefined` when the file or the attribute is missing. */
+async function readText(path: string, attribute: string): Promise<string | undefined> {
+  try {
+    return (await getAttribute(path, attribute)).toString('utf8');
+  } catch (error) {
+    if (isErrnoError(error, 'ENODATA', 'ENOATTR', 'ENOENT')) return undefined;
+    throw error;
+  }
+}
+
+/** `user.hits` as a number; 0 when missing or not a decimal number (Glance's default). */
+async function readCount(path: string): Promise<number> {
+  const text = await readText(path, XATTR.hits);
+  const value = text === undefined ? 0 : Number.parseInt(text, 10);
+  return Number.isSafeInteger(value) && value >= 0 ? value : 0;
+}
+
+function secondsToNsText(seconds: number): string {
+  return (BigInt(Math.round(seconds * 1e6)) * 1000n).toString();
+}
+
+function parseNs(text: string | undefined): bigint | undefined {
+  if (text === undefined || !/^\d{1,20}$/.test(text)) return undefined;
+  return BigInt(text);
+}
+
+function probeAdvice(cacheDir: string, error: unknown): string {
+  const code = (error as NodeJS.ErrnoException | undefined)?.code;
+  const detail = error instanceof Error ? error.message : String(error);
+  if (code === 'ENOTSUP' || code === 'EOPNOTSUPP') {
+    return (
+      `the filesystem of ${cacheDir} does not keep user extended attributes (${detail}). ` +
+      'Put the cache on a filesystem that has them (ext4, xfs, btrfs, tmpfs) and mount it with user_xattr ' +
+      'where that option exists, or use @cache/driver-sqlite, which needs no xattrs.'
+    );
+  }
+  if (code === 'EACCES' || code === 'EPERM') {
+    return `no permission to set user extended attributes in ${cacheDir} (${detail}): check the directory's owner and mode.`;
+  }
+  if (code === 'ENOSPC' || code === 'EDQUOT') {
+    return `no space for extended attributes in ${cacheDir} (${detail}): free space on the filesystem.`;
+  }
+  return `cannot set and read back a user extended attribute in ${cacheDir} (${detail}).`;
+}

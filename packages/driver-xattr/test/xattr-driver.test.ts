@@ -1,0 +1,150 @@
+import { createHash } from 'node:crypto';
+import { mkdtemp, readdir, rm, utimes, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { getAttribute } from 'fs-xattr';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { abortWrite, getTestFilesystems, probeFilesystem, readImage, writeImage } from '@cache/conformance';
+import { ImageCache, type CacheWarning } from '@cache/core';
+import { XATTR, XattrDriver } from '../src/index.js';
+import { glanceCache, glanceGetXattr, glanceList, glanceRead } from './glance.js';
+
+// The driver's own cases run on every test filesystem that keeps user xattrs
+// (the kit checks the refusal on the others).
+const filesystems = [];
+for (const fs of getTestFilesystems()) {
+  const probe = await probeFilesystem(fs.root);
+  if (probe.xattr.supported) filesystems.push(fs);
+}
+
+describe.each(filesystems)('xattr driver on $name ($root)', (fs) => {
+  let dir: string;
+  let driver: XattrDriver;
+  let warnings: CacheWarning[];
+
+  beforeEach(async () => {
+    dir = await mkdtemp(join(fs.root, 'xattr-driver-'));
+    warnings = [];
+    driver = new XattrDriver({ cacheDir: dir, onWarning: (w) => warnings.push(w) });
+    await driver.configure();
+  });
+
+  afterEach(async () => {
+    await driver.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  const bytes = (text: string) => Buffer.from(text);
+  const secondsAgo = (s: number) => Date.now() / 1000 - s;
+
+  it('configure() leaves no probe file behind', async () => {
+    expect((await readdir(dir)).sort()).toEqual(['incomplete', 'invalid', 'queue']);
+  });
+
+  it("commit sets Glance's user.hits = \"0\" and our nanosecond last-access attribute", async () => {
+    await writeImage(driver, 'img', bytes('data'));
+    const path = join(dir, 'img');
+    expect(glanceGetXattr(path, 'hits')).toBe('0');
+    const ns = (await getAttribute(path, XATTR.lastAccessed)).toString();
+    expect(ns).toMatch(/^\d{19}$/);
+    expect(Math.abs(Number(BigInt(ns) / 1_000_000n) - Date.now())).toBeLessThan(10_000);
+  });
+
+  it('lists, reads and prunes a directory written by Glance (recency from atime until we record our own)', async () => {
+    glanceCache(dir, 'glance-a', 'aaaa', secondsAgo(300));
+    glanceCache(dir, 'glance-b', 'bbbb', secondsAgo(100));
+    glanceCache(dir, 'glance-c', 'cccc', secondsAgo(200));
+    glanceRead(dir, 'glance-c');
+    glanceRead(dir, 'glance-c');
+    await utimes(join(dir, 'glance-c'), secondsAgo(200), secondsAgo(400)); // Glance's reads changed nothing we rank by
+    const images = await driver.getCachedImages();
+    expect(images.map((i) => [i.imageId, i.hits, i.size])).toEqual([
+      ['glance-a', 0, 4],
+      ['glance-b', 0, 4],
+      ['glance-c', 2, 4],
+    ]);
+    expect(Math.abs((images[0]?.lastAccessed ?? 0) - secondsAgo(300))).toBeLessThan(5);
+    expect(await driver.getLeastRecentlyAccessed()).toEqual({ imageId: 'glance-a', size: 4 });
+    expect((await readImage(driver, 'glance-a')).toString()).toBe('aaaa');
+    expect(await driver.getHitCount('glance-a')).toBe(1);
+    const cache = await ImageCache.open({ driver, maxSize: 8 });
+    expect(await cache.prune()).toEqual({ files: 1, bytes: 4 }); // glance-c (200 s ago); glance-a was just read
+    expect((await driver.getCachedImages()).map((i) => i.imageId)).toEqual(['glance-a', 'glance-b']);
+  });
+
+  it('what we write reads back through Glance: hits, atime order, and Glance increments on top of ours', async () => {
+    await writeImage(driver, 'one', bytes('1'));
+    await writeImage(driver, 'two', bytes('22'));
+    await utimes(join(dir, 'one'), secondsAgo(500), secondsAgo(500));
+    await utimes(join(dir, 'two'), secondsAgo(400), secondsAgo(500));
+    await readImage(driver, 'one');
+    await readImage(driver, 'one');
+    const seen = glanceList(dir);
+    expect(seen.cached.map((e) => [e.image_id, e.hits, e.size])).toEqual([
+      ['one', 2, 1],
+      ['two', 0, 2],
+    ]);
+    expect(seen.lru).toBe('two'); // our reads moved `one`'s atime forward for Glance
+    expect(glanceRead(dir, 'two')).toBe('22');
+    expect(await driver.getHitCount('two')).toBe(1);
+  });
+
+  it('ranks by its own last-access attribute, not atime, so noatime/relatime mounts keep exact LRU', async () => {
+    await writeImage(driver, 'a', bytes('a'));
+    await writeImage(driver, 'b', bytes('b'));
+    await readImage(driver, 'a');
+    // What a noatime mount (or a relatime one within a day) shows: atime never moves.
+    await utimes(join(dir, 'a'), secondsAgo(86_400 * 3), secondsAgo(86_400 * 3));
+    expect(await driver.getLeastRecentlyAccessed()).toEqual({ imageId: 'b', size: 1 });
+    await readImage(driver, 'b');
+    expect(await driver.getLeastRecentlyAccessed()).toEqual({ imageId: 'a', size: 1 });
+  });
+
+  it('counts every one of 64 concurrent reads (no lost increments within a process)', async () => {
+    await writeImage(driver, 'hot', Buffer.alloc(64 * 1024, 1));
+    await Promise.all(Array.from({ length: 64 }, () => readImage(driver, 'hot')));
+    expect(await driver.getHitCount('hot')).toBe(64);
+    expect(glanceGetXattr(join(dir, 'hot'), 'hits')).toBe('64');
+    expect(warnings).toEqual([]);
+  });
+
+  it('a rollback leaves the reason in user.error on the file in invalid/, as Glance does', async () => {
+    const writer = await driver.openForWrite('img');
+    writer.write(bytes('partial'));
+    await abortWrite(writer, new Error('origin reset by peer'));
+    expect(await readdir(join(dir, 'invalid'))).toEqual(['img']);
+    expect(glanceGetXattr(join(dir, 'invalid', 'img'), 'error')).toBe('origin reset by peer');
+  });
+
+  it('a read of an entry deleted meanwhile completes, without an error or a warning', async () => {
+    await writeImage(driver, 'img', bytes('still readable'));
+    const stream = await driver.openForRead('img');
+    await driver.deleteCachedImage('img');
+    const chunks: Buffer[] = [];
+    for await (const chunk of stream) chunks.push(chunk as Buffer);
+    expect(Buffer.concat(chunks).toString()).toBe('still readable');
+    expect(warnings).toEqual([]);
+    expect(await driver.isCached('img')).toBe(false);
+  });
+
+  it('clean() gives a file dropped in without attributes user.hits = 0', async () => {
+    await writeImage(driver, 'ours', bytes('x'));
+    await writeFile(join(dir, 'dropped-in'), 'yy');
+    expect(await driver.clean()).toMatchObject({ adoptedFiles: 1 });
+    expect(glanceGetXattr(join(dir, 'dropped-in'), 'hits')).toBe('0');
+    expect(await driver.clean()).toMatchObject({ adoptedFiles: 0 });
+  });
+
+  it('stores the verified checksum on the file', async () => {
+    const cache = await ImageCache.open({ driver });
+    const digest = createHash('sha256').update('hello').digest('hex');
+    await cache.cacheImage('hello', Readable.from([bytes('hello')]), { checksum: { algorithm: 'sha256', digest } });
+    expect(await driver.getStoredChecksum('hello')).toBe(`sha256:${digest}`);
+  });
+});
+
+describe('xattr driver test filesystems', () => {
+  it('at least one test filesystem keeps user xattrs, so the cases above ran', () => {
+    expect(filesystems.length, `no filesystem with user xattrs among ${getTestFilesystems().map((f) => f.name).join(', ')}`).toBeGreaterThan(0);
+  });
+});

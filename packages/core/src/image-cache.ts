@@ -16,6 +16,7 @@ import {
   BadDriverConfigurationError,
   ChecksumMismatchError,
   ImageBeingCachedError,
+  ImageNotCachedError,
   InvalidArgumentError,
 } from './errors.js';
 import { assertImageId, type ImageId } from './image-id.js';
@@ -59,7 +60,28 @@ export interface CachingOutcome {
    * - `aborted`: the source failed, the checksum did not match, or the client stopped; rolled back.
    */
   status: 'committed' | 'skipped' | 'failed' | 'aborted';
+  /** For `aborted`: whether the source (including a checksum mismatch) or the client ended the stream. */
+  abortedBy?: 'source' | 'client';
   error?: Error;
+}
+
+/** Options of {@link ImageCache.readThrough}. */
+export interface ReadThroughOptions {
+  /**
+   * Opens the image at its origin. Called only on a miss, and only by the one
+   * caller that leads the fetch when several miss the same id at once.
+   */
+  fetch: () => ImageSource | Promise<ImageSource>;
+  /** Expected digest of the image; see {@link CacheImageOptions.checksum}. */
+  checksum?: Checksum;
+}
+
+/** What {@link ImageCache.readThrough} serves. */
+export interface ReadThroughResult {
+  /** The image bytes. Consume or destroy it: callers waiting on this fetch wait for it to end. */
+  stream: Readable;
+  /** `cache` when served from the cache, `origin` when this caller streams from the origin (caching on the way). */
+  from: 'cache' | 'origin';
 }
 
 /**
@@ -81,6 +103,8 @@ export class ImageCache {
   /** Default stall time of `clean()`, seconds. */
   readonly stallTime: number;
   readonly #onCacheError: ((error: Error, imageId: ImageId) => void) | undefined;
+  /** Misses being fetched by this process: settles 'committed' or 'retry', or rejects with the source's error. */
+  readonly #flights = new Map<ImageId, Promise<'committed' | 'retry'>>();
 
   private constructor(options: Required<Omit<ImageCacheOptions, 'onCacheError'>> & Pick<ImageCacheOptions, 'onCacheError'>) {
     this.driver = options.driver;
@@ -244,6 +268,68 @@ export class ImageCache {
   }
 
   /**
+   * Read-through with single-flight: serves `id` from the cache when it is
+   * there; on a miss, the first caller fetches from the origin and streams it
+   * while caching it (as {@link getCachingStream}), and every concurrent caller
+   * that misses the same id in this process waits for that fetch to commit and
+   * then reads from the cache, so the origin is read once.
+   *
+   * If the fetch fails at the source (an origin error or a checksum mismatch),
+   * every waiter rejects with that error, and the next request tries again.
+   * If caching fails for another reason (disk full, another process writing
+   * the id, the leader's client stopping early), the waiters try again: one
+   * of them leads a new fetch.
+   */
+  async readThrough(id: ImageId, options: ReadThroughOptions): Promise<ReadThroughResult> {
+    assertImageId(id);
+    normalizeChecksum(options?.checksum);
+    if (typeof options?.fetch !== 'function') {
+      throw new InvalidArgumentError('readThrough needs { fetch: () => ImageSource | Promise<ImageSource> }');
+    }
+    for (;;) {
+      try {
+        return { stream: await this.driver.openForRead(id), from: 'cache' };
+      } catch (error) {
+        if (!ImageNotCachedError.isInstance(error)) throw error;
+      }
+      const flight = this.#flights.get(id);
+      if (flight !== undefined) {
+        await flight; // rejects with the source's error
+        continue;
+      }
+      return this.#lead(id, options);
+    }
+  }
+
+  async #lead(id: ImageId, options: ReadThroughOptions): Promise<ReadThroughResult> {
+    let resolve!: (value: 'committed' | 'retry') => void;
+    let reject!: (error: Error) => void;
+    const flight = new Promise<'committed' | 'retry'>((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
+    flight.catch(() => undefined); // waiters see the rejection; nobody else must
+    this.#flights.set(id, flight);
+    const done = () => {
+      if (this.#flights.get(id) === flight) this.#flights.delete(id);
+    };
+    let stream: CachingStream;
+    try {
+      const source = await options.fetch();
+      stream = this.getCachingStream(id, source, { checksum: options.checksum });
+    } catch (error) {
+      done();
+      reject(error as Error);
+      throw error;
+    }
+    void stream.cacheOutcome.then((outcome) => {
+      done();
+      settleFlight(outcome, resolve, reject);
+    });
+    return { stream, from: 'origin' };
+  }
+
+  /**
    * A `Readable` for the client that passes the source through while writing
    * it to the cache (Glance's caching iterator), with these rules:
    * - a cache failure (disk full, another writer, a driver error) never breaks
@@ -264,6 +350,16 @@ export class ImageCache {
     assertSource(source);
     return new CachingStream(this.driver, id, source, expected, this.#onCacheError);
   }
+}
+
+function settleFlight(
+  outcome: CachingOutcome,
+  resolve: (value: 'committed' | 'retry') => void,
+  reject: (error: Error) => void,
+): void {
+  if (outcome.status === 'committed') resolve('committed');
+  else if (outcome.status === 'aborted' && outcome.abortedBy === 'source' && outcome.error !== undefined) reject(outcome.error);
+  else resolve('retry'); // skipped, cache-side failure, or the leader's client stopped: try again
 }
 
 function assertSource(source: unknown): asserts source is ImageSource {
@@ -373,14 +469,14 @@ export class CachingStream extends Readable {
   }
 
   /** Rolls the cache write back because of a source-side failure and waits until the file is in `invalid/`. */
-  async #abortCache(error: Error): Promise<void> {
+  async #abortCache(error: Error, abortedBy: 'source' | 'client'): Promise<void> {
     const writer = this.#writer;
     this.#writer = undefined;
     if (writer !== undefined) {
       writer.destroy(error);
       await whenClosed(writer);
     }
-    this.#finishOutcome({ status: 'aborted', error });
+    this.#finishOutcome({ status: 'aborted', abortedBy, error });
   }
 
   override _construct(callback: (error?: Error | null) => void): void {
@@ -425,7 +521,7 @@ export class CachingStream extends Readable {
         if (step.done === true) break;
         chunk = toBuffer(step.value);
       } catch (error) {
-        await this.#abortCache(error as Error);
+        await this.#abortCache(error as Error, 'source');
         this.destroy(error as Error);
         return;
       }
@@ -460,7 +556,7 @@ export class CachingStream extends Readable {
       const actual = this.#hash.digest('hex');
       if (actual !== this.#expected.digest) {
         const error = new ChecksumMismatchError(this.imageId, this.#expected.algorithm, this.#expected.digest, actual);
-        await this.#abortCache(error);
+        await this.#abortCache(error, 'source');
         this.destroy(error);
         return;
       }
@@ -483,7 +579,7 @@ export class CachingStream extends Readable {
   override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
     const reason = error ?? new Error('client stopped reading before the end of the image');
     const iterator = this.#iterator;
-    this.#abortCache(reason)
+    this.#abortCache(reason, 'client')
       .then(() => iterator?.return?.())
       .then(
         () => callback(error),

@@ -55,5 +55,7 @@ export {
   type ImageCacheOptions,
   type ImageSource,
   type PruneResult,
+  type ReadThroughOptions,
+  type ReadThroughResult,
 } from './image-cache.js';
 export { MemoryDriver } from './memory-driver.js';

@@ -206,7 +206,7 @@ describe('getCachingStream()', () => {
     expect(client.data().equals(Buffer.concat(parts))).toBe(true);
     expect(await cache.isCached('img')).toBe(false);
     expect(await readdir(join(dir, 'invalid'))).toEqual(['img']);
-    expect((await stream.cacheOutcome).status).toBe('aborted');
+    expect(await stream.cacheOutcome).toMatchObject({ status: 'aborted', abortedBy: 'source' });
   });
 
   it('a source failure reaches the client as an error (never a short clean end) and rolls the entry back', async () => {
@@ -262,7 +262,7 @@ describe('getCachingStream()', () => {
   it('a client that stops early leaves nothing active and the partial file in invalid/', async () => {
     const stream = cache.getCachingStream('img', Readable.from(chunks(100, 64 * 1024)));
     for await (const _ of stream) break; // destroys the stream after the first chunk
-    expect((await stream.cacheOutcome).status).toBe('aborted');
+    expect(await stream.cacheOutcome).toMatchObject({ status: 'aborted', abortedBy: 'client' });
     expect(await cache.isCached('img')).toBe(false);
     expect(await readdir(join(dir, 'invalid'))).toEqual(['img']);
   });
@@ -282,5 +282,115 @@ describe('getCachingStream()', () => {
     expect(() => cache.getCachingStream('a', Readable.from([]), { checksum: 'nope' })).toThrowError(
       expect.objectContaining({ code: ErrorCodes.INVALID_ARGUMENT }),
     );
+  });
+});
+
+describe('readThrough() single-flight', () => {
+  const image = Buffer.concat(chunks(16, 4096));
+
+  /** An origin that counts its fetches; each fetch streams the image slowly, in chunks. */
+  function origin(options: { fail?: Error; failTimes?: number; data?: Buffer } = {}) {
+    let fetches = 0;
+    return {
+      get fetches() {
+        return fetches;
+      },
+      fetch: async () => {
+        fetches++;
+        const failing = options.fail !== undefined && fetches <= (options.failTimes ?? Infinity);
+        const data = options.data ?? image;
+        return (async function* () {
+          for (let i = 0; i < data.length; i += 4096) {
+            await new Promise((resolve) => setImmediate(resolve));
+            if (failing && i >= data.length / 2) throw options.fail;
+            yield data.subarray(i, i + 4096);
+          }
+        })();
+      },
+    };
+  }
+
+  it('100 concurrent misses of one id read the origin once; every caller gets the whole image', async () => {
+    const big = await ImageCache.open({ driver });
+    const src = origin();
+    const results = await Promise.all(
+      Array.from({ length: 100 }, async () => {
+        const { stream, from } = await big.readThrough('img', { fetch: src.fetch, checksum: { algorithm: 'sha256', digest: sha256(image) } });
+        return { from, data: await collect(stream) };
+      }),
+    );
+    expect(src.fetches).toBe(1);
+    expect(results.filter((r) => r.from === 'origin')).toHaveLength(1);
+    expect(results.every((r) => r.data.equals(image))).toBe(true);
+    expect(await big.getHitCount('img')).toBe(99);
+    const again = await big.readThrough('img', { fetch: src.fetch });
+    expect(again.from).toBe('cache');
+    await collect(again.stream);
+    expect(src.fetches).toBe(1);
+  });
+
+  it('a failed fetch releases every waiter with the error, and the next request tries again', async () => {
+    const big = await ImageCache.open({ driver });
+    const src = origin({ fail: new Error('origin 503'), failTimes: 1 });
+    const attempts = await Promise.allSettled(
+      Array.from({ length: 10 }, async () => collect((await big.readThrough('img', { fetch: src.fetch })).stream)),
+    );
+    expect(attempts.map((a) => a.status === 'rejected' && (a.reason as Error).message)).toEqual(Array(10).fill('origin 503'));
+    expect(src.fetches).toBe(1);
+    expect(await big.isCached('img')).toBe(false);
+    const { stream, from } = await big.readThrough('img', { fetch: src.fetch });
+    expect(from).toBe('origin');
+    expect((await collect(stream)).equals(image)).toBe(true);
+    expect(src.fetches).toBe(2);
+    expect(await big.isCached('img')).toBe(true);
+  });
+
+  it('a checksum mismatch reaches every waiter as ChecksumMismatchError', async () => {
+    const big = await ImageCache.open({ driver });
+    const src = origin();
+    const attempts = await Promise.allSettled(
+      Array.from({ length: 5 }, async () => collect((await big.readThrough('img', { fetch: src.fetch, checksum: md5(Buffer.from('other')) })).stream)),
+    );
+    expect(attempts.every((a) => a.status === 'rejected' && (a.reason as { code?: string }).code === ErrorCodes.CHECKSUM_MISMATCH)).toBe(true);
+    expect(src.fetches).toBe(1);
+    expect(await big.isCached('img')).toBe(false);
+  });
+
+  it('a fetch() that throws releases the waiters with its error', async () => {
+    const big = await ImageCache.open({ driver });
+    let calls = 0;
+    const fetch = async () => {
+      calls++;
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      throw new Error('no route to origin');
+    };
+    const attempts = await Promise.allSettled(Array.from({ length: 5 }, () => big.readThrough('img', { fetch })));
+    expect(attempts.map((a) => a.status === 'rejected' && (a.reason as Error).message)).toEqual(Array(5).fill('no route to origin'));
+    expect(calls).toBe(1);
+  });
+
+  it('when caching fails (not the source), waiters try again and one of them leads a new fetch', async () => {
+    const big = await ImageCache.open({ driver });
+    driver.failCommit = true;
+    const src = origin();
+    let first = true;
+    const fetch = async () => {
+      const source = await src.fetch();
+      if (!first) driver.failCommit = false;
+      first = false;
+      return source;
+    };
+    const results = await Promise.all(
+      Array.from({ length: 8 }, async () => collect((await big.readThrough('img', { fetch })).stream)),
+    );
+    expect(results.every((data) => data.equals(image))).toBe(true);
+    expect(src.fetches).toBe(2);
+    expect(await big.isCached('img')).toBe(true);
+  });
+
+  it('rejects an invalid id or a missing fetch before touching the disk', async () => {
+    await expect(cache.readThrough('../x', { fetch: origin().fetch })).rejects.toMatchObject({ code: ErrorCodes.INVALID_IMAGE_ID });
+    await expect(cache.readThrough('x', {} as never)).rejects.toMatchObject({ code: ErrorCodes.INVALID_ARGUMENT });
+    expect(await readdir(join(dir, 'incomplete'))).toEqual([]);
   });
 });

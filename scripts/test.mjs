@@ -21,7 +21,7 @@ rmSync(resultsDir, { recursive: true, force: true });
 mkdirSync(resultsDir, { recursive: true });
 
 const env = { ...process.env, TURBO_TELEMETRY_DISABLED: '1', TEST_RESULTS_DIR: resultsDir };
-const turbo = ['pnpm', 'exec', 'turbo', 'run', 'lint', 'test', '--output-logs=full', ...process.argv.slice(2)];
+const turbo = ['pnpm', 'exec', 'turbo', 'run', 'lint', 'test', '--continue', '--output-logs=full', ...process.argv.slice(2)];
 const child = spawn('bash', [join(root, 'scripts', 'test-filesystems.sh'), '--', ...turbo], {
   cwd: root,
   env,

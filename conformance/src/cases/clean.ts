@@ -1,4 +1,5 @@
 import { readFile, utimes, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { expect } from 'vitest';
@@ -91,6 +92,16 @@ export const cleanCases: CaseGroup = {
         await expectRejects(driver.clean(bad), ErrorCodes.INVALID_ARGUMENT, `clean(${bad})`);
       }
       expect(await namesIn(dir, 'incomplete')).toEqual(['s']);
+    });
+
+    kit.it('clean() removes the queue marker of an image that is already cached (a crash between commit and marker removal)', async ({ driver, dir }) => {
+      await writeImage(driver, 'done', makeBytes(10));
+      expect(await driver.queueImage('waiting')).toBe(true);
+      await writeFile(join(dir, 'queue', 'done'), ''); // what a crash after the commit's rename leaves
+      expect((await driver.getQueuedImages()).sort()).toEqual(['done', 'waiting']);
+      expect(await driver.clean()).toMatchObject({ staleQueueMarkers: 1 });
+      expect(await driver.getQueuedImages()).toEqual(['waiting']);
+      expect(await driver.isCached('done')).toBe(true);
     });
 
     kit.it('clean(0) leaves active entries and queue markers alone', async ({ driver, dir }) => {

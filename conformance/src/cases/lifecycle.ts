@@ -69,8 +69,8 @@ export const lifecycleCases: CaseGroup = {
 
     kit.it('clean() on an empty cache reports zeros', async ({ driver }) => {
       const report = await driver.clean();
-      expect(report).toEqual({ invalid: 0, stalled: 0, orphanRecords: 0, adoptedFiles: 0, errors: [] });
-      expect(await driver.clean(0)).toEqual({ invalid: 0, stalled: 0, orphanRecords: 0, adoptedFiles: 0, errors: [] });
+      expect(report).toEqual({ invalid: 0, stalled: 0, orphanRecords: 0, adoptedFiles: 0, staleQueueMarkers: 0, errors: [] });
+      expect(await driver.clean(0)).toEqual({ invalid: 0, stalled: 0, orphanRecords: 0, adoptedFiles: 0, staleQueueMarkers: 0, errors: [] });
     });
 
     kit.it('configure() creates incomplete/, invalid/ and queue/', async ({ driver, dir }) => {

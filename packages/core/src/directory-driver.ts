@@ -120,6 +120,14 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
   protected abstract recordHit(id: ImageId, time: number): Promise<void>;
   /** Metadata for the given entries (missing ones are treated as 0 hits, mtime access). */
   protected abstract readMetadata(entries: readonly EntryStat[]): Promise<Map<ImageId, ImageMetadata>>;
+  /**
+   * Completed reads of one entry (0 without metadata). By default taken from
+   * {@link readMetadata}; a driver may read only the hit count.
+   */
+  protected async readHitCount(entry: EntryStat): Promise<number> {
+    const metadata = await this.readMetadata([entry]);
+    return metadata.get(entry.imageId)?.hits ?? 0;
+  }
   /** Forgets one entry's metadata (delete, rollback). */
   protected abstract forgetImage(id: ImageId): Promise<void>;
   /** Forgets every entry's metadata. */
@@ -229,8 +237,7 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
     this.guard(id);
     const entry = await this.dir.statFile(id, 'active');
     if (entry === undefined) return 0;
-    const metadata = await this.readMetadata([entry]);
-    return metadata.get(id)?.hits ?? 0;
+    return this.readHitCount(entry);
   }
 
   async getLeastRecentlyAccessed(): Promise<LeastRecentlyAccessed | null> {
@@ -293,10 +300,23 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
     }
     const invalid = await this.dir.reapInvalid();
     const stalled = await this.dir.reapStalled(stallTimeSeconds);
-    const { orphanRecords, adoptedFiles } = await this.reconcile(await this.dir.list('active'));
+    const active = await this.dir.list('active');
+    const { orphanRecords, adoptedFiles } = await this.reconcile(active);
+    const cached = new Set(active.map((entry) => entry.imageId));
+    let staleQueueMarkers = 0;
+    for (const id of await this.dir.listQueue()) {
+      if (cached.has(id) && (await this.dir.remove(id, 'queue'))) staleQueueMarkers++;
+    }
     const errors = [...invalid.errors, ...stalled.errors];
     for (const error of errors) this.warn({ code: 'CACHE_CLEAN_FAILED', message: error.message, cause: error });
-    return { invalid: invalid.removed.length, stalled: stalled.removed.length, orphanRecords, adoptedFiles, errors };
+    return {
+      invalid: invalid.removed.length,
+      stalled: stalled.removed.length,
+      orphanRecords,
+      adoptedFiles,
+      staleQueueMarkers,
+      errors,
+    };
   }
 
   // ---- reads and writes -----------------------------------------------------------
@@ -317,7 +337,7 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
       if (info instanceof Error) throw storageError('stat', path, info);
       throw new ImageNotCachedError(id, path);
     }
-    return new CacheReadStream(id, handle, async () => {
+    const onComplete = async () => {
       try {
         await this.recordHit(id, nowSeconds());
       } catch (error) {
@@ -328,25 +348,36 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
           cause: error,
         });
       }
-    });
+    };
+    // The size lets the stream size its buffers and end without an extra read (see CacheReadStream).
+    return new CacheReadStream(id, handle, onComplete, info.size);
   }
 
   async openForWrite(id: ImageId): Promise<CacheWriter> {
     this.guard(id);
     const handle = await this.dir.openIncomplete(id);
-    return new CacheWriteStream(id, handle, {
-      commit: (h, checksum) => this.#commit(id, h, checksum),
-      rollback: (h, reason) => this.#rollback(id, h, reason),
-    });
+    return new CacheWriteStream(
+      id,
+      handle,
+      {
+        commit: (h, checksum) => this.#commit(id, h, checksum),
+        rollback: (h, reason) => this.#rollback(id, h, reason),
+      },
+      this.dir.path(id, 'incomplete'),
+    );
   }
 
   async #commit(id: ImageId, handle: FileHandle, checksum: string | undefined): Promise<void> {
     const incompletePath = this.dir.path(id, 'incomplete');
     let info: CommitInfo;
     try {
-      const { size } = await handle.stat();
+      const { size } = await handle.stat().catch((error: unknown) => {
+        throw storageError('stat', incompletePath, error);
+      });
       info = { size, time: nowSeconds(), checksum };
-      await this.prepareCommit(id, incompletePath, info);
+      await this.prepareCommit(id, incompletePath, info).catch((error: unknown) => {
+        throw CacheError.isCacheError(error) ? error : storageError('record metadata on', incompletePath, error);
+      });
       await this.dir.promote(id, handle);
     } catch (error) {
       await this.#rollback(id, handle, error as Error);

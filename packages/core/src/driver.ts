@@ -31,6 +31,8 @@ export interface CleanReport {
   orphanRecords: number;
   /** Metadata records created for files that had none. */
   adoptedFiles: number;
+  /** Queue markers removed because their image is already cached (a crash between commit and marker removal). */
+  staleQueueMarkers: number;
   /** Files that could not be deleted (the clean goes on past each one). */
   errors: Error[];
 }

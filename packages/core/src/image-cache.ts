@@ -246,14 +246,8 @@ export class ImageCache {
     assertImageId(id);
     const expected = normalizeChecksum(options.checksum);
     assertSource(source);
-    if (!(await this.driver.isCacheable(id))) return false;
-    let writer: CacheWriter;
-    try {
-      writer = await this.driver.openForWrite(id);
-    } catch (error) {
-      if (ImageBeingCachedError.isInstance(error)) return false;
-      throw error;
-    }
+    const writer = await openWriterIfCacheable(this.driver, id);
+    if (writer === undefined) return false;
     const input = typeof source === 'string' ? createReadStream(source, { highWaterMark: 1024 * 1024 }) : source;
     try {
       if (expected === undefined) await pipeline(input, writer);
@@ -350,6 +344,30 @@ export class ImageCache {
     assertSource(source);
     return new CachingStream(this.driver, id, source, expected, this.#onCacheError);
   }
+}
+
+/**
+ * Opens an exclusive writer for `id` unless it is cached or being cached.
+ * The cached check is repeated once the writer holds `incomplete/<id>`: a
+ * writer of another process may have committed between the first check and
+ * the exclusive create, and the image must not be fetched and written twice.
+ */
+async function openWriterIfCacheable(driver: CacheDriver, id: ImageId): Promise<CacheWriter | undefined> {
+  if (!(await driver.isCacheable(id))) return undefined;
+  let writer: CacheWriter;
+  try {
+    writer = await driver.openForWrite(id);
+  } catch (error) {
+    if (ImageBeingCachedError.isInstance(error)) return undefined;
+    throw error;
+  }
+  if (await driver.isCached(id).catch(() => false)) {
+    writer.on('error', () => undefined);
+    writer.destroy();
+    await whenClosed(writer);
+    return undefined;
+  }
+  return writer;
 }
 
 function settleFlight(
@@ -489,11 +507,11 @@ export class CachingStream extends Readable {
       typeof source === 'string' ? createReadStream(source, { highWaterMark: 1024 * 1024 }) : source;
     this.#iterator = iterable[Symbol.asyncIterator]();
     try {
-      if (!(await this.#driver.isCacheable(this.imageId))) {
+      const writer = await openWriterIfCacheable(this.#driver, this.imageId);
+      if (writer === undefined) {
         this.#finishOutcome({ status: 'skipped' });
         return;
       }
-      const writer = await this.#driver.openForWrite(this.imageId);
       writer.on('error', (error: Error) => {
         if (this.#writer === writer) this.#cacheFailed(error);
       });

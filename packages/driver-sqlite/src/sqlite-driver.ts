@@ -213,7 +213,7 @@ export class SqliteDriver extends DirectoryCacheDriver {
 function describeRecovery(error: unknown, dbPath: string): string {
   const code = (error as { code?: string } | undefined)?.code ?? '';
   if (code === 'SQLITE_NOTADB' || code === 'SQLITE_CORRUPT' || code.startsWith('SQLITE_CORRUPT')) {
-    return `The database is corrupt: stop the cache, move ${dbPath} aside (with its -wal/-shm files) and start again; ` +
+    return `The database is corrupt: stop the cache, move ${dbPath} (with its -wal/-shm files) out of the cache directory and start again; ` +
       'clean() then rebuilds the table from the cached files (hit counts restart at 0).';
   }
   if (code === 'SQLITE_BUSY' || code.startsWith('SQLITE_BUSY') || code === 'SQLITE_LOCKED') {

@@ -180,7 +180,7 @@ describe('database failures are typed errors, never silent wrong answers', () =>
       (e: unknown) => e,
     );
     expect(CacheError.isCacheError(error, ErrorCodes.BAD_DRIVER_CONFIGURATION)).toBe(true);
-    expect((error as Error).message).toMatch(/move .*cache\.db aside/);
+    expect((error as Error).message).toMatch(/move .*cache\.db .*out of the cache directory/);
     await expect(d.getCachedImages()).rejects.toMatchObject({ code: ErrorCodes.DRIVER_NOT_OPEN });
   });
 

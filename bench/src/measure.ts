@@ -1,0 +1,188 @@
+import { spawnSync } from 'node:child_process';
+import { randomFillSync } from 'node:crypto';
+import { readdirSync, readFileSync } from 'node:fs';
+import { Writable } from 'node:stream';
+
+/** Milliseconds a call took (wall clock). */
+export async function timeMs(fn: () => Promise<unknown> | unknown): Promise<number> {
+  const start = performance.now();
+  await fn();
+  return performance.now() - start;
+}
+
+export function median(samples: readonly number[]): number {
+  if (samples.length === 0) return NaN;
+  const sorted = [...samples].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? (sorted[mid] as number) : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2;
+}
+
+/** A full collection between measurements (the run is started with --expose-gc), so one run's garbage is not the next one's pause. */
+export function collectGarbage(): void {
+  (globalThis as { gc?: () => void }).gc?.();
+}
+
+/** One chunk of incompressible bytes, yielded over and over by {@link generate}. */
+export function makeChunk(bytes: number): Buffer {
+  return randomFillSync(Buffer.allocUnsafe(bytes));
+}
+
+/** The in-memory origin of the large-stream figures: `chunk` yielded until `total` bytes (the last one cut). */
+export async function* generate(chunk: Buffer, total: number): AsyncGenerator<Buffer> {
+  let left = total;
+  while (left > 0) {
+    const piece = left >= chunk.length ? chunk : chunk.subarray(0, left);
+    left -= piece.length;
+    yield piece;
+  }
+}
+
+/** The same bytes, synchronously, for hashing on one core. */
+export function* chunks(chunk: Buffer, total: number): Generator<Buffer> {
+  let left = total;
+  while (left > 0) {
+    const piece = left >= chunk.length ? chunk : chunk.subarray(0, left);
+    left -= piece.length;
+    yield piece;
+  }
+}
+
+/** The no-op sink both sides of a read figure are consumed by; counts what it got. */
+export class NullSink extends Writable {
+  bytes = 0;
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
+    this.bytes += chunk.length;
+    callback();
+  }
+}
+
+export function mibPerSecond(bytes: number, ms: number): number {
+  return bytes / (1024 * 1024) / (ms / 1000);
+}
+
+export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Lets the filesystem settle between large runs: writes back what is dirty
+ * (sync -f, on the filesystem of `path`) and waits a moment, so one run's writeback or discards do not
+ * land in the next run's time.
+ */
+export async function settle(path?: string): Promise<void> {
+  // sync -f: syncfs(2) of the filesystem holding `path` only.
+  spawnSync('sync', path === undefined ? [] : ['-f', path], { stdio: 'ignore' });
+  await sleep(50);
+}
+
+// ---- a shared machine -------------------------------------------------------------------
+//
+// Other processes (a test run, a build) take CPU from a measurement and make it
+// look slower than it is. Before each timed run we wait (within a budget) until
+// the machine is quiet, and we measure how many cores other processes used
+// during the run; a disturbed run that can be repeated is repeated. What this
+// cost is reported with the results.
+
+const CLOCK_TICKS_PER_SECOND = 100; // USER_HZ on Linux
+/** Other processes may use this many cores (on average) before a run counts as disturbed. */
+const DISTURBED_CORES = 0.25;
+/** Other processes count as quiet below this many cores (on average over 250 ms). */
+const QUIET_CORES = 0.1;
+const QUIET_WAIT_MAX_MS = 15_000;
+const QUIET_WAIT_BUDGET_MS = 180_000;
+const RETRIES = 2;
+
+export const machineNoise = {
+  /** Time spent waiting for the machine to be quiet. */
+  waitedMs: 0,
+  /** Waits that gave up (the machine stayed busy). */
+  gaveUp: 0,
+  /** Runs repeated because other processes took CPU during them. */
+  repeated: 0,
+  /** Runs kept although disturbed (out of retries, or not repeatable). */
+  keptDisturbed: 0,
+};
+
+const PF_KTHREAD = 0x00200000;
+
+/**
+ * CPU time (clock ticks) used so far by every user-space process but this
+ * one. Kernel threads are left out: writeback, journal and loop-device
+ * threads work for our own writes. Processes that exit meanwhile drop out of
+ * the sum, so this can only underestimate.
+ */
+function otherProcessesTicks(): number | undefined {
+  let names: string[];
+  try {
+    names = readdirSync('/proc');
+  } catch {
+    return undefined;
+  }
+  let ticks = 0;
+  for (const name of names) {
+    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue;
+    let text: string;
+    try {
+      text = readFileSync(`/proc/${name}/stat`, 'utf8');
+    } catch {
+      continue; // exited
+    }
+    // Fields after "(comm)": state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt cmajflt utime stime ...
+    const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
+    if ((Number(fields[6]) & PF_KTHREAD) !== 0) continue;
+    ticks += Number(fields[11]) + Number(fields[12]);
+  }
+  return ticks;
+}
+
+/** Waits until other processes use less than a tenth of one CPU (at most 15 s each time, 3 min per run). */
+export async function waitForQuiet(): Promise<void> {
+  const start = performance.now();
+  for (;;) {
+    const a = otherProcessesTicks();
+    if (a === undefined) return;
+    await sleep(250);
+    const b = otherProcessesTicks();
+    if (b === undefined) return;
+    const cores = (b - a) / CLOCK_TICKS_PER_SECOND / 0.25;
+    const waited = performance.now() - start;
+    if (cores < QUIET_CORES) break;
+    if (waited > QUIET_WAIT_MAX_MS || machineNoise.waitedMs + waited > QUIET_WAIT_BUDGET_MS) {
+      machineNoise.gaveUp++;
+      break;
+    }
+  }
+  machineNoise.waitedMs += performance.now() - start - 250;
+}
+
+/** Times `fn` and how many cores other user-space processes used meanwhile. */
+async function timeWithOthers(fn: () => Promise<unknown> | unknown): Promise<{ ms: number; others: number }> {
+  const a = otherProcessesTicks();
+  const start = performance.now();
+  await fn();
+  const ms = performance.now() - start;
+  const b = otherProcessesTicks();
+  if (a === undefined || b === undefined || ms < 50) return { ms, others: 0 };
+  return { ms, others: (b - a) / CLOCK_TICKS_PER_SECOND / (ms / 1000) };
+}
+
+/**
+ * One timed run on a quiet machine: waits for quiet, runs `fn` and, when
+ * other processes took CPU meanwhile and `repeatable`, runs it again (up to
+ * twice). `cleanup` runs after every attempt, untimed.
+ */
+export async function timedRun(
+  fn: () => Promise<unknown> | unknown,
+  options: { repeatable?: boolean; cleanup?: () => Promise<unknown> | unknown } = {},
+): Promise<number> {
+  const repeatable = options.repeatable ?? true;
+  for (let attempt = 0; ; attempt++) {
+    await waitForQuiet();
+    const { ms, others } = await timeWithOthers(fn);
+    await options.cleanup?.();
+    if (others <= DISTURBED_CORES) return ms;
+    if (!repeatable || attempt >= RETRIES) {
+      machineNoise.keptDisturbed++;
+      return ms;
+    }
+    machineNoise.repeated++;
+  }
+}

@@ -1,0 +1,116 @@
+import { parseArgs } from 'node:util';
+import { dirname, isAbsolute, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** Where the bench package lives (bench/), whatever the working directory. */
+export const BENCH_DIR = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+
+/** A filesystem to run on: a name for the tables and a writable directory on it. */
+export interface FsTarget {
+  name: string;
+  path: string;
+}
+
+/** What `pnpm bench` was asked to do. */
+export interface BenchOptions {
+  quick: boolean;
+  /** Filesystems given with `--fs`; empty means the default set. */
+  fs: FsTarget[];
+  out: string;
+  /** Figures to run (1..7); all when empty. */
+  only: Set<number>;
+}
+
+export const USAGE = `usage: pnpm bench [--quick] [--fs name=/path]... [--out DIR] [--only 1,2,...]
+
+  --quick           smaller sizes for a smoke run: 256 MiB streams, 1k/10k entries
+  --fs name=/path   run on this directory's filesystem (repeatable). Default: the OS temp
+                    dir, plus (as root) a tmpfs and a loop-mounted ext4 that the bench
+                    mounts itself and removes on exit, even after a failure
+  --out DIR         where latest.json and latest.md go (default: bench/results)
+  --only LIST       only these figures (comma-separated numbers 1..7)
+  --help            this text`;
+
+/** Parses the command line (node:util parseArgs); throws with a readable message on bad input. */
+export function parseOptions(argv: readonly string[]): BenchOptions | 'help' {
+  const { values } = parseArgs({
+    args: [...argv],
+    options: {
+      quick: { type: 'boolean', default: false },
+      fs: { type: 'string', multiple: true, default: [] },
+      out: { type: 'string' },
+      only: { type: 'string' },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+    strict: true,
+    allowPositionals: false,
+  });
+  if (values.help) return 'help';
+  const fs = (values.fs ?? []).map((spec) => {
+    const eq = spec.indexOf('=');
+    const name = eq > 0 ? spec.slice(0, eq) : '';
+    const path = eq > 0 ? spec.slice(eq + 1) : '';
+    if (!/^[A-Za-z0-9._-]+$/.test(name) || path === '') {
+      throw new Error(`--fs ${JSON.stringify(spec)}: expected name=/path (name: letters, digits, . _ -)`);
+    }
+    return { name, path: resolve(path) };
+  });
+  const names = new Set<string>();
+  for (const target of fs) {
+    if (names.has(target.name)) throw new Error(`--fs: the name ${target.name} is given twice`);
+    names.add(target.name);
+  }
+  const only = new Set<number>();
+  for (const part of (values.only ?? '').split(',').filter((p) => p.trim() !== '')) {
+    const n = Number(part);
+    if (!Number.isInteger(n) || n < 1 || n > 7) throw new Error(`--only: ${JSON.stringify(part)} is not a figure number 1..7`);
+    only.add(n);
+  }
+  const out = values.out === undefined ? join(BENCH_DIR, 'results') : isAbsolute(values.out) ? values.out : resolve(values.out);
+  return { quick: values.quick ?? false, fs, out, only };
+}
+
+/** The sizes a run uses. */
+export interface Sizes {
+  /** Bytes of the large streams (figures 1-3). */
+  streamBytes: number;
+  /** Chunk the in-memory origin yields. */
+  chunkBytes: number;
+  /** Entry counts of the listings and prunes (figures 5-6), small then large. */
+  entries: [number, number];
+  /** Bytes of each populated entry. */
+  entryBytes: number;
+  /** Wall-clock repetitions of whole runs (median reported). */
+  repeats: number;
+  /** tinybench time budget per task (ms). */
+  opsTimeMs: number;
+  /** Bytes of the read-through image (figure 7) and the number of concurrent callers. */
+  readThroughBytes: number;
+  readThroughCallers: number;
+}
+
+export const MiB = 1024 * 1024;
+
+export function sizesFor(quick: boolean): Sizes {
+  return quick
+    ? {
+        streamBytes: 256 * MiB,
+        chunkBytes: MiB,
+        entries: [1_000, 10_000],
+        entryBytes: 1024,
+        repeats: 3,
+        opsTimeMs: 250,
+        readThroughBytes: 4 * MiB,
+        readThroughCallers: 100,
+      }
+    : {
+        streamBytes: 1024 * MiB,
+        chunkBytes: MiB,
+        entries: [10_000, 100_000],
+        entryBytes: 1024,
+        repeats: 3,
+        opsTimeMs: 500,
+        readThroughBytes: 16 * MiB,
+        readThroughCallers: 100,
+      };
+}

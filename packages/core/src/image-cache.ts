@@ -1,4 +1,5 @@
 import { createReadStream } from 'node:fs';
+import { unlink } from 'node:fs/promises';
 import type { Hash } from 'node:crypto';
 import { Readable, Transform, type TransformCallback } from 'node:stream';
 import { finished, pipeline } from 'node:stream/promises';
@@ -362,9 +363,11 @@ async function openWriterIfCacheable(driver: CacheDriver, id: ImageId): Promise<
     throw error;
   }
   if (await driver.isCached(id).catch(() => false)) {
+    // Nothing was written: give the empty file back instead of leaving it in invalid/.
     writer.on('error', () => undefined);
     writer.destroy();
     await whenClosed(writer);
+    await unlink(driver.getImageFilepath(id, 'invalid')).catch(() => undefined);
     return undefined;
   }
   return writer;

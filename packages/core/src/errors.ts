@@ -17,6 +17,7 @@ export const ErrorCodes = {
   CHECKSUM_MISMATCH: 'CACHE_CHECKSUM_MISMATCH',
   STORAGE: 'CACHE_STORAGE_ERROR',
   DRIVER_NOT_OPEN: 'CACHE_DRIVER_NOT_OPEN',
+  ORIGIN: 'CACHE_ORIGIN_ERROR',
 } as const;
 
 /** One of the values of {@link ErrorCodes}. */
@@ -167,6 +168,28 @@ export class DriverNotOpenError extends CacheError {
     );
   }
   static isInstance = codeGuard<DriverNotOpenError>(ErrorCodes.DRIVER_NOT_OPEN);
+}
+
+/**
+ * The origin an image is fetched from on a miss failed: it does not have the
+ * image (`status` 404), answered with another error status, could not be
+ * reached, or broke off mid-stream.
+ */
+export class OriginError extends CacheError {
+  /** The image that was being fetched. */
+  readonly imageId: string;
+  /** The origin's HTTP status, when it answered with one (404 when a directory origin lacks the file). */
+  readonly status: number | undefined;
+  constructor(imageId: string, message: string, options: CacheErrorOptions & { status?: number } = {}) {
+    super(ErrorCodes.ORIGIN, `origin failed for image '${imageId}': ${message}`, options);
+    this.imageId = imageId;
+    this.status = options.status;
+  }
+  /** True when the origin said it does not have the image. */
+  get notFound(): boolean {
+    return this.status === 404;
+  }
+  static isInstance = codeGuard<OriginError>(ErrorCodes.ORIGIN);
 }
 
 function describeId(id: unknown): string {

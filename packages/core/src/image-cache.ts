@@ -1,17 +1,16 @@
 import { createReadStream } from 'node:fs';
 import { unlink } from 'node:fs/promises';
-import type { Hash } from 'node:crypto';
 import { Readable, Transform, type TransformCallback } from 'node:stream';
 import { finished, pipeline } from 'node:stream/promises';
-import type { EntryStatus } from './cache-dir.js';
+import { mapLimit, type EntryStatus } from './cache-dir.js';
 import {
-  createChecksumHash,
   formatChecksum,
   normalizeChecksum,
   type Checksum,
   type NormalizedChecksum,
 } from './checksum.js';
 import { compareByRecency, DEFAULT_STALL_TIME } from './directory-driver.js';
+import { ParallelHash } from './parallel-hash.js';
 import type { CachedImage, CacheDriver, CacheWriter, CleanReport, LeastRecentlyAccessed } from './driver.js';
 import {
   BadDriverConfigurationError,
@@ -21,6 +20,9 @@ import {
   InvalidArgumentError,
 } from './errors.js';
 import { assertImageId, type ImageId } from './image-id.js';
+
+/** Deletes `prune()` keeps in flight. */
+const PRUNE_CONCURRENCY = 8;
 
 /** Glance's default cache budget: 10 GiB. */
 export const DEFAULT_MAX_SIZE = 10 * 1024 ** 3;
@@ -218,15 +220,29 @@ export class ImageCache {
     const result: PruneResult = { files: 0, bytes: 0 };
     if (size <= this.maxSize) return result;
     images.sort(compareByRecency);
+    const victims: CachedImage[] = [];
     for (const image of images) {
       if (size <= this.maxSize) break;
-      await this.driver.deleteCachedImage(image.imageId);
-      result.files += 1;
-      result.bytes += image.size;
+      victims.push(image);
       size -= image.size;
     }
+    // Deletes overlap (each is a stat, an unlink and a metadata write); the
+    // victims were chosen above, so the order they finish in does not matter.
+    let failure: unknown;
+    await mapLimit(victims, PRUNE_CONCURRENCY, async (image) => {
+      if (failure !== undefined) return;
+      try {
+        await this.driver.deleteCachedImage(image.imageId);
+        result.files += 1;
+        result.bytes += image.size;
+      } catch (error) {
+        failure ??= error;
+      }
+    });
+    if (failure !== undefined) throw failure;
     return result;
   }
+
 
   /** Deletes invalid files and incomplete files older than `stallTime` (default: the cache's). */
   clean(stallTime: number = this.stallTime): Promise<CleanReport> {
@@ -405,29 +421,44 @@ function toBuffer(chunk: unknown): Buffer {
   throw new InvalidArgumentError(`source yielded a ${typeof chunk}, expected Uint8Array chunks`);
 }
 
-/** Hashes what passes; on flush either records the digest on the writer or fails with `ChecksumMismatchError`. */
+/**
+ * Hashes what passes (on a worker thread for large images, see `ParallelHash`);
+ * on flush either records the digest on the writer or fails with `ChecksumMismatchError`.
+ */
 class VerifyingTransform extends Transform {
-  readonly #hash: Hash;
+  readonly #hash: ParallelHash;
   constructor(
     readonly imageId: ImageId,
     readonly expected: NormalizedChecksum,
     readonly writer: CacheWriter,
   ) {
     super();
-    this.#hash = createChecksumHash(expected);
+    this.#hash = new ParallelHash(expected.algorithm);
   }
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
-    this.#hash.update(chunk);
-    callback(null, chunk);
-  }
-  override _flush(callback: TransformCallback): void {
-    const actual = this.#hash.digest('hex');
-    if (actual !== this.expected.digest) {
-      callback(new ChecksumMismatchError(this.imageId, this.expected.algorithm, this.expected.digest, actual));
+    let wait: Promise<void> | undefined;
+    try {
+      wait = this.#hash.update(chunk);
+    } catch (error) {
+      callback(error as Error);
       return;
     }
-    this.writer.setChecksum(formatChecksum(this.expected));
-    callback();
+    if (wait === undefined) callback(null, chunk);
+    else wait.then(() => callback(null, chunk), callback);
+  }
+  override _flush(callback: TransformCallback): void {
+    this.#hash.digest().then((actual) => {
+      if (actual !== this.expected.digest) {
+        callback(new ChecksumMismatchError(this.imageId, this.expected.algorithm, this.expected.digest, actual));
+        return;
+      }
+      this.writer.setChecksum(formatChecksum(this.expected));
+      callback();
+    }, callback);
+  }
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    this.#hash.dispose();
+    callback(error);
   }
 }
 
@@ -444,7 +475,7 @@ export class CachingStream extends Readable {
   readonly #driver: CacheDriver;
   readonly #source: ImageSource;
   readonly #expected: NormalizedChecksum | undefined;
-  readonly #hash: Hash | undefined;
+  readonly #hash: ParallelHash | undefined;
   readonly #onCacheError: ((error: Error, imageId: ImageId) => void) | undefined;
   #iterator: AsyncIterator<unknown> | undefined;
   #writer: CacheWriter | undefined;
@@ -464,7 +495,7 @@ export class CachingStream extends Readable {
     this.#driver = driver;
     this.#source = source;
     this.#expected = expected;
-    this.#hash = expected === undefined ? undefined : createChecksumHash(expected);
+    this.#hash = expected === undefined ? undefined : new ParallelHash(expected.algorithm);
     this.#onCacheError = onCacheError;
     this.cacheOutcome = new Promise((resolve) => (this.#settle = resolve));
   }
@@ -541,12 +572,13 @@ export class CachingStream extends Readable {
         if (this.destroyed) return;
         if (step.done === true) break;
         chunk = toBuffer(step.value);
+        const hashing = this.#hash?.update(chunk);
+        if (hashing !== undefined) await hashing;
       } catch (error) {
         await this.#abortCache(error as Error, 'source');
         this.destroy(error as Error);
         return;
       }
-      this.#hash?.update(chunk);
       await this.#writeToCache(chunk);
       if (this.destroyed) return;
       if (!this.push(chunk)) {
@@ -574,7 +606,14 @@ export class CachingStream extends Readable {
 
   async #endOfSource(): Promise<void> {
     if (this.#expected !== undefined && this.#hash !== undefined) {
-      const actual = this.#hash.digest('hex');
+      let actual: string;
+      try {
+        actual = await this.#hash.digest();
+      } catch (error) {
+        await this.#abortCache(error as Error, 'source');
+        this.destroy(error as Error);
+        return;
+      }
       if (actual !== this.#expected.digest) {
         const error = new ChecksumMismatchError(this.imageId, this.#expected.algorithm, this.#expected.digest, actual);
         await this.#abortCache(error, 'source');
@@ -600,6 +639,7 @@ export class CachingStream extends Readable {
   override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
     const reason = error ?? new Error('client stopped reading before the end of the image');
     const iterator = this.#iterator;
+    this.#hash?.dispose();
     this.#abortCache(reason, 'client')
       .then(() => iterator?.return?.())
       .then(

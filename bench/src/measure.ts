@@ -167,14 +167,20 @@ async function timeWithOthers(fn: () => Promise<unknown> | unknown): Promise<{ m
 /**
  * One timed run on a quiet machine: waits for quiet, runs `fn` and, when
  * other processes took CPU meanwhile and `repeatable`, runs it again (up to
- * twice). `cleanup` runs after every attempt, untimed.
+ * twice). `prepare` runs before and `cleanup` after every attempt, untimed.
  */
 export async function timedRun(
   fn: () => Promise<unknown> | unknown,
-  options: { repeatable?: boolean; cleanup?: () => Promise<unknown> | unknown } = {},
+  options: {
+    repeatable?: boolean;
+    /** Runs before every attempt, untimed (e.g. a warm-up write). */
+    prepare?: () => Promise<unknown> | unknown;
+    cleanup?: () => Promise<unknown> | unknown;
+  } = {},
 ): Promise<number> {
   const repeatable = options.repeatable ?? true;
   for (let attempt = 0; ; attempt++) {
+    await options.prepare?.();
     await waitForQuiet();
     const { ms, others } = await timeWithOthers(fn);
     await options.cleanup?.();

@@ -117,4 +117,12 @@ export interface CacheDriver {
   clean(stallTimeSeconds?: number): Promise<CleanReport>;
   /** The path of an id's file in one part of the cache (no I/O). */
   getImageFilepath(id: ImageId, status?: EntryStatus): string;
+  /**
+   * Optional: the verified digest stored with an active entry at commit
+   * (`<algorithm>:<hex>`, or bare hex for md5; see `formatChecksum`), or
+   * `undefined` when it was cached without one. Servers use it as a strong
+   * ETag, `image-cache verify` re-checks it. Drivers that keep no digests
+   * leave it out.
+   */
+  getStoredChecksum?(id: ImageId): Promise<string | undefined>;
 }

@@ -21,6 +21,12 @@ import {
 } from './errors.js';
 import { assertImageId, type ImageId } from './image-id.js';
 
+/**
+ * How long a caching stream whose client stopped reading waits for the source
+ * to report its end (the client then had every byte, and the entry is committed).
+ */
+const END_GRACE_MS = 250;
+
 /** Deletes `prune()` keeps in flight. */
 const PRUNE_CONCURRENCY = 8;
 
@@ -480,6 +486,10 @@ export class CachingStream extends Readable {
   #iterator: AsyncIterator<unknown> | undefined;
   #writer: CacheWriter | undefined;
   #pumping = false;
+  /** The source has ended: every byte has been pushed, only verification and the commit are left. */
+  #sourceEnded = false;
+  /** The source read in progress, if any. */
+  #pendingStep: Promise<IteratorResult<unknown>> | undefined;
   #settle!: (outcome: CachingOutcome) => void;
   #settled = false;
 
@@ -568,9 +578,14 @@ export class CachingStream extends Readable {
       let step: IteratorResult<unknown>;
       let chunk: Buffer;
       try {
-        step = await iterator.next();
+        this.#pendingStep = iterator.next();
+        step = await this.#pendingStep;
+        this.#pendingStep = undefined;
         if (this.destroyed) return;
-        if (step.done === true) break;
+        if (step.done === true) {
+          this.#sourceEnded = true;
+          break;
+        }
         chunk = toBuffer(step.value);
         const hashing = this.#hash?.update(chunk);
         if (hashing !== undefined) await hashing;
@@ -637,8 +652,44 @@ export class CachingStream extends Readable {
   }
 
   override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
-    const reason = error ?? new Error('client stopped reading before the end of the image');
+    if (this.#sourceEnded && this.#writer !== undefined) {
+      // The client had every byte and went away while the entry was being
+      // verified and committed: let the commit finish (cacheOutcome tells how it ended).
+      callback(error);
+      return;
+    }
     const iterator = this.#iterator;
+    if (error === null && this.#writer !== undefined && iterator !== undefined) {
+      // The client stopped reading. It had every byte exactly when the source has
+      // nothing more: an HTTP client closing the connection on reaching
+      // Content-Length does this, just before the source reports its end. Ask
+      // the source (briefly): at its end, commit; otherwise roll back.
+      const next = this.#pendingStep ?? iterator.next();
+      let timer: NodeJS.Timeout | undefined;
+      const tooLate = new Promise<'more'>((resolve) => (timer = setTimeout(() => resolve('more'), END_GRACE_MS)));
+      Promise.race([next.then((step) => (step.done === true ? 'ended' : 'more')), tooLate])
+        .catch(() => 'more' as const)
+        .then((verdict) => {
+          clearTimeout(timer);
+          if (verdict === 'ended' && this.#writer !== undefined) {
+            this.#sourceEnded = true;
+            void this.#endOfSource();
+            callback(null);
+          } else {
+            this.#rollBack(new Error('client stopped reading before the end of the image'), iterator, callback, null);
+          }
+        });
+      return;
+    }
+    this.#rollBack(error ?? new Error('client stopped reading before the end of the image'), iterator, callback, error);
+  }
+
+  #rollBack(
+    reason: Error,
+    iterator: AsyncIterator<unknown> | undefined,
+    callback: (error?: Error | null) => void,
+    error: Error | null,
+  ): void {
     this.#hash?.dispose();
     this.#abortCache(reason, 'client')
       .then(() => iterator?.return?.())
@@ -647,4 +698,6 @@ export class CachingStream extends Readable {
         () => callback(error),
       );
   }
+
+
 }

@@ -197,6 +197,45 @@ describe('getCachingStream()', () => {
     expect(await stream.cacheOutcome).toEqual({ status: 'committed' });
   });
 
+  it('a client that goes away right after the last byte (before end) does not abort the commit', async () => {
+    const parts = chunks(12, 1 << 20); // 12 MiB: verified on the hash worker, so the commit takes a while
+    const data = Buffer.concat(parts);
+    const big = await ImageCache.open({ driver, maxSize: 1 << 30 });
+    const stream = big.getCachingStream('img', Readable.from(parts), { checksum: { algorithm: 'sha256', digest: sha256(data) } });
+    let received = 0;
+    await new Promise<void>((resolve) => {
+      stream.on('data', (chunk: Buffer) => {
+        received += chunk.length;
+        if (received === data.length) {
+          stream.destroy(); // as an HTTP client closing the connection on reaching Content-Length
+          resolve();
+        }
+      });
+    });
+    expect(await stream.cacheOutcome).toEqual({ status: 'committed' });
+    expect(await big.isCached('img')).toBe(true);
+    expect((await readFile(join(dir, 'img'))).equals(data)).toBe(true);
+  });
+
+  it('a client that goes away before the last byte aborts the cache write; nothing is active', async () => {
+    const parts = chunks(12, 1 << 20);
+    const big = await ImageCache.open({ driver, maxSize: 1 << 30 });
+    const stream = big.getCachingStream('img', Readable.from(parts));
+    let received = 0;
+    await new Promise<void>((resolve) => {
+      stream.on('data', (chunk: Buffer) => {
+        received += chunk.length;
+        if (received >= 3 << 20) {
+          stream.destroy();
+          resolve();
+        }
+      });
+    });
+    expect(await stream.cacheOutcome).toMatchObject({ status: 'aborted', abortedBy: 'client' });
+    expect(await big.isCached('img')).toBe(false);
+    expect(await readdir(join(dir, 'incomplete'))).toEqual([]);
+  });
+
   it('a checksum mismatch: the client gets all bytes, then ChecksumMismatchError; the entry is in invalid/', async () => {
     const parts = chunks(5, 1000);
     const client = sink();

@@ -1,0 +1,124 @@
+import { join } from 'node:path';
+import type { Command } from 'commander';
+import { createOrigin, type Origin } from '@cache/origin';
+import { createCacheServer } from '@cache/server';
+import { resolveConfig, type ConfigFlags } from '../config.js';
+import { DEMO_IMAGES, startDemoOrigin, type DemoOrigin } from '../demo/origin.js';
+import { ExitCode } from '../errors.js';
+import { openCacheFromConfig } from '../open-cache.js';
+import { formatSize } from '../units.js';
+import type { RegisterCommand } from './types.js';
+
+interface ServeOptions {
+  demo?: boolean;
+  log?: boolean;
+}
+
+/** Cache directory of `serve --demo` when none is configured, relative to the working directory. */
+export const DEMO_CACHE_DIR = '.image-cache-demo';
+/** Budget of `serve --demo` when none is configured: small enough that prune has work to show. */
+const DEMO_MAX_SIZE = 512 * 1024 * 1024;
+
+/**
+ * `image-cache serve`: the HTTP read-through cache server (`@cache/server`)
+ * on the configured cache, until SIGINT/SIGTERM, then a graceful shutdown.
+ * `--demo` fills in what is not configured: a cache directory
+ * ({@link DEMO_CACHE_DIR}), a 512 MiB budget, and a small demo origin on
+ * 127.0.0.1 serving generated images; it prints URLs to try.
+ */
+export const registerServe: RegisterCommand = (program, ctx) => {
+  program
+    .command('serve')
+    .description('run the HTTP read-through cache server (images, management API, /metrics) until interrupted')
+    .option('--host <address>', 'address to listen on (env IMAGE_CACHE_HOST; default 127.0.0.1)')
+    .option('--port <port>', 'port to listen on, 0 for any free port (env IMAGE_CACHE_PORT; default 8080)')
+    .option('--origin <url-or-dir>', 'where misses are fetched from: URL template with {id} or a directory (env IMAGE_CACHE_ORIGIN)')
+    .option('--token <token>', 'bearer token required by the management API /v2/cache (env IMAGE_CACHE_TOKEN; default: open)')
+    .option('--stall-time <duration>', 'age at which the cleaner deletes an incomplete file (default 1d)')
+    .option('--prune-interval <duration>', 'time between prune runs, 0 disables (default 5m)')
+    .option('--clean-interval <duration>', 'time between clean runs, 0 disables (default 1h)')
+    .option('--prefetch-interval <duration>', 'time between prefetch runs over the queue, 0 disables the timer (default 1m)')
+    .option('--concurrency <n>', 'queued images the prefetch worker fetches at once (default 4)')
+    .option('--demo', `try it out: start a demo origin, cache into ./${DEMO_CACHE_DIR} unless a cache dir is configured`)
+    .option('--log', 'log every request (JSON lines on stdout)')
+    .action(async (options: ServeOptions, command: Command) => {
+      const demo = options.demo === true;
+      const config = await resolveConfig({
+        flags: command.optsWithGlobals<ConfigFlags>(),
+        env: ctx.io.env,
+        cwd: ctx.io.cwd,
+        requireCacheDir: !demo,
+      });
+      for (const warning of config.warnings) ctx.warn(warning);
+      if (config.cacheDir === '') config.cacheDir = join(ctx.io.cwd, DEMO_CACHE_DIR);
+      if (demo && config.sources.maxSize === 'default') config.maxSize = DEMO_MAX_SIZE;
+
+      let demoOrigin: DemoOrigin | undefined;
+      let origin: Origin | undefined;
+      if (config.origin !== undefined) origin = createOrigin(config.origin);
+      else if (demo) {
+        demoOrigin = await startDemoOrigin();
+        origin = createOrigin(demoOrigin.template);
+      }
+      const cache = await openCacheFromConfig(config, {
+        onWarning: (warning) => ctx.warn(`${warning.message} [${warning.code}]`),
+      });
+      const seconds = (s: number) => Math.round(s * 1000);
+      let server;
+      try {
+        server = await createCacheServer({
+          cache,
+          ...(origin === undefined ? {} : { origin }),
+          ...(config.token === undefined ? {} : { token: config.token }),
+          pruneInterval: seconds(config.pruneInterval),
+          cleanInterval: seconds(config.cleanInterval),
+          prefetchInterval: seconds(config.prefetchInterval),
+          prefetchConcurrency: config.concurrency,
+          closeCache: true,
+          logger: options.log === true,
+        });
+      } catch (error) {
+        await cache.close().catch(() => undefined);
+        await demoOrigin?.close();
+        throw error;
+      }
+      let url: string;
+      try {
+        url = await server.listen({ host: config.host, port: config.port });
+      } catch (error) {
+        await server.close().catch(() => undefined);
+        await demoOrigin?.close();
+        throw error;
+      }
+      const auth = config.token === undefined ? '' : ` -H 'authorization: Bearer ${config.token}'`;
+      ctx.err(`image-cache: serving ${config.cacheDir} (${config.driver}, budget ${formatSize(config.maxSize)}) on ${url}`);
+      ctx.err(`image-cache: origin ${origin?.description ?? '(none: misses are 404)'}`);
+      if (demo) {
+        const ids = Object.keys(DEMO_IMAGES);
+        const first = ids[0] ?? '';
+        ctx.out(`Demo images: ${ids.map((id) => `${id} (${formatSize(DEMO_IMAGES[id] ?? 0)})`).join(', ')}`);
+        ctx.out('Try:');
+        ctx.out(`  curl -o /dev/null -w '%{http_code} %{size_download} bytes in %{time_total}s\\n' ${url}/images/${first}   # miss: from the origin, cached on the way`);
+        ctx.out(`  curl -o /dev/null -w '%{http_code} %{size_download} bytes in %{time_total}s\\n' ${url}/images/${first}   # hit: from the cache`);
+        ctx.out(`  curl -s -r 0-15 ${url}/images/${first} | od -A d -t x1             # a range`);
+        ctx.out(`  curl -s${auth} ${url}/v2/cache | head -c 600; echo                 # management API: cached and queued`);
+        ctx.out(`  curl -s -X PUT${auth} ${url}/v2/cache/${ids[2] ?? first}            # queue one for the prefetcher`);
+        ctx.out(`  curl -s ${url}/metrics | grep '^image_cache_'                        # Prometheus metrics`);
+        ctx.out(`  curl -s ${url}/healthz`);
+        ctx.out(`Press Ctrl-C to stop (in-flight downloads finish first).`);
+      } else {
+        ctx.out(`listening on ${url}`);
+      }
+      await new Promise<void>((resolve) => {
+        const signal = ctx.io.signal;
+        if (signal === undefined) return; // in-process without a signal: runs until the process ends
+        if (signal.aborted) resolve();
+        else signal.addEventListener('abort', () => resolve(), { once: true });
+      });
+      ctx.err('image-cache: shutting down: letting in-flight responses finish');
+      await server.close();
+      await demoOrigin?.close();
+      ctx.err('image-cache: stopped');
+      ctx.exitCode = ExitCode.OK;
+    });
+};

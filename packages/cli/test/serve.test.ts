@@ -1,0 +1,119 @@
+// `image-cache serve`: the real binary, a real demo origin and real HTTP clients.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { DEMO_IMAGES, demoImageDigest } from '../src/demo/origin.js';
+import { BIN, bin, tempDir } from './helpers.js';
+
+let root: string;
+let cleanup: () => Promise<void>;
+let child: ChildProcess | undefined;
+
+beforeEach(async () => {
+  ({ dir: root, cleanup } = await tempDir('serve'));
+});
+afterEach(async () => {
+  if (child !== undefined && child.exitCode === null) child.kill('SIGKILL');
+  child = undefined;
+  await cleanup();
+});
+
+/** Starts `image-cache serve ...` and resolves once it printed its URL. */
+function serve(args: string[], env: Record<string, string> = {}) {
+  const proc = spawn(process.execPath, [BIN, 'serve', '--port', '0', ...args], {
+    cwd: root,
+    env: { PATH: process.env['PATH'] ?? '', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  child = proc;
+  let stdout = '';
+  let stderr = '';
+  proc.stdout?.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+  proc.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  const exited = new Promise<number | null>((resolve) => proc.on('exit', (code) => resolve(code)));
+  const url = new Promise<string>((resolve, reject) => {
+    const timer = setInterval(() => {
+      const match = /serving .* on (http:\/\/127\.0\.0\.1:\d+)/.exec(stderr);
+      if (match?.[1] !== undefined) {
+        clearInterval(timer);
+        resolve(match[1]);
+      } else if (proc.exitCode !== null) {
+        clearInterval(timer);
+        reject(new Error(`serve exited ${proc.exitCode}: ${stderr}`));
+      }
+    }, 25);
+  });
+  return { url, exited, output: () => ({ stdout, stderr }) };
+}
+
+async function sha256Of(response: Response): Promise<{ digest: string; bytes: number }> {
+  const hash = createHash('sha256');
+  let bytes = 0;
+  for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) {
+    hash.update(chunk);
+    bytes += chunk.length;
+  }
+  return { digest: hash.digest('hex'), bytes };
+}
+
+describe('image-cache serve', () => {
+  it('--demo: starts a demo origin, serves a miss then a hit with the same bytes, prints URLs, stops on SIGTERM with exit 0', async () => {
+    const server = serve(['--demo']);
+    const url = await server.url;
+    const id = 'cirros-0.6.2';
+    const size = DEMO_IMAGES[id] as number;
+    const expected = await demoImageDigest(id, size);
+
+    const miss = await fetch(`${url}/images/${id}`);
+    expect(miss.status).toBe(200);
+    expect(miss.headers.get('x-cache')).toBe('MISS');
+    expect(await sha256Of(miss)).toEqual({ digest: expected, bytes: size });
+
+    const hit = await fetch(`${url}/images/${id}`);
+    expect(hit.headers.get('x-cache')).toBe('HIT');
+    expect(hit.headers.get('content-length')).toBe(String(size));
+    expect(await sha256Of(hit)).toEqual({ digest: expected, bytes: size });
+
+    const listing = (await (await fetch(`${url}/v2/cache`)).json()) as { cached_images: { image_id: string; size: number }[] };
+    expect(listing.cached_images.map((image) => [image.image_id, image.size])).toEqual([[id, size]]);
+    const metrics = await (await fetch(`${url}/metrics`)).text();
+    expect(metrics).toMatch(/^image_cache_misses_total 1$/m);
+    expect(metrics).toMatch(/^image_cache_hits_total 1$/m);
+
+    const { stdout } = server.output();
+    expect(stdout).toContain(`${url}/images/${id}`);
+    expect(stdout).toContain(`${url}/metrics`);
+
+    child?.kill('SIGTERM');
+    expect(await server.exited).toBe(0);
+    expect(server.output().stderr).toMatch(/stopped\n$/);
+    expect((await readdir(join(root, '.image-cache-demo'))).sort()).toEqual(['cache.db', id, 'incomplete', 'invalid', 'queue'].sort());
+  }, 60_000);
+
+  it('with --token, the management API answers 401 without it and 200 with it', async () => {
+    const server = serve(['--demo', '--token', 's3cret', '--cache-dir', join(root, 'cache')]);
+    const url = await server.url;
+    expect((await fetch(`${url}/v2/cache`)).status).toBe(401);
+    const ok = await fetch(`${url}/v2/cache`, { headers: { authorization: 'Bearer s3cret' } });
+    expect(ok.status).toBe(200);
+    expect(await ok.json()).toEqual({ cached_images: [], queued_images: [] });
+    child?.kill('SIGINT');
+    expect(await server.exited).toBe(0);
+  }, 60_000);
+
+  it('without a cache directory and without --demo: one-line usage error, exit 2, nothing created', async () => {
+    const result = await bin(['serve', '--port', '0'], { cwd: root });
+    expect(result.code).toBe(2);
+    expect(result.stderr).toMatch(/^image-cache: no cache directory: .* \[CLI_MISSING_CACHE_DIR\]\n$/);
+    expect(await readdir(root)).toEqual([]);
+  });
+
+  it('a bad --port is a usage error before anything is opened', async () => {
+    const result = await bin(['--cache-dir', join(root, 'c'), 'serve', '--port', '70000'], { cwd: root });
+    expect(result.code).toBe(2);
+    expect(result.stderr).toMatch(/invalid --port "70000"/);
+    expect(await readdir(root)).toEqual([]);
+  });
+});

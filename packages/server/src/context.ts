@@ -1,0 +1,23 @@
+import type { ImageCache } from '@cache/core';
+import type { Origin } from '@cache/origin';
+import type { ServerMetrics } from './metrics.js';
+import type { PeriodicWorker, Serial } from './workers.js';
+
+/** What the routes share with the server. */
+export interface ServerContext {
+  cache: ImageCache;
+  origin: Origin | undefined;
+  metrics: ServerMetrics;
+  /** Orders prunes (worker and API). */
+  pruneSerial: Serial;
+  /** Orders cleans (worker and API). */
+  cleanSerial: Serial;
+  /** The prefetch worker, when there is an origin. */
+  prefetcher: PeriodicWorker | undefined;
+  /** Whether queueing an image through the API starts a prefetch run. */
+  prefetchOnQueue: boolean;
+  /** Aborts when `close()` gives up waiting: origin requests still opening fail fast. */
+  shutdownSignal: AbortSignal;
+  /** Registers work that `close()` must wait for (request handlers, cache writes being rolled back). */
+  track(work: Promise<unknown>): void;
+}

@@ -1,0 +1,14 @@
+/**
+ * `@cache/server`: an HTTP read-through image cache on `@cache/core` and
+ * fastify. `GET`/`HEAD /images/:id` with ETags, ranges and 304s, single-flight
+ * misses streamed from an `@cache/origin` origin while they are cached, the
+ * Glance cache management API under `/v2`, Prometheus metrics, health, and
+ * background prune, clean and prefetch workers.
+ *
+ * @packageDocumentation
+ */
+export { createCacheServer, type CacheServer, type ListenOptions } from './server.js';
+export { DEFAULTS, type CacheServerOptions } from './options.js';
+export { METRIC_NAMES, errorLabel, type ByteSource, type PrefetchOutcome, type WorkerName, type WorkerRunResult } from './metrics.js';
+export { HttpError, statusFor, type ErrorBody } from './http-errors.js';
+export { toGlanceRecord, type GlanceCachedImage } from './routes/management.js';

@@ -1,0 +1,148 @@
+import { CacheError, type ImageCache } from '@cache/core';
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+
+/** Where the bytes of an image response came from (label `source`). */
+export type ByteSource = 'cache' | 'origin';
+
+/** How one prefetch of a queued id ended (label `outcome`). */
+export type PrefetchOutcome = 'cached' | 'already_cached' | 'not_found' | 'not_cached' | 'failed';
+
+/** Names of the background workers (label `worker`). */
+export type WorkerName = 'prune' | 'clean' | 'prefetch';
+
+/** How one worker run ended (label `result`); `skipped` means the previous run was still going. */
+export type WorkerRunResult = 'ok' | 'error' | 'skipped';
+
+/** Every metric name the server exports, for documentation and tests. */
+export const METRIC_NAMES = {
+  hits: 'image_cache_hits_total',
+  misses: 'image_cache_misses_total',
+  servedBytes: 'image_cache_served_bytes_total',
+  originFetches: 'image_cache_origin_fetches_total',
+  prunedFiles: 'image_cache_pruned_files_total',
+  prunedBytes: 'image_cache_pruned_bytes_total',
+  cleanedFiles: 'image_cache_cleaned_files_total',
+  prefetches: 'image_cache_prefetch_total',
+  workerRuns: 'image_cache_worker_runs_total',
+  errors: 'image_cache_errors_total',
+  size: 'image_cache_size_bytes',
+  maxSize: 'image_cache_max_size_bytes',
+  queueLength: 'image_cache_queue_length',
+  requestDuration: 'image_cache_http_request_duration_seconds',
+} as const;
+
+/**
+ * The label value of `image_cache_errors_total` for an error: its
+ * `CacheError` code when it has one, else the HTTP status class
+ * (`HTTP_4XX`, `HTTP_5XX`) of the response it caused.
+ */
+export function errorLabel(error: unknown, status = 500): string {
+  if (CacheError.isCacheError(error)) return error.code;
+  return `HTTP_${Math.floor(status / 100)}XX`;
+}
+
+/** The server's Prometheus metrics, in a registry of its own (never the global one). */
+export class ServerMetrics {
+  /** The registry `/metrics` exposes. */
+  readonly registry = new Registry();
+  readonly hits: Counter;
+  readonly misses: Counter;
+  readonly servedBytes: Counter<'source'>;
+  readonly originFetches: Counter;
+  readonly prunedFiles: Counter;
+  readonly prunedBytes: Counter;
+  readonly cleanedFiles: Counter<'kind'>;
+  readonly prefetches: Counter<'outcome'>;
+  readonly workerRuns: Counter<'worker' | 'result'>;
+  readonly errors: Counter<'code'>;
+  readonly requestDuration: Histogram<'method' | 'route' | 'status_code'>;
+
+  /** @param onCollectError - told when a scrape-time gauge could not be read (the gauge keeps its last value). */
+  constructor(cache: ImageCache, onCollectError: (error: unknown) => void) {
+    const registers = [this.registry];
+    this.hits = new Counter({
+      name: METRIC_NAMES.hits,
+      help: 'Image responses answered from the cache (200, 206, 304, including requests that waited for a concurrent fetch).',
+      registers,
+    });
+    this.misses = new Counter({
+      name: METRIC_NAMES.misses,
+      help: 'Image requests that were not in the cache and went to the origin.',
+      registers,
+    });
+    this.servedBytes = new Counter({
+      name: METRIC_NAMES.servedBytes,
+      help: 'Image bytes sent to clients, by where they came from.',
+      labelNames: ['source'],
+      registers,
+    });
+    this.originFetches = new Counter({
+      name: METRIC_NAMES.originFetches,
+      help: 'Requests made to the origin (misses lead one per id at a time; prefetches; HEAD misses).',
+      registers,
+    });
+    this.prunedFiles = new Counter({ name: METRIC_NAMES.prunedFiles, help: 'Entries evicted by prune.', registers });
+    this.prunedBytes = new Counter({ name: METRIC_NAMES.prunedBytes, help: 'Bytes evicted by prune.', registers });
+    this.cleanedFiles = new Counter({
+      name: METRIC_NAMES.cleanedFiles,
+      help: 'Files removed by clean: kind="invalid" (failed writes) or "stalled" (old incomplete writes).',
+      labelNames: ['kind'],
+      registers,
+    });
+    this.prefetches = new Counter({
+      name: METRIC_NAMES.prefetches,
+      help: 'Queued images the prefetch worker handled, by outcome.',
+      labelNames: ['outcome'],
+      registers,
+    });
+    this.workerRuns = new Counter({
+      name: METRIC_NAMES.workerRuns,
+      help: 'Background worker runs, by worker and result (skipped: the previous run was still going).',
+      labelNames: ['worker', 'result'],
+      registers,
+    });
+    this.errors = new Counter({
+      name: METRIC_NAMES.errors,
+      help: 'Errors by CacheError code, or by HTTP status class (HTTP_4XX, HTTP_5XX) for other error responses.',
+      labelNames: ['code'],
+      registers,
+    });
+    this.requestDuration = new Histogram({
+      name: METRIC_NAMES.requestDuration,
+      help: 'Time to the end of the response, by method, route pattern and status code.',
+      labelNames: ['method', 'route', 'status_code'],
+      buckets: [0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120],
+      registers,
+    });
+    new Gauge({
+      name: METRIC_NAMES.size,
+      help: 'Bytes in active cache entries (read at scrape time).',
+      registers,
+      async collect() {
+        try {
+          this.set(await cache.getCacheSize());
+        } catch (error) {
+          onCollectError(error);
+        }
+      },
+    });
+    new Gauge({ name: METRIC_NAMES.maxSize, help: 'The byte budget prune enforces.', registers }).set(cache.maxSize);
+    new Gauge({
+      name: METRIC_NAMES.queueLength,
+      help: 'Images queued for prefetch (read at scrape time).',
+      registers,
+      async collect() {
+        try {
+          this.set((await cache.getQueuedImages()).length);
+        } catch (error) {
+          onCollectError(error);
+        }
+      },
+    });
+  }
+
+  /** Counts one error under {@link errorLabel}. */
+  countError(error: unknown, status?: number): void {
+    this.errors.inc({ code: errorLabel(error, status) });
+  }
+}

@@ -1,0 +1,132 @@
+import { InvalidArgumentError, type ImageCache } from '@cache/core';
+import type { Origin } from '@cache/origin';
+import type { FastifyServerOptions } from 'fastify';
+
+/** Options of {@link createCacheServer}. Intervals and timeouts are milliseconds. */
+export interface CacheServerOptions {
+  /**
+   * The cache to serve. The server does not close it on `close()` unless
+   * {@link CacheServerOptions.closeCache} is true: the caller opened it and owns it.
+   */
+  cache: ImageCache;
+  /**
+   * Where misses and prefetches read from. Without one, a miss is a 404 and
+   * the prefetch worker does not run.
+   */
+  origin?: Origin;
+  /**
+   * Bearer token guarding the management API (`/v2/...`). Without one the
+   * management API is open: only do that on a trusted network.
+   */
+  token?: string;
+  /** Also require the token on `/metrics`. @default false */
+  protectMetrics?: boolean;
+  /** How often the pruner runs; 0 disables it. @default 300000 (5 min) */
+  pruneInterval?: number;
+  /** How often the cleaner runs (with the cache's stall time); 0 disables it. @default 3600000 (1 h) */
+  cleanInterval?: number;
+  /** How often the prefetch worker looks at the queue; 0 disables the timer. @default 60000 */
+  prefetchInterval?: number;
+  /** Queued images fetched at the same time by one prefetch run. @default 4 */
+  prefetchConcurrency?: number;
+  /**
+   * Start a prefetch run as soon as `PUT /v2/cache/{id}` queues an image (as
+   * Glance hands it to its cache worker at once), even when the timer is
+   * disabled. Needs an origin. @default true
+   */
+  prefetchOnQueue?: boolean;
+  /**
+   * How long `close()` lets in-flight responses finish before it destroys the
+   * remaining connections (whose partial cache writes are then rolled back).
+   * @default 10000
+   */
+  shutdownTimeout?: number;
+  /** Close the `ImageCache` (and so its driver) at the end of `close()`. @default false */
+  closeCache?: boolean;
+  /** Fastify's logger: `true`, `false` or pino options. @default false */
+  logger?: FastifyServerOptions['logger'];
+}
+
+/** {@link CacheServerOptions} with every default applied. */
+export interface ResolvedOptions {
+  cache: ImageCache;
+  origin: Origin | undefined;
+  token: string | undefined;
+  protectMetrics: boolean;
+  pruneInterval: number;
+  cleanInterval: number;
+  prefetchInterval: number;
+  prefetchConcurrency: number;
+  prefetchOnQueue: boolean;
+  shutdownTimeout: number;
+  closeCache: boolean;
+  logger: FastifyServerOptions['logger'];
+}
+
+/** The defaults of {@link CacheServerOptions}. */
+export const DEFAULTS = {
+  pruneInterval: 300_000,
+  cleanInterval: 3_600_000,
+  prefetchInterval: 60_000,
+  prefetchConcurrency: 4,
+  shutdownTimeout: 10_000,
+} as const;
+
+/** Longest interval `setInterval` accepts (about 24.8 days). */
+const MAX_TIMER = 2 ** 31 - 1;
+
+/** Validates the options and applies defaults; throws `InvalidArgumentError` naming the bad option. */
+export function resolveOptions(options: CacheServerOptions): ResolvedOptions {
+  if (typeof options !== 'object' || options === null) {
+    throw new InvalidArgumentError('createCacheServer needs an options object: { cache, origin?, token?, ... }');
+  }
+  const { cache, origin, token } = options;
+  // Duck-typed rather than instanceof, so an app with its own copy of @cache/core works.
+  if (typeof cache !== 'object' || cache === null || typeof cache.readThrough !== 'function' || typeof cache.prune !== 'function') {
+    throw new InvalidArgumentError('options.cache must be an ImageCache (from ImageCache.open())');
+  }
+  if (origin !== undefined && (typeof origin !== 'object' || origin === null || typeof origin.open !== 'function')) {
+    throw new InvalidArgumentError('options.origin must be an Origin (e.g. from createOrigin()) with an open(id) method');
+  }
+  if (token !== undefined && (typeof token !== 'string' || !/^[\x21-\x7e]+$/.test(token))) {
+    throw new InvalidArgumentError('options.token must be a non-empty string of visible ASCII characters (no spaces)');
+  }
+  return {
+    cache,
+    origin,
+    token,
+    protectMetrics: flag(options, 'protectMetrics', false),
+    pruneInterval: milliseconds(options, 'pruneInterval', DEFAULTS.pruneInterval, true),
+    cleanInterval: milliseconds(options, 'cleanInterval', DEFAULTS.cleanInterval, true),
+    prefetchInterval: milliseconds(options, 'prefetchInterval', DEFAULTS.prefetchInterval, true),
+    prefetchConcurrency: positiveInteger(options, 'prefetchConcurrency', DEFAULTS.prefetchConcurrency),
+    prefetchOnQueue: flag(options, 'prefetchOnQueue', true),
+    shutdownTimeout: milliseconds(options, 'shutdownTimeout', DEFAULTS.shutdownTimeout, false),
+    closeCache: flag(options, 'closeCache', false),
+    logger: options.logger ?? false,
+  };
+}
+
+function milliseconds(options: CacheServerOptions, name: keyof CacheServerOptions, fallback: number, timer: boolean): number {
+  const value = options[name] ?? fallback;
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 0 || (timer && value > MAX_TIMER)) {
+    throw new InvalidArgumentError(
+      `options.${name} must be an integer number of milliseconds >= 0${timer ? ` and <= ${MAX_TIMER} (0 disables)` : ''}, got ${String(value)}`,
+    );
+  }
+  return value;
+}
+
+function positiveInteger(options: CacheServerOptions, name: keyof CacheServerOptions, fallback: number): number {
+  const value = options[name] ?? fallback;
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 1) {
+    throw new InvalidArgumentError(`options.${name} must be an integer >= 1, got ${String(value)}`);
+  }
+  return value;
+}
+
+function flag(options: CacheServerOptions, name: keyof CacheServerOptions, fallback: boolean): boolean {
+  const value = options[name] ?? fallback;
+  if (typeof value !== 'boolean') throw new InvalidArgumentError(`options.${name} must be a boolean, got ${String(value)}`);
+  return value;
+}

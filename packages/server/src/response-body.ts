@@ -1,0 +1,71 @@
+import { Transform, type Readable, type TransformCallback } from 'node:stream';
+import { CacheStorageError } from '@cache/core';
+
+/** Options of {@link responseBody}. */
+export interface ResponseBodyOptions {
+  /** The `Content-Length` sent; a source that ends short of it or runs past it fails the response. */
+  expected: number | undefined;
+  /** Called with each chunk's length as it is passed on (for the served-bytes counter). */
+  onBytes: (bytes: number) => void;
+  /** Called once if the body fails (a source error or a wrong length; not a client that went away). */
+  onError: (error: Error) => void;
+}
+
+/**
+ * The stream handed to fastify for an image body: `source` piped through a
+ * counter that also enforces the announced length. A failure destroys the
+ * body with an error; fastify then destroys the socket when the headers are
+ * out (so a client can tell the response is incomplete: a short body under a
+ * `Content-Length`, or a chunked body without its last chunk), or answers
+ * with an error status when they are not.
+ *
+ * When the body is destroyed without an error (the client went away, or
+ * shutdown cut the connection), `source` is destroyed too, which rolls its
+ * cache write back; except when the client already has every byte of its
+ * `Content-Length`: a caching stream passes the last byte on before it
+ * commits, and a client may close the connection at once. The source is
+ * then left to end, so the entry commits (and a cache read records its hit).
+ */
+export function responseBody(source: Readable, options: ResponseBodyOptions): Readable {
+  const { expected, onBytes } = options;
+  let sent = 0;
+  let reported = false;
+  const report = (error: Error) => {
+    if (reported) return;
+    reported = true;
+    options.onError(error);
+  };
+  const body = new Transform({
+    transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback) {
+      sent += chunk.length;
+      if (expected !== undefined && sent > expected) {
+        callback(new CacheStorageError(`image body ran past its Content-Length of ${expected} bytes (was the entry replaced?)`));
+        return;
+      }
+      onBytes(chunk.length);
+      callback(null, chunk);
+    },
+    flush(callback: TransformCallback) {
+      if (expected !== undefined && sent !== expected) {
+        callback(new CacheStorageError(`image body ended after ${sent} of ${expected} bytes (was the entry replaced?)`));
+        return;
+      }
+      callback();
+    },
+    destroy(error, callback) {
+      source.unpipe(body);
+      if (error !== null) report(error);
+      if (!source.destroyed && !source.readableEnded) {
+        if (error === null && expected !== undefined && sent === expected) source.resume();
+        else source.destroy();
+      }
+      callback(error);
+    },
+  });
+  source.on('error', (error: Error) => {
+    report(error);
+    body.destroy(error);
+  });
+  source.pipe(body);
+  return body;
+}

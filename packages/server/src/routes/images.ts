@@ -1,0 +1,216 @@
+import { constants as fsConstants, createReadStream } from 'node:fs';
+import { open, type FileHandle } from 'node:fs/promises';
+import type { Readable } from 'node:stream';
+import {
+  CacheStorageError,
+  CachingStream,
+  ImageNotCachedError,
+  assertImageId,
+  isErrnoError,
+  storageError,
+  type ImageId,
+} from '@cache/core';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import parseRange from 'range-parser';
+import type { ServerContext } from '../context.js';
+import { ifRangeAllows, isNotModified, sameFile, statEntry, type EntryInfo } from '../entry.js';
+import { HttpError } from '../http-errors.js';
+import type { ByteSource } from '../metrics.js';
+import { responseBody } from '../response-body.js';
+
+type ImageRequest = FastifyRequest<{ Params: { id: string } }>;
+
+/**
+ * What a serving step did: `sent` (the reply is on its way) or `retry` (it
+ * lost a race with a delete or replace: start over). Steps never return the
+ * reply itself: a fastify reply is a thenable that settles when the response
+ * has been sent, so returning it from an async function would wait for that.
+ */
+type Served = 'sent' | 'retry';
+
+/** Times a request starts over after losing a race (an entry deleted or replaced under it) before giving up. */
+const MAX_ATTEMPTS = 5;
+
+/** The byte range a request gets: all of it, one range, or none (416). */
+type RangePlan = { kind: 'full' } | { kind: 'partial'; start: number; end: number } | { kind: 'unsatisfiable' };
+
+/**
+ * `GET` and `HEAD /images/:id`: served from the cache when cached (with
+ * ETag, Last-Modified, a single byte range, 304), else streamed from the
+ * origin while it is cached (single-flight per id).
+ */
+export async function imageRoutes(app: FastifyInstance, context: ServerContext): Promise<void> {
+  app.route({
+    method: ['GET', 'HEAD'],
+    url: '/images/:id',
+    handler: async (request: ImageRequest, reply) => {
+      const work = serveImage(context, request, reply);
+      context.track(work);
+      await work;
+      return reply;
+    },
+  });
+}
+
+async function serveImage(context: ServerContext, request: ImageRequest, reply: FastifyReply): Promise<void> {
+  const { id } = request.params;
+  assertImageId(id);
+  for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+    const entry = await statEntry(context.cache, id);
+    const served = entry !== undefined ? await serveHit(context, request, reply, id, entry) : await serveMiss(context, request, reply, id);
+    if (served === 'sent') return;
+  }
+  throw new CacheStorageError(`image '${id}' kept changing while being served (deleted or replaced ${MAX_ATTEMPTS} times); retry`);
+}
+
+function setImageHeaders(reply: FastifyReply, xCache: 'HIT' | 'MISS'): void {
+  reply.header('content-type', 'application/octet-stream');
+  reply.header('accept-ranges', 'bytes');
+  reply.header('x-cache', xCache);
+}
+
+function selectRange(request: ImageRequest, entry: EntryInfo): RangePlan {
+  const header = request.headers.range;
+  if (typeof header !== 'string' || !ifRangeAllows(request.headers, entry)) return { kind: 'full' };
+  const ranges = parseRange(entry.size, header, { combine: true });
+  if (ranges === -1) return { kind: 'unsatisfiable' };
+  // Malformed, not bytes, or several disjoint ranges: ignore the header and send everything (RFC 9110 14.2 allows it).
+  if (ranges === -2 || ranges.type !== 'bytes' || ranges.length !== 1) return { kind: 'full' };
+  const range = ranges[0] as parseRange.Range;
+  return { kind: 'partial', start: range.start, end: range.end };
+}
+
+async function serveHit(
+  context: ServerContext,
+  request: ImageRequest,
+  reply: FastifyReply,
+  id: ImageId,
+  entry: EntryInfo,
+): Promise<Served> {
+  const { cache, metrics } = context;
+  const head = request.method === 'HEAD';
+  // Conditionals come before Range (RFC 9110 13.2.2): a matching If-None-Match is a 304 whatever the range.
+  const notModified = isNotModified(request.headers, entry);
+  const plan: RangePlan = notModified ? { kind: 'full' } : selectRange(request, entry);
+  if (plan.kind === 'unsatisfiable') {
+    throw new HttpError(416, 'RANGE_NOT_SATISFIABLE', `the range ${JSON.stringify(request.headers.range)} is outside the image's ${entry.size} bytes`, {
+      'content-range': `bytes */${entry.size}`,
+      'accept-ranges': 'bytes',
+    });
+  }
+
+  let source: Readable | undefined;
+  if (!head && !notModified && plan.kind === 'partial') {
+    // A range is read straight from the file: not a complete read, so it records no hit (spec 5.16).
+    const path = cache.getImageFilepath(id);
+    const handle = await openActive(path);
+    if (handle === undefined) return 'retry';
+    const stats = await handle.stat({ bigint: true });
+    if (!sameFile(entry, stats)) {
+      await handle.close();
+      return 'retry';
+    }
+    source = createReadStream(path, { fd: handle, start: plan.start, end: plan.end });
+  } else if (!head && !notModified) {
+    try {
+      source = await cache.openForRead(id); // records a hit when the read completes
+    } catch (error) {
+      if (ImageNotCachedError.isInstance(error)) return 'retry';
+      throw error;
+    }
+  }
+
+  metrics.hits.inc();
+  setImageHeaders(reply, 'HIT');
+  reply.header('etag', entry.etag);
+  reply.header('last-modified', entry.lastModified.toUTCString());
+  if (notModified) {
+    reply.code(304).send();
+    return 'sent';
+  }
+  const length = plan.kind === 'partial' ? plan.end - plan.start + 1 : entry.size;
+  reply.header('content-length', length);
+  if (plan.kind === 'partial') {
+    reply.code(206).header('content-range', `bytes ${plan.start}-${plan.end}/${entry.size}`);
+  }
+  reply.send(source === undefined ? undefined : body(context, reply, source, length, 'cache')); // no source: HEAD
+  return 'sent';
+}
+
+async function serveMiss(context: ServerContext, request: ImageRequest, reply: FastifyReply, id: ImageId): Promise<Served> {
+  const { cache, origin, metrics } = context;
+  if (origin === undefined) throw new ImageNotCachedError(id, cache.getImageFilepath(id));
+
+  if (request.method === 'HEAD') {
+    // Answered from the origin's headers; the body is not fetched, so nothing is cached.
+    metrics.misses.inc();
+    metrics.originFetches.inc();
+    reply.header('x-cache', 'MISS');
+    const image = await origin.open(id, { signal: context.shutdownSignal });
+    image.stream.destroy();
+    setImageHeaders(reply, 'MISS');
+    if (image.size !== undefined) reply.header('content-length', image.size);
+    reply.code(200).send();
+    return 'sent';
+  }
+
+  let size: number | undefined;
+  let result;
+  try {
+    result = await cache.readThrough(id, {
+      fetch: async () => {
+        metrics.originFetches.inc();
+        const image = await origin.open(id, { signal: context.shutdownSignal });
+        size = image.size;
+        return image.stream;
+      },
+    });
+  } catch (error) {
+    metrics.misses.inc();
+    reply.header('x-cache', 'MISS');
+    throw error;
+  }
+  if (result.from === 'cache') {
+    // Another request's fetch committed it (or it appeared meanwhile): serve it as a hit, ranges and all.
+    result.stream.destroy();
+    return 'retry';
+  }
+  const stream = result.stream;
+  if (stream instanceof CachingStream) {
+    context.track(stream.cacheOutcome);
+    stream.on('cacheError', (error: Error) => {
+      metrics.countError(error);
+      request.log.warn({ err: error, imageId: id }, 'caching failed; the client still gets the image');
+    });
+  }
+  // A Range on a miss is answered with the whole image (200): it is being cached anyway.
+  metrics.misses.inc();
+  setImageHeaders(reply, 'MISS');
+  if (size !== undefined) reply.header('content-length', size);
+  reply.send(body(context, reply, stream, size, 'origin'));
+  return 'sent';
+}
+
+function body(context: ServerContext, reply: FastifyReply, source: Readable, expected: number | undefined, from: ByteSource): Readable {
+  const { metrics } = context;
+  return responseBody(source, {
+    expected,
+    onBytes: (bytes) => metrics.servedBytes.inc({ source: from }, bytes),
+    onError: (error) => {
+      // Before the headers, fastify's error handler answers (and counts) it; after them the response is cut.
+      if (!reply.raw.headersSent) return;
+      metrics.countError(error);
+      reply.log.warn({ err: error }, 'image response cut short');
+    },
+  });
+}
+
+/** Opens an active file for a range read, or `undefined` when it is gone. */
+async function openActive(path: string): Promise<FileHandle | undefined> {
+  try {
+    return await open(path, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW);
+  } catch (error) {
+    if (isErrnoError(error, 'ENOENT', 'ELOOP', 'ENOTDIR')) return undefined;
+    throw storageError('open', path, error);
+  }
+}

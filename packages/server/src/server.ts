@@ -1,0 +1,200 @@
+import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify';
+import type { Registry } from 'prom-client';
+import { bearerGuard } from './auth.js';
+import type { ServerContext } from './context.js';
+import { HttpError, errorBody, statusFor } from './http-errors.js';
+import { ServerMetrics, errorLabel } from './metrics.js';
+import { resolveOptions, type CacheServerOptions } from './options.js';
+import { imageRoutes } from './routes/images.js';
+import { managementRoutes } from './routes/management.js';
+import { PeriodicWorker, Serial, runClean, runPrefetch, runPrune } from './workers.js';
+
+/** Options of {@link CacheServer.listen}. */
+export interface ListenOptions {
+  /** Interface to bind. @default '127.0.0.1' */
+  host?: string;
+  /** Port; 0 picks a free one. @default 0 */
+  port?: number;
+}
+
+/** A running (or ready to listen) cache server. */
+export interface CacheServer {
+  /** The fastify instance (for `inject()`, extra routes before `listen()`, or its logger). */
+  readonly app: FastifyInstance;
+  /** This server's own Prometheus registry (what `/metrics` exposes). */
+  readonly registry: Registry;
+  /** Starts listening; resolves to the base URL, e.g. `http://127.0.0.1:41234`. */
+  listen(options?: ListenOptions): Promise<string>;
+  /**
+   * Stops the workers (aborting a prefetch in progress), stops accepting
+   * connections, lets in-flight responses finish for up to `shutdownTimeout`
+   * ms and then destroys the remaining connections, and waits until every
+   * partial cache write has been rolled back (to `invalid/`, never active).
+   * Closes the `ImageCache` only with `closeCache: true`. Idempotent.
+   */
+  close(): Promise<void>;
+}
+
+/** Response headers that describe an image and must not survive on an error response. */
+const IMAGE_HEADERS = ['etag', 'last-modified', 'accept-ranges', 'content-range', 'content-type'];
+
+/**
+ * Builds the HTTP read-through cache server: `GET`/`HEAD /images/:id`, the
+ * Glance-shaped management API under `/v2` (bearer-token guarded when a
+ * token is set), `/healthz` and `/metrics`, and the prune, clean and
+ * prefetch workers (started at once; their timers do not keep the process
+ * alive). Call `listen()` to accept connections.
+ *
+ * @throws InvalidArgumentError for invalid options.
+ *
+ * @example
+ * ```ts
+ * const server = await createCacheServer({ cache, origin: createOrigin('https://origin/images/{id}'), token });
+ * const url = await server.listen({ port: 8080 });
+ * ```
+ */
+export async function createCacheServer(options: CacheServerOptions): Promise<CacheServer> {
+  const config = resolveOptions(options);
+  const { cache, origin } = config;
+  const app = Fastify({
+    logger: config.logger,
+    // Image ids may be up to 255 bytes (more once percent-encoded); longer ones get a 400, not a 404.
+    routerOptions: { maxParamLength: 1024 },
+    return503OnClosing: true,
+  });
+  const metrics = new ServerMetrics(cache, (error) => {
+    metrics.countError(error);
+    app.log.warn({ err: error }, 'a metrics gauge could not be read');
+  });
+
+  const pending = new Set<Promise<unknown>>();
+  const shutdown = new AbortController();
+  const track = (work: Promise<unknown>) => {
+    const settled = work.then(
+      () => undefined,
+      () => undefined,
+    );
+    pending.add(settled);
+    void settled.then(() => pending.delete(settled));
+  };
+
+  const pruneSerial = new Serial();
+  const cleanSerial = new Serial();
+  const workerError = (name: string) => (error: unknown) => app.log.error({ err: error }, `${name} run failed`);
+  const workers: PeriodicWorker[] = [
+    new PeriodicWorker('prune', config.pruneInterval, async () => void (await runPrune(cache, pruneSerial, metrics)), metrics, workerError('prune')),
+    new PeriodicWorker('clean', config.cleanInterval, async () => void (await runClean(cache, cleanSerial, metrics)), metrics, workerError('clean')),
+  ];
+  let prefetcher: PeriodicWorker | undefined;
+  if (origin !== undefined) {
+    const prefetchContext = {
+      cache,
+      origin,
+      metrics,
+      concurrency: config.prefetchConcurrency,
+      onError: (error: unknown, imageId: string) => app.log.warn({ err: error, imageId }, 'prefetch failed; the image stays queued'),
+    };
+    prefetcher = new PeriodicWorker('prefetch', config.prefetchInterval, (signal) => runPrefetch(prefetchContext, signal), metrics, workerError('prefetch'));
+    workers.push(prefetcher);
+  }
+
+  const context: ServerContext = {
+    cache,
+    origin,
+    metrics,
+    pruneSerial,
+    cleanSerial,
+    prefetcher,
+    prefetchOnQueue: config.prefetchOnQueue,
+    shutdownSignal: shutdown.signal,
+    track,
+  };
+
+  installErrorHandling(app, metrics);
+  const guard = config.token === undefined ? undefined : bearerGuard(config.token);
+
+  app.get('/healthz', async (_request, reply) => {
+    try {
+      const size = await cache.getCacheSize();
+      return { status: 'ok', driver: cache.driver.name, size, max_size: cache.maxSize };
+    } catch (error) {
+      metrics.countError(error);
+      return reply.code(503).send({ status: 'unavailable', code: errorLabel(error, 503), message: (error as Error).message });
+    }
+  });
+
+  app.get('/metrics', { onRequest: config.protectMetrics && guard !== undefined ? guard : [] }, async (_request, reply) => {
+    const text = await metrics.registry.metrics();
+    return reply.type(metrics.registry.contentType).send(text);
+  });
+
+  await app.register(async (scope) => imageRoutes(scope, context));
+  await app.register(
+    async (scope) => {
+      if (guard !== undefined) scope.addHook('onRequest', guard);
+      await managementRoutes(scope, context);
+    },
+    { prefix: '/v2' },
+  );
+  await app.ready();
+  for (const worker of workers) worker.start();
+
+  let closing: Promise<void> | undefined;
+  return {
+    app,
+    registry: metrics.registry,
+    async listen({ host = '127.0.0.1', port = 0 }: ListenOptions = {}) {
+      return app.listen({ host, port });
+    },
+    close() {
+      closing ??= (async () => {
+        await Promise.all(workers.map((worker) => worker.stop()));
+        const force = setTimeout(() => {
+          shutdown.abort(new HttpError(503, 'SHUTTING_DOWN', 'the server is shutting down'));
+          app.server.closeAllConnections();
+        }, config.shutdownTimeout);
+        // A keep-alive connection whose response ends during the close is idle only from then on: close those as they come.
+        const idle = setInterval(() => app.server.closeIdleConnections(), 50);
+        try {
+          await app.close();
+        } finally {
+          clearTimeout(force);
+          clearInterval(idle);
+        }
+        shutdown.abort(new HttpError(503, 'SHUTTING_DOWN', 'the server is shutting down'));
+        // Handlers still settling and cache writes still rolling back (their sockets are gone by now).
+        while (pending.size > 0) await Promise.all(pending);
+        if (config.closeCache) await cache.close();
+      })();
+      return closing;
+    },
+  };
+}
+
+/** JSON errors in one shape, the error counter, and the request-duration histogram. */
+function installErrorHandling(app: FastifyInstance, metrics: ServerMetrics): void {
+  const counted = new WeakSet<FastifyRequest>();
+
+  app.setErrorHandler((error, request, reply) => {
+    const status = statusFor(error);
+    for (const name of IMAGE_HEADERS) reply.removeHeader(name);
+    if (error instanceof HttpError) reply.headers(error.headers);
+    if (status >= 500) request.log.error({ err: error }, 'request failed');
+    counted.add(request);
+    metrics.countError(error, status);
+    return reply.code(status).send(errorBody(error, status));
+  });
+
+  app.setNotFoundHandler(async (request) => {
+    throw new HttpError(404, 'ROUTE_NOT_FOUND', `no route ${request.method} ${request.url.split('?')[0]}`);
+  });
+
+  app.addHook('onResponse', async (request, reply) => {
+    const status = reply.statusCode;
+    if (status >= 400 && !counted.has(request)) metrics.errors.inc({ code: errorLabel(undefined, status) });
+    metrics.requestDuration.observe(
+      { method: request.method, route: request.routeOptions.url ?? 'unmatched', status_code: String(status) },
+      reply.elapsedTime / 1000,
+    );
+  });
+}

@@ -1,0 +1,202 @@
+import { once } from 'node:events';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { createServer, request, type IncomingHttpHeaders, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ImageCache } from '@cache/core';
+import { SqliteDriver } from '@cache/driver-sqlite';
+import { createOrigin } from '@cache/origin';
+import { createCacheServer, type CacheServer, type CacheServerOptions } from '../src/index.js';
+
+/** Deterministic bytes for an image id (different ids, different bytes). */
+export function imageBytes(id: string, size: number): Buffer {
+  const seed = [...id].reduce((sum, c) => sum + c.charCodeAt(0), 0);
+  const out = Buffer.allocUnsafe(size);
+  for (let i = 0; i < size; i++) out[i] = (i * 31 + seed) % 251;
+  return out;
+}
+
+/** How the test origin answers one id. */
+export type OriginBehaviour =
+  | { kind: 'ok'; data: Buffer; chunked?: boolean; delayMs?: number }
+  /** Sends `after` bytes (with Content-Length of the whole unless chunked), then cuts the connection. */
+  | { kind: 'cut'; data: Buffer; after: number; chunked?: boolean }
+  /** Sends `after` bytes, then waits forever (until the connection is closed). */
+  | { kind: 'stall'; data: Buffer; after: number }
+  | { kind: 'status'; status: number };
+
+/** A real HTTP origin on 127.0.0.1 serving `/images/<id>`, counting requests per id. */
+export class TestOrigin {
+  readonly images = new Map<string, OriginBehaviour>();
+  readonly requests = new Map<string, number>();
+  readonly server: Server = createServer((req, res) => this.#handle(req, res));
+  url = '';
+
+  static async start(): Promise<TestOrigin> {
+    const origin = new TestOrigin();
+    origin.server.listen(0, '127.0.0.1');
+    await once(origin.server, 'listening');
+    origin.url = `http://127.0.0.1:${(origin.server.address() as AddressInfo).port}`;
+    return origin;
+  }
+
+  /** The `{id}` URL template for `createOrigin`. */
+  get template(): string {
+    return `${this.url}/images/{id}`;
+  }
+
+  count(id: string): number {
+    return this.requests.get(id) ?? 0;
+  }
+
+  #handle(req: IncomingMessage, res: ServerResponse): void {
+    const id = decodeURIComponent((req.url ?? '').replace(/^\/images\//, ''));
+    this.requests.set(id, this.count(id) + 1);
+    const behaviour = this.images.get(id) ?? { kind: 'status', status: 404 };
+    switch (behaviour.kind) {
+      case 'status':
+        res.writeHead(behaviour.status, { 'content-type': 'text/plain' });
+        res.end(`status ${behaviour.status}`);
+        return;
+      case 'ok': {
+        res.writeHead(200, behaviour.chunked ? {} : { 'content-length': behaviour.data.length });
+        const send = () => res.end(behaviour.data);
+        if (behaviour.delayMs) {
+          res.flushHeaders();
+          setTimeout(send, behaviour.delayMs);
+        } else send();
+        return;
+      }
+      case 'cut':
+        res.writeHead(200, behaviour.chunked ? {} : { 'content-length': behaviour.data.length });
+        res.write(behaviour.data.subarray(0, behaviour.after), () => setTimeout(() => res.socket?.destroy(), 200));
+        return;
+      case 'stall':
+        res.writeHead(200, { 'content-length': behaviour.data.length });
+        res.write(behaviour.data.subarray(0, behaviour.after));
+        return;
+    }
+  }
+
+  async close(): Promise<void> {
+    this.server.closeAllConnections();
+    this.server.close();
+    await once(this.server, 'close');
+  }
+}
+
+/** A temp cache directory with a SqliteDriver cache on it. */
+export async function openCache(maxSize = 1024 ** 3): Promise<{ cache: ImageCache; cacheDir: string; cleanup: () => Promise<void> }> {
+  const cacheDir = await mkdtemp(join(tmpdir(), 'server-test-'));
+  const cache = await ImageCache.open({ driver: new SqliteDriver({ cacheDir }), maxSize });
+  return {
+    cache,
+    cacheDir,
+    cleanup: async () => {
+      await cache.close();
+      await rm(cacheDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Everything a server test needs: origin, cache, server, base URL, and one teardown. */
+export interface Harness {
+  origin: TestOrigin;
+  cache: ImageCache;
+  cacheDir: string;
+  server: CacheServer;
+  url: string;
+  close: () => Promise<void>;
+}
+
+export async function startHarness(options: Partial<CacheServerOptions> & { maxSize?: number } = {}): Promise<Harness> {
+  const { maxSize, ...serverOptions } = options;
+  const origin = await TestOrigin.start();
+  const { cache, cacheDir, cleanup } = await openCache(maxSize);
+  const server = await createCacheServer({
+    cache,
+    origin: createOrigin(origin.template),
+    pruneInterval: 0,
+    cleanInterval: 0,
+    prefetchInterval: 0,
+    ...serverOptions,
+  });
+  const url = await server.listen();
+  return {
+    origin,
+    cache,
+    cacheDir,
+    server,
+    url,
+    close: async () => {
+      await server.close();
+      await origin.close();
+      await cleanup();
+    },
+  };
+}
+
+/** A response read with node:http, which does not hide a cut body: `error` is set when it was. */
+export interface RawResponse {
+  status: number;
+  headers: IncomingHttpHeaders;
+  body: Buffer;
+  /** Set when the connection broke before the body was complete. */
+  error?: Error;
+  /** Whether node:http saw the message end properly (the whole Content-Length, or the last chunk). */
+  complete: boolean;
+}
+
+export function rawRequest(url: string, options: { method?: string; headers?: Record<string, string>; path?: string } = {}): Promise<RawResponse> {
+  const target = new URL(url);
+  return new Promise((resolve, reject) => {
+    const req = request(
+      {
+        host: target.hostname,
+        port: target.port,
+        path: options.path ?? `${target.pathname}${target.search}`,
+        method: options.method ?? 'GET',
+        headers: { connection: 'close', ...options.headers },
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (chunk: Buffer) => chunks.push(chunk));
+        const done = (error?: Error) =>
+          resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks), complete: res.complete, ...(error ? { error } : {}) });
+        res.on('end', () => done());
+        res.on('error', (error) => done(error));
+        res.on('aborted', () => done(new Error('aborted')));
+      },
+    );
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+/** Parses the Prometheus text exposition into `name{labels}` → value. */
+export function parseMetrics(text: string): Map<string, number> {
+  const values = new Map<string, number>();
+  for (const line of text.split('\n')) {
+    if (line === '' || line.startsWith('#')) continue;
+    const match = /^(\S+?)(\{.*\})? (\S+)$/.exec(line);
+    if (match === null) continue;
+    values.set(`${match[1]}${match[2] ?? ''}`, Number(match[3]));
+  }
+  return values;
+}
+
+export async function scrape(url: string, headers: Record<string, string> = {}): Promise<Map<string, number>> {
+  const response = await fetch(`${url}/metrics`, { headers });
+  if (response.status !== 200) throw new Error(`/metrics answered ${response.status}`);
+  return parseMetrics(await response.text());
+}
+
+/** Polls `check` until it returns true (or fails after `timeoutMs`). */
+export async function waitFor(check: () => boolean | Promise<boolean>, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}

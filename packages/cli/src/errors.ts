@@ -28,6 +28,7 @@ export const CliErrorCodes = {
   CONFIG: 'CLI_CONFIG',
   CHECKSUM_MANIFEST: 'CLI_CHECKSUM_MANIFEST',
   NOT_FOUND: 'CLI_NOT_FOUND',
+  LISTEN: 'CLI_LISTEN',
 } as const;
 
 /** One of the values of {@link CliErrorCodes}. */

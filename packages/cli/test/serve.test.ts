@@ -117,3 +117,21 @@ describe('image-cache serve', () => {
     expect(await readdir(root)).toEqual([]);
   });
 });
+
+describe('image-cache serve, port taken', () => {
+  it('says which port is taken and how to pick another, exit 1', async () => {
+    const { createServer } = await import('node:net');
+    const blocker = createServer();
+    await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', () => resolve()));
+    const port = (blocker.address() as { port: number }).port;
+    try {
+      const result = await bin(['--cache-dir', join(root, 'c'), 'serve', '--port', String(port)], { cwd: root });
+      expect(result.code).toBe(1);
+      expect(result.stderr).toBe(
+        `image-cache: cannot listen on 127.0.0.1:${port} (EADDRINUSE): pick another with --port or IMAGE_CACHE_PORT (0 takes any free port) [CLI_LISTEN]\n`,
+      );
+    } finally {
+      blocker.close();
+    }
+  });
+});

@@ -4,7 +4,7 @@ import { createOrigin, type Origin } from '@cache/origin';
 import { createCacheServer } from '@cache/server';
 import { resolveConfig, type ConfigFlags } from '../config.js';
 import { DEMO_IMAGES, startDemoOrigin, type DemoOrigin } from '../demo/origin.js';
-import { ExitCode } from '../errors.js';
+import { CliErrorCodes, ExitCode, operationalError } from '../errors.js';
 import { openCacheFromConfig } from '../open-cache.js';
 import { formatSize } from '../units.js';
 import type { RegisterCommand } from './types.js';
@@ -88,6 +88,13 @@ export const registerServe: RegisterCommand = (program, ctx) => {
       } catch (error) {
         await server.close().catch(() => undefined);
         await demoOrigin?.close();
+        const code = (error as NodeJS.ErrnoException).code;
+        if (code === 'EADDRINUSE' || code === 'EACCES' || code === 'EADDRNOTAVAIL') {
+          throw operationalError(
+            CliErrorCodes.LISTEN,
+            `cannot listen on ${config.host}:${config.port} (${code}): pick another with --port or IMAGE_CACHE_PORT (0 takes any free port)`,
+          );
+        }
         throw error;
       }
       const auth = config.token === undefined ? '' : ` -H 'authorization: Bearer ${config.token}'`;

@@ -10,7 +10,8 @@
 //   - the distinct reasons tests were skipped for,
 //   - and, as the very last line: `N passed, N failed, N skipped`.
 // Exits non-zero when anything failed or when no test ran at all.
-// Extra arguments go to turbo (e.g. `pnpm test --filter=@cache/core`).
+// Extra arguments go to turbo, after `--` so that pnpm does not take them
+// (e.g. `pnpm test -- --filter=@cache/core`).
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
@@ -21,7 +22,9 @@ rmSync(resultsDir, { recursive: true, force: true });
 mkdirSync(resultsDir, { recursive: true });
 
 const env = { ...process.env, TURBO_TELEMETRY_DISABLED: '1', TEST_RESULTS_DIR: resultsDir };
-const turbo = ['pnpm', 'exec', 'turbo', 'run', 'lint', 'test', '--continue', '--output-logs=full', ...process.argv.slice(2)];
+const extra = process.argv.slice(2);
+if (extra[0] === '--') extra.shift(); // `pnpm test -- --filter=...` passes the separator on
+const turbo = ['pnpm', 'exec', 'turbo', 'run', 'lint', 'test', '--continue', '--output-logs=full', ...extra];
 const child = spawn('bash', [join(root, 'scripts', 'test-filesystems.sh'), '--', ...turbo], {
   cwd: root,
   env,

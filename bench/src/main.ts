@@ -1,16 +1,26 @@
 /**
- * `pnpm bench`: sets up the filesystems (see mounts.ts), runs the benchmarks
- * in a child process (dist/run.js) and tears everything down when the child
- * ends, fails, crashes, or this process is stopped with Ctrl-C / SIGTERM /
- * SIGHUP. Running the measurements in a child keeps the mounts removable
- * (no open file of ours holds them) and the teardown independent of how the
+ * `pnpm bench`: sets up the filesystems (see mounts.ts) and, for the
+ * postgres figures, one throwaway PostgreSQL server
+ * (`@cache/driver-postgres/testing`), runs the benchmarks in a child process
+ * (dist/run.js) and tears everything down when the child ends, fails,
+ * crashes, or this process is stopped with Ctrl-C / SIGTERM / SIGHUP.
+ * Running the measurements in a child keeps the mounts removable (no open
+ * file of ours holds them) and the teardown independent of how the
  * measurements ended.
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setUpWorkspace } from './mounts.js';
-import { BENCH_DIR, parseOptions, USAGE, type BenchOptions } from './options.js';
-import type { RunConfig } from './run.js';
+import {
+  removeTestPostgresSync,
+  startTestPostgres,
+  TestPostgresUnavailableError,
+  type TestPostgres,
+} from '@cache/driver-postgres/testing';
+import { PG_PREFIX, setUpWorkspace } from './mounts.js';
+import { BENCH_DIR, parseOptions, POSTGRES_FIGURES, USAGE, type BenchOptions } from './options.js';
+import type { BenchPostgresConfig, RunConfig } from './run.js';
 
 const startedAt = Date.now();
 
@@ -26,10 +36,67 @@ if (options === 'help') {
   process.exit(0);
 }
 
+const only = options.only;
+const wanted = (n: number) => only.size === 0 || only.has(n);
+
 const workspace = setUpWorkspace(options.fs);
+/** The PostgreSQL server's directory (a sibling of the workspace: the server user must be able to reach it). */
+let pgRoot: string | undefined;
+let postgres: TestPostgres | undefined;
+const teardown = () => {
+  if (pgRoot !== undefined) removeTestPostgresSync(pgRoot);
+  workspace.teardown();
+};
 // Every way out of this process goes through here (normal end, process.exit, uncaught error).
-process.on('exit', () => workspace.teardown());
+process.on('exit', teardown);
 for (const warning of workspace.warnings) process.stderr.write(`bench: WARNING: ${warning}\n`);
+
+let child: ChildProcess | undefined;
+let stopping: NodeJS.Signals | undefined;
+const SIGNAL_NUMBERS: Partial<Record<NodeJS.Signals, number>> = { SIGHUP: 1, SIGINT: 2, SIGTERM: 15 };
+for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+  process.on(signal, () => {
+    if (stopping !== undefined) {
+      // A second signal while PostgreSQL is still starting: give up waiting for it (the exit handler removes what it made).
+      if (child === undefined) process.exit(128 + (SIGNAL_NUMBERS[signal] ?? 0));
+      return;
+    }
+    stopping = signal;
+    process.stderr.write(`\nbench: caught ${signal}: stopping the run and removing its filesystems and PostgreSQL server\n`);
+    if (child === undefined) {
+      process.stderr.write('bench: waiting for the PostgreSQL start in progress to end (again to stop at once)\n');
+      return;
+    }
+    const running = child;
+    if (running.exitCode === null && running.signalCode === null) running.kill(signal);
+    // A child that ignores the signal is killed after 10 s; the exit handler then tears down.
+    setTimeout(() => running.kill('SIGKILL'), 10_000).unref();
+  });
+}
+
+// One PostgreSQL server for the run, when a postgres figure is wanted.
+let postgresConfig: BenchPostgresConfig | undefined;
+if (POSTGRES_FIGURES.some(wanted)) {
+  pgRoot = mkdtempSync(join(tmpdir(), PG_PREFIX));
+  // Like the workspace: a run killed with SIGKILL leaves it behind, and the next run's sweep stops its server and removes it.
+  writeFileSync(join(pgRoot, '.owner'), `${process.pid}\n`);
+  process.stderr.write('bench: starting a throwaway PostgreSQL server for the postgres figures\n');
+  try {
+    postgres = await startTestPostgres({
+      root: pgRoot,
+      // PostgreSQL's default durability (the test default turns fsync off), a default-sized buffer cache.
+      settings: { fsync: 'on', full_page_writes: 'on', shared_buffers: '128MB', max_connections: 100 },
+      cleanupOnExit: false,
+    });
+    postgresConfig = { available: true, handle: postgres.handle, postmasterPid: postgres.server.postmasterPid() };
+  } catch (error) {
+    if (!(error instanceof TestPostgresUnavailableError)) throw error;
+    postgresConfig = { available: false, reason: error.reason };
+    process.stderr.write(`bench: WARNING: the postgres figures are skipped: ${error.reason}\n`);
+  }
+}
+
+if (stopping !== undefined) process.exit(128 + (SIGNAL_NUMBERS[stopping] ?? 0));
 
 const config: RunConfig = {
   quick: options.quick,
@@ -38,38 +105,29 @@ const config: RunConfig = {
   targets: [...workspace.targets],
   warnings: [...workspace.warnings],
   startedAt,
+  ...(postgresConfig === undefined ? {} : { postgres: postgresConfig }),
 };
 
-const child = spawn(process.execPath, ['--expose-gc', join(BENCH_DIR, 'dist', 'run.js')], {
+const measuring = spawn(process.execPath, ['--expose-gc', join(BENCH_DIR, 'dist', 'run.js')], {
   stdio: ['ignore', 'inherit', 'inherit'],
   env: { ...process.env, CACHE_BENCH_CONFIG: JSON.stringify(config) },
 });
-
-let stopping: NodeJS.Signals | undefined;
-const SIGNAL_NUMBERS: Partial<Record<NodeJS.Signals, number>> = { SIGHUP: 1, SIGINT: 2, SIGTERM: 15 };
-for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-  process.on(signal, () => {
-    if (stopping !== undefined) return;
-    stopping = signal;
-    process.stderr.write(`\nbench: caught ${signal}: stopping the run and removing its filesystems\n`);
-    if (child.exitCode === null && child.signalCode === null) child.kill(signal);
-    // A child that ignores the signal is killed after 10 s; the exit handler then tears down.
-    setTimeout(() => child.kill('SIGKILL'), 10_000).unref();
-  });
-}
+child = measuring;
 
 const status = await new Promise<number>((resolve) => {
-  child.on('error', (error) => {
+  measuring.on('error', (error) => {
     process.stderr.write(`bench: could not start the benchmark process: ${error.message}\n`);
     resolve(1);
   });
-  child.on('close', (code, signal) => {
+  measuring.on('close', (code, signal) => {
     if (signal !== null && stopping === undefined) process.stderr.write(`bench: the benchmark process died of ${signal}\n`);
     resolve(code ?? 1);
   });
 });
 
-workspace.teardown();
+// A clean shutdown of the server first (the exit handler would stop it the hard way).
+if (postgres !== undefined) await postgres.stop().catch(() => undefined);
+teardown();
 const seconds = (Date.now() - startedAt) / 1000;
 process.stderr.write(`bench: whole run (setup, benchmarks, teardown) took ${seconds.toFixed(1)} s\n`);
 process.exit(stopping !== undefined ? 128 + (SIGNAL_NUMBERS[stopping] ?? 0) : status);

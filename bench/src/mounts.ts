@@ -11,9 +11,12 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { removeTestPostgresSync } from '@cache/driver-postgres/testing';
 import type { FsTarget } from './options.js';
 
 const PREFIX = 'cache-bench.';
+/** The bench's PostgreSQL server lives in a `cache-bench.pg-XXXXXX` directory (main.ts), swept like the workspace. */
+export const PG_PREFIX = `${PREFIX}pg-`;
 /** tmpfs only takes memory for what is stored; the largest moment is two 1 GiB files plus 100k small entries. */
 const TMPFS_SIZE = '4g';
 /** Sparse: only the blocks written take space in the OS temp dir. */
@@ -126,6 +129,11 @@ function sweepStale(): void {
     }
     if (Number.isInteger(owner) && owner > 0 && pidAlive(owner)) continue;
     say(`removing the leftovers of an earlier run in ${dir}`);
+    if (name.startsWith(PG_PREFIX)) {
+      // Stops the PostgreSQL server the killed run left running, then removes its directory.
+      removeTestPostgresSync(dir);
+      continue;
+    }
     if (process.getuid?.() === 0) {
       for (const target of mountsUnder(dir)) unmount(target);
       for (const device of loopsUnder(dir)) detach(device);

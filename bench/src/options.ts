@@ -11,24 +11,31 @@ export interface FsTarget {
   path: string;
 }
 
+/** The figures are numbered 1..FIGURES (bench/README.md). */
+export const FIGURES = 8;
+
+/** Figures that need the bench's PostgreSQL server (the postgres driver's rows of 4 and 5, and 8). */
+export const POSTGRES_FIGURES: readonly number[] = [4, 5, 8];
+
 /** What `pnpm bench` was asked to do. */
 export interface BenchOptions {
   quick: boolean;
   /** Filesystems given with `--fs`; empty means the default set. */
   fs: FsTarget[];
   out: string;
-  /** Figures to run (1..7); all when empty. */
+  /** Figures to run (1..8); all when empty. */
   only: Set<number>;
 }
 
 export const USAGE = `usage: pnpm bench [--quick] [--fs name=/path]... [--out DIR] [--only 1,2,...]
 
-  --quick           smaller sizes for a smoke run: 256 MiB streams, 1k/10k entries
+  --quick           smaller sizes for a smoke run: 256 MiB streams, 1k/10k entries,
+                    10 nodes x 100/1k images
   --fs name=/path   run on this directory's filesystem (repeatable). Default: the OS temp
                     dir, plus (as root) a tmpfs and a loop-mounted ext4 that the bench
                     mounts itself and removes on exit, even after a failure
   --out DIR         where latest.json and latest.md go (default: bench/results)
-  --only LIST       only these figures (comma-separated numbers 1..7)
+  --only LIST       only these figures (comma-separated numbers 1..8)
   --help            this text`;
 
 /** Parses the command line (node:util parseArgs); throws with a readable message on bad input. */
@@ -63,7 +70,7 @@ export function parseOptions(argv: readonly string[]): BenchOptions | 'help' {
   const only = new Set<number>();
   for (const part of (values.only ?? '').split(',').filter((p) => p.trim() !== '')) {
     const n = Number(part);
-    if (!Number.isInteger(n) || n < 1 || n > 7) throw new Error(`--only: ${JSON.stringify(part)} is not a figure number 1..7`);
+    if (!Number.isInteger(n) || n < 1 || n > FIGURES) throw new Error(`--only: ${JSON.stringify(part)} is not a figure number 1..${FIGURES}`);
     only.add(n);
   }
   const out = values.out === undefined ? join(BENCH_DIR, 'results') : isAbsolute(values.out) ? values.out : resolve(values.out);
@@ -87,6 +94,9 @@ export interface Sizes {
   /** Bytes of the read-through image (figure 7) and the number of concurrent callers. */
   readThroughBytes: number;
   readThroughCallers: number;
+  /** Figure 8: node identities sharing one database, and the images per node (small, large). */
+  clusterNodes: number;
+  clusterImagesPerNode: [number, number];
 }
 
 export const MiB = 1024 * 1024;
@@ -102,6 +112,8 @@ export function sizesFor(quick: boolean): Sizes {
         opsTimeMs: 250,
         readThroughBytes: 4 * MiB,
         readThroughCallers: 100,
+        clusterNodes: 10,
+        clusterImagesPerNode: [100, 1_000],
       }
     : {
         streamBytes: 1024 * MiB,
@@ -112,5 +124,7 @@ export function sizesFor(quick: boolean): Sizes {
         opsTimeMs: 500,
         readThroughBytes: 16 * MiB,
         readThroughCallers: 100,
+        clusterNodes: 10,
+        clusterImagesPerNode: [1_000, 10_000],
       };
 }

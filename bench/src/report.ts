@@ -24,7 +24,7 @@ export interface Goal {
 
 /** One line of the results: our figure beside its baseline, measured in the same run on the same filesystem. */
 export interface FigureResult {
-  /** 1..7, as numbered in bench/README.md. */
+  /** 1..8, as numbered in bench/README.md. */
   figure: number;
   title: string;
   fs: string;
@@ -110,6 +110,20 @@ export function printFigure(r: FigureResult): void {
   process.stdout.write(`  [${r.fs}] ${r.figure}. ${r.title}${who}: ${label}${formatValue(r.ours)}${base}${ratio}${goal}${note}\n`);
 }
 
+/** The bench's PostgreSQL server (figures 4, 5 and 8), or why there was none. */
+export type PostgresEnvironment =
+  | {
+      version: string;
+      /** The `-c` settings it ran with. */
+      settings: Record<string, string>;
+      /** Where its data directory was (the OS temp dir, whatever the filesystems measured). */
+      dataDirectory: { path: string; fstype: string; options: string };
+    }
+  | { skipped: string };
+
+/** `1000` → `1k`, `10000` → `10k`, `500` → `500`. */
+export const countLabel = (n: number) => (n >= 1000 && n % 1000 === 0 ? `${n / 1000}k` : String(n));
+
 export interface Environment {
   date: string;
   quick: boolean;
@@ -127,6 +141,8 @@ export interface Environment {
   sizes: Record<string, unknown>;
   /** How much other processes disturbed the run (see measure.ts). */
   machineNoise: { waitedMs: number; gaveUp: number; repeated: number; keptDisturbed: number };
+  /** Present when a postgres figure was asked for. */
+  postgres?: PostgresEnvironment;
 }
 
 export interface Results {
@@ -162,8 +178,21 @@ export function toMarkdown(results: Results): string {
   lines.push('| --- | --- | --- |');
   for (const fs of env.filesystems) lines.push(`| ${fs.name} | ${fs.fstype} | \`${fs.options}\` |`);
   lines.push('');
+  if (env.postgres !== undefined) {
+    if ('skipped' in env.postgres) {
+      lines.push(`PostgreSQL: none, the postgres figures were skipped (${env.postgres.skipped}).`);
+    } else {
+      const pg = env.postgres;
+      lines.push(
+        `PostgreSQL ${pg.version} (\`@cache/driver-postgres/testing\`: one throwaway server on 127.0.0.1 for the run, data directory on ` +
+          `${pg.dataDirectory.fstype} whatever the filesystem measured), ${Object.entries(pg.settings).map(([k, v]) => `\`${k}=${v}\``).join(', ')}.`,
+      );
+    }
+    lines.push('');
+  }
   lines.push('Each cell: ours vs the baseline measured in the same run on the same filesystem → **ratio** (our speed / the baseline\'s: > 1 is faster). ' +
-    'Prune scaling: time at the large size / time at the small size (raw unlinks in brackets).');
+    'Prune scaling: time at the large size / time at the small size (raw unlinks in brackets); ' +
+    'cluster listing scaling (8): the same for getClusterImages() (the raw GROUP BY in brackets).');
   lines.push('');
   const fsNames = env.filesystems.map((fs) => fs.name);
   const rows = new Map<string, { r: FigureResult; cells: Map<string, FigureResult> }>();

@@ -5,10 +5,12 @@
  */
 import { statfs } from 'node:fs/promises';
 import { cpus, loadavg, release, totalmem } from 'node:os';
-import { machineNoise } from './measure.js';
+import { attachTestPostgres, type TestPostgres, type TestPostgresHandle } from '@cache/driver-postgres/testing';
+import { ignoreProcessTree, machineNoise } from './measure.js';
 import { describeFs } from './mounts.js';
-import { sizesFor, type FsTarget, type Sizes } from './options.js';
-import { printFigure, toMarkdown, writeResults, type FigureResult, type Results } from './report.js';
+import { POSTGRES_FIGURES, sizesFor, type FsTarget, type Sizes } from './options.js';
+import { printFigure, toMarkdown, writeResults, type FigureResult, type PostgresEnvironment, type Results } from './report.js';
+import { clusterFigures } from './suites/cluster.js';
 import { listingFigures } from './suites/listings.js';
 import { opsFigures } from './suites/ops.js';
 import { readThroughFigures } from './suites/readthrough.js';
@@ -23,11 +25,25 @@ export interface RunConfig {
   warnings: string[];
   /** Epoch ms at which `pnpm bench`'s node process started. */
   startedAt: number;
+  /** The PostgreSQL server main.ts started for the postgres figures, or why there is none; absent when no such figure runs. */
+  postgres?: BenchPostgresConfig;
 }
+
+/** How main.ts hands over its PostgreSQL server. */
+export type BenchPostgresConfig =
+  | { available: true; handle: TestPostgresHandle; postmasterPid: number | undefined }
+  | { available: false; reason: string };
+
+/** The bench's PostgreSQL server, as the suites see it. */
+export type BenchPostgres = { available: true; server: TestPostgres } | { available: false; reason: string };
 
 /** What a suite gets for one filesystem. */
 export interface SuiteContext {
   fs: FsTarget;
+  /** True for the first filesystem only (figure 8 runs once: it is about the database, not the cache filesystem). */
+  firstFs: boolean;
+  /** The PostgreSQL server of the run (figures 4, 5 and 8), or why there is none. */
+  postgres: BenchPostgres;
   sizes: Sizes;
   wanted(figure: number): boolean;
   add(result: FigureResult): void;
@@ -60,17 +76,44 @@ if (loadAverageAtStart[0]! > cpus().length) {
   process.stderr.write(`bench: WARNING: ${message}\n`);
 }
 
+const postgres: BenchPostgres =
+  config.postgres === undefined
+    ? { available: false, reason: 'not started (no postgres figure asked for)' }
+    : config.postgres.available
+      ? { available: true, server: attachTestPostgres(config.postgres.handle) }
+      : config.postgres;
+let postgresEnvironment: PostgresEnvironment | undefined;
+if (config.postgres?.available === true) {
+  const { handle, postmasterPid } = config.postgres;
+  // The server's backends work for our figures: their CPU is not "other processes" disturbing a run.
+  if (postmasterPid !== undefined) ignoreProcessTree(postmasterPid);
+  const dataFs = describeFs(handle.root);
+  postgresEnvironment = { version: handle.version, settings: { ...handle.settings }, dataDirectory: { path: handle.root, ...dataFs } };
+  process.stdout.write(
+    `bench: PostgreSQL ${handle.version} on 127.0.0.1:${handle.port}, data directory on ${dataFs.fstype} (${handle.root}), ` +
+      `${Object.entries(handle.settings).map(([k, v]) => `${k}=${v}`).join(' ')}\n`,
+  );
+} else if (config.postgres?.available === false) {
+  postgresEnvironment = { skipped: config.postgres.reason };
+  const message = `postgres: the postgres figures (${POSTGRES_FIGURES.filter(wanted).join(', ')}) are skipped: ${config.postgres.reason}`;
+  warnings.push(message);
+  process.stdout.write(`bench: ${message}\n`);
+}
+
 const suites = [
   { figures: [1, 2, 3], run: streamFigures },
   { figures: [4], run: opsFigures },
   { figures: [5, 6], run: listingFigures },
   { figures: [7], run: readThroughFigures },
+  { figures: [8], run: clusterFigures },
 ];
 
-for (const fs of config.targets) {
+for (const [index, fs] of config.targets.entries()) {
   process.stdout.write(`\n== ${fs.name}: ${fs.path}\n`);
   const ctx: SuiteContext = {
     fs,
+    firstFs: index === 0,
+    postgres,
     sizes,
     wanted,
     add(result) {
@@ -94,6 +137,8 @@ for (const fs of config.targets) {
   };
   for (const suite of suites) {
     if (!suite.figures.some(wanted)) continue;
+    // Figure 8 is about the database alone: once per run; without a server its skip is reported above.
+    if (suite.run === clusterFigures && (!ctx.firstFs || !postgres.available)) continue;
     const start = performance.now();
     try {
       await suite.run(ctx);
@@ -123,6 +168,7 @@ const results: Results = {
     wallSeconds: (Date.now() - config.startedAt) / 1000,
     sizes: { ...sizes },
     machineNoise: { ...machineNoise, waitedMs: Math.round(machineNoise.waitedMs) },
+    ...(postgresEnvironment === undefined ? {} : { postgres: postgresEnvironment }),
   },
   figures,
 };

@@ -2,14 +2,15 @@
  * Figures 5 and 6: listings (`getCachedImages`, `getCacheSize`) and `prune`
  * on populated cache directories of a small and a large number of entries,
  * per driver, beside raw `readdir` + `stat` and raw `unlink`s of the same
- * directory.
+ * directory. The postgres driver (when the bench's server runs) has the
+ * listings only, each population in a database of its own.
  */
 import { readdir, rm, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { PruneResult } from '@cache/core';
-import { DRIVERS, openCache, populate, type DriverName } from '../drivers.js';
+import { createBenchDatabase, DRIVERS, openCache, populate, type BenchDatabase, type DriverName } from '../drivers.js';
 import { collectGarbage, median, settle, timedRun } from '../measure.js';
-import { figure } from '../report.js';
+import { countLabel, figure } from '../report.js';
 import type { SuiteContext } from '../run.js';
 
 const ENTRY_NAME = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
@@ -29,8 +30,6 @@ async function rawListing(dir: string): Promise<number> {
   return bytes;
 }
 
-const countLabel = (n: number) => (n >= 1000 && n % 1000 === 0 ? `${n / 1000}k` : String(n));
-
 export async function listingFigures(ctx: SuiteContext): Promise<void> {
   const { fs, sizes, wanted } = ctx;
   if (!wanted(5) && !wanted(6)) return;
@@ -41,26 +40,40 @@ export async function listingFigures(ctx: SuiteContext): Promise<void> {
     ctx.skip([5, 6], `needs about ${(needed / 2 ** 20).toFixed(0)} MiB free, ${(free / 2 ** 20).toFixed(0)} MiB available`);
     return;
   }
-  for (const driver of DRIVERS) {
+  const postgres = ctx.postgres;
+  const drivers: DriverName[] = wanted(5) && postgres.available ? [...DRIVERS, 'postgres'] : [...DRIVERS];
+  for (const driver of drivers) {
     const pruneMs = new Map<number, { ours: number; raw: number }>();
+    // Prune (6) is measured for the local drivers only.
+    const prunes = wanted(6) && driver !== 'postgres';
     let refused: string | undefined;
     for (const count of [small, large]) {
       // Prune is destructive: each prune run gets a freshly populated directory. The large size runs once.
-      const pruneRuns = wanted(6) ? (count === large && count > 10_000 ? 1 : sizes.repeats) : 1;
+      const pruneRuns = prunes ? (count === large && count > 10_000 ? 1 : sizes.repeats) : 1;
       const ours: number[] = [];
       const raw: number[] = [];
       for (let run = 0; run < pruneRuns && refused === undefined; run++) {
         const dir = join(fs.path, `listing-${driver}-${count}-${run}`);
-        const { totalBytes } = populate(driver, dir, count, sizes.entryBytes);
-        const cache = await openCache(driver, dir, Math.floor(totalBytes / 2));
+        let db: BenchDatabase | undefined;
+        if (driver === 'postgres' && postgres.available) db = await createBenchDatabase(postgres.server, `bench_listing_${count}`);
+        let cache: Awaited<ReturnType<typeof openCache>>;
+        let totalBytes: number;
+        try {
+          ({ totalBytes } = await populate(driver, dir, count, sizes.entryBytes, db));
+          cache = await openCache(driver, dir, Math.floor(totalBytes / 2), db?.url);
+        } catch (error) {
+          await db?.drop();
+          throw error;
+        }
         if (typeof cache === 'string') {
           refused = cache;
           await rm(dir, { recursive: true, force: true });
+          await db?.drop();
           break;
         }
         try {
           if (run === 0 && wanted(5)) await measureListings(ctx, driver, count, dir, cache, totalBytes);
-          if (wanted(6)) {
+          if (prunes) {
             await settle(fs.path);
             collectGarbage();
             let result: PruneResult = { files: 0, bytes: 0 };
@@ -82,10 +95,11 @@ export async function listingFigures(ctx: SuiteContext): Promise<void> {
         } finally {
           await cache.close();
           await rm(dir, { recursive: true, force: true });
+          await db?.drop();
         }
       }
       if (refused !== undefined) break;
-      if (!wanted(6)) continue;
+      if (!prunes) continue;
       pruneMs.set(count, { ours: median(ours), raw: median(raw) });
       ctx.add(
         figure({
@@ -100,7 +114,7 @@ export async function listingFigures(ctx: SuiteContext): Promise<void> {
       );
     }
     if (refused !== undefined) {
-      ctx.skipDriver([5, 6], driver, refused);
+      ctx.skipDriver(prunes ? [5, 6] : [5], driver, refused);
       continue;
     }
     const a = pruneMs.get(small);

@@ -5,7 +5,7 @@ import { CliErrorCodes, usageError } from './errors.js';
 import { parseDuration, parseInteger, parseSize } from './units.js';
 
 /** The metadata drivers the CLI can open. */
-export const DRIVERS = ['sqlite', 'xattr'] as const;
+export const DRIVERS = ['sqlite', 'xattr', 'postgres'] as const;
 
 /** One of {@link DRIVERS}. */
 export type DriverName = (typeof DRIVERS)[number];
@@ -37,6 +37,8 @@ export interface ConfigFlags {
   pruneInterval?: string | undefined;
   cleanInterval?: string | undefined;
   prefetchInterval?: string | undefined;
+  databaseUrl?: string | undefined;
+  nodeId?: string | undefined;
 }
 
 /** Options of {@link resolveConfig}. */
@@ -81,6 +83,10 @@ export interface ResolvedConfig {
   cleanInterval: number;
   /** `serve`: seconds between prefetch runs over the queue (0 disables the timer). @default 60 */
   prefetchInterval: number;
+  /** `postgres` driver: connection string; without one the driver reads `DATABASE_URL`. */
+  databaseUrl: string | undefined;
+  /** `postgres` driver: this node's identity; the driver's default is `<hostname>:<cache dir>`. */
+  nodeId: string | undefined;
   /** The config file that was read, if any. */
   configFile: string | undefined;
   /** Where each setting came from. */
@@ -104,7 +110,9 @@ export type SettingName =
   | 'token'
   | 'pruneInterval'
   | 'cleanInterval'
-  | 'prefetchInterval';
+  | 'prefetchInterval'
+  | 'databaseUrl'
+  | 'nodeId';
 
 interface Setting<T> {
   env: string;
@@ -130,6 +138,8 @@ const SETTINGS: { [K in SettingName]: Setting<ResolvedConfig[K]> } = {
   pruneInterval: { env: 'IMAGE_CACHE_PRUNE_INTERVAL', flag: '--prune-interval', parse: parseDuration, fallback: 300 },
   cleanInterval: { env: 'IMAGE_CACHE_CLEAN_INTERVAL', flag: '--clean-interval', parse: parseDuration, fallback: 3600 },
   prefetchInterval: { env: 'IMAGE_CACHE_PREFETCH_INTERVAL', flag: '--prefetch-interval', parse: parseDuration, fallback: 60 },
+  databaseUrl: { env: 'IMAGE_CACHE_DATABASE_URL', flag: '--database-url', parse: parseText, fallback: undefined },
+  nodeId: { env: 'IMAGE_CACHE_NODE_ID', flag: '--node-id', parse: parseText, fallback: undefined },
 };
 
 /** Environment variable naming the config file (after `--config`, before the search). */
@@ -141,7 +151,8 @@ export const CONFIG_ENV = 'IMAGE_CACHE_CONFIG';
  * `IMAGE_CACHE_DIR`, `IMAGE_CACHE_MAX_SIZE`, `IMAGE_CACHE_STALL_TIME`,
  * `IMAGE_CACHE_ORIGIN`, `IMAGE_CACHE_CONCURRENCY`, `IMAGE_CACHE_RETRIES`,
  * `IMAGE_CACHE_RETRY_DELAY`, and for `serve` `IMAGE_CACHE_HOST`, `IMAGE_CACHE_PORT`,
- * `IMAGE_CACHE_TOKEN`, `IMAGE_CACHE_{PRUNE,CLEAN,PREFETCH}_INTERVAL`), config file, default. The config file is
+ * `IMAGE_CACHE_TOKEN`, `IMAGE_CACHE_{PRUNE,CLEAN,PREFETCH}_INTERVAL`, and for the
+ * postgres driver `IMAGE_CACHE_DATABASE_URL`, `IMAGE_CACHE_NODE_ID`), config file, default. The config file is
  * `flags.config`, else `$IMAGE_CACHE_CONFIG`, else the first
  * `image-cache.config.json` or `.image-cacherc.json` found from `cwd` upwards.
  *
@@ -204,6 +215,8 @@ export async function resolveConfig(options: ResolveConfigOptions = {}): Promise
     pruneInterval: resolveOne('pruneInterval'),
     cleanInterval: resolveOne('cleanInterval'),
     prefetchInterval: resolveOne('prefetchInterval'),
+    databaseUrl: resolveOne('databaseUrl') ?? nonEmpty(env['DATABASE_URL']), // the libpq-style fallback
+    nodeId: resolveOne('nodeId'),
     configFile: file?.path,
     sources,
     warnings,
@@ -260,7 +273,7 @@ function parseText(value: string | number): string {
 function parseDriver(value: string | number, what: string): DriverName {
   const name = String(value).trim().toLowerCase();
   if ((DRIVERS as readonly string[]).includes(name)) return name as DriverName;
-  throw usageError(CliErrorCodes.INVALID_DRIVER, `invalid ${what} ${JSON.stringify(String(value))}: use ${DRIVERS.join(' or ')}`);
+  throw usageError(CliErrorCodes.INVALID_DRIVER, `invalid ${what} ${JSON.stringify(String(value))}: use ${DRIVERS.slice(0, -1).join(', ')} or ${DRIVERS.at(-1)}`);
 }
 
 /** Resolves a path against `base`; leaves URLs (`http://...`, `file://...`) alone. */

@@ -31,7 +31,7 @@ export interface OpenCacheOptions {
  * ```
  */
 export async function openCacheFromConfig(
-  config: Pick<ResolvedConfig, 'driver' | 'cacheDir' | 'maxSize' | 'stallTime'>,
+  config: Pick<ResolvedConfig, 'driver' | 'cacheDir' | 'maxSize' | 'stallTime'> & Partial<Pick<ResolvedConfig, 'databaseUrl' | 'nodeId'>>,
   options: OpenCacheOptions = {},
 ): Promise<ImageCache> {
   if (options.mustExist === true) await assertCacheDirectory(config.cacheDir);
@@ -45,7 +45,7 @@ export async function openCacheFromConfig(
 }
 
 async function createDriver(
-  config: Pick<ResolvedConfig, 'driver' | 'cacheDir'>,
+  config: Pick<ResolvedConfig, 'driver' | 'cacheDir'> & Partial<Pick<ResolvedConfig, 'databaseUrl' | 'nodeId'>>,
   onWarning: ((warning: CacheWarning) => void) | undefined,
 ): Promise<CacheDriver> {
   const options = { cacheDir: config.cacheDir, ...(onWarning === undefined ? {} : { onWarning }) };
@@ -57,6 +57,14 @@ async function createDriver(
     case 'xattr': {
       const { XattrDriver } = await import('@cache/driver-xattr');
       return new XattrDriver(options);
+    }
+    case 'postgres': {
+      const { PostgresDriver } = await import('@cache/driver-postgres');
+      return new PostgresDriver({
+        ...options,
+        ...(config.databaseUrl === undefined ? {} : { connectionString: config.databaseUrl }),
+        ...(config.nodeId === undefined ? {} : { nodeId: config.nodeId }),
+      });
     }
   }
 }

@@ -64,7 +64,7 @@ describe('resolveConfig', () => {
     await expect(resolveConfig({ flags: { cacheDir: '/c', maxSize: 'huge' }, env: {} })).rejects.toThrow(/^invalid --max-size "huge"/);
     await expect(resolveConfig({ flags: { cacheDir: '/c' }, env: { IMAGE_CACHE_DRIVER: 'mysql' } })).rejects.toMatchObject({
       code: 'CLI_INVALID_DRIVER',
-      message: 'invalid IMAGE_CACHE_DRIVER "mysql": use sqlite or xattr',
+      message: 'invalid IMAGE_CACHE_DRIVER "mysql": use sqlite, xattr or postgres',
     });
     await writeFile(join(root, 'image-cache.config.json'), JSON.stringify({ cacheDir: '/c', stallTime: 'forever' }));
     await expect(resolveConfig({ env: {}, cwd: root })).rejects.toThrow(/^invalid stallTime in .*image-cache\.config\.json "forever"/);

@@ -1,6 +1,11 @@
-import { readdir } from 'node:fs/promises';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { ImageCache } from '@cache/core';
+import { SqliteDriver } from '@cache/driver-sqlite';
+import { createCacheServer } from '../src/index.js';
 import { imageBytes, startHarness, waitFor, type Harness } from './helpers.js';
 
 const TOKEN = 's3cret-token';
@@ -134,7 +139,7 @@ describe('management API (Glance /v2/cache shapes)', () => {
     expect(await readdir(`${h.cacheDir}/invalid`)).toEqual([]);
   });
 
-  it('GET /v2/cache/nodes/{id} is 409 (not a centralized driver)', async () => {
+  it('GET /v2/cache/nodes/{id} is 409 on a per-node driver (sqlite)', async () => {
     const response = await fetch(`${h.url}/v2/cache/nodes/some-id`, { headers: auth });
     expect(response.status).toBe(409);
   });
@@ -203,6 +208,35 @@ describe('protectMetrics', () => {
       expect((await fetch(`${h.url}/healthz`)).status).toBe(200);
     } finally {
       await h.close();
+    }
+  });
+});
+
+describe('GET /v2/cache/nodes/{id} on a driver that knows its cluster', () => {
+  /** A real sqlite cache that also answers getCachedNodes, as @cache/driver-postgres does. */
+  class ClusterAwareDriver extends SqliteDriver {
+    async getCachedNodes(id: string): Promise<string[]> {
+      return (await this.isCached(id)) ? ['node-b', 'this-node'] : [];
+    }
+  }
+
+  it('200 with the node ids holding the image, [] when none; 400 for a bad id', async () => {
+    const cacheDir = await mkdtemp(join(tmpdir(), 'server-nodes-'));
+    const cache = await ImageCache.open({ driver: new ClusterAwareDriver({ cacheDir }) });
+    const server = await createCacheServer({ cache, token: TOKEN, closeCache: true, pruneInterval: 0, cleanInterval: 0, prefetchInterval: 0 });
+    try {
+      const url = await server.listen();
+      await cache.cacheImage('img', Readable.from([imageBytes('img', 100)]));
+      const held = await fetch(`${url}/v2/cache/nodes/img`, { headers: auth });
+      expect(held.status).toBe(200);
+      expect(await held.json()).toEqual(['node-b', 'this-node']);
+      const none = await fetch(`${url}/v2/cache/nodes/other`, { headers: auth });
+      expect(await none.json()).toEqual([]);
+      expect((await fetch(`${url}/v2/cache/nodes/.hidden`, { headers: auth })).status).toBe(400);
+      expect((await fetch(`${url}/v2/cache/nodes/img`)).status).toBe(401);
+    } finally {
+      await server.close();
+      await rm(cacheDir, { recursive: true, force: true });
     }
   });
 });

@@ -1,6 +1,7 @@
 import { registerClean } from './clean.js';
 import { registerDelete } from './delete.js';
 import { registerDequeue } from './dequeue.js';
+import { registerImportSqlite } from './import-sqlite.js';
 import { registerInfo } from './info.js';
 import { registerList } from './list.js';
 import { registerPrefetch } from './prefetch.js';
@@ -29,4 +30,5 @@ export const COMMANDS: readonly RegisterCommand[] = [
   registerPrefetch,
   registerVerify,
   registerServe,
+  registerImportSqlite,
 ];

@@ -1,4 +1,4 @@
-import { assertImageId, type CachedImage } from '@cache/core';
+import { assertImageId, type CachedImage, type CacheDriver, type ImageId } from '@cache/core';
 import type { FastifyInstance, FastifyReply, FastifyRequest, HTTPMethods } from 'fastify';
 import type { ServerContext } from '../context.js';
 import { HttpError } from '../http-errors.js';
@@ -14,6 +14,11 @@ export interface GlanceCachedImage {
 }
 
 type IdRequest = FastifyRequest<{ Params: { id: string } }>;
+
+/** A driver that knows which nodes of a cluster hold an image (`@cache/driver-postgres`). */
+interface NodeLister {
+  getCachedNodes(id: ImageId): Promise<string[]>;
+}
 
 const METHODS: readonly HTTPMethods[] = ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS'];
 
@@ -102,9 +107,14 @@ export async function managementRoutes(scope: FastifyInstance, context: ServerCo
   });
   methodNotAllowed(scope, '/cache/prune', ['POST']);
 
+  // Glance: 200 with the node URLs holding the image (empty when none), or 409 when the driver is not central.
   scope.get('/cache/nodes/:id', async (request: IdRequest) => {
-    idParam(request);
-    throw new HttpError(409, 'NOT_CENTRALIZED', `listing cache nodes needs the centralized_db driver; this cache uses '${cache.driver.name}'`);
+    const id = idParam(request);
+    const driver = cache.driver as CacheDriver & Partial<NodeLister>;
+    if (typeof driver.getCachedNodes !== 'function') {
+      throw new HttpError(409, 'NOT_CENTRALIZED', `listing cache nodes needs a central driver (e.g. postgres); this cache uses '${cache.driver.name}'`);
+    }
+    return driver.getCachedNodes(id);
   });
   methodNotAllowed(scope, '/cache/nodes/:id', ['GET']);
 

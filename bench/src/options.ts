@@ -89,6 +89,8 @@ export interface Sizes {
   entryBytes: number;
   /** Wall-clock repetitions of whole runs (median reported). */
   repeats: number;
+  /** Timed runs of each variant of the large-stream figures (1-3). */
+  streamRepeats: number;
   /** tinybench time budget per task (ms). */
   opsTimeMs: number;
   /** Bytes of the read-through image (figure 7) and the number of concurrent callers. */
@@ -109,6 +111,7 @@ export function sizesFor(quick: boolean): Sizes {
         entries: [1_000, 10_000],
         entryBytes: 1024,
         repeats: 3,
+        streamRepeats: 3,
         opsTimeMs: 250,
         readThroughBytes: 4 * MiB,
         readThroughCallers: 100,
@@ -121,6 +124,7 @@ export function sizesFor(quick: boolean): Sizes {
         entries: [10_000, 100_000],
         entryBytes: 1024,
         repeats: 3,
+        streamRepeats: 5,
         opsTimeMs: 500,
         readThroughBytes: 16 * MiB,
         readThroughCallers: 100,

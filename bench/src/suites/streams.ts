@@ -1,8 +1,9 @@
 /**
  * Figures 1-3: a large stream into the cache (plain and with sha256) and a
  * full read back, each beside the raw Node equivalent on the same
- * filesystem. Every variant runs `repeats` times, interleaved, and the
- * median wall-clock time of whole runs is reported.
+ * filesystem. Every variant runs `streamRepeats` times, interleaved, and
+ * the fastest wall-clock time of whole runs is reported for each side (see
+ * `fastest`); medians are kept in the figure's stats.
  */
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
@@ -12,7 +13,7 @@ import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { ImageCache } from '@cache/core';
 import { DRIVERS, openCache, type DriverName } from '../drivers.js';
-import { chunks, collectGarbage, generate, makeChunk, median, mibPerSecond, NullSink, settle, timedRun } from '../measure.js';
+import { chunks, collectGarbage, fastest, generate, makeChunk, median, mibPerSecond, NullSink, settle, timedRun } from '../measure.js';
 import { MiB } from '../options.js';
 import { figure, type FigureResult } from '../report.js';
 import type { SuiteContext } from '../run.js';
@@ -139,11 +140,11 @@ export async function streamFigures(ctx: SuiteContext): Promise<void> {
     await unlink(path);
     await settle(fs.path);
   }
-  for (let rep = 0; rep < sizes.repeats; rep++) {
+  for (let rep = 0; rep < sizes.streamRepeats; rep++) {
     for (let i = 0; i < steps.length; i++) await steps[(i + rep) % steps.length]!();
   }
-  const rawMs = median(samples.raw);
-  const shaMs = median(samples.sha);
+  const rawMs = fastest(samples.raw);
+  const shaMs = fastest(samples.sha);
   for (const [driver, plain] of samples.plain) {
     ctx.add(
       figure({
@@ -151,8 +152,8 @@ export async function streamFigures(ctx: SuiteContext): Promise<void> {
         title: `cacheImage ${label}`,
         fs: fs.name,
         driver,
-        ours: { label: 'cacheImage', value: mibPerSecond(total, median(plain)), unit: 'MiB/s', samples: plain },
-        baseline: { label: 'raw pipeline + fsync', value: mibPerSecond(total, rawMs), unit: 'MiB/s', samples: samples.raw },
+        ours: { label: 'cacheImage', value: mibPerSecond(total, fastest(plain)), unit: 'MiB/s', samples: plain, stats: { medianMs: median(plain) } },
+        baseline: { label: 'raw pipeline + fsync', value: mibPerSecond(total, rawMs), unit: 'MiB/s', samples: samples.raw, stats: { medianMs: median(samples.raw) } },
         goal: { on: 'ratio', op: '>=', target: 0.95 },
       }),
     );
@@ -165,7 +166,7 @@ export async function streamFigures(ctx: SuiteContext): Promise<void> {
         title: `cacheImage ${label} + sha256`,
         fs: fs.name,
         driver,
-        ours: { label: 'cacheImage + sha256', value: mibPerSecond(total, median(verified)), unit: 'MiB/s', samples: verified },
+        ours: { label: 'cacheImage + sha256', value: mibPerSecond(total, fastest(verified)), unit: 'MiB/s', samples: verified, stats: { medianMs: median(verified) } },
         baseline: {
           label: shaMs >= rawMs ? 'sha256 alone (slower)' : 'raw copy (slower than sha256)',
           value: mibPerSecond(total, slower),
@@ -203,7 +204,7 @@ export async function streamFigures(ctx: SuiteContext): Promise<void> {
         collectGarbage();
         raw.push(await timedRun(() => read(createReadStream(path))));
       };
-      for (let rep = 0; rep < sizes.repeats; rep++) {
+      for (let rep = 0; rep < sizes.streamRepeats; rep++) {
         // Alternate which side goes first.
         for (const step of rep % 2 === 0 ? [readOurs, readRaw] : [readRaw, readOurs]) await step();
       }
@@ -214,8 +215,8 @@ export async function streamFigures(ctx: SuiteContext): Promise<void> {
           title: `openForRead ${label} (warm page cache)`,
           fs: fs.name,
           driver,
-          ours: { label: 'openForRead', value: mibPerSecond(total, median(ours)), unit: 'MiB/s', samples: ours },
-          baseline: { label: 'fs.createReadStream', value: mibPerSecond(total, median(raw)), unit: 'MiB/s', samples: raw },
+          ours: { label: 'openForRead', value: mibPerSecond(total, fastest(ours)), unit: 'MiB/s', samples: ours, stats: { medianMs: median(ours) } },
+          baseline: { label: 'fs.createReadStream', value: mibPerSecond(total, fastest(raw)), unit: 'MiB/s', samples: raw, stats: { medianMs: median(raw) } },
           goal: { on: 'ratio', op: '>=', target: 0.97 },
         }),
       );

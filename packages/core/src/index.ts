@@ -36,7 +36,14 @@ export {
   type DirectoryDriverOptions,
   type ImageMetadata,
 } from './directory-driver.js';
-export { CacheReadStream, CacheWriteStream, READ_CHUNK_SIZE, WRITE_HIGH_WATER_MARK, type WriteLifecycle } from './streams.js';
+export {
+  CacheReadStream,
+  CacheWriteStream,
+  EARLY_FLUSH_BYTES,
+  READ_CHUNK_SIZE,
+  WRITE_HIGH_WATER_MARK,
+  type WriteLifecycle,
+} from './streams.js';
 export {
   createChecksumHash,
   formatChecksum,

@@ -6,6 +6,7 @@ import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
+  EARLY_FLUSH_BYTES,
   ErrorCodes,
   ImageCache,
   MemoryDriver,
@@ -195,6 +196,20 @@ describe('getCachingStream()', () => {
     expect(await cache.isCached('img')).toBe(true);
     expect((await readFile(join(dir, 'img'))).equals(data)).toBe(true);
     expect(await stream.cacheOutcome).toEqual({ status: 'committed' });
+  });
+
+  it('an image past the early-flush size (background fdatasync) commits every byte; aborting after a flush rolls back', async () => {
+    const big = await ImageCache.open({ driver, maxSize: 1 << 30 });
+    const parts = chunks(EARLY_FLUSH_BYTES / (1 << 20) + 20, 1 << 20);
+    const data = Buffer.concat(parts);
+    expect(await big.cacheImage('big', Readable.from(parts), { checksum: { algorithm: 'sha256', digest: sha256(data) } })).toBe(true);
+    expect((await readFile(join(dir, 'big'))).equals(data)).toBe(true);
+
+    const stream = big.getCachingStream('cut', failingSource(parts.slice(0, parts.length - 5), new Error('origin reset')));
+    await expect(pipeline(stream, sink().writable)).rejects.toThrow('origin reset');
+    expect(await big.isCached('cut')).toBe(false);
+    expect(await readdir(join(dir, 'incomplete'))).toEqual([]);
+    expect(await readdir(join(dir, 'invalid'))).toEqual(['cut']);
   });
 
   it('a client that goes away right after the last byte (before end) does not abort the commit', async () => {

@@ -6,7 +6,8 @@ import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
+import { startTestPostgres, TestPostgresUnavailableError, type TestPostgres } from '@cache/driver-postgres/testing';
 
 const run = promisify(execFile);
 const here = join(import.meta.dirname, '..');
@@ -18,22 +19,63 @@ function jsBlock(readme: string): string {
   return match[1];
 }
 
+/**
+ * Runs a README's example as a user would: an ES module written inside this
+ * package (so that `@cache/*` imports resolve as in an app), with only PATH
+ * from the environment (no IMAGE_CACHE_* or DATABASE_URL of the caller) plus `env`.
+ */
+async function runExample(readme: string, env: Record<string, string> = {}): Promise<string> {
+  const file = join(here, `.readme-${readme.split('/')[1]}.mjs`);
+  await writeFile(file, jsBlock(readme));
+  try {
+    const { stdout } = await run(process.execPath, [file], { env: { PATH: process.env['PATH'] ?? '', ...env }, timeout: 60_000 });
+    return stdout;
+  } finally {
+    await rm(file, { force: true });
+  }
+}
+
+// One throwaway PostgreSQL server for the postgres driver's example, when one can be started.
+let postgres: TestPostgres | undefined;
+let postgresUnavailable: string | undefined;
+try {
+  postgres = await startTestPostgres();
+} catch (error) {
+  if (!(error instanceof TestPostgresUnavailableError)) throw error;
+  postgresUnavailable = error.reason;
+}
+afterAll(() => postgres?.stop());
+
 describe('README examples run as written', () => {
   it.each([
-    ['packages/core/README.md', /4194304 committed true/],
-    ['packages/driver-sqlite/README.md', /\{ files: 2, bytes: 14 \}/],
-    ['packages/driver-xattr/README.md', /\{ files: 2, bytes: 14 \}/],
+    ['packages/core/README.md', [/4194304 committed true/]],
+    ['packages/driver-sqlite/README.md', [/\{ files: 2, bytes: 14 \}/]],
+    ['packages/driver-xattr/README.md', [/\{ files: 2, bytes: 14 \}/]],
+    ['packages/origin/README.md', [/^29 pretend this is a qcow2 image\ntrue 404\n$/]],
+    ['packages/server/README.md', [/^miss 1048576 hit 1048576\ncirros 1048576\n$/]],
+    [
+      'packages/cli/README.md',
+      [/^queued cirros$/m, /^prefetch: 1 fetched \(21 B\), 0 failed of 1 in \S+$/m, /^prefetch exit 0: 1 entry, 21 bytes$/m],
+    ],
   ])('%s', async (readme, expected) => {
-    // Written inside this package so that `@cache/*` imports resolve as in an app.
-    const file = join(here, `.readme-${readme.split('/')[1]}.mjs`);
-    await writeFile(file, jsBlock(readme));
-    try {
-      const { stdout } = await run(process.execPath, [file]);
-      expect(stdout).toMatch(expected);
-    } finally {
-      await rm(file, { force: true });
-    }
+    const stdout = await runExample(readme);
+    for (const pattern of expected) expect(stdout).toMatch(pattern);
   });
+
+  const postgresTitle = 'packages/driver-postgres/README.md, against a fresh database (DATABASE_URL)';
+  if (postgres === undefined) {
+    it.skip(`${postgresTitle} [skipped: ${postgresUnavailable}]`, () => undefined);
+  } else {
+    const server = postgres;
+    it(postgresTitle, async () => {
+      const stdout = await runExample('packages/driver-postgres/README.md', {
+        DATABASE_URL: await server.createDatabase(`readme_${process.pid}`),
+      });
+      expect(stdout).toContain("[ 'http://node-a:9292', 'http://node-b:9292' ]");
+      expect(stdout).toContain('{ files: 1, bytes: 7 }');
+      expect(stdout).toMatch(/imageId: 'x',\s+nodes: \[ 'http:\/\/node-a:9292', 'http:\/\/node-b:9292' \],\s+hits: 1/);
+    });
+  }
 });
 
 describe('pnpm example', () => {

@@ -676,28 +676,25 @@ export class CachingStream extends Readable {
             void this.#endOfSource();
             callback(null);
           } else {
-            this.#rollBack(new Error('client stopped reading before the end of the image'), iterator, callback, null);
+            this.#rollBack(null, iterator, callback);
           }
         });
       return;
     }
-    this.#rollBack(error ?? new Error('client stopped reading before the end of the image'), iterator, callback, error);
+    this.#rollBack(error, iterator, callback);
   }
 
-  #rollBack(
-    reason: Error,
-    iterator: AsyncIterator<unknown> | undefined,
-    callback: (error?: Error | null) => void,
-    error: Error | null,
-  ): void {
+  /** Rolls the cache write back (the client stopped, or `error` ended the stream) and finishes the destroy. */
+  #rollBack(error: Error | null, iterator: AsyncIterator<unknown> | undefined, callback: (error?: Error | null) => void): void {
     this.#hash?.dispose();
-    this.#abortCache(reason, 'client')
+    this.#abortCache(error ?? new Error('client stopped reading before the end of the image'), 'client')
       .then(() => iterator?.return?.())
       .then(
         () => callback(error),
         () => callback(error),
       );
   }
+
 
 
 }

@@ -1,4 +1,5 @@
-import { BadDriverConfigurationError, MemoryDriver, type DirectoryDriverOptions } from '@cache/core';
+import { BadDriverConfigurationError, MemoryDriver } from '@cache/core';
+import { type DirectoryDriverOptions } from '@cache/core/driver';
 import { describe, expect, it } from 'vitest';
 import {
   describeDriverConformance,

@@ -5,7 +5,8 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { CachedImage, CacheDriver, EntryStat, ImageId, ImageMetadata } from '@cache/core';
+import type { CachedImage, CacheDriver, ImageId } from '@cache/core';
+import type { EntryStat, ImageMetadata } from '@cache/core/driver';
 import { describe, expect, it } from 'vitest';
 import {
   allCaseGroups,
@@ -76,7 +77,7 @@ class UnvalidatedDriver extends MemoryDriver {
 class CountsAbortedReadsDriver extends MemoryDriver {
   override async openForRead(id: ImageId) {
     const stream = await super.openForRead(id);
-    stream.once('close', () => void this.recordHit(id, Date.now() / 1000));
+    stream.once('close', () => void this.dir.statFile(id).then((file) => file && this.recordHit(id, Date.now() / 1000, file)));
     return stream;
   }
 }

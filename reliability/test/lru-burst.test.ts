@@ -14,7 +14,7 @@
  */
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { nowSeconds } from '@cache/core';
+import { nowSeconds } from '@cache/core/driver';
 import { readImage, writeImage } from '@cache/conformance';
 import { makeContent } from './fixtures/content.mjs';
 import { createDriver, DRIVER_NAMES, freshDir, reliabilityTarget, removeDir } from './helpers.js';

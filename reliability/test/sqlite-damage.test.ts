@@ -19,7 +19,7 @@
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { copyFile, mkdir, readFile, rename, stat, truncate, writeFile } from 'node:fs/promises';
+import { copyFile, link, mkdir, readFile, rename, stat, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import Database from 'better-sqlite3';
@@ -170,7 +170,8 @@ describe(`sqlite: a damaged or locked cache.db on ${target.fs.name} (${target.fs
       // (no -shm), copied while the driver is open; then the WAL is damaged.
       const crashed = join(work, 'crashed');
       for (const sub of ['', 'incomplete', 'invalid', 'queue']) await mkdir(join(crashed, sub), { recursive: true });
-      for (const id of images.keys()) await copyFile(join(cacheDir, id), join(crashed, id));
+      // Hard links: after a real crash the files are the same files (same inode and mtime) the rows were written for.
+      for (const id of images.keys()) await link(join(cacheDir, id), join(crashed, id));
       await copyFile(join(cacheDir, 'cache.db'), join(crashed, 'cache.db'));
       await copyFile(join(cacheDir, 'cache.db-wal'), join(crashed, 'cache.db-wal'));
       const wal = join(crashed, 'cache.db-wal');

@@ -21,7 +21,8 @@ for (const { name: driver, skip } of await driverMatrix()) {
       await writeFile(join(root, 'img-b'), Buffer.alloc(6000, 'b'));
       expect(await bin(['queue', 'img-a', 'img-b'], { env })).toMatchObject({ code: 0, stdout: 'queued img-a\nqueued img-b\n' });
 
-      const prefetch = await bin(['prefetch', '--origin', root], { env });
+      // One at a time: img-a is committed before img-b, so prune's LRU choice below does not depend on which download finished first.
+      const prefetch = await bin(['prefetch', '--origin', root, '--concurrency', '1'], { env });
       expect(prefetch.code).toBe(0);
       expect(prefetch.stdout).toMatch(/^prefetch: 2 fetched \(9\.77 KiB\), 0 failed of 2 in \S+\n$/);
       expect(prefetch.stderr).toMatch(/^fetched img-a: 3\.91 KiB in /m);

@@ -23,6 +23,38 @@ export interface EntryStat {
   readonly mtimeNs: bigint;
   /** Access time in nanoseconds since the epoch. */
   readonly atimeNs: bigint;
+  /** Inode number: with size and `mtimeNs`, what tells one file from another under the same name. */
+  readonly ino: bigint;
+}
+
+/**
+ * A short text that identifies one file's content under its name: inode,
+ * size and mtime in nanoseconds. A file replaced by another process (new
+ * inode) or rewritten in place (new mtime or size) gets another identity, so
+ * a driver that stores it with an entry's metadata can tell that the
+ * metadata belongs to a file that is gone. Reads and attribute changes leave
+ * it as it is.
+ */
+export function fileIdentity(entry: Pick<EntryStat, 'ino' | 'size' | 'mtimeNs'>): string {
+  return `${entry.ino}:${entry.size}:${entry.mtimeNs}`;
+}
+
+/** How far (ns) an mtime may move and still be the same file: `utimes` from Node rounds to whole microseconds. */
+const MTIME_SLACK_NS = 5_000n;
+
+/**
+ * True when an identity recorded with {@link fileIdentity} is that of
+ * `entry`: same inode and size, mtime within a few microseconds (a tool that
+ * sets atime through Node's `utimes` rewrites mtime rounded to the
+ * microsecond; any real rewrite moves it far more). An identity in another
+ * format is not ours to judge, and matches.
+ */
+export function sameFile(recorded: string, entry: Pick<EntryStat, 'ino' | 'size' | 'mtimeNs'>): boolean {
+  const match = /^(\d+):(\d+):(\d+)$/.exec(recorded);
+  if (match === null) return true;
+  if (BigInt(match[1] as string) !== entry.ino || Number(match[2]) !== entry.size) return false;
+  const drift = BigInt(match[3] as string) - entry.mtimeNs;
+  return drift > -MTIME_SLACK_NS && drift < MTIME_SLACK_NS;
 }
 
 const NS_PER_S = 1_000_000_000n;
@@ -358,7 +390,13 @@ function toEntryStat(imageId: ImageId, info: BigIntStats): EntryStat {
     atimeNs: info.atimeNs,
     mtime: nsToSeconds(info.mtimeNs),
     atime: nsToSeconds(info.atimeNs),
+    ino: info.ino,
   };
+}
+
+/** The {@link EntryStat} of an open file (from `FileHandle.stat({ bigint: true })`). */
+export function entryStatOf(imageId: ImageId, info: BigIntStats): EntryStat {
+  return toEntryStat(imageId, info);
 }
 
 /** Orders ids by code unit, as SQLite's default `ORDER BY` on TEXT does for ASCII ids. */

@@ -1,7 +1,7 @@
 import { constants as fsConstants } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
-import { CacheDirectory, isErrnoError, storageError, type EntryStat, type EntryStatus } from './cache-dir.js';
+import { CacheDirectory, entryStatOf, fileIdentity, isErrnoError, sameFile, storageError, type EntryStat, type EntryStatus } from './cache-dir.js';
 import { nowSeconds } from './clock.js';
 import type {
   CachedImage,
@@ -9,6 +9,7 @@ import type {
   CacheWriter,
   CleanReport,
   DriverCapabilities,
+  DriverSupports,
   LeastRecentlyAccessed,
 } from './driver.js';
 import { CacheError, CacheStorageError, DriverNotOpenError, ImageNotCachedError, InvalidArgumentError } from './errors.js';
@@ -40,9 +41,22 @@ export interface DirectoryDriverOptions {
 
 /** Per-entry metadata a driver keeps; sizes always come from the file itself. */
 export interface ImageMetadata {
+  /** Completed reads since the commit. */
   hits: number;
+  /** Last completed read (or the commit), epoch seconds. */
   lastAccessed: number;
+  /** Commit time, epoch seconds. */
   lastModified: number;
+  /** The verified digest stored at commit, if any (drivers with `supports.storedChecksum`). */
+  checksum?: string | undefined;
+  /**
+   * The {@link fileIdentity} of the file the metadata was recorded for
+   * ({@link CommitInfo.identity}, or the file a hit was recorded on). When
+   * given and it differs from the file now under the id, the base class
+   * ignores the record: a replaced file starts at 0 hits with no digest.
+   * Leave it out only when the metadata lives on the file itself.
+   */
+  identity?: string | undefined;
 }
 
 /** What a driver records when an entry is committed. */
@@ -53,6 +67,20 @@ export interface CommitInfo {
   time: number;
   /** Verified digest, when the writer was given one (`sha256:<hex>`, or md5 hex). */
   checksum: string | undefined;
+  /** {@link fileIdentity} of the committed file (the rename keeps it): store it to tell a replaced file apart. */
+  identity: string;
+}
+
+/** The default manifest of a directory driver: persistent, no stored digests, best-effort cross-process hits. */
+export const DEFAULT_DRIVER_SUPPORTS: DriverSupports = Object.freeze({
+  persistent: true,
+  storedChecksum: false,
+  crossProcessHits: 'best-effort',
+});
+
+/** True when a driver's record may be used for the file `entry` (no identity, or the same one). */
+export function metadataMatches(metadata: Pick<ImageMetadata, 'identity'>, entry: EntryStat): boolean {
+  return metadata.identity === undefined || sameFile(metadata.identity, entry);
 }
 
 const STATUSES: readonly EntryStatus[] = ['active', 'incomplete', 'invalid', 'queue'];
@@ -86,6 +114,8 @@ export function compareByRecency(
 export abstract class DirectoryCacheDriver implements CacheDriver {
   abstract readonly name: string;
   readonly capabilities: DriverCapabilities = { xattr: false, atime: false };
+  /** What the driver promises; override in a concrete driver (see {@link DriverSupports}). */
+  readonly supports: DriverSupports = DEFAULT_DRIVER_SUPPORTS;
   /** The cache-directory logic this driver composes. */
   protected readonly dir: CacheDirectory;
   readonly #onWarning: (warning: CacheWarning) => void;
@@ -108,6 +138,11 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
     return this.dir.baseDir;
   }
 
+  /** File names in the cache directory that belong to this driver (never ids, never listed). */
+  get reservedNames(): readonly string[] {
+    return this.dir.reservedNames;
+  }
+
   // ---- hooks for concrete drivers -------------------------------------------------
 
   /** Opens the metadata store and probes what it needs; throw `BadDriverConfigurationError` to refuse. */
@@ -116,8 +151,13 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
   protected abstract closeMetadata(): Promise<void>;
   /** Records a committed entry (after the file is durable and active). Throwing rolls the commit back. */
   protected abstract recordCommit(id: ImageId, info: CommitInfo): Promise<void>;
-  /** Records a completed read: one more hit, last access `time`. */
-  protected abstract recordHit(id: ImageId, time: number): Promise<void>;
+  /**
+   * Records a completed read: one more hit, last access `time`. `file` is the
+   * stat of the file that was read; a driver that stores identities resets
+   * the count (to 1) when the record belongs to another file, and creates a
+   * record when there is none (a file committed by another process).
+   */
+  protected abstract recordHit(id: ImageId, time: number, file: EntryStat): Promise<void>;
   /** Metadata for the given entries (missing ones are treated as 0 hits, mtime access). */
   protected abstract readMetadata(entries: readonly EntryStat[]): Promise<Map<ImageId, ImageMetadata>>;
   /**
@@ -125,8 +165,15 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
    * {@link readMetadata}; a driver may read only the hit count.
    */
   protected async readHitCount(entry: EntryStat): Promise<number> {
-    const metadata = await this.readMetadata([entry]);
-    return metadata.get(entry.imageId)?.hits ?? 0;
+    const metadata = (await this.readMetadata([entry])).get(entry.imageId);
+    return metadata !== undefined && metadataMatches(metadata, entry) ? metadata.hits : 0;
+  }
+  /**
+   * The digest stored with one entry, with the identity it was recorded for.
+   * By default taken from {@link readMetadata}; a driver may read only the digest.
+   */
+  protected async readStoredChecksum(entry: EntryStat): Promise<Pick<ImageMetadata, 'checksum' | 'identity'> | undefined> {
+    return (await this.readMetadata([entry])).get(entry.imageId);
   }
   /** Forgets one entry's metadata (delete, rollback). */
   protected abstract forgetImage(id: ImageId): Promise<void>;
@@ -220,6 +267,14 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
     return entries.map((entry) => toRecord(entry, metadata.get(entry.imageId)));
   }
 
+  async getStoredChecksum(id: ImageId): Promise<string | undefined> {
+    this.guard(id);
+    const entry = await this.dir.statFile(id, 'active');
+    if (entry === undefined) return undefined;
+    const stored = await this.readStoredChecksum(entry);
+    return stored !== undefined && metadataMatches(stored, entry) ? (stored.checksum ?? undefined) : undefined;
+  }
+
   async getCacheSize(): Promise<number> {
     this.guardOpen();
     const entries = await this.dir.list('active');
@@ -301,7 +356,19 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
     const invalid = await this.dir.reapInvalid();
     const stalled = await this.dir.reapStalled(stallTimeSeconds);
     const active = await this.dir.list('active');
-    const { orphanRecords, adoptedFiles } = await this.reconcile(active);
+    // Records of files that were replaced under their id are orphans too: forget them, then reconcile adopts the new file.
+    const metadata = await this.readMetadata(active);
+    let replaced = 0;
+    for (const entry of active) {
+      const record = metadata.get(entry.imageId);
+      if (record !== undefined && !metadataMatches(record, entry)) {
+        await this.forgetImage(entry.imageId);
+        replaced++;
+      }
+    }
+    const reconciled = await this.reconcile(active);
+    const orphanRecords = reconciled.orphanRecords + replaced;
+    const adoptedFiles = reconciled.adoptedFiles;
     const cached = new Set(active.map((entry) => entry.imageId));
     let staleQueueMarkers = 0;
     for (const id of await this.dir.listQueue()) {
@@ -331,15 +398,16 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
       if (isErrnoError(error, 'ENOENT', 'ELOOP', 'ENOTDIR')) throw new ImageNotCachedError(id, path, error);
       throw storageError('open', path, error);
     }
-    const info = await handle.stat().catch((error: unknown) => error as Error);
+    const info = await handle.stat({ bigint: true }).catch((error: unknown) => error as Error);
     if (info instanceof Error || !info.isFile()) {
       await handle.close();
       if (info instanceof Error) throw storageError('stat', path, info);
       throw new ImageNotCachedError(id, path);
     }
+    const file = entryStatOf(id, info);
     const onComplete = async () => {
       try {
-        await this.recordHit(id, nowSeconds());
+        await this.recordHit(id, nowSeconds(), file);
       } catch (error) {
         this.warn({
           code: 'CACHE_HIT_NOT_RECORDED',
@@ -350,7 +418,7 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
       }
     };
     // The size lets the stream size its buffers and end without an extra read (see CacheReadStream).
-    return new CacheReadStream(id, handle, onComplete, info.size);
+    return new CacheReadStream(id, handle, onComplete, file.size);
   }
 
   async openForWrite(id: ImageId): Promise<CacheWriter> {
@@ -371,10 +439,11 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
     const incompletePath = this.dir.path(id, 'incomplete');
     let info: CommitInfo;
     try {
-      const { size } = await handle.stat().catch((error: unknown) => {
+      const stat = await handle.stat({ bigint: true }).catch((error: unknown) => {
         throw storageError('stat', incompletePath, error);
       });
-      info = { size, time: nowSeconds(), checksum };
+      const file = entryStatOf(id, stat);
+      info = { size: file.size, time: nowSeconds(), checksum, identity: fileIdentity(file) };
       await this.prepareCommit(id, incompletePath, info).catch((error: unknown) => {
         throw CacheError.isCacheError(error) ? error : storageError('record metadata on', incompletePath, error);
       });
@@ -421,7 +490,8 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
   }
 }
 
-function toRecord(entry: EntryStat, metadata: ImageMetadata | undefined): CachedImage {
+function toRecord(entry: EntryStat, record: ImageMetadata | undefined): CachedImage {
+  const metadata = record !== undefined && metadataMatches(record, entry) ? record : undefined;
   return {
     imageId: entry.imageId,
     hits: metadata?.hits ?? 0,

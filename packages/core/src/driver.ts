@@ -46,6 +46,34 @@ export interface DriverCapabilities {
 }
 
 /**
+ * What a driver promises, declared on the driver itself (`driver.supports`)
+ * so that users and the conformance kit read the same manifest. The kit
+ * gates its cases on it and checks that every declared feature really works.
+ */
+export interface DriverSupports {
+  /**
+   * Metadata survives `close()` and is shared by every driver instance and
+   * every process on one cache directory (false for a per-instance store
+   * such as `MemoryDriver`).
+   */
+  readonly persistent: boolean;
+  /**
+   * A verified digest given at commit ({@link CacheWriter.setChecksum}) is
+   * stored and returned by {@link CacheDriver.getStoredChecksum} until the
+   * entry is deleted or replaced.
+   */
+  readonly storedChecksum: boolean;
+  /**
+   * Hits recorded by several processes at once:
+   * - `'exact'`: none is lost (an atomic increment in a database);
+   * - `'best-effort'`: an increment may be lost under a race (a
+   *   read-modify-write, as Glance's xattr driver does), but a count is never
+   *   more than the true number of completed reads and never negative.
+   */
+  readonly crossProcessHits: 'exact' | 'best-effort';
+}
+
+/**
  * The writable end of a cache write, from {@link CacheDriver.openForWrite}.
  * Finishing it commits the entry; an error or `destroy(err)` rolls it back.
  */
@@ -73,6 +101,15 @@ export interface CacheDriver {
   readonly cacheDir: string;
   /** Filesystem capabilities this driver needs. */
   readonly capabilities: DriverCapabilities;
+  /** What the driver promises (persistence, stored digests, cross-process hit accounting). */
+  readonly supports: DriverSupports;
+  /**
+   * Optional: file names in the cache directory that belong to the driver
+   * (its database, journal, lock files). They are never listed as images and
+   * never accepted as ids. Names starting with `.` need not be listed: ids
+   * never start with a dot, so dot-files are always the driver's own.
+   */
+  readonly reservedNames?: readonly string[];
 
   /** Creates the directories, opens the metadata store, probes the filesystem. Throws `BadDriverConfigurationError`. */
   configure(): Promise<void>;
@@ -120,9 +157,11 @@ export interface CacheDriver {
   /**
    * Optional: the verified digest stored with an active entry at commit
    * (`<algorithm>:<hex>`, or bare hex for md5; see `formatChecksum`), or
-   * `undefined` when it was cached without one. Servers use it as a strong
-   * ETag, `image-cache verify` re-checks it. Drivers that keep no digests
-   * leave it out.
+   * `undefined` when it was cached without one, when the entry is absent, or
+   * when the file was replaced since (another file under the same id never
+   * inherits a digest). Servers use it as a strong ETag, `image-cache verify`
+   * re-checks it. Drivers with `supports.storedChecksum: false` may leave it
+   * out or always answer `undefined`.
    */
   getStoredChecksum?(id: ImageId): Promise<string | undefined>;
 }

@@ -10,6 +10,7 @@ import {
   type NormalizedChecksum,
 } from './checksum.js';
 import { compareByRecency, DEFAULT_STALL_TIME } from './directory-driver.js';
+import { guardDriver } from './guard.js';
 import { ParallelHash } from './parallel-hash.js';
 import type { CachedImage, CacheDriver, CacheWriter, CleanReport, LeastRecentlyAccessed } from './driver.js';
 import {
@@ -105,7 +106,10 @@ export interface ReadThroughResult {
  * ```
  */
 export class ImageCache {
-  /** The driver this cache runs on. */
+  /**
+   * The driver this cache runs on, behind the lifecycle and id guards of
+   * {@link guardDriver} (the driver's own methods and fields pass through).
+   */
   readonly driver: CacheDriver;
   /** Byte budget of `prune()`. */
   readonly maxSize: number;
@@ -133,8 +137,10 @@ export class ImageCache {
         throw new BadDriverConfigurationError(driver.name, `${name} must be a finite number >= 0, got ${String(value)}`);
       }
     }
-    await driver.configure();
-    return new ImageCache({ driver, maxSize, stallTime, onCacheError });
+    // The lifecycle and id guards apply to any driver, not only to subclasses of DirectoryCacheDriver.
+    const guarded = guardDriver(driver);
+    await guarded.configure();
+    return new ImageCache({ driver: guarded, maxSize, stallTime, onCacheError });
   }
 
   /** Closes the driver. */

@@ -1,49 +1,35 @@
 /**
- * `@cache/core`: the driver contract, the cache-directory logic every driver
- * composes, the `ImageCache` facade and the typed errors.
+ * `@cache/core`: what an application uses: the `ImageCache` facade, the
+ * `CacheDriver` contract it runs on, `MemoryDriver`, checksums and the typed
+ * errors.
+ *
+ * Driver authors import `@cache/core/driver` as well: the
+ * `DirectoryCacheDriver` base class with its hooks and the cache-directory
+ * logic it composes.
  *
  * @packageDocumentation
  */
 export * from './errors.js';
-export * from './image-id.js';
-export { nowSeconds } from './clock.js';
 export {
-  CacheDirectory,
-  SUBDIRECTORIES,
-  compareIds,
-  isErrnoError,
-  mapLimit,
-  nsToSeconds,
-  storageError,
-  type EntryStat,
-  type EntryStatus,
-  type ReapResult,
-} from './cache-dir.js';
+  MAX_IMAGE_ID_BYTES,
+  RESERVED_NAMES,
+  assertImageId,
+  imageIdProblem,
+  isValidImageId,
+  type ImageId,
+} from './image-id.js';
+export { SUBDIRECTORIES, type EntryStatus } from './cache-dir.js';
 export type {
   CachedImage,
   CacheDriver,
   CacheWriter,
   CleanReport,
   DriverCapabilities,
+  DriverSupports,
   LeastRecentlyAccessed,
 } from './driver.js';
-export {
-  DEFAULT_STALL_TIME,
-  DirectoryCacheDriver,
-  compareByRecency,
-  type CacheWarning,
-  type CommitInfo,
-  type DirectoryDriverOptions,
-  type ImageMetadata,
-} from './directory-driver.js';
-export {
-  CacheReadStream,
-  CacheWriteStream,
-  EARLY_FLUSH_BYTES,
-  READ_CHUNK_SIZE,
-  WRITE_HIGH_WATER_MARK,
-  type WriteLifecycle,
-} from './streams.js';
+export { DEFAULT_STALL_TIME, compareByRecency, type CacheWarning } from './directory-driver.js';
+export { guardDriver } from './guard.js';
 export {
   createChecksumHash,
   formatChecksum,

@@ -1,5 +1,6 @@
-import type { EntryStat } from './cache-dir.js';
-import { DirectoryCacheDriver, type CommitInfo, type DirectoryDriverOptions, type ImageMetadata } from './directory-driver.js';
+import { fileIdentity, type EntryStat } from './cache-dir.js';
+import type { DriverSupports } from './driver.js';
+import { DirectoryCacheDriver, metadataMatches, type CommitInfo, type DirectoryDriverOptions, type ImageMetadata } from './directory-driver.js';
 import type { ImageId } from './image-id.js';
 
 /**
@@ -10,6 +11,8 @@ import type { ImageId } from './image-id.js';
  */
 export class MemoryDriver extends DirectoryCacheDriver {
   readonly name: string = 'memory';
+  /** Metadata lives in this instance only: it is lost on `close()` and not seen by other instances. */
+  override readonly supports: DriverSupports = { persistent: false, storedChecksum: true, crossProcessHits: 'best-effort' };
   readonly #records = new Map<ImageId, ImageMetadata>();
 
   constructor(options: DirectoryDriverOptions) {
@@ -23,18 +26,24 @@ export class MemoryDriver extends DirectoryCacheDriver {
   }
 
   protected async recordCommit(id: ImageId, info: CommitInfo): Promise<void> {
-    this.#records.set(id, { hits: 0, lastAccessed: info.time, lastModified: info.time });
+    this.#records.set(id, {
+      hits: 0,
+      lastAccessed: info.time,
+      lastModified: info.time,
+      checksum: info.checksum,
+      identity: info.identity,
+    });
   }
 
-  protected async recordHit(id: ImageId, time: number): Promise<void> {
+  protected async recordHit(id: ImageId, time: number, file: EntryStat): Promise<void> {
     const record = this.#records.get(id);
-    if (record !== undefined) {
+    if (record !== undefined && metadataMatches(record, file)) {
       record.hits += 1;
       record.lastAccessed = time;
       return;
     }
-    const entry = await this.dir.statFile(id, 'active');
-    if (entry !== undefined) this.#records.set(id, { hits: 1, lastAccessed: time, lastModified: entry.mtime });
+    // No record, or one of a file since replaced: this file starts with this hit.
+    this.#records.set(id, { hits: 1, lastAccessed: time, lastModified: file.mtime, identity: fileIdentity(file) });
   }
 
   protected async readMetadata(entries: readonly EntryStat[]): Promise<Map<ImageId, ImageMetadata>> {
@@ -57,12 +66,23 @@ export class MemoryDriver extends DirectoryCacheDriver {
   protected override async reconcile(entries: readonly EntryStat[]): Promise<{ orphanRecords: number; adoptedFiles: number }> {
     const present = new Set(entries.map((entry) => entry.imageId));
     let orphanRecords = 0;
+    let adoptedFiles = 0;
     for (const id of this.#records.keys()) {
       if (!present.has(id)) {
         this.#records.delete(id);
         orphanRecords++;
       }
     }
-    return { orphanRecords, adoptedFiles: 0 };
+    for (const entry of entries) {
+      if (this.#records.has(entry.imageId)) continue;
+      this.#records.set(entry.imageId, {
+        hits: 0,
+        lastAccessed: entry.mtime,
+        lastModified: entry.mtime,
+        identity: fileIdentity(entry),
+      });
+      adoptedFiles++;
+    }
+    return { orphanRecords, adoptedFiles };
   }
 }

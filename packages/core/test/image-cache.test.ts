@@ -5,16 +5,9 @@ import { join } from 'node:path';
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import {
-  EARLY_FLUSH_BYTES,
-  ErrorCodes,
-  ImageCache,
-  MemoryDriver,
-  type CacheWriter,
-  type CommitInfo,
-  type DirectoryDriverOptions,
-  type ImageId,
-} from '../src/index.js';
+import { ErrorCodes, ImageCache, MemoryDriver, type CacheWriter, type ImageId } from '../src/index.js';
+import type { CommitInfo, DirectoryDriverOptions } from '../src/driver-api.js';
+import { EARLY_FLUSH_BYTES } from '../src/streams.js';
 import { chunks, collect, tempDir, tree, write } from './helpers.js';
 
 const sha256 = (data: Buffer) => createHash('sha256').update(data).digest('hex');

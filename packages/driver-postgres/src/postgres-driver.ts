@@ -1,17 +1,18 @@
 import { hostname } from 'node:os';
 import { resolve } from 'node:path';
 import pg from 'pg';
+import { CacheStorageError, InvalidArgumentError, type ImageId } from '@cache/core';
 import {
-  CacheStorageError,
   DirectoryCacheDriver,
-  InvalidArgumentError,
   compareIds,
+  fileIdentity,
+  metadataMatches,
   type CommitInfo,
   type DirectoryDriverOptions,
+  type DriverSupports,
   type EntryStat,
-  type ImageId,
   type ImageMetadata,
-} from '@cache/core';
+} from '@cache/core/driver';
 import { classifyPgError, describeTarget, toCacheError } from './pg-errors.js';
 import { runMigrations } from './migrate.js';
 import { SQL, type CachedImageRow, type MigrationResult } from './schema.js';
@@ -121,6 +122,8 @@ type Queryable = Pick<pg.PoolClient, 'query'>;
 export class PostgresDriver extends DirectoryCacheDriver {
   /** `postgres`, used in messages. */
   readonly name = DRIVER_NAME;
+  /** Shared by every worker of a node through the database; digests kept; hits are atomic `UPDATE`s. */
+  override readonly supports: DriverSupports = { persistent: true, storedChecksum: true, crossProcessHits: 'exact' };
   /** This node's identity (`node_reference_url`). */
   readonly nodeId: string;
   /** The database, for messages: host, port and database name, never the password. */
@@ -352,6 +355,7 @@ export class PostgresDriver extends DirectoryCacheDriver {
       toTimestamp(info.time),
       info.size,
       info.checksum ?? null,
+      info.identity,
     ]);
   }
 
@@ -363,7 +367,7 @@ export class PostgresDriver extends DirectoryCacheDriver {
    * stopped answering. A hit that cannot be written is reported through the
    * warning hook (`CACHE_HIT_NOT_RECORDED`), never thrown at the reader.
    */
-  protected async recordHit(id: ImageId, time: number): Promise<void> {
+  protected async recordHit(id: ImageId, time: number, file: EntryStat): Promise<void> {
     const now = Date.now();
     if (now < this.#unavailableUntil) {
       const reason = this.#lastFailure instanceof Error ? this.#lastFailure.message : String(this.#lastFailure);
@@ -375,7 +379,7 @@ export class PostgresDriver extends DirectoryCacheDriver {
       );
     }
     if (this.#failedAt !== 0) {
-      void this.#writeHit(id, time).catch((error: unknown) =>
+      void this.#writeHit(id, time, file).catch((error: unknown) =>
         this.warn({
           code: 'CACHE_HIT_NOT_RECORDED',
           message: `[${this.name}] could not record a hit for '${id}': ${(error as Error).message}`,
@@ -385,17 +389,16 @@ export class PostgresDriver extends DirectoryCacheDriver {
       );
       return;
     }
-    await this.#writeHit(id, time);
+    await this.#writeHit(id, time, file);
   }
 
-  async #writeHit(id: ImageId, time: number): Promise<void> {
+  async #writeHit(id: ImageId, time: number, file: EntryStat): Promise<void> {
     const at = toTimestamp(time);
-    const updated = await this.#nodeQuery(`record a hit of '${id}'`, SQL.hit, [id, at]);
+    const fid = fileIdentity(file);
+    const updated = await this.#nodeQuery(`record a hit of '${id}'`, SQL.hit, [id, at, fid, toTimestamp(file.mtime), file.size]);
     if ((updated.rowCount ?? 0) > 0) return;
     // A file without a row (committed while the row could not be written, or by another tool): adopt it with this hit.
-    const entry = await this.dir.statFile(id, 'active');
-    if (entry === undefined) return;
-    await this.#nodeQuery(`record a hit of '${id}'`, SQL.adoptWithHit, [id, at, toTimestamp(entry.mtime), entry.size]);
+    await this.#nodeQuery(`record a hit of '${id}'`, SQL.adoptWithHit, [id, at, toTimestamp(file.mtime), file.size, fid]);
   }
 
   protected async readMetadata(entries: readonly EntryStat[]): Promise<Map<ImageId, ImageMetadata>> {
@@ -410,16 +413,31 @@ export class PostgresDriver extends DirectoryCacheDriver {
         hits: Number(row.hits),
         lastAccessed: fromMicros(row.last_accessed_us),
         lastModified: fromMicros(row.last_modified_us),
+        checksum: row.checksum ?? undefined,
+        identity: row.file_id ?? undefined,
       });
     }
     return metadata;
   }
 
   protected override async readHitCount(entry: EntryStat): Promise<number> {
-    const result = await this.#nodeQuery<{ hits: string }>(`read the hit count of '${entry.imageId}'`, SQL.selectHits, [
-      entry.imageId,
-    ]);
-    return Number(result.rows[0]?.hits ?? 0);
+    const result = await this.#nodeQuery<{ hits: string; file_id: string | null }>(
+      `read the hit count of '${entry.imageId}'`,
+      SQL.selectHits,
+      [entry.imageId],
+    );
+    const row = result.rows[0];
+    return row !== undefined && metadataMatches({ identity: row.file_id ?? undefined }, entry) ? Number(row.hits) : 0;
+  }
+
+  protected override async readStoredChecksum(entry: EntryStat): Promise<Pick<ImageMetadata, 'checksum' | 'identity'> | undefined> {
+    const result = await this.#nodeQuery<{ checksum: string | null; file_id: string | null }>(
+      `read the checksum of '${entry.imageId}'`,
+      SQL.selectChecksum,
+      [entry.imageId],
+    );
+    const row = result.rows[0];
+    return row === undefined ? undefined : { checksum: row.checksum ?? undefined, identity: row.file_id ?? undefined };
   }
 
   protected async forgetImage(id: ImageId): Promise<void> {
@@ -464,6 +482,7 @@ export class PostgresDriver extends DirectoryCacheDriver {
         adopt.map((entry) => entry.imageId),
         adopt.map((entry) => toTimestamp(entry.mtime)),
         adopt.map((entry) => entry.size),
+        adopt.map((entry) => fileIdentity(entry)),
       ]);
       adoptedFiles = result.rowCount ?? 0;
     }
@@ -517,13 +536,6 @@ export class PostgresDriver extends DirectoryCacheDriver {
     const result = await this.#query<{ n: string }>(`forget node ${nodeId}`, SQL.forgetNode, [nodeId]);
     if (nodeId === this.nodeId) this.#nodeRef = await registerNode(this.#openPool('re-register this node'), this.nodeId);
     return Number(result.rows[0]?.n ?? 0);
-  }
-
-  /** The verified digest stored at commit (`sha256:<hex>`, or md5 hex), if any. */
-  async getStoredChecksum(id: ImageId): Promise<string | undefined> {
-    this.guard(id);
-    const result = await this.#nodeQuery<{ checksum: string | null }>(`read the checksum of '${id}'`, SQL.selectChecksum, [id]);
-    return result.rows[0]?.checksum ?? undefined;
   }
 
   /**

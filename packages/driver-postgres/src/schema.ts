@@ -82,6 +82,11 @@ ALTER TABLE cached_images
   ADD CONSTRAINT cached_images_size_check CHECK (size >= 0),
   ADD CONSTRAINT cached_images_hits_check CHECK (hits >= 0);`,
   },
+  {
+    version: 3,
+    name: 'file identity of each row (a file replaced under its id does not inherit hits or digest)',
+    sql: `ALTER TABLE cached_images ADD COLUMN file_id text NULL;`,
+  },
 ]);
 
 /** The schema version this driver needs (the last migration's). */
@@ -92,7 +97,7 @@ export function epochMicros(column: string): string {
   return `(EXTRACT(EPOCH FROM ${column}) * 1000000)::bigint`;
 }
 
-const ROW_COLUMNS = `image_id, hits, size, checksum,
+const ROW_COLUMNS = `image_id, hits, size, checksum, file_id,
   ${epochMicros('last_accessed')} AS last_accessed_us,
   ${epochMicros('last_modified')} AS last_modified_us`;
 
@@ -103,24 +108,31 @@ export const SQL = {
     ON CONFLICT (node_reference_url) DO UPDATE SET node_reference_url = EXCLUDED.node_reference_url
     RETURNING node_reference_id`,
   upsertCommit: `
-    INSERT INTO cached_images (node_reference_id, image_id, last_accessed, last_modified, size, hits, checksum)
-    VALUES ($1, $2, $3::timestamptz, $3::timestamptz, $4, 0, $5)
+    INSERT INTO cached_images (node_reference_id, image_id, last_accessed, last_modified, size, hits, checksum, file_id)
+    VALUES ($1, $2, $3::timestamptz, $3::timestamptz, $4, 0, $5, $6)
     ON CONFLICT (image_id, node_reference_id) DO UPDATE SET
       last_accessed = EXCLUDED.last_accessed, last_modified = EXCLUDED.last_modified,
-      size = EXCLUDED.size, hits = 0, checksum = EXCLUDED.checksum`,
+      size = EXCLUDED.size, hits = 0, checksum = EXCLUDED.checksum, file_id = EXCLUDED.file_id`,
+  // A row of a file since replaced ($4 is the identity of the file read) starts over at this hit, without its digest.
   hit: `
-    UPDATE cached_images SET hits = hits + 1, last_accessed = GREATEST(last_accessed, $3::timestamptz)
+    UPDATE cached_images SET
+      hits = CASE WHEN file_id IS NULL OR file_id = $4 THEN hits + 1 ELSE 1 END,
+      checksum = CASE WHEN file_id IS NULL OR file_id = $4 THEN checksum ELSE NULL END,
+      last_modified = CASE WHEN file_id IS NULL OR file_id = $4 THEN last_modified ELSE $5::timestamptz END,
+      size = CASE WHEN file_id IS NULL OR file_id = $4 THEN size ELSE $6 END,
+      last_accessed = GREATEST(last_accessed, $3::timestamptz),
+      file_id = $4
     WHERE node_reference_id = $1 AND image_id = $2`,
   adoptWithHit: `
-    INSERT INTO cached_images (node_reference_id, image_id, last_accessed, last_modified, size, hits, checksum)
-    VALUES ($1, $2, $3::timestamptz, $4::timestamptz, $5, 1, NULL)
+    INSERT INTO cached_images (node_reference_id, image_id, last_accessed, last_modified, size, hits, checksum, file_id)
+    VALUES ($1, $2, $3::timestamptz, $4::timestamptz, $5, 1, NULL, $6)
     ON CONFLICT (image_id, node_reference_id) DO UPDATE SET
       hits = cached_images.hits + 1,
       last_accessed = GREATEST(cached_images.last_accessed, EXCLUDED.last_accessed)`,
   selectSome: `SELECT ${ROW_COLUMNS} FROM cached_images WHERE node_reference_id = $1 AND image_id = ANY($2::text[])`,
   selectAll: `SELECT ${ROW_COLUMNS} FROM cached_images WHERE node_reference_id = $1`,
-  selectHits: `SELECT hits FROM cached_images WHERE node_reference_id = $1 AND image_id = $2`,
-  selectChecksum: `SELECT checksum FROM cached_images WHERE node_reference_id = $1 AND image_id = $2`,
+  selectHits: `SELECT hits, file_id FROM cached_images WHERE node_reference_id = $1 AND image_id = $2`,
+  selectChecksum: `SELECT checksum, file_id FROM cached_images WHERE node_reference_id = $1 AND image_id = $2`,
   selectSizes: `SELECT image_id, size FROM cached_images WHERE node_reference_id = $1`,
   deleteOne: `DELETE FROM cached_images WHERE node_reference_id = $1 AND image_id = $2`,
   deleteSome: `DELETE FROM cached_images WHERE node_reference_id = $1 AND image_id = ANY($2::text[])`,
@@ -130,9 +142,9 @@ export const SQL = {
     FROM unnest($2::text[], $3::bigint[]) AS f(image_id, size)
     WHERE c.node_reference_id = $1 AND c.image_id = f.image_id AND c.size <> f.size`,
   adoptMany: `
-    INSERT INTO cached_images (node_reference_id, image_id, last_accessed, last_modified, size, hits, checksum)
-    SELECT $1, f.image_id, f.t, f.t, f.size, 0, NULL
-    FROM unnest($2::text[], $3::timestamptz[], $4::bigint[]) AS f(image_id, t, size)
+    INSERT INTO cached_images (node_reference_id, image_id, last_accessed, last_modified, size, hits, checksum, file_id)
+    SELECT $1, f.image_id, f.t, f.t, f.size, 0, NULL, f.file_id
+    FROM unnest($2::text[], $3::timestamptz[], $4::bigint[], $5::text[]) AS f(image_id, t, size, file_id)
     ON CONFLICT (image_id, node_reference_id) DO NOTHING`,
   importMany: `
     INSERT INTO cached_images (node_reference_id, image_id, last_accessed, last_modified, size, hits, checksum)
@@ -169,6 +181,7 @@ export interface CachedImageRow {
   hits: string;
   size: string;
   checksum: string | null;
+  file_id: string | null;
   last_accessed_us: string;
   last_modified_us: string;
 }

@@ -1,4 +1,5 @@
-import { BadDriverConfigurationError, isValidImageId, type CacheDirectory, type ImageId } from '@cache/core';
+import { BadDriverConfigurationError, isValidImageId, type ImageId } from '@cache/core';
+import { type CacheDirectory } from '@cache/core/driver';
 
 /** What an import from a sqlite `cache.db` did. */
 export interface SqliteImportReport {

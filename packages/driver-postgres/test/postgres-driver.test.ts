@@ -52,6 +52,7 @@ describe('schema and migrations', () => {
       'cached_images.hits bigint not null',
       'cached_images.checksum text',
       'cached_images.node_reference_id bigint not null',
+      'cached_images.file_id text',
       'node_reference.node_reference_id bigint not null',
       'node_reference.node_reference_url text not null',
     ]);
@@ -65,7 +66,7 @@ describe('schema and migrations', () => {
     ]);
     const versions = await sql<{ version: number }>(url, 'SELECT version FROM cache_schema_migrations ORDER BY version');
     expect(versions.map((v) => v.version)).toEqual(MIGRATIONS.map((m) => m.version));
-    expect(SCHEMA_VERSION).toBe(2);
+    expect(SCHEMA_VERSION).toBe(3);
   });
 
   pgIt('the LRU query of one node is served by the (node, last_accessed, last_modified, image_id) index', async () => {
@@ -90,10 +91,10 @@ describe('schema and migrations', () => {
     opened.push(...drivers);
     await Promise.all(drivers.map((d) => d.configure()));
     const applied = drivers.map((d) => d.getMigrationState()?.applied ?? []);
-    expect(applied.filter((a) => a.length > 0)).toEqual([[1, 2]]);
+    expect(applied.filter((a) => a.length > 0)).toEqual([[1, 2, 3]]);
     expect(drivers.every((d) => d.getMigrationState()?.to === SCHEMA_VERSION)).toBe(true);
     const versions = await sql<{ version: number }>(url, 'SELECT version FROM cache_schema_migrations ORDER BY version');
-    expect(versions.map((v) => v.version)).toEqual([1, 2]);
+    expect(versions.map((v) => v.version)).toEqual([1, 2, 3]);
     const nodes = await sql<{ n: string }>(url, 'SELECT count(*) AS n FROM node_reference');
     expect(Number(nodes[0]?.n)).toBe(8);
   });
@@ -216,7 +217,7 @@ describe('metadata', () => {
     expect(await d.getStoredChecksum('img')).toBeUndefined();
   });
 
-  pgIt('clean() reconciles: rows without files are deleted, files without rows adopted, stale sizes fixed', async () => {
+  pgIt('clean() reconciles: rows without files are deleted, files without rows adopted, a rewritten file gets a fresh row', async () => {
     const d = await driver();
     await writeImage(d, 'gone', Buffer.from('1'));
     await writeImage(d, 'grown', Buffer.from('1'));
@@ -224,7 +225,8 @@ describe('metadata', () => {
     await writeFile(join(dir, 'grown'), 'longer');
     await writeFile(join(dir, 'by-hand'), 'abc');
     const report = await d.clean();
-    expect(report).toMatchObject({ orphanRecords: 1, adoptedFiles: 1 });
+    // `gone`'s row, and `grown`'s row (its file was rewritten: the row belonged to the old file); `by-hand` and the new `grown` adopted.
+    expect(report).toMatchObject({ orphanRecords: 2, adoptedFiles: 2 });
     const rows = await sql<{ image_id: string; size: string }>(
       url,
       'SELECT image_id, size FROM cached_images c JOIN node_reference n USING (node_reference_id) WHERE n.node_reference_url = $1 ORDER BY image_id',

@@ -1,16 +1,16 @@
 import { basename, dirname, join, resolve } from 'node:path';
 import Database from 'better-sqlite3';
+import { BadDriverConfigurationError, CacheStorageError, type ImageId } from '@cache/core';
 import {
-  BadDriverConfigurationError,
-  CacheStorageError,
   DirectoryCacheDriver,
+  fileIdentity,
   type CommitInfo,
   type DirectoryDriverOptions,
+  type DriverSupports,
   type EntryStat,
-  type ImageId,
   type ImageMetadata,
-} from '@cache/core';
-import { CREATE_LRU_INDEX, CREATE_TABLE, REQUIRED_COLUMNS, SQL, type CachedImageRow } from './sqlite-schema.js';
+} from '@cache/core/driver';
+import { ADD_FILE_ID_COLUMN, CREATE_LRU_INDEX, CREATE_TABLE, REQUIRED_COLUMNS, SQL, type CachedImageRow } from './sqlite-schema.js';
 
 /** Options of {@link SqliteDriver}. */
 export interface SqliteDriverOptions extends DirectoryDriverOptions {
@@ -49,6 +49,8 @@ const DRIVER_NAME = 'sqlite';
  */
 export class SqliteDriver extends DirectoryCacheDriver {
   readonly name = DRIVER_NAME;
+  /** Shared by every process on the directory; digests kept; hits are atomic `UPDATE`s, so none is lost. */
+  override readonly supports: DriverSupports = { persistent: true, storedChecksum: true, crossProcessHits: 'exact' };
   /** Absolute path of the database file. */
   readonly dbPath: string;
   readonly #busyTimeout: number;
@@ -76,9 +78,16 @@ export class SqliteDriver extends DirectoryCacheDriver {
         db!.exec(CREATE_TABLE);
         db!.exec(CREATE_LRU_INDEX);
       }).immediate();
-      const columns = new Set(
-        (db.pragma('table_info(cached_images)') as { name: string }[]).map((column) => column.name),
-      );
+      const readColumns = () =>
+        new Set((db!.pragma('table_info(cached_images)') as { name: string }[]).map((column) => column.name));
+      let columns = readColumns();
+      if (!columns.has('file_id')) {
+        // A table created by Glance (or an older version of this driver): add our identity column once.
+        db.transaction(() => {
+          if (!readColumns().has('file_id')) db!.exec(ADD_FILE_ID_COLUMN);
+        }).immediate();
+        columns = readColumns();
+      }
       const missing = REQUIRED_COLUMNS.filter((column) => !columns.has(column));
       if (missing.length > 0) {
         throw new Error(`table cached_images lacks column(s) ${missing.join(', ')}`);
@@ -124,19 +133,17 @@ export class SqliteDriver extends DirectoryCacheDriver {
 
   protected async recordCommit(id: ImageId, info: CommitInfo): Promise<void> {
     this.#run('record commit', (s) =>
-      s.upsert.run({ id, time: info.time, size: info.size, checksum: info.checksum ?? null }),
+      s.upsert.run({ id, time: info.time, size: info.size, checksum: info.checksum ?? null, fid: info.identity }),
     );
   }
 
-  protected async recordHit(id: ImageId, time: number): Promise<void> {
-    const changed = this.#run('record hit', (s) => s.hit.run({ id, time }).changes);
-    if (changed > 0) return;
-    // A file without a row (written before a crash, or by hand): adopt it with this hit.
-    const entry = await this.dir.statFile(id, 'active');
-    if (entry === undefined) return;
-    this.#run('record hit', (s) =>
-      s.insertIfMissing.run({ id, lastAccessed: time, lastModified: entry.mtime, size: entry.size, hits: 1 }),
-    );
+  protected async recordHit(id: ImageId, time: number, file: EntryStat): Promise<void> {
+    const fid = fileIdentity(file);
+    this.#run('record hit', (s) => {
+      if (s.hit.run({ id, time, fid, mtime: file.mtime, size: file.size }).changes > 0) return;
+      // A file without a row (written before a crash, by hand, or by another process): adopt it with this hit.
+      s.insertIfMissing.run({ id, lastAccessed: time, lastModified: file.mtime, size: file.size, hits: 1, fid });
+    });
   }
 
   protected async readMetadata(entries: readonly EntryStat[]): Promise<Map<ImageId, ImageMetadata>> {
@@ -150,9 +157,16 @@ export class SqliteDriver extends DirectoryCacheDriver {
         hits: row.hits ?? 0,
         lastAccessed: row.last_accessed ?? 0,
         lastModified: row.last_modified ?? 0,
+        checksum: row.checksum ?? undefined,
+        identity: row.file_id ?? undefined,
       });
     }
     return metadata;
+  }
+
+  protected override async readStoredChecksum(entry: EntryStat): Promise<Pick<ImageMetadata, 'checksum' | 'identity'> | undefined> {
+    const row = this.#run('read checksum', (s) => s.selectChecksum.get(entry.imageId) as Pick<CachedImageRow, 'checksum' | 'file_id'> | undefined);
+    return row === undefined ? undefined : { checksum: row.checksum ?? undefined, identity: row.file_id ?? undefined };
   }
 
   protected async forgetImage(id: ImageId): Promise<void> {
@@ -193,6 +207,7 @@ export class SqliteDriver extends DirectoryCacheDriver {
               lastModified: entry.mtime,
               size: entry.size,
               hits: 0,
+              fid: fileIdentity(entry),
             });
             adoptedFiles++;
           }
@@ -200,13 +215,6 @@ export class SqliteDriver extends DirectoryCacheDriver {
         })
         .immediate(),
     );
-  }
-
-  /** The verified digest stored at commit (`sha256:<hex>`, or md5 hex), if any. */
-  async getStoredChecksum(id: ImageId): Promise<string | undefined> {
-    this.guard(id);
-    const row = this.#run('read checksum', (s) => s.selectOne.get(id) as CachedImageRow | undefined);
-    return row?.checksum ?? undefined;
   }
 }
 

@@ -12,8 +12,17 @@ CREATE TABLE IF NOT EXISTS cached_images (
   last_modified REAL DEFAULT 0.0,
   size INTEGER DEFAULT 0,
   hits INTEGER DEFAULT 0,
-  checksum TEXT
+  checksum TEXT,
+  file_id TEXT
 )`;
+
+/**
+ * Our one column beyond Glance's: the identity (inode, size, mtime) of the file a
+ * row describes, so a file replaced under its id by another process does not
+ * inherit the old row's hits and digest. Glance names its columns in every
+ * statement, so it neither reads nor clears it; its rows have it NULL (trusted).
+ */
+export const ADD_FILE_ID_COLUMN = `ALTER TABLE cached_images ADD COLUMN file_id TEXT`;
 
 /** Serves `ORDER BY last_accessed, last_modified, image_id LIMIT n` without a full scan. */
 export const CREATE_LRU_INDEX = `
@@ -31,19 +40,30 @@ export interface CachedImageRow {
   size: number | null;
   hits: number | null;
   checksum: string | null;
+  file_id: string | null;
 }
 
+/** A row describes the file `@fid` (or was written by Glance, which records no identity). */
+const SAME_FILE = `(file_id IS NULL OR file_id = @fid)`;
+
 export const SQL = {
-  upsert: `INSERT INTO cached_images (image_id, last_accessed, last_modified, size, hits, checksum)
-           VALUES (@id, @time, @time, @size, 0, @checksum)
+  upsert: `INSERT INTO cached_images (image_id, last_accessed, last_modified, size, hits, checksum, file_id)
+           VALUES (@id, @time, @time, @size, 0, @checksum, @fid)
            ON CONFLICT (image_id) DO UPDATE SET
              last_accessed = excluded.last_accessed, last_modified = excluded.last_modified,
-             size = excluded.size, hits = 0, checksum = excluded.checksum`,
-  hit: `UPDATE cached_images SET hits = hits + 1, last_accessed = @time WHERE image_id = @id`,
-  insertIfMissing: `INSERT OR IGNORE INTO cached_images (image_id, last_accessed, last_modified, size, hits, checksum)
-                    VALUES (@id, @lastAccessed, @lastModified, @size, @hits, NULL)`,
-  selectOne: `SELECT image_id, last_accessed, last_modified, size, hits, checksum FROM cached_images WHERE image_id = ?`,
-  selectAll: `SELECT image_id, last_accessed, last_modified, size, hits, checksum FROM cached_images`,
+             size = excluded.size, hits = 0, checksum = excluded.checksum, file_id = excluded.file_id`,
+  // A row of a file since replaced starts over: this read is its first hit, and the old digest is dropped.
+  hit: `UPDATE cached_images SET
+          hits = CASE WHEN ${SAME_FILE} THEN hits + 1 ELSE 1 END,
+          last_modified = CASE WHEN ${SAME_FILE} THEN last_modified ELSE @mtime END,
+          checksum = CASE WHEN ${SAME_FILE} THEN checksum ELSE NULL END,
+          size = @size, last_accessed = @time, file_id = @fid
+        WHERE image_id = @id`,
+  insertIfMissing: `INSERT OR IGNORE INTO cached_images (image_id, last_accessed, last_modified, size, hits, checksum, file_id)
+                    VALUES (@id, @lastAccessed, @lastModified, @size, @hits, NULL, @fid)`,
+  selectOne: `SELECT image_id, last_accessed, last_modified, size, hits, checksum, file_id FROM cached_images WHERE image_id = ?`,
+  selectChecksum: `SELECT checksum, file_id FROM cached_images WHERE image_id = ?`,
+  selectAll: `SELECT image_id, last_accessed, last_modified, size, hits, checksum, file_id FROM cached_images`,
   selectIds: `SELECT image_id, size FROM cached_images`,
   deleteOne: `DELETE FROM cached_images WHERE image_id = ?`,
   deleteAll: `DELETE FROM cached_images`,

@@ -31,7 +31,7 @@ afterEach(async () => {
 });
 
 describe('schema', () => {
-  it("configure() creates Glance's cached_images table exactly, plus an LRU index, in WAL mode", async () => {
+  it("configure() creates Glance's cached_images table, plus our file_id column and an LRU index, in WAL mode", async () => {
     await driver();
     const db = new Database(join(dir, 'cache.db'), { readonly: true });
     try {
@@ -43,6 +43,7 @@ describe('schema', () => {
         ['size', 'INTEGER', '0', 0],
         ['hits', 'INTEGER', '0', 0],
         ['checksum', 'TEXT', null, 0],
+        ['file_id', 'TEXT', null, 0],
       ]);
       const plan = db
         .prepare('EXPLAIN QUERY PLAN SELECT image_id FROM cached_images ORDER BY last_accessed, last_modified, image_id LIMIT 1')

@@ -1,20 +1,21 @@
 import { randomBytes } from 'node:crypto';
 import { stat, unlink, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { getAttribute, setAttribute } from 'fs-xattr';
+import { getAttribute, removeAttribute, setAttribute } from 'fs-xattr';
+import { BadDriverConfigurationError, type DriverCapabilities, type ImageId } from '@cache/core';
 import {
-  BadDriverConfigurationError,
   DirectoryCacheDriver,
+  fileIdentity,
   isErrnoError,
   mapLimit,
   nsToSeconds,
+  sameFile,
   type CommitInfo,
   type DirectoryDriverOptions,
-  type DriverCapabilities,
+  type DriverSupports,
   type EntryStat,
-  type ImageId,
   type ImageMetadata,
-} from '@cache/core';
+} from '@cache/core/driver';
 import { MAX_ERROR_LENGTH, XATTR } from './xattr-names.js';
 
 /** Options of {@link XattrDriver}. */
@@ -59,6 +60,8 @@ const LIST_CONCURRENCY = 64;
 export class XattrDriver extends DirectoryCacheDriver {
   readonly name = DRIVER_NAME;
   override readonly capabilities: DriverCapabilities = { xattr: true, atime: false };
+  /** Attributes live on the file: shared by every process; digests kept; hits are read-modify-writes (best effort across processes). */
+  override readonly supports: DriverSupports = { persistent: true, storedChecksum: true, crossProcessHits: 'best-effort' };
   /** Per-id chains that serialize hit increments within this process. */
   readonly #hitChains = new Map<ImageId, Promise<void>>();
 
@@ -87,6 +90,7 @@ export class XattrDriver extends DirectoryCacheDriver {
     await setAttribute(incompletePath, XATTR.hits, '0');
     await setAttribute(incompletePath, XATTR.lastAccessed, secondsToNsText(info.time));
     await setAttribute(incompletePath, XATTR.committed, secondsToNsText(info.time));
+    await setAttribute(incompletePath, XATTR.file, info.identity);
     if (info.checksum !== undefined) await setAttribute(incompletePath, XATTR.checksum, info.checksum);
   }
 
@@ -100,9 +104,9 @@ export class XattrDriver extends DirectoryCacheDriver {
     });
   }
 
-  protected async recordHit(id: ImageId, time: number): Promise<void> {
+  protected async recordHit(id: ImageId, time: number, file: EntryStat): Promise<void> {
     const previous = this.#hitChains.get(id) ?? Promise.resolve();
-    const next = previous.then(() => this.#incrementHits(id, time));
+    const next = previous.then(() => this.#incrementHits(id, time, file));
     const settled = next.catch(() => undefined);
     this.#hitChains.set(id, settled);
     void settled.then(() => {
@@ -111,14 +115,26 @@ export class XattrDriver extends DirectoryCacheDriver {
     return next;
   }
 
-  async #incrementHits(id: ImageId, time: number): Promise<void> {
+  async #incrementHits(id: ImageId, time: number, file: EntryStat): Promise<void> {
     const path = this.dir.path(id, 'active');
     try {
-      // Three round trips instead of five: the two reads together (setting
+      // Three round trips instead of five: the reads together (setting
       // attributes does not change mtime), the count first, then the access time
       // in both places.
-      const [hits, { mtimeNs }] = await Promise.all([readCount(path), stat(path, { bigint: true })]);
-      await setAttribute(path, XATTR.hits, String(hits + 1));
+      const [hits, recordedFor, { mtimeNs }] = await Promise.all([
+        readCount(path),
+        readText(path, XATTR.file),
+        stat(path, { bigint: true }),
+      ]);
+      if (recordedFor !== undefined && !sameFile(recordedFor, file)) {
+        // The file was rewritten in place by someone else: its old count and digest are not its own.
+        await removeAttribute(path, XATTR.checksum).catch(ignoreMissing);
+        await setAttribute(path, XATTR.file, fileIdentity(file));
+        await setAttribute(path, XATTR.committed, nsText(file.mtimeNs));
+        await setAttribute(path, XATTR.hits, '1');
+      } else {
+        await setAttribute(path, XATTR.hits, String(hits + 1));
+      }
       // Keep atime in step for Glance, which ranks by atime; leave mtime (the commit time) as it is.
       await Promise.all([
         setAttribute(path, XATTR.lastAccessed, secondsToNsText(time)),
@@ -133,11 +149,13 @@ export class XattrDriver extends DirectoryCacheDriver {
   protected async readMetadata(entries: readonly EntryStat[]): Promise<Map<ImageId, ImageMetadata>> {
     const records = await mapLimit(entries, LIST_CONCURRENCY, async (entry) => {
       const path = this.dir.path(entry.imageId, 'active');
-      const [hits, accessed, committed] = await Promise.all([
+      const [hits, accessed, committed, recordedFor] = await Promise.all([
         readCount(path),
         readText(path, XATTR.lastAccessed).then(parseNs),
         readText(path, XATTR.committed).then(parseNs),
+        readText(path, XATTR.file),
       ]);
+      if (recordedFor !== undefined && !sameFile(recordedFor, entry)) return undefined;
       return [
         entry.imageId,
         {
@@ -147,12 +165,20 @@ export class XattrDriver extends DirectoryCacheDriver {
         },
       ] as const;
     });
-    return new Map(records);
+    return new Map(records.filter((record) => record !== undefined));
   }
 
-  /** Only `user.hits`: one attribute read instead of the three a listing needs. */
+  /** `user.hits` and the identity it belongs to: two attribute reads instead of the four a listing needs. */
   protected override async readHitCount(entry: EntryStat): Promise<number> {
-    return readCount(this.dir.path(entry.imageId, 'active'));
+    const path = this.dir.path(entry.imageId, 'active');
+    const [hits, recordedFor] = await Promise.all([readCount(path), readText(path, XATTR.file)]);
+    return recordedFor === undefined || sameFile(recordedFor, entry) ? hits : 0;
+  }
+
+  protected override async readStoredChecksum(entry: EntryStat): Promise<Pick<ImageMetadata, 'checksum'> | undefined> {
+    const path = this.dir.path(entry.imageId, 'active');
+    const [checksum, recordedFor] = await Promise.all([readText(path, XATTR.checksum), readText(path, XATTR.file)]);
+    return recordedFor === undefined || sameFile(recordedFor, entry) ? { checksum } : undefined;
   }
 
   /** Metadata lives on the file: deleting the file deleted it. */
@@ -172,12 +198,6 @@ export class XattrDriver extends DirectoryCacheDriver {
     });
     return { orphanRecords: 0, adoptedFiles: adopted.reduce<number>((sum, n) => sum + n, 0) };
   }
-
-  /** The verified digest stored at commit (`sha256:<hex>`, or md5 hex), if any. */
-  async getStoredChecksum(id: ImageId): Promise<string | undefined> {
-    this.guard(id);
-    return readText(this.dir.path(id, 'active'), XATTR.checksum);
-  }
 }
 
 /** An attribute's text, or `undefined` when the file or the attribute is missing. */
@@ -195,6 +215,14 @@ async function readCount(path: string): Promise<number> {
   const text = await readText(path, XATTR.hits);
   const value = text === undefined ? 0 : Number.parseInt(text, 10);
   return Number.isSafeInteger(value) && value >= 0 ? value : 0;
+}
+
+function ignoreMissing(error: unknown): void {
+  if (!isErrnoError(error, 'ENODATA', 'ENOATTR', 'ENOENT')) throw error;
+}
+
+function nsText(ns: bigint): string {
+  return ns.toString();
 }
 
 function secondsToNsText(seconds: number): string {

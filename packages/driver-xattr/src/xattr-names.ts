@@ -19,6 +19,13 @@ export const XATTR = {
   committed: 'user.image_cache.committed_ns',
   /** Verified digest stored at commit: `sha256:<hex>` or md5 hex (ours). */
   checksum: 'user.image_cache.checksum',
+  /**
+   * The file the metadata was written for: `<inode>:<size>:<mtime ns>` at
+   * commit (ours). A file rewritten in place by another process keeps its
+   * attributes but not its mtime and size, so stale hits and digests are
+   * recognised and ignored.
+   */
+  file: 'user.image_cache.file',
   /** Set on the configure-time probe file only. */
   probe: 'user.image_cache.probe',
 } as const;

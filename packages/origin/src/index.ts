@@ -12,7 +12,8 @@ import { join, resolve } from 'node:path';
 import { Readable, Transform, type TransformCallback } from 'node:stream';
 import type { ReadableStream as WebReadableStream } from 'node:stream/web';
 import { fileURLToPath } from 'node:url';
-import { InvalidArgumentError, OriginError, assertImageId, isErrnoError, type ImageId } from '@cache/core';
+import { InvalidArgumentError, OriginError, assertImageId, type ImageId } from '@cache/core';
+import { isErrnoError } from '@cache/core/driver';
 
 export { OriginError } from '@cache/core';
 

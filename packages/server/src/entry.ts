@@ -1,6 +1,7 @@
 import type { BigIntStats } from 'node:fs';
 import { lstat } from 'node:fs/promises';
-import { isErrnoError, parseStoredChecksum, storageError, type ImageCache, type ImageId } from '@cache/core';
+import { parseStoredChecksum, type ImageCache, type ImageId } from '@cache/core';
+import { isErrnoError, storageError } from '@cache/core/driver';
 
 /** What the server knows about an active entry before it sends it. */
 export interface EntryInfo {

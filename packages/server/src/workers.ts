@@ -1,6 +1,7 @@
 import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { CachingStream, OriginError, mapLimit, type CleanReport, type ImageCache, type ImageId, type PruneResult } from '@cache/core';
+import { CachingStream, OriginError, type CleanReport, type ImageCache, type ImageId, type PruneResult } from '@cache/core';
+import { mapLimit } from '@cache/core/driver';
 import type { Origin } from '@cache/origin';
 import type { PrefetchOutcome, ServerMetrics, WorkerName } from './metrics.js';
 

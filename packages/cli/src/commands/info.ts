@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
-import { CacheDirectory, type ImageCache, type ImageId } from '@cache/core';
+import { type ImageCache, type ImageId } from '@cache/core';
+import { CacheDirectory } from '@cache/core/driver';
 import { CliErrorCodes, operationalError } from '../errors.js';
 import { readStoredChecksum } from '../open-cache.js';
 import { formatSize, formatTime } from '../units.js';

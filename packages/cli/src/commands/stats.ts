@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
-import { CacheDirectory, type ImageCache } from '@cache/core';
+import { type ImageCache } from '@cache/core';
+import { CacheDirectory } from '@cache/core/driver';
 import type { ResolvedConfig } from '../config.js';
 import { formatSize, formatTime } from '../units.js';
 import type { RegisterCommand } from './types.js';

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { mapLimit } from '@cache/core';
+import { mapLimit } from '@cache/core/driver';
 import { uniqueIds } from '../context.js';
 import { verifyEntry, type VerifyResult } from '../verify/verify-entry.js';
 import type { RegisterCommand } from './types.js';

@@ -1,13 +1,6 @@
 import pRetry from 'p-retry';
-import {
-  CacheError,
-  ChecksumMismatchError,
-  OriginError,
-  mapLimit,
-  type ImageCache,
-  type ImageId,
-  type NormalizedChecksum,
-} from '@cache/core';
+import { CacheError, ChecksumMismatchError, OriginError, type ImageCache, type ImageId, type NormalizedChecksum } from '@cache/core';
+import { mapLimit } from '@cache/core/driver';
 import type { Origin } from '@cache/origin';
 import { codeOf } from '../errors.js';
 import type { ProgressReporter } from './progress.js';

@@ -1,14 +1,8 @@
 import { createReadStream } from 'node:fs';
 import { rename } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
-import {
-  createChecksumHash,
-  formatChecksum,
-  isErrnoError,
-  parseStoredChecksum,
-  type ImageCache,
-  type ImageId,
-} from '@cache/core';
+import { createChecksumHash, formatChecksum, parseStoredChecksum, type ImageCache, type ImageId } from '@cache/core';
+import { isErrnoError } from '@cache/core/driver';
 import { readStoredChecksum } from '../open-cache.js';
 
 /** How one entry's verification ended. */

@@ -1,15 +1,8 @@
 import { constants as fsConstants, createReadStream } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
-import {
-  CacheStorageError,
-  CachingStream,
-  ImageNotCachedError,
-  assertImageId,
-  isErrnoError,
-  storageError,
-  type ImageId,
-} from '@cache/core';
+import { CacheStorageError, CachingStream, ImageNotCachedError, assertImageId, type ImageId } from '@cache/core';
+import { isErrnoError, storageError } from '@cache/core/driver';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import parseRange from 'range-parser';
 import type { ServerContext } from '../context.js';

@@ -7,7 +7,7 @@ import { BadDriverConfigurationError, ImageCache, SUBDIRECTORIES, type CacheDriv
 import { CREATE_LRU_INDEX, CREATE_TABLE, SqliteDriver } from '@cache/driver-sqlite';
 import { XATTR, XattrDriver } from '@cache/driver-xattr';
 import { defaultNodeId, PostgresDriver } from '@cache/driver-postgres';
-import type { TestPostgres, TestPostgresClient } from '@cache/driver-postgres/testing';
+import type { TestPostgres, TestPostgresClient } from '@cache/postgres-testing';
 
 /** The drivers of figures 1-3, 6 and 7 (local metadata). */
 export const DRIVERS = ['sqlite', 'xattr'] as const;

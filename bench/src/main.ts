@@ -1,7 +1,7 @@
 /**
  * `pnpm bench`: sets up the filesystems (see mounts.ts) and, for the
  * postgres figures, one throwaway PostgreSQL server
- * (`@cache/driver-postgres/testing`), runs the benchmarks in a child process
+ * (`@cache/postgres-testing`), runs the benchmarks in a child process
  * (dist/run.js) and tears everything down when the child ends, fails,
  * crashes, or this process is stopped with Ctrl-C / SIGTERM / SIGHUP.
  * Running the measurements in a child keeps the mounts removable (no open
@@ -17,7 +17,7 @@ import {
   startTestPostgres,
   TestPostgresUnavailableError,
   type TestPostgres,
-} from '@cache/driver-postgres/testing';
+} from '@cache/postgres-testing';
 import { PG_PREFIX, setUpWorkspace } from './mounts.js';
 import { BENCH_DIR, parseOptions, POSTGRES_FIGURES, USAGE, type BenchOptions } from './options.js';
 import type { BenchPostgresConfig, RunConfig } from './run.js';

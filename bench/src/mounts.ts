@@ -11,7 +11,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { removeTestPostgresSync } from '@cache/driver-postgres/testing';
+import { removeTestPostgresSync } from '@cache/postgres-testing';
 import type { FsTarget } from './options.js';
 
 const PREFIX = 'cache-bench.';

@@ -184,7 +184,7 @@ export function toMarkdown(results: Results): string {
     } else {
       const pg = env.postgres;
       lines.push(
-        `PostgreSQL ${pg.version} (\`@cache/driver-postgres/testing\`: one throwaway server on 127.0.0.1 for the run, data directory on ` +
+        `PostgreSQL ${pg.version} (\`@cache/postgres-testing\`: one throwaway server on 127.0.0.1 for the run, data directory on ` +
           `${pg.dataDirectory.fstype} whatever the filesystem measured), ${Object.entries(pg.settings).map(([k, v]) => `\`${k}=${v}\``).join(', ')}.`,
       );
     }

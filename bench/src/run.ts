@@ -5,7 +5,7 @@
  */
 import { statfs } from 'node:fs/promises';
 import { cpus, loadavg, release, totalmem } from 'node:os';
-import { attachTestPostgres, type TestPostgres, type TestPostgresHandle } from '@cache/driver-postgres/testing';
+import { attachTestPostgres, type TestPostgres, type TestPostgresHandle } from '@cache/postgres-testing';
 import { ignoreProcessTree, machineNoise } from './measure.js';
 import { describeFs } from './mounts.js';
 import { POSTGRES_FIGURES, sizesFor, type FsTarget, type Sizes } from './options.js';

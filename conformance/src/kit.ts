@@ -1,6 +1,6 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { CacheDriver } from '@cache/core';
+import type { CacheDriver, DriverSupports } from '@cache/core';
 import { afterEach, beforeEach, it } from 'vitest';
 import { dumpTree } from './helpers.js';
 import type { FilesystemProbe } from './probes.js';
@@ -41,12 +41,15 @@ export interface ConformanceKit {
   readonly fs: TestFilesystem;
   /** What the probes found on it. */
   readonly probe: FilesystemProbe;
-  /**
-   * Whether the driver's metadata is shared by every driver instance on one
-   * directory and survives `close()` (false for a per-instance store such as
-   * `MemoryDriver`).
-   */
+  /** The driver's manifest, as it declares it (`driver.supports`). */
+  readonly supports: DriverSupports;
+  /** Shorthand for `supports.persistent`. */
   readonly persistent: boolean;
+  /**
+   * The module other processes load the driver from (see
+   * `DriverConformanceOptions.driverModule`), as a URL string, or undefined.
+   */
+  readonly driverModule: string | undefined;
   /** Registers one case; title it with the call, e.g. `"openForWrite(id) rejects a second writer ..."`. */
   it(title: string, fn: CaseFn): void;
   /** Registers a case that cannot apply to this driver as skipped, with the reason in its title. */
@@ -57,6 +60,8 @@ export interface ConformanceKit {
 export interface CaseGroup {
   /** Title of the group's `describe` block. */
   readonly name: string;
+  /** What the group checks, in a sentence or a few (the kit's README table is generated from these). */
+  readonly description?: string;
   /** Registers the group's cases. */
   readonly register: (kit: ConformanceKit) => void;
 }
@@ -86,7 +91,8 @@ export function createRunKit(options: {
   fs: TestFilesystem;
   probe: FilesystemProbe;
   configure: boolean;
-  persistent?: boolean;
+  supports: DriverSupports;
+  driverModule?: string | undefined;
 }): ConformanceKit {
   const states = new WeakMap<object, CaseState>();
   const prefix = join(options.fs.root, `${safeName(options.name)}-${options.fs.name}-`);
@@ -131,7 +137,9 @@ export function createRunKit(options: {
     name: options.name,
     fs: options.fs,
     probe: options.probe,
-    persistent: options.persistent ?? true,
+    supports: options.supports,
+    persistent: options.supports.persistent,
+    driverModule: options.driverModule,
     skip: skipCase,
     it(title, fn) {
       it(title, async (context) => {
@@ -148,13 +156,24 @@ function skipCase(title: string, reason: string): void {
 }
 
 /** A kit whose cases are all registered as skipped, with `reason` at the end of each title. */
-export function createSkipKit(options: { name: string; fs: TestFilesystem; probe: FilesystemProbe; reason: string }): ConformanceKit {
+export function createSkipKit(options: {
+  name: string;
+  fs: TestFilesystem;
+  probe: FilesystemProbe;
+  reason: string;
+  supports: DriverSupports;
+  driverModule?: string | undefined;
+}): ConformanceKit {
   return {
     name: options.name,
     fs: options.fs,
     probe: options.probe,
-    persistent: true,
-    skip: skipCase,
+    supports: options.supports,
+    persistent: options.supports.persistent,
+    driverModule: options.driverModule,
+    skip(title) {
+      skipCase(title, options.reason);
+    },
     it(title) {
       skipCase(title, options.reason);
     },

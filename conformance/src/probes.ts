@@ -52,15 +52,20 @@ interface XattrModule {
 /**
  * Probes whether `root` keeps `user.*` extended attributes: creates a uniquely
  * named file under it, sets {@link XATTR_PROBE_ATTRIBUTE} with `fs-xattr`,
- * reads it back, and always deletes the file. When `fs-xattr` cannot be loaded
- * the capability is reported missing with that reason.
+ * reads it back, and always deletes the file. `fs-xattr` is an optional
+ * dependency of the kit, loaded here on first use: when it is not installed
+ * (or its native addon did not build) the capability is reported missing with
+ * that reason, and the cases that need user xattrs are skipped.
  */
 export async function probeXattr(root: string): Promise<CapabilityProbe> {
   let xattr: XattrModule;
   try {
     xattr = (await import('fs-xattr')) as XattrModule;
   } catch (error) {
-    return { supported: false, reason: `cannot be probed for user xattrs: fs-xattr could not be loaded (${errorText(error)})` };
+    return {
+      supported: false,
+      reason: `cannot be probed for user xattrs: fs-xattr could not be loaded: ${errorText(error)}; install it to probe user xattrs (npm install fs-xattr)`,
+    };
   }
   const path = probePath(root, 'xattr');
   try {

@@ -11,9 +11,10 @@ import {
   type CapabilityProbe,
 } from '../src/index.js';
 
-/** A reference driver that needs strictatime and refuses to configure without it. */
+/** A reference driver that needs strictatime, declares it, and refuses to configure without it. */
 class AtimeReferenceDriver extends MemoryDriver {
   override readonly name: string = 'atime-reference';
+  override readonly capabilities = { xattr: false, atime: true };
   constructor(options: DirectoryDriverOptions) {
     super(options);
   }
@@ -25,14 +26,10 @@ class AtimeReferenceDriver extends MemoryDriver {
   }
 }
 
-/** The same, declaring the need on the driver itself instead of through `requires`. */
-class DeclaredAtimeReferenceDriver extends AtimeReferenceDriver {
-  override readonly capabilities = { xattr: false, atime: true };
-}
-
 /** A reference driver that needs user xattrs and refuses without them. */
 class XattrReferenceDriver extends MemoryDriver {
   override readonly name: string = 'xattr-reference';
+  override readonly capabilities = { xattr: true, atime: false };
   constructor(options: DirectoryDriverOptions) {
     super(options);
   }
@@ -42,24 +39,15 @@ class XattrReferenceDriver extends MemoryDriver {
   }
 }
 
+// Both build on MemoryDriver, whose metadata is per instance (supports.persistent: false).
 describeDriverConformance({
   name: 'needs-atime',
   create: (dir) => new AtimeReferenceDriver({ cacheDir: dir }),
-  requires: { atime: true },
-  persistent: false, // MemoryDriver's metadata is per instance
-});
-
-describeDriverConformance({
-  name: 'declares-atime',
-  create: (dir) => new DeclaredAtimeReferenceDriver({ cacheDir: dir }),
-  persistent: false,
 });
 
 describeDriverConformance({
   name: 'needs-xattr',
   create: (dir) => new XattrReferenceDriver({ cacheDir: dir }),
-  requires: { xattr: true },
-  persistent: false,
   groups: [listingCases, readCases],
 });
 
@@ -91,11 +79,12 @@ async function checkPlan(
     const found = await probe(fs.root);
     if (found.supported) {
       expect(all.length).toBeGreaterThan(0);
-      // Every case runs, except those that do not apply to a per-instance store (persistent: false).
+      // Every case runs, except those that do not apply to a per-instance store (supports.persistent: false).
       const ran = (t: TaskLike) => t.mode === 'run' && t.result?.state !== undefined && t.result.state !== 'skip';
-      const notApplicable = (t: TaskLike) => t.mode === 'skip' && t.name.endsWith('[skipped: the driver keeps metadata per instance (persistent: false)]');
+      const notApplicable = (t: TaskLike) =>
+        t.mode === 'skip' && t.name.endsWith('[skipped: the driver keeps metadata per instance (supports.persistent: false)]');
       expect(all.every((t) => ran(t) || notApplicable(t)), `${suiteName} runs every case`).toBe(true);
-      expect(all.filter(notApplicable).length).toBeLessThanOrEqual(1);
+      expect(all.filter(notApplicable).length).toBeLessThanOrEqual(8);
       expect(all.some((t) => t.name.startsWith('configure() rejects with BadDriverConfigurationError: the driver needs'))).toBe(false);
       continue;
     }
@@ -111,15 +100,20 @@ async function checkPlan(
 }
 
 describe('capability gating', () => {
-  it('a driver that requires atime refuses on a filesystem without strictatime; every other case is skipped with the reason', async (context) => {
+  it('a driver that declares capabilities.atime refuses on a filesystem without strictatime; every other case is skipped with the reason', async (context) => {
     await checkPlan(context.task.file as unknown as TaskLike, 'needs-atime driver conformance', 'atime', probeAtime);
   });
 
-  it('a need declared on driver.capabilities gates the cases like requires does', async (context) => {
-    await checkPlan(context.task.file as unknown as TaskLike, 'declares-atime driver conformance', 'atime', probeAtime);
+  it('describeDriverConformance() rejects the old `requires` and `persistent` options, naming where they moved', () => {
+    expect(() => describeDriverConformance({ name: 'old', create: (dir: string) => new MemoryDriver({ cacheDir: dir }), requires: { xattr: true } } as never)).toThrow(
+      /requires.*moved to the driver.*capabilities/,
+    );
+    expect(() => describeDriverConformance({ name: 'old', create: (dir: string) => new MemoryDriver({ cacheDir: dir }), persistent: true } as never)).toThrow(
+      /persistent.*moved to the driver.*supports/,
+    );
   });
 
-  it('a driver that requires xattr runs every case where user xattrs work, and refuses where they do not', async (context) => {
+  it('a driver that declares capabilities.xattr runs every case where user xattrs work, and refuses where they do not', async (context) => {
     await checkPlan(context.task.file as unknown as TaskLike, 'needs-xattr driver conformance', 'xattr', probeXattr);
   });
 });

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
-import { startTestPostgres, TestPostgresUnavailableError, type TestPostgres } from '@cache/driver-postgres/testing';
+import { startTestPostgres, TestPostgresUnavailableError, type TestPostgres } from '@cache/postgres-testing';
 
 const run = promisify(execFile);
 const here = join(import.meta.dirname, '..');
@@ -61,6 +61,16 @@ describe('README examples run as written', () => {
     const stdout = await runExample(readme);
     for (const pattern of expected) expect(stdout).toMatch(pattern);
   });
+
+  // It starts a throwaway server of its own: run it only where this file could start one.
+  const testingTitle = 'packages/postgres-testing/README.md';
+  if (postgres === undefined) {
+    it.skip(`${testingTitle} [skipped: ${postgresUnavailable}]`, () => undefined);
+  } else {
+    it(testingTitle, async () => {
+      expect(await runExample(testingTitle)).toBe('[ { one: 1 } ]\ntrue\n[ { sum: 42 } ]\n1\n');
+    });
+  }
 
   const postgresTitle = 'packages/driver-postgres/README.md, against a fresh database (DATABASE_URL)';
   if (postgres === undefined) {

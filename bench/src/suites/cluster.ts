@@ -14,7 +14,7 @@ import { randomInt, randomUUID } from 'node:crypto';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PostgresDriver } from '@cache/driver-postgres';
-import type { TestPostgresClient } from '@cache/driver-postgres/testing';
+import type { TestPostgresClient } from '@cache/postgres-testing';
 import { createBenchDatabase, insertPostgresRows, type BenchDatabase, type PostgresRow } from '../drivers.js';
 import { collectGarbage, median, timedRun } from '../measure.js';
 import { countLabel, figure } from '../report.js';

@@ -15,7 +15,7 @@ import { getAttribute } from 'fs-xattr';
 import { Bench } from 'tinybench';
 import type { ImageCache } from '@cache/core';
 import { defaultNodeId } from '@cache/driver-postgres';
-import type { TestPostgresClient } from '@cache/driver-postgres/testing';
+import type { TestPostgresClient } from '@cache/postgres-testing';
 import { XATTR } from '@cache/driver-xattr';
 import { createBenchDatabase, dbPathOf, DRIVERS, openCache, type BenchDatabase, type DriverName } from '../drivers.js';
 import { collectGarbage, makeChunk, NullSink, waitForQuiet } from '../measure.js';

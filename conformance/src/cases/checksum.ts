@@ -26,6 +26,8 @@ function source(data: Buffer): Readable {
  */
 export const checksumCases: CaseGroup = {
   name: 'checksum and caching stream (ImageCache facade)',
+  description:
+    '`cacheImage` with sha256 or md5 commits. A wrong digest rejects with `CACHE_CHECKSUM_MISMATCH` and, by then, the file is in `invalid/`. `getCachingStream` gives every byte and commits by `end`. A wrong checksum delivers all bytes, then the mismatch error, and puts the entry in `invalid/`. A failing source errors the client (never a clean end). A client that stops early causes a rollback. A concurrent writer or an already cached id leaves the client stream intact.',
   register(kit) {
     kit.it('ImageCache.cacheImage(id, stream, { checksum: sha256 }) commits the verified bytes', async ({ driver, dir }) => {
       const data = makeBytes(SIZE, 21);

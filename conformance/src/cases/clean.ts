@@ -26,6 +26,8 @@ async function stalledFile(dir: string, id: string, ageSeconds: number): Promise
  */
 export const cleanCases: CaseGroup = {
   name: 'clean',
+  description:
+    'Every `invalid/` file is removed and counted. `incomplete/` files older than the stall time are removed and younger ones kept. The default stall time is one day. `clean(0)` removes all incomplete files except one that a live writer of this process owns, and that writer still commits (also when its file is older than the stall time). A negative or NaN stall time is rejected with `CACHE_INVALID_ARGUMENT`. Active entries and the queue are untouched; a queue marker of a cached image is removed.',
   register(kit) {
     kit.it('clean() removes every file in invalid/ and reports how many', async ({ driver, dir }) => {
       for (const id of ['f1', 'f2']) {

@@ -73,10 +73,17 @@ export function nowSeconds(): number {
   return Date.now() / 1000;
 }
 
-/** Asserts `value` is an epoch-seconds number within `slack` seconds of now. */
-export function expectRecentEpochSeconds(value: unknown, what: string, slack = 30): void {
+/**
+ * Asserts `value` is an epoch-seconds number taken between the clock reads
+ * `from` and `to` (made before and after the thing happened), give or take
+ * one second for drivers that keep whole seconds or take times from the
+ * filesystem's coarser clock. No tolerance on elapsed time: a loaded machine
+ * only widens the bracket.
+ */
+export function expectEpochSecondsBetween(value: unknown, what: string, from: number, to: number): void {
   expect(typeof value, `${what} must be a number (epoch seconds)`).toBe('number');
   const n = value as number;
   expect(Number.isFinite(n), `${what} must be finite`).toBe(true);
-  expect(Math.abs(n - nowSeconds()), `${what} = ${n} must be epoch seconds within ${slack}s of now`).toBeLessThan(slack);
+  expect(n, `${what} = ${n} must be epoch seconds, not before the clock read ${from} made before it happened`).toBeGreaterThanOrEqual(from - 1);
+  expect(n, `${what} = ${n} must be epoch seconds, not after the clock read ${to} made after it happened`).toBeLessThanOrEqual(to + 1);
 }

@@ -85,6 +85,8 @@ const UNUSUAL_VALID_IDS = [
  */
 export const imageIdCases: CaseGroup = {
   name: 'image ids',
+  description:
+    'One case per hostile id: `\'\'`, `.`, `..`, `../x`, `../../escape`, `/abs/path`, `a/b`, `a\\b`, `a\\0b`, `.hidden`, 256-byte ids (ASCII and `é`), `incomplete`, `invalid`, `queue`, `INCOMPLETE`, `cache.db`, `Cache.DB`, `cache.db-wal/-shm/-journal`, a lone surrogate, `42`, `null`, `undefined`, and an object whose `toString()` is valid. Each id-taking method must reject with `CACHE_INVALID_IMAGE_ID`, and the recursive tree (including the parent that `..` reaches) must be unchanged. 255-byte ids and unusual valid ids work end to end.',
   register(kit) {
     for (const [label, id] of HOSTILE_IDS) {
       kit.it(`isCached(id) and every other id-taking method reject ${label} with InvalidImageIdError and touch nothing`, async ({ dir, create }) => {

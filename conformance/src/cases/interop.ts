@@ -42,6 +42,8 @@ async function queueFromAnotherProcess(dir: string, ids: string[]): Promise<void
  */
 export const interopCases: CaseGroup = {
   name: 'other writers and coarse clocks',
+  description:
+    'Real deployments: a file another process committed Glance-style (no metadata) is listed, read, counted and pruned; queue markers another process created come back oldest first; a second driver instance on the same directory sees the first one\'s commits, hits and deletes; reads and commits made back to back, within one clock tick, keep their order in LRU, whatever the ids and sizes.',
   register(kit) {
     kit.it('getCachedImages() lists a file another process committed without metadata; it reads, counts hits and prunes', async ({ driver, dir }) => {
       await writeImage(driver, 'ours', makeBytes(100));
@@ -71,7 +73,7 @@ export const interopCases: CaseGroup = {
     });
 
     const shared = "getCachedImages() of a second driver instance on the same directory sees the first one's commits and hits";
-    if (!kit.persistent) kit.skip(shared, 'the driver keeps metadata per instance (persistent: false)');
+    if (!kit.persistent) kit.skip(shared, 'the driver keeps metadata per instance (supports.persistent: false)');
     else kit.it(shared, async ({ driver, dir, create }) => {
       const other = await create(dir);
       await other.configure();

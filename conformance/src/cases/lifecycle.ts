@@ -1,4 +1,6 @@
-import { mkdir, stat, writeFile } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { chmod, mkdir, stat, writeFile } from 'node:fs/promises';
+import { promisify } from 'node:util';
 import { join } from 'node:path';
 import type { CacheDriver } from '@cache/core';
 import { expect } from 'vitest';
@@ -6,6 +8,34 @@ import { makeBytes, readImage, snapshotTree, writeImage } from '../helpers.js';
 import type { CaseGroup } from '../kit.js';
 import { verifyCacheDir } from '../verify.js';
 import { ErrorCodes, expectRejects, listedIds } from './common.js';
+
+const run = promisify(execFile);
+
+/**
+ * Makes `dir` unwritable for this process: `chmod 0555` for an ordinary
+ * user; as root, who ignores modes, a read-only bind mount of the directory
+ * on itself (writes then fail with EROFS). Returns how, and the undo.
+ */
+async function makeUnwritable(dir: string): Promise<{ how: string; undo: () => Promise<void> }> {
+  if (process.getuid?.() !== 0) {
+    const subs = ['incomplete', 'invalid', 'queue'].map((sub) => join(dir, sub));
+    for (const path of [...subs, dir]) await chmod(path, 0o555);
+    return {
+      how: 'chmod 0555',
+      undo: async () => {
+        for (const path of [dir, ...subs]) await chmod(path, 0o755);
+      },
+    };
+  }
+  try {
+    await run('mount', ['--bind', dir, dir]);
+    await run('mount', ['-o', 'remount,bind,ro', dir]);
+  } catch (error) {
+    await run('umount', [dir]).catch(() => undefined);
+    throw new Error(`as root, the kit makes a directory unwritable with a read-only bind mount, which failed: ${(error as Error).message}`);
+  }
+  return { how: 'read-only bind mount (root)', undo: () => run('umount', [dir]).then(() => undefined) };
+}
 
 /** Every async method of the contract, called with valid arguments. */
 const CALLS: readonly [string, (driver: CacheDriver) => Promise<unknown>][] = [
@@ -43,6 +73,8 @@ function discard(value: unknown): void {
  */
 export const lifecycleCases: CaseGroup = {
   name: 'lifecycle and empty cache',
+  description:
+    'Empty cache: `isCached`/`isBeingCached`/`isQueued` false, `isCacheable` true, empty listings, size 0, LRA `null`, `deleteAll*` return 0, `clean()` reports zeros. `configure()` creates the layout (also for a missing dir), refuses when the dir or `incomplete/` is a file, and may be called twice. `close()` may be called twice. A second driver on the same dir sees the entries. Each async method rejects with `CACHE_DRIVER_NOT_OPEN` after `close()` and before `configure()`, without touching the disk.',
   register(kit) {
     kit.it('isCached/isBeingCached/isQueued(id) are false and isCacheable(id) is true on an empty cache', async ({ driver }) => {
       expect(await driver.isCached('a')).toBe(false);
@@ -103,6 +135,21 @@ export const lifecycleCases: CaseGroup = {
       await writeFile(join(base, 'incomplete'), 'not a directory');
       const driver = await create(base);
       await expectRejects(driver.configure(), ErrorCodes.BAD_DRIVER_CONFIGURATION, 'configure() with incomplete/ a file');
+    });
+
+    kit.it('configure() rejects with BadDriverConfigurationError on a cache directory the process cannot write, and leaves it as it was', async ({ dir, create }) => {
+      const target = join(dir, 'read-only');
+      for (const sub of ['', 'incomplete', 'invalid', 'queue']) await mkdir(join(target, sub), { recursive: true });
+      const before = await snapshotTree(target);
+      const unlock = await makeUnwritable(target);
+      try {
+        const driver = await create(target);
+        await expectRejects(driver.configure(), ErrorCodes.BAD_DRIVER_CONFIGURATION, `configure() on an unwritable directory (${unlock.how})`);
+        await expectRejects(driver.isCached('a'), ErrorCodes.DRIVER_NOT_OPEN, 'a driver that refused to configure is not open');
+      } finally {
+        await unlock.undo();
+      }
+      expect(await snapshotTree(target), 'the refusal wrote nothing').toEqual(before);
     });
 
     kit.it('configure() twice is fine and keeps the entries', async ({ driver }) => {

@@ -5,7 +5,7 @@ import { expect } from 'vitest';
 import { isRegularFile, listNames, makeBytes, readImage, snapshotTree, writeImage } from '../helpers.js';
 import type { CaseGroup } from '../kit.js';
 import { verifyCacheDir } from '../verify.js';
-import { ErrorCodes, expectFails, expectRecentEpochSeconds, expectRejects, layout, listedIds } from './common.js';
+import { ErrorCodes, expectFails, expectEpochSecondsBetween, expectRejects, layout, listedIds, nowSeconds } from './common.js';
 
 /** Entries of different sizes, committed in an order that is not the id order. */
 const ENTRIES: readonly [string, number][] = [
@@ -56,17 +56,21 @@ const JUNK = ['cache.db', 'cache.db-wal', '.lock', '.probe-x', 'subdir', 'link',
  */
 export const listingCases: CaseGroup = {
   name: 'listing',
+  description:
+    'Several entries of different sizes (0 B to 300 KB). `getCachedImages()` is sorted by id, with exactly `{imageId, hits, lastAccessed, lastModified, size}` and epoch-second times. `getCacheSize()` is the sum of the sizes, and `getImageSize()` matches the files. `getImageFilepath()` is a synchronous path join with no I/O. `cache.db*`, dot-files, sub-directories and symlinks are not listed, counted, read through or deleted.',
   register(kit) {
     kit.it('getCachedImages() lists every entry sorted by id with exactly {imageId, hits, lastAccessed, lastModified, size}', async ({ driver, dir }) => {
+      const from = nowSeconds();
       const data = await populate(driver);
       const images = await driver.getCachedImages();
+      const to = nowSeconds();
       expect(images.map((image) => image.imageId)).toEqual([...data.keys()].sort());
       for (const image of images) {
         expect(Object.keys(image).sort(), `keys of ${image.imageId}`).toEqual(['hits', 'imageId', 'lastAccessed', 'lastModified', 'size']);
         expect(image.size, `size of ${image.imageId}`).toBe(data.get(image.imageId)?.length);
         expect(image.hits, `hits of ${image.imageId}`).toBe(0);
-        expectRecentEpochSeconds(image.lastAccessed, `lastAccessed of ${image.imageId}`);
-        expectRecentEpochSeconds(image.lastModified, `lastModified of ${image.imageId}`);
+        expectEpochSecondsBetween(image.lastAccessed, `lastAccessed of ${image.imageId}`, from, to);
+        expectEpochSecondsBetween(image.lastModified, `lastModified of ${image.imageId}`, from, to);
         expect(image.lastAccessed, 'a fresh entry counts as accessed at its commit').toBeGreaterThanOrEqual(image.lastModified);
       }
       expect(await verifyCacheDir(dir, { driver })).toEqual([]);

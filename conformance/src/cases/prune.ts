@@ -21,6 +21,8 @@ async function commitEleven(driver: CacheDriver): Promise<void> {
  */
 export const pruneCases: CaseGroup = {
   name: 'prune (ImageCache facade)',
+  description:
+    'Through `ImageCache.open({ driver, maxSize })`: eleven 1 KiB entries at 5 KiB prune to `{files: 6, bytes: 6144}`, evicting the six least recently accessed. A recently read entry survives. `maxSize: 0` empties the cache and stops. An empty cache, or one exactly at the budget, returns zeros. `incomplete/`, `invalid/` and `queue/` are left alone.',
   register(kit) {
     kit.it('ImageCache.prune() evicts the six least recently accessed of eleven 1 KiB entries at maxSize 5 KiB', async ({ driver, dir }) => {
       await commitEleven(driver);

@@ -15,6 +15,8 @@ const SHUFFLED = Array.from({ length: 100 }, (_, i) => `id-${String((i * 37 + 11
  */
 export const queueCases: CaseGroup = {
   name: 'queue',
+  description:
+    '`queueImage` returns true once, then false. The marker is an empty file. The queue is FIFO for `z, a, m` and for 100 ids queued back to back. Cached ids and ids being written are not queued. `deleteQueuedImage` and `deleteAllQueuedImages` return counts and ignore junk in `queue/`. A commit removes the marker.',
   register(kit) {
     kit.it('queueImage(id) returns true, then isQueued(id) is true and queue/<id> is an empty file', async ({ driver, dir }) => {
       expect(await driver.queueImage('img')).toBe(true);

@@ -11,6 +11,8 @@ import { ErrorCodes, expectRejects, layout, whereOnDisk } from './common.js';
  */
 export const unknownIdCases: CaseGroup = {
   name: 'unknown ids',
+  description:
+    'Deleting an unknown id is a no-op. `openForRead` and `getImageSize` reject with `CACHE_IMAGE_NOT_CACHED`, also for ids that are only being written, invalid or queued. `getHitCount` is 0. `deleteCachedImage` leaves an id\'s queue, incomplete and invalid files alone.',
   register(kit) {
     kit.it('deleteCachedImage(id) of an unknown id is a no-op', async ({ driver, dir }) => {
       await writeImage(driver, 'a', makeBytes(10));

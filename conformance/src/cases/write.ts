@@ -15,6 +15,8 @@ import { ErrorCodes, expectRejects, layout, listedIds, namesIn, whereOnDisk } fr
  */
 export const writeCases: CaseGroup = {
   name: 'write, commit and rollback',
+  description:
+    'A commit leaves the exact bytes active, no `incomplete/` file, no queue marker, and hits 0. An empty image commits too. Nothing is visible before the commit. `destroy(err)`, `destroy()` and a source that fails midway all roll back to `invalid/`. A failed write keeps the queue marker. A second writer is refused at once with `CACHE_IMAGE_BEING_CACHED` and the first writer\'s bytes stay intact. A rewrite replaces the entry atomically. A failed rewrite leaves the committed entry (bytes, size, hits, times) intact.',
   register(kit) {
     kit.it('openForWrite(id) commits when the writer finishes: exact bytes active, nothing in incomplete/, listed with hits 0', async ({ driver, dir }) => {
       const at = layout(dir);

@@ -22,6 +22,10 @@ export const CliErrorCodes = {
   INVALID_DURATION: 'CLI_INVALID_DURATION',
   INVALID_NUMBER: 'CLI_INVALID_NUMBER',
   INVALID_DRIVER: 'CLI_INVALID_DRIVER',
+  /** The configured driver's package (an optional dependency) is not installed. */
+  DRIVER_MISSING: 'CLI_DRIVER_MISSING',
+  /** The configured driver's package is installed but does not load (e.g. its native addon is missing). */
+  DRIVER_LOAD_FAILED: 'CLI_DRIVER_LOAD_FAILED',
   MISSING_CACHE_DIR: 'CLI_MISSING_CACHE_DIR',
   NOT_A_CACHE_DIR: 'CLI_NOT_A_CACHE_DIR',
   MISSING_ORIGIN: 'CLI_MISSING_ORIGIN',

@@ -1,8 +1,8 @@
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ImageCache, SUBDIRECTORIES, type CacheDriver, type CacheWarning, type ImageId } from '@cache/core';
-import type { ResolvedConfig } from './config.js';
-import { CliErrorCodes, operationalError } from './errors.js';
+import type { DriverName, ResolvedConfig } from './config.js';
+import { CliError, CliErrorCodes, codeOf, ExitCode, operationalError } from './errors.js';
 
 /** Options of {@link openCacheFromConfig}. */
 export interface OpenCacheOptions {
@@ -51,15 +51,15 @@ async function createDriver(
   const options = { cacheDir: config.cacheDir, ...(onWarning === undefined ? {} : { onWarning }) };
   switch (config.driver) {
     case 'sqlite': {
-      const { SqliteDriver } = await import('@cache/driver-sqlite');
+      const { SqliteDriver } = await loadDriver('sqlite', () => import('@cache/driver-sqlite'));
       return new SqliteDriver(options);
     }
     case 'xattr': {
-      const { XattrDriver } = await import('@cache/driver-xattr');
+      const { XattrDriver } = await loadDriver('xattr', () => import('@cache/driver-xattr'));
       return new XattrDriver(options);
     }
     case 'postgres': {
-      const { PostgresDriver } = await import('@cache/driver-postgres');
+      const { PostgresDriver } = await loadDriver('postgres', () => import('@cache/driver-postgres'));
       return new PostgresDriver({
         ...options,
         ...(config.databaseUrl === undefined ? {} : { connectionString: config.databaseUrl }),
@@ -67,6 +67,53 @@ async function createDriver(
       });
     }
   }
+}
+
+/**
+ * The npm package of each driver. They are optional dependencies of
+ * `@cache/cli`: each is imported only when the configured driver needs it, so
+ * an install without one (`npm install --omit=optional`, or a native addon
+ * that did not build) still runs every other driver.
+ */
+export const DRIVER_PACKAGES = {
+  sqlite: '@cache/driver-sqlite',
+  xattr: '@cache/driver-xattr',
+  postgres: '@cache/driver-postgres',
+} as const satisfies Record<DriverName, string>;
+
+/**
+ * Imports a driver's package with `load`, turning a failure into one line:
+ * `CLI_DRIVER_MISSING` when the package itself is not installed,
+ * `CLI_DRIVER_LOAD_FAILED` when it is but it (or one of its own dependencies,
+ * such as a native addon) does not load. Both exit with code 2: nothing was done.
+ */
+async function loadDriver<T>(driver: DriverName, load: () => Promise<T>): Promise<T> {
+  const packageName = DRIVER_PACKAGES[driver];
+  try {
+    return await load();
+  } catch (error) {
+    if (isPackageNotFound(error, packageName)) {
+      throw new CliError(CliErrorCodes.DRIVER_MISSING, `the ${driver} driver is not installed: npm install ${packageName}`, {
+        exitCode: ExitCode.USAGE,
+        cause: error,
+      });
+    }
+    const reason = (error instanceof Error ? error.message : String(error)).split('\n')[0];
+    throw new CliError(
+      CliErrorCodes.DRIVER_LOAD_FAILED,
+      `the ${driver} driver is installed but could not be loaded (${reason}): reinstall it with npm install ${packageName}`,
+      { exitCode: ExitCode.USAGE, cause: error },
+    );
+  }
+}
+
+/**
+ * Whether `error` is Node's "Cannot find package '<name>' imported from ..."
+ * for `packageName` itself (not for a dependency of it, whose path may contain
+ * the name unquoted).
+ */
+function isPackageNotFound(error: unknown, packageName: string): boolean {
+  return codeOf(error) === 'ERR_MODULE_NOT_FOUND' && error instanceof Error && error.message.includes(`'${packageName}'`);
 }
 
 /** Throws `CLI_NOT_A_CACHE_DIR` unless `dir` exists with the cache's three sub-directories. */

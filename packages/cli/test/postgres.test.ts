@@ -2,9 +2,10 @@
 // two nodes on one database, the sqlite import, and `serve` answering /v2/cache/nodes/{id}.
 import { spawn } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
+import { finished } from 'node:stream/promises';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { startTestPostgres, TestPostgresUnavailableError, type TestPostgres } from '@cache/driver-postgres/testing';
+import { startTestPostgres, TestPostgresUnavailableError, type TestPostgres } from '@cache/postgres-testing';
 import { BIN, cli, tempDir, withCache } from './helpers.js';
 
 let pg: TestPostgres | undefined;
@@ -58,8 +59,8 @@ describe('image-cache on the postgres driver', () => {
     await withCache('sqlite', cacheDir, async (cache) => {
       const { Readable } = await import('node:stream');
       await cache.cacheImage('cirros', Readable.from([Buffer.alloc(2048, 1)]));
-      for (let i = 0; i < 3; i++) (await cache.openForRead('cirros')).resume().on('end', () => undefined);
-      await new Promise((resolve) => setTimeout(resolve, 200));
+      // A read's hit is recorded before its stream ends.
+      for (let i = 0; i < 3; i++) await finished((await cache.openForRead('cirros')).resume());
     });
     const refused = await cli(['import-sqlite'], { env: { IMAGE_CACHE_DIR: cacheDir } });
     expect(refused.code).toBe(2);

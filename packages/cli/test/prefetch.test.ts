@@ -13,14 +13,36 @@ const body = (id: string) => Buffer.alloc(64 * 1024 + id.length, id);
 /**
  * A real HTTP origin on 127.0.0.1 that counts requests per id:
  * `missing*` -> 404, `broken*` -> 500 always, `flaky*` -> 503 twice then 200,
- * `slow*` -> 200 after 40 ms, `trickle*` -> 200 sent in 8 chunks 40 ms apart, anything else -> 200 at once.
+ * `held*` -> 200 once the test calls {@link TestOrigin.release} (nothing if the client goes away first),
+ * `trickle*` -> 200 sent in 8 chunks 40 ms apart (the last one once {@link TestOrigin.beforeLastChunk}
+ * resolves), anything else -> 200 at once.
  */
 class TestOrigin {
   readonly requests = new Map<string, number>();
+  /** Requests not answered yet (nor given up by their client), and the most there were at once. */
   inFlight = 0;
   maxInFlight = 0;
+  /** Runs before a `trickle*` response's last chunk, which waits for it. */
+  beforeLastChunk: (id: string) => Promise<void> = async () => undefined;
+  /** Answers of the `held*` requests waiting for release(). */
+  readonly #held = new Set<() => void>();
+  #heldWaiters: { count: number; resolve: () => void }[] = [];
   #server: Server | undefined;
   url = '';
+
+  /** Resolves once `count` `held*` requests are waiting for release(). */
+  whenHeld(count: number): Promise<void> {
+    if (this.#held.size >= count) return Promise.resolve();
+    return new Promise((resolve) => this.#heldWaiters.push({ count, resolve }));
+  }
+
+  /** Answers every `held*` request waiting; returns how many. */
+  release(): number {
+    const answers = [...this.#held];
+    this.#held.clear();
+    for (const answer of answers) answer();
+    return answers.length;
+  }
 
   async start(): Promise<void> {
     this.#server = createServer((req, res) => {
@@ -29,27 +51,44 @@ class TestOrigin {
       this.requests.set(id, count);
       this.inFlight++;
       this.maxInFlight = Math.max(this.maxInFlight, this.inFlight);
-      res.on('close', () => this.inFlight--);
+      let answered = false;
+      const done = () => {
+        if (answered) return;
+        answered = true;
+        this.inFlight--;
+      };
+      res.on('close', done);
       const send = (status: number, data?: Buffer) => {
+        done();
         res.writeHead(status, data === undefined ? {} : { 'content-length': data.length });
         res.end(data);
       };
       if (id.startsWith('missing')) send(404);
       else if (id.startsWith('broken')) send(500);
       else if (id.startsWith('flaky') && count <= 2) send(503);
-      else if (id.startsWith('slow')) setTimeout(() => send(200, body(id)), 40);
-      else if (id.startsWith('trickle')) {
+      else if (id.startsWith('held')) {
+        const answer = () => send(200, body(id));
+        this.#held.add(answer);
+        res.on('close', () => this.#held.delete(answer));
+        const ready = this.#heldWaiters.filter((waiter) => waiter.count <= this.#held.size);
+        this.#heldWaiters = this.#heldWaiters.filter((waiter) => !ready.includes(waiter));
+        for (const waiter of ready) waiter.resolve();
+      } else if (id.startsWith('trickle')) {
         const data = body(id);
         res.writeHead(200, { 'content-length': data.length });
         let sent = 0;
         const step = Math.ceil(data.length / 8);
         const timer = setInterval(() => {
-          res.write(data.subarray(sent, sent + step));
-          sent += step;
-          if (sent >= data.length) {
-            clearInterval(timer);
-            res.end();
+          if (sent + step < data.length) {
+            res.write(data.subarray(sent, sent + step));
+            sent += step;
+            return;
           }
+          clearInterval(timer);
+          void this.beforeLastChunk(id).then(() => {
+            done();
+            res.end(data.subarray(sent));
+          });
         }, 40);
         res.on('close', () => clearInterval(timer));
       }
@@ -68,6 +107,15 @@ class TestOrigin {
     this.#server?.closeAllConnections();
     await new Promise((resolve) => this.#server?.close(resolve));
   }
+}
+
+/**
+ * Polls `condition` every 10 ms until it holds. Gives up (resolving) after 30 s, a guard for a loaded
+ * machine only: the assertion that follows then fails with what was seen.
+ */
+async function until(condition: () => boolean): Promise<void> {
+  const deadline = Date.now() + 30_000;
+  while (!condition() && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
 }
 
 const origin = new TestOrigin();
@@ -163,8 +211,15 @@ for (const { name: driver, skip } of await driverMatrix()) {
     });
 
     it('keeps at most --concurrency fetches in flight', async () => {
-      const ids = ['slow-1', 'slow-2', 'slow-3', 'slow-4', 'slow-5', 'slow-6'];
-      const result = await run('prefetch', ...ids, '--origin', origin.url, '--concurrency', '2');
+      const ids = ['held-1', 'held-2', 'held-3', 'held-4', 'held-5', 'held-6'];
+      const running = run('prefetch', ...ids, '--origin', origin.url, '--concurrency', '2');
+      // The origin answers only once two requests wait: the fetches surely overlap, two at a time.
+      for (let pair = 0; pair < 3; pair++) {
+        await origin.whenHeld(2);
+        expect(origin.inFlight).toBe(2);
+        expect(origin.release()).toBe(2);
+      }
+      const result = await running;
       expect(result.code).toBe(0);
       expect(origin.maxInFlight).toBe(2);
       expect(await cached()).toEqual(ids);
@@ -181,10 +236,13 @@ for (const { name: driver, skip } of await driverMatrix()) {
 
     it('stops when interrupted: exit code 130, nothing half-written left active', async () => {
       const controller = new AbortController();
-      setTimeout(() => controller.abort(new Error('interrupted')), 15);
-      const result = await cli(['--cache-dir', cacheDir, '--driver', driver, 'prefetch', 'slow-a', 'slow-b', 'slow-c', '--origin', origin.url, '--concurrency', '1'], {
+      // Interrupted while the first image is being fetched (the origin holds its answer).
+      void origin.whenHeld(1).then(() => controller.abort(new Error('interrupted')));
+      const result = await cli(['--cache-dir', cacheDir, '--driver', driver, 'prefetch', 'held-a', 'held-b', 'held-c', '--origin', origin.url, '--concurrency', '1'], {
         signal: controller.signal,
       });
+      expect(origin.requests.get('held-a')).toBe(1);
+      expect(origin.requests.has('held-b')).toBe(false);
       expect(result.code).toBe(130);
       expect(result.stdout).toMatch(/cancelled/);
       expect(await cached()).toEqual([]);
@@ -223,23 +281,31 @@ describe('prefetch progress on a terminal', () => {
   it('draws a bar per image and an overall bar on a TTY stderr, and none with --no-progress', async () => {
     const { dir, cleanup } = await tempDir('prefetch-tty');
     try {
+      const trickleBar = /trickle-1\s+\S+ \d+% [\d.]+ \S+\/64 KiB [\d.]+ \S+\/s ETA/;
       const run = async (...extra: string[]) => {
         const stdout = new Capture();
         const stderr = Object.assign(new Capture(), { isTTY: true, columns: 200 });
-        const code = await runCli(['--cache-dir', join(dir, `cache${extra.length}`), 'prefetch', 'trickle-1', 'trickle-2', '--origin', origin.url, ...extra], {
-          stdout,
-          stderr,
-          env: {},
-          cwd: dir,
-        });
-        return { code, stdout: stdout.text, stderr: stderr.text };
+        // With bars, trickle-1's last chunk waits until its bar has been drawn (bars redraw on a timer):
+        // the bar is on the terminal while the image is fetched, however slow the machine.
+        if (extra.length === 0) origin.beforeLastChunk = async (id) => (id === 'trickle-1' ? until(() => trickleBar.test(stderr.text)) : undefined);
+        try {
+          const code = await runCli(['--cache-dir', join(dir, `cache${extra.length}`), 'prefetch', 'trickle-1', 'trickle-2', '--origin', origin.url, ...extra], {
+            stdout,
+            stderr,
+            env: {},
+            cwd: dir,
+          });
+          return { code, stdout: stdout.text, stderr: stderr.text };
+        } finally {
+          origin.beforeLastChunk = async () => undefined;
+        }
       };
       const bars = await run();
       expect(bars.code).toBe(0);
       expect(bars.stdout).toMatch(/^prefetch: 2 fetched \(128 KiB\), 0 failed of 2 in \S+\n$/);
       expect(bars.stderr).toContain('\u001b['); // cursor movement of the MultiBar
       expect(bars.stderr).toMatch(/overall\s+\S+ [0-2]\/2 images/);
-      expect(bars.stderr).toMatch(/trickle-1\s+\S+ \d+% [\d.]+ \S+\/64 KiB [\d.]+ \S+\/s ETA/);
+      expect(bars.stderr).toMatch(trickleBar);
       expect(bars.stderr).toMatch(/fetched trickle-1: 64 KiB in /);
       expect(bars.stderr).toMatch(/fetched trickle-2: 64 KiB in /);
 

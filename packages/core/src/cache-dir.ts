@@ -1,5 +1,5 @@
 import { constants as fsConstants, lstat as lstatCallback, unlink as unlinkCallback, type BigIntStats } from 'node:fs';
-import { mkdir, open, readdir, rename, stat, type FileHandle } from 'node:fs/promises';
+import { access, mkdir, open, readdir, rename, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BadDriverConfigurationError, CacheStorageError, ImageBeingCachedError } from './errors.js';
 import { isValidImageId, type ImageId } from './image-id.js';
@@ -163,6 +163,8 @@ export class CacheDirectory {
       for (const sub of ['', ...SUBDIRECTORIES]) {
         const info = await stat(join(this.baseDir, sub));
         if (!info.isDirectory()) throw Object.assign(new Error('not a directory'), { code: 'ENOTDIR' });
+        // Every part is written to (commits, rollbacks, markers): refuse now rather than fail each write later.
+        await access(join(this.baseDir, sub), fsConstants.W_OK | fsConstants.X_OK);
       }
     } catch (error) {
       throw new BadDriverConfigurationError(

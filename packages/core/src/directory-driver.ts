@@ -71,11 +71,12 @@ export interface CommitInfo {
   identity: string;
 }
 
-/** The default manifest of a directory driver: persistent, no stored digests, best-effort cross-process hits. */
+/** The default manifest of a directory driver: persistent, separate store, no stored digests, best-effort cross-process hits. */
 export const DEFAULT_DRIVER_SUPPORTS: DriverSupports = Object.freeze({
   persistent: true,
   storedChecksum: false,
   crossProcessHits: 'best-effort',
+  metadataStore: 'separate',
 });
 
 /** True when a driver's record may be used for the file `entry` (no identity, or the same one). */

@@ -71,6 +71,15 @@ export interface DriverSupports {
    *   more than the true number of completed reads and never negative.
    */
   readonly crossProcessHits: 'exact' | 'best-effort';
+  /**
+   * Where metadata lives:
+   * - `'separate'`: in a store apart from the files (a database, a journal,
+   *   memory), so a file deleted behind the driver's back leaves a record
+   *   that `clean()` must remove and count in `orphanRecords`;
+   * - `'files'`: on the cache files themselves (extended attributes), so
+   *   deleting a file deletes its metadata and there are no orphan records.
+   */
+  readonly metadataStore: 'separate' | 'files';
 }
 
 /**

@@ -12,7 +12,7 @@ import type { ImageId } from './image-id.js';
 export class MemoryDriver extends DirectoryCacheDriver {
   readonly name: string = 'memory';
   /** Metadata lives in this instance only: it is lost on `close()` and not seen by other instances. */
-  override readonly supports: DriverSupports = { persistent: false, storedChecksum: true, crossProcessHits: 'best-effort' };
+  override readonly supports: DriverSupports = { persistent: false, storedChecksum: true, crossProcessHits: 'best-effort', metadataStore: 'separate' };
   readonly #records = new Map<ImageId, ImageMetadata>();
 
   constructor(options: DirectoryDriverOptions) {
@@ -42,7 +42,8 @@ export class MemoryDriver extends DirectoryCacheDriver {
       record.lastAccessed = time;
       return;
     }
-    // No record, or one of a file since replaced: this file starts with this hit.
+    // No record, or one of a file since replaced: this file starts with this hit (unless it was deleted meanwhile).
+    if (record === undefined && !(await this.dir.exists(id, 'active'))) return;
     this.#records.set(id, { hits: 1, lastAccessed: time, lastModified: file.mtime, identity: fileIdentity(file) });
   }
 

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { ErrorCodes, ImageCache, MemoryDriver, type CacheWriter, type ImageId } from '../src/index.js';
+import { ErrorCodes, ImageCache, ImageNotCachedError, MemoryDriver, type CacheWriter, type ImageId } from '../src/index.js';
 import type { CommitInfo, DirectoryDriverOptions } from '../src/driver-api.js';
 import { EARLY_FLUSH_BYTES } from '../src/streams.js';
 import { chunks, collect, tempDir, tree, write } from './helpers.js';
@@ -17,8 +17,35 @@ const md5 = (data: Buffer) => createHash('md5').update(data).digest('hex');
 class FlakyDriver extends MemoryDriver {
   failCommit = false;
   failWriteAfter: number | undefined;
+  /** Reads that found no entry (openForRead rejecting with ImageNotCachedError). */
+  misses = 0;
+  readonly #missWaiters: { count: number; resolve: () => void }[] = [];
   constructor(options: DirectoryDriverOptions) {
     super(options);
+  }
+  override async openForRead(id: ImageId): Promise<Readable> {
+    try {
+      return await super.openForRead(id);
+    } catch (error) {
+      if (ImageNotCachedError.isInstance(error)) {
+        this.misses++;
+        for (const waiter of this.#missWaiters.filter((w) => w.count <= this.misses)) {
+          this.#missWaiters.splice(this.#missWaiters.indexOf(waiter), 1);
+          waiter.resolve();
+        }
+      }
+      throw error;
+    }
+  }
+  /**
+   * Resolves once `count` reads in all have missed and their callers have had
+   * a turn of the event loop to act on it (e.g. to find a fetch in flight and
+   * wait for it): a single-flight test's origin waits for this before it
+   * answers, so no caller arrives after the fetch it should have joined ended.
+   */
+  async missed(count: number): Promise<void> {
+    if (this.misses < count) await new Promise<void>((resolve) => this.#missWaiters.push({ count, resolve }));
+    await new Promise((resolve) => setImmediate(resolve));
   }
   protected override async recordCommit(id: ImageId, info: CommitInfo): Promise<void> {
     if (this.failCommit) throw new Error('metadata store is down');
@@ -335,8 +362,12 @@ describe('getCachingStream()', () => {
 describe('readThrough() single-flight', () => {
   const image = Buffer.concat(chunks(16, 4096));
 
-  /** An origin that counts its fetches; each fetch streams the image slowly, in chunks. */
-  function origin(options: { fail?: Error; failTimes?: number; data?: Buffer } = {}) {
+  /**
+   * An origin that counts its fetches; each fetch streams the image slowly, in
+   * chunks. `before(n)` runs at the start of the n-th fetch (e.g. to wait until
+   * every concurrent caller has missed the cache).
+   */
+  function origin(options: { fail?: Error; failTimes?: number; data?: Buffer; before?: (fetch: number) => Promise<void> | void } = {}) {
     let fetches = 0;
     return {
       get fetches() {
@@ -344,6 +375,7 @@ describe('readThrough() single-flight', () => {
       },
       fetch: async () => {
         fetches++;
+        await options.before?.(fetches);
         const failing = options.fail !== undefined && fetches <= (options.failTimes ?? Infinity);
         const data = options.data ?? image;
         return (async function* () {
@@ -359,7 +391,7 @@ describe('readThrough() single-flight', () => {
 
   it('100 concurrent misses of one id read the origin once; every caller gets the whole image', async () => {
     const big = await ImageCache.open({ driver });
-    const src = origin();
+    const src = origin({ before: () => driver.missed(100) });
     const results = await Promise.all(
       Array.from({ length: 100 }, async () => {
         const { stream, from } = await big.readThrough('img', { fetch: src.fetch, checksum: { algorithm: 'sha256', digest: sha256(image) } });
@@ -378,7 +410,7 @@ describe('readThrough() single-flight', () => {
 
   it('a failed fetch releases every waiter with the error, and the next request tries again', async () => {
     const big = await ImageCache.open({ driver });
-    const src = origin({ fail: new Error('origin 503'), failTimes: 1 });
+    const src = origin({ fail: new Error('origin 503'), failTimes: 1, before: (n) => (n === 1 ? driver.missed(10) : undefined) });
     const attempts = await Promise.allSettled(
       Array.from({ length: 10 }, async () => collect((await big.readThrough('img', { fetch: src.fetch })).stream)),
     );
@@ -394,7 +426,7 @@ describe('readThrough() single-flight', () => {
 
   it('a checksum mismatch reaches every waiter as ChecksumMismatchError', async () => {
     const big = await ImageCache.open({ driver });
-    const src = origin();
+    const src = origin({ before: () => driver.missed(5) });
     const attempts = await Promise.allSettled(
       Array.from({ length: 5 }, async () => collect((await big.readThrough('img', { fetch: src.fetch, checksum: md5(Buffer.from('other')) })).stream)),
     );
@@ -408,7 +440,7 @@ describe('readThrough() single-flight', () => {
     let calls = 0;
     const fetch = async () => {
       calls++;
-      await new Promise((resolve) => setTimeout(resolve, 20));
+      await driver.missed(5); // every caller is waiting on this fetch
       throw new Error('no route to origin');
     };
     const attempts = await Promise.allSettled(Array.from({ length: 5 }, () => big.readThrough('img', { fetch })));
@@ -419,7 +451,8 @@ describe('readThrough() single-flight', () => {
   it('when caching fails (not the source), waiters try again and one of them leads a new fetch', async () => {
     const big = await ImageCache.open({ driver });
     driver.failCommit = true;
-    const src = origin();
+    // First fetch: once all 8 callers missed. Second: once the 7 waiters missed again after the failed commit.
+    const src = origin({ before: (n) => driver.missed(n === 1 ? 8 : 15) });
     let first = true;
     const fetch = async () => {
       const source = await src.fetch();

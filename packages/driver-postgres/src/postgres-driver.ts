@@ -123,7 +123,7 @@ export class PostgresDriver extends DirectoryCacheDriver {
   /** `postgres`, used in messages. */
   readonly name = DRIVER_NAME;
   /** Shared by every worker of a node through the database; digests kept; hits are atomic `UPDATE`s. */
-  override readonly supports: DriverSupports = { persistent: true, storedChecksum: true, crossProcessHits: 'exact' };
+  override readonly supports: DriverSupports = { persistent: true, storedChecksum: true, crossProcessHits: 'exact', metadataStore: 'separate' };
   /** This node's identity (`node_reference_url`). */
   readonly nodeId: string;
   /** The database, for messages: host, port and database name, never the password. */
@@ -397,7 +397,9 @@ export class PostgresDriver extends DirectoryCacheDriver {
     const fid = fileIdentity(file);
     const updated = await this.#nodeQuery(`record a hit of '${id}'`, SQL.hit, [id, at, fid, toTimestamp(file.mtime), file.size]);
     if ((updated.rowCount ?? 0) > 0) return;
-    // A file without a row (committed while the row could not be written, or by another tool): adopt it with this hit.
+    // A file without a row (committed while the row could not be written, or by another tool): adopt it with this hit,
+    // unless it was deleted while it was being read.
+    if (!(await this.dir.exists(id, 'active'))) return;
     await this.#nodeQuery(`record a hit of '${id}'`, SQL.adoptWithHit, [id, at, toTimestamp(file.mtime), file.size, fid]);
   }
 

@@ -7,11 +7,11 @@ import { createDatabase, skipReason } from './helpers.js';
 // through the default node identity (host + cache directory), its own node rows.
 if (skipReason === undefined) {
   const connectionString = await createDatabase('conformance');
+  process.env.CACHE_CONFORMANCE_PG_URL = connectionString; // for the kit's child processes (driver-module.mjs)
   describeDriverConformance({
     name: 'postgres',
     create: (cacheDir) => new PostgresDriver({ cacheDir, connectionString }),
-    requires: { xattr: false, atime: false },
-    persistent: true,
+    driverModule: new URL('./driver-module.mjs', import.meta.url),
   });
 } else {
   it.skip(`postgres driver conformance [skipped: ${skipReason}]`, () => undefined);

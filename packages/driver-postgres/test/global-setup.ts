@@ -1,12 +1,12 @@
 /**
  * vitest globalSetup: one throwaway PostgreSQL server for the whole run
- * (`@cache/driver-postgres/testing`; each test file creates its own database
+ * (`@cache/postgres-testing`; each test file creates its own database
  * on it), stopped and removed afterwards, also when the run fails or is
  * interrupted. When no server can be found or started, test files get the
  * reason and register their tests as skipped.
  */
 import type { TestProject } from 'vitest/node';
-import { startTestPostgres, TestPostgresUnavailableError, type TestPostgres, type TestPostgresHandle } from '../src/testing.js';
+import { startTestPostgres, TestPostgresUnavailableError, type TestPostgres, type TestPostgresHandle } from '@cache/postgres-testing';
 
 /** What test files get through `inject('pg')`. */
 export type PgSetup = { available: true; handle: TestPostgresHandle } | { available: false; reason: string };

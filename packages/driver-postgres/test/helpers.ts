@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { inject, it } from 'vitest';
-import { attachTestPostgres, type TestPostgres } from '../src/testing.js';
+import { attachTestPostgres, type TestPostgres } from '@cache/postgres-testing';
 import type { PgSetup } from './global-setup.js';
 
 /** The server the global setup started, or why there is none. */

@@ -50,7 +50,7 @@ const DRIVER_NAME = 'sqlite';
 export class SqliteDriver extends DirectoryCacheDriver {
   readonly name = DRIVER_NAME;
   /** Shared by every process on the directory; digests kept; hits are atomic `UPDATE`s, so none is lost. */
-  override readonly supports: DriverSupports = { persistent: true, storedChecksum: true, crossProcessHits: 'exact' };
+  override readonly supports: DriverSupports = { persistent: true, storedChecksum: true, crossProcessHits: 'exact', metadataStore: 'separate' };
   /** Absolute path of the database file. */
   readonly dbPath: string;
   readonly #busyTimeout: number;
@@ -139,11 +139,14 @@ export class SqliteDriver extends DirectoryCacheDriver {
 
   protected async recordHit(id: ImageId, time: number, file: EntryStat): Promise<void> {
     const fid = fileIdentity(file);
-    this.#run('record hit', (s) => {
-      if (s.hit.run({ id, time, fid, mtime: file.mtime, size: file.size }).changes > 0) return;
-      // A file without a row (written before a crash, by hand, or by another process): adopt it with this hit.
-      s.insertIfMissing.run({ id, lastAccessed: time, lastModified: file.mtime, size: file.size, hits: 1, fid });
-    });
+    const updated = this.#run('record hit', (s) => s.hit.run({ id, time, fid, mtime: file.mtime, size: file.size }).changes);
+    if (updated > 0) return;
+    // A file without a row (written before a crash, by hand, or by another process): adopt it with this hit,
+    // unless it was deleted while it was being read (no row for a file that is gone).
+    if (!(await this.dir.exists(id, 'active'))) return;
+    this.#run('record hit', (s) =>
+      s.insertIfMissing.run({ id, lastAccessed: time, lastModified: file.mtime, size: file.size, hits: 1, fid }),
+    );
   }
 
   protected async readMetadata(entries: readonly EntryStat[]): Promise<Map<ImageId, ImageMetadata>> {

@@ -4,5 +4,5 @@ import { SqliteDriver } from '../src/index.js';
 describeDriverConformance({
   name: 'sqlite',
   create: (cacheDir) => new SqliteDriver({ cacheDir }),
-  requires: { xattr: false, atime: false },
+  driverModule: new URL('./driver-module.mjs', import.meta.url),
 });

@@ -61,7 +61,7 @@ export class XattrDriver extends DirectoryCacheDriver {
   readonly name = DRIVER_NAME;
   override readonly capabilities: DriverCapabilities = { xattr: true, atime: false };
   /** Attributes live on the file: shared by every process; digests kept; hits are read-modify-writes (best effort across processes). */
-  override readonly supports: DriverSupports = { persistent: true, storedChecksum: true, crossProcessHits: 'best-effort' };
+  override readonly supports: DriverSupports = { persistent: true, storedChecksum: true, crossProcessHits: 'best-effort', metadataStore: 'files' };
   /** Per-id chains that serialize hit increments within this process. */
   readonly #hitChains = new Map<ImageId, Promise<void>>();
 

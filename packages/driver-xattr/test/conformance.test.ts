@@ -4,5 +4,5 @@ import { XattrDriver } from '../src/index.js';
 describeDriverConformance({
   name: 'xattr',
   create: (cacheDir) => new XattrDriver({ cacheDir }),
-  requires: { xattr: true, atime: false },
+  driverModule: new URL('./driver-module.mjs', import.meta.url),
 });

@@ -19,9 +19,19 @@ export function imageBytes(id: string, size: number): Buffer {
 
 /** How the test origin answers one id. */
 export type OriginBehaviour =
-  | { kind: 'ok'; data: Buffer; chunked?: boolean; delayMs?: number }
-  /** Sends `after` bytes (with Content-Length of the whole unless chunked), then cuts the connection. */
-  | { kind: 'cut'; data: Buffer; after: number; chunked?: boolean }
+  /**
+   * The whole image. With `delayMs` or `until`, the headers go out at once and
+   * the body after that many ms, or once `until` resolves (a test that must
+   * know the response is still in flight holds it with `until`).
+   */
+  | { kind: 'ok'; data: Buffer; chunked?: boolean; delayMs?: number; until?: Promise<unknown> }
+  /**
+   * Sends `after` bytes (with Content-Length of the whole unless chunked),
+   * then cuts the connection once they have left: at once, or with `manual`
+   * when the test calls {@link TestOrigin.cut} (e.g. once its client has the
+   * response headers, so that the cut is surely mid-body for the client too).
+   */
+  | { kind: 'cut'; data: Buffer; after: number; chunked?: boolean; manual?: boolean }
   /** Sends `after` bytes, then waits forever (until the connection is closed). */
   | { kind: 'stall'; data: Buffer; after: number }
   | { kind: 'status'; status: number };
@@ -31,6 +41,8 @@ export class TestOrigin {
   readonly images = new Map<string, OriginBehaviour>();
   readonly requests = new Map<string, number>();
   readonly server: Server = createServer((req, res) => this.#handle(req, res));
+  /** Per id: how to cut each `manual` cut response that is waiting for {@link cut}. */
+  readonly #cuttable = new Map<string, Set<() => void>>();
   url = '';
 
   static async start(): Promise<TestOrigin> {
@@ -50,6 +62,17 @@ export class TestOrigin {
     return this.requests.get(id) ?? 0;
   }
 
+  /**
+   * Cuts every `manual` cut response of `id` that is waiting (each as soon as
+   * its bytes have left); returns how many there were.
+   */
+  cut(id: string): number {
+    const waiting = [...(this.#cuttable.get(id) ?? [])];
+    this.#cuttable.delete(id);
+    for (const cut of waiting) cut();
+    return waiting.length;
+  }
+
   #handle(req: IncomingMessage, res: ServerResponse): void {
     const id = decodeURIComponent((req.url ?? '').replace(/^\/images\//, ''));
     this.requests.set(id, this.count(id) + 1);
@@ -62,16 +85,37 @@ export class TestOrigin {
       case 'ok': {
         res.writeHead(200, behaviour.chunked ? {} : { 'content-length': behaviour.data.length });
         const send = () => res.end(behaviour.data);
-        if (behaviour.delayMs) {
+        if (behaviour.until !== undefined) {
+          res.flushHeaders();
+          void behaviour.until.then(send);
+        } else if (behaviour.delayMs) {
           res.flushHeaders();
           setTimeout(send, behaviour.delayMs);
         } else send();
         return;
       }
-      case 'cut':
+      case 'cut': {
         res.writeHead(200, behaviour.chunked ? {} : { 'content-length': behaviour.data.length });
-        res.write(behaviour.data.subarray(0, behaviour.after), () => setTimeout(() => res.socket?.destroy(), 200));
+        // Destroying the socket drops what is still buffered: cut only once the bytes have left (and, if manual, when told).
+        let sent = false;
+        let told = !behaviour.manual;
+        const cut = () => {
+          if (sent && told) res.socket?.destroy();
+        };
+        if (behaviour.manual) {
+          const waiting = this.#cuttable.get(id) ?? new Set();
+          this.#cuttable.set(id, waiting);
+          waiting.add(() => {
+            told = true;
+            cut();
+          });
+        }
+        res.write(behaviour.data.subarray(0, behaviour.after), () => {
+          sent = true;
+          cut();
+        });
         return;
+      }
       case 'stall':
         res.writeHead(200, { 'content-length': behaviour.data.length });
         res.write(behaviour.data.subarray(0, behaviour.after));
@@ -148,7 +192,16 @@ export interface RawResponse {
   complete: boolean;
 }
 
-export function rawRequest(url: string, options: { method?: string; headers?: Record<string, string>; path?: string } = {}): Promise<RawResponse> {
+export function rawRequest(
+  url: string,
+  options: {
+    method?: string;
+    headers?: Record<string, string>;
+    path?: string;
+    /** Called when the response headers have arrived, before the body is read. */
+    onResponse?: (response: IncomingMessage) => void;
+  } = {},
+): Promise<RawResponse> {
   const target = new URL(url);
   return new Promise((resolve, reject) => {
     const req = request(
@@ -160,6 +213,7 @@ export function rawRequest(url: string, options: { method?: string; headers?: Re
         headers: { connection: 'close', ...options.headers },
       },
       (res) => {
+        options.onResponse?.(res);
         const chunks: Buffer[] = [];
         res.on('data', (chunk: Buffer) => chunks.push(chunk));
         const done = (error?: Error) =>
@@ -192,8 +246,12 @@ export async function scrape(url: string, headers: Record<string, string> = {}):
   return parseMetrics(await response.text());
 }
 
-/** Polls `check` until it returns true (or fails after `timeoutMs`). */
-export async function waitFor(check: () => boolean | Promise<boolean>, timeoutMs = 5000): Promise<void> {
+/**
+ * Polls `check` until it returns true. `timeoutMs` only guards against a
+ * condition that never comes (generous, for a loaded machine); it is not
+ * part of what a test checks.
+ */
+export async function waitFor(check: () => boolean | Promise<boolean>, timeoutMs = 30_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!(await check())) {
     if (Date.now() > deadline) throw new Error('condition not met in time');

@@ -210,35 +210,49 @@ describe('GET/HEAD /images/:id', () => {
     expect(responses.filter((r) => r.xCache === 'HIT')).toHaveLength(99);
   });
 
+  // The origin cuts its connection only once the client has the response headers (`manual` cut): a cut
+  // before the server has sent any byte is another case (a 502). Each request uses its own id: a second
+  // request of the same id could join the first one's fetch while it is still rolling back, and get its error.
   it('an origin failing mid-stream with Content-Length: the client sees a short, failed body; nothing is cached', async () => {
     const data = imageBytes('broken', 1 * MiB);
-    h.origin.images.set('broken', { kind: 'cut', data, after: 300_000 });
+    h.origin.images.set('broken', { kind: 'cut', data, after: 300_000, manual: true });
+    h.origin.images.set('broken-raw', { kind: 'cut', data, after: 300_000, manual: true });
     const response = await fetch(`${h.url}/images/broken`);
     expect(response.status).toBe(200);
     expect(response.headers.get('content-length')).toBe(String(data.length));
+    expect(h.origin.cut('broken')).toBe(1);
     await expect(response.arrayBuffer()).rejects.toThrow();
 
-    const raw = await rawRequest(`${h.url}/images/broken`);
+    const raw = await rawRequest(`${h.url}/images/broken-raw`, { onResponse: () => h.origin.cut('broken-raw') });
+    expect(raw.status).toBe(200);
+    expect(raw.headers['content-length']).toBe(String(data.length));
     expect(raw.complete).toBe(false);
     expect(raw.body.length).toBeLessThan(data.length);
 
-    expect(await h.cache.isCached('broken')).toBe(false);
+    // close() waits for the cache writes still rolling back.
+    await h.server.close();
+    for (const id of ['broken', 'broken-raw']) expect(await h.cache.isCached(id)).toBe(false);
     expect(await readdir(h.cacheDir)).not.toContain('broken');
     expect(await readdir(`${h.cacheDir}/incomplete`)).toEqual([]);
   });
 
   it('an origin failing mid-stream without Content-Length: chunked body without its last chunk; nothing is cached', async () => {
     const data = imageBytes('broken-chunked', 1 * MiB);
-    h.origin.images.set('broken-chunked', { kind: 'cut', data, after: 300_000, chunked: true });
+    h.origin.images.set('broken-chunked', { kind: 'cut', data, after: 300_000, chunked: true, manual: true });
+    h.origin.images.set('broken-chunked-raw', { kind: 'cut', data, after: 300_000, chunked: true, manual: true });
     const response = await fetch(`${h.url}/images/broken-chunked`);
     expect(response.status).toBe(200);
     expect(response.headers.get('content-length')).toBeNull();
+    expect(h.origin.cut('broken-chunked')).toBe(1);
     await expect(response.arrayBuffer()).rejects.toThrow();
 
-    const raw = await rawRequest(`${h.url}/images/broken-chunked`);
+    const raw = await rawRequest(`${h.url}/images/broken-chunked-raw`, { onResponse: () => h.origin.cut('broken-chunked-raw') });
+    expect(raw.status).toBe(200);
     expect(raw.headers['transfer-encoding']).toBe('chunked');
     expect(raw.complete).toBe(false);
-    expect(await h.cache.isCached('broken-chunked')).toBe(false);
+    await h.server.close();
+    for (const id of ['broken-chunked', 'broken-chunked-raw']) expect(await h.cache.isCached(id)).toBe(false);
+    expect(await readdir(`${h.cacheDir}/incomplete`)).toEqual([]);
   });
 
   it('an origin that fails before sending a byte: 502 with the origin error code', async () => {

@@ -50,8 +50,11 @@ describe('/metrics', () => {
   });
 
   it('a mid-stream origin failure is counted once under its code', async () => {
-    h.origin.images.set('cut', { kind: 'cut', data: imageBytes('cut', 500_000), after: 100_000 });
+    // Cut once the client has the headers: a cut before the server sent a byte would be a 502 instead.
+    h.origin.images.set('cut', { kind: 'cut', data: imageBytes('cut', 500_000), after: 100_000, manual: true });
     const response = await fetch(`${h.url}/images/cut`);
+    expect(response.status).toBe(200);
+    expect(h.origin.cut('cut')).toBe(1);
     await expect(response.arrayBuffer()).rejects.toThrow();
     await waitFor(async () => (await scrape(h.url)).get(`${METRIC_NAMES.errors}{code="CACHE_ORIGIN_ERROR"}`) === 1);
     expect((await scrape(h.url)).get(METRIC_NAMES.misses)).toBe(1);

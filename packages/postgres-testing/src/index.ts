@@ -1,7 +1,8 @@
 /**
- * `@cache/driver-postgres/testing`: throwaway PostgreSQL servers for the
- * tests and benchmarks of applications (and third parties) that use
- * {@link PostgresDriver}, and for this package's own tests.
+ * `@cache/postgres-testing`: throwaway PostgreSQL servers for tests and
+ * benchmarks: those of `@cache/driver-postgres` and `@cache/cli`, and of
+ * applications (and third parties) that use the postgres driver. It needs
+ * nothing of the cache: only `pg`.
  *
  * {@link startTestPostgres} finds the server binaries (`/usr/lib/postgresql/<version>/bin`,
  * `$PG_BIN_DIR` or `pg_config --bindir`), runs `initdb` once into a template
@@ -30,7 +31,7 @@
  *
  * @example
  * ```ts
- * import { startTestPostgres } from '@cache/driver-postgres/testing';
+ * import { startTestPostgres } from '@cache/postgres-testing';
  * import { PostgresDriver } from '@cache/driver-postgres';
  *
  * const postgres = await startTestPostgres();

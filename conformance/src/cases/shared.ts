@@ -1,0 +1,79 @@
+import { Readable } from 'node:stream';
+import { ImageCache, type CachedImage, type CacheDriver } from '@cache/core';
+import { expect } from 'vitest';
+import { makeBytes, readImage, sha256 } from '../helpers.js';
+import type { CaseEnv, ConformanceKit } from '../kit.js';
+
+/** Writes `data` through the facade with a verified sha256, so the driver is handed a digest to store. */
+export async function writeVerified(driver: CacheDriver, id: string, data: Buffer): Promise<string> {
+  const cache = await ImageCache.open({ driver });
+  const digest = sha256(data);
+  expect(await cache.cacheImage(id, Readable.from([data]), { checksum: { algorithm: 'sha256', digest } }), `cacheImage('${id}')`).toBe(true);
+  return `sha256:${digest}`;
+}
+
+/** Reads an entry `times` times, completely. */
+export async function readTimes(driver: CacheDriver, id: string, times: number): Promise<void> {
+  for (let i = 0; i < times; i++) await readImage(driver, id);
+}
+
+/** The listing as `[id, size, hits]` rows. */
+export async function rows(driver: CacheDriver): Promise<[string, number, number][]> {
+  return (await driver.getCachedImages()).map((image) => [image.imageId, image.size, image.hits]);
+}
+
+/** Ids in eviction order (least recently used first), by the contract's one rule. */
+export function recencyOrder(images: readonly CachedImage[]): string[] {
+  return [...images]
+    .sort((a, b) => a.lastAccessed - b.lastAccessed || a.lastModified - b.lastModified || (a.imageId < b.imageId ? -1 : 1))
+    .map((image) => image.imageId);
+}
+
+/** The stored digest of `id`, through the optional method (undefined when the driver has none). */
+export async function storedDigest(driver: CacheDriver, id: string): Promise<string | undefined> {
+  return driver.getStoredChecksum === undefined ? undefined : driver.getStoredChecksum(id);
+}
+
+/** A second driver on the case's directory, configured. */
+export async function reopen(env: CaseEnv): Promise<CacheDriver> {
+  const other = await env.create(env.dir);
+  await other.configure();
+  return other;
+}
+
+/** Asserts the listing, `getCacheSize()` and the per-id calls agree with each other. */
+export async function expectConsistent(driver: CacheDriver, context: string): Promise<void> {
+  const images = await driver.getCachedImages();
+  expect(await driver.getCacheSize(), `${context}: getCacheSize() = sum of listed sizes`).toBe(
+    images.reduce((sum, image) => sum + image.size, 0),
+  );
+  for (const image of images) {
+    expect(await driver.isCached(image.imageId), `${context}: isCached('${image.imageId}') of a listed entry`).toBe(true);
+    expect(await driver.getHitCount(image.imageId), `${context}: getHitCount('${image.imageId}') = listed hits`).toBe(image.hits);
+    expect(await driver.getImageSize(image.imageId), `${context}: getImageSize('${image.imageId}') = listed size`).toBe(image.size);
+  }
+}
+
+/** Registers a case that needs the driver to be loadable in other processes (`driverModule`). */
+export function childCase(kit: ConformanceKit, title: string, fn: (env: CaseEnv, driverModule: string) => Promise<void>): void {
+  if (!kit.persistent) {
+    kit.skip(title, 'the driver keeps metadata per instance (supports.persistent: false)');
+    return;
+  }
+  const driverModule = kit.driverModule;
+  if (driverModule === undefined) {
+    // A persistent driver is shared by processes: the kit must be able to prove it. Not a skip: a failure that says what to do.
+    kit.it(title, () => {
+      throw new Error(
+        'the driver declares supports.persistent, so the kit runs it in other processes too: pass ' +
+          'describeDriverConformance({ ..., driverModule: new URL("../dist/driver-module.js", import.meta.url) }), ' +
+          'a JavaScript module exporting createDriver(cacheDir) that plain `node` can import',
+      );
+    });
+    return;
+  }
+  kit.it(title, (env) => fn(env, driverModule));
+}
+
+/** Bytes of an image written by child processes: `makeBytes(size, seed)`. */
+export { makeBytes };

@@ -75,13 +75,39 @@ export interface CachingOutcome {
   error?: Error;
 }
 
+/**
+ * What a {@link ReadThroughOptions.fetch} may resolve to instead of a bare
+ * source: the source together with what the origin announced about it, which
+ * is only known once the origin has answered (a digest in its response
+ * headers, in a manifest, in the image's metadata).
+ */
+export interface FetchedImage {
+  /** The image bytes. */
+  source: ImageSource;
+  /**
+   * Expected digest, verified as {@link CacheImageOptions.checksum} (and
+   * stored with the entry when it matches). Used when
+   * {@link ReadThroughOptions.checksum} is not given; that one wins.
+   */
+  checksum?: Checksum;
+  /**
+   * `false`: pass the source through to this caller without caching it (for
+   * bytes whose completeness cannot be verified). The stream is then not a
+   * `CachingStream`; callers waiting on this fetch do not wait for it, each
+   * fetches for itself. @default true
+   */
+  cache?: boolean;
+}
+
 /** Options of {@link ImageCache.readThrough}. */
 export interface ReadThroughOptions {
   /**
    * Opens the image at its origin. Called only on a miss, and only by the one
-   * caller that leads the fetch when several miss the same id at once.
+   * caller that leads the fetch when several miss the same id at once. It may
+   * resolve to a {@link FetchedImage} to pass what the origin announced (a
+   * checksum) or to refuse caching.
    */
-  fetch: () => ImageSource | Promise<ImageSource>;
+  fetch: () => ImageSource | FetchedImage | Promise<ImageSource | FetchedImage>;
   /** Expected digest of the image; see {@link CacheImageOptions.checksum}. */
   checksum?: Checksum;
 }
@@ -307,7 +333,7 @@ export class ImageCache {
     assertImageId(id);
     normalizeChecksum(options?.checksum);
     if (typeof options?.fetch !== 'function') {
-      throw new InvalidArgumentError('readThrough needs { fetch: () => ImageSource | Promise<ImageSource> }');
+      throw new InvalidArgumentError('readThrough needs { fetch: () => ImageSource | FetchedImage | Promise<ImageSource | FetchedImage> }');
     }
     for (;;) {
       try {
@@ -338,8 +364,15 @@ export class ImageCache {
     };
     let stream: CachingStream;
     try {
-      const source = await options.fetch();
-      stream = this.getCachingStream(id, source, { checksum: options.checksum });
+      const fetched = unwrapFetched(await options.fetch());
+      if (fetched.cache === false) {
+        // Not to be cached: this caller streams the source as it is; the waiters fetch for themselves.
+        assertSource(fetched.source);
+        done();
+        resolve('retry');
+        return { stream: toReadable(fetched.source), from: 'origin' };
+      }
+      stream = this.getCachingStream(id, fetched.source, { checksum: options.checksum ?? fetched.checksum });
     } catch (error) {
       done();
       reject(error as Error);
@@ -409,6 +442,18 @@ function settleFlight(
   if (outcome.status === 'committed') resolve('committed');
   else if (outcome.status === 'aborted' && outcome.abortedBy === 'source' && outcome.error !== undefined) reject(outcome.error);
   else resolve('retry'); // skipped, cache-side failure, or the leader's client stopped: try again
+}
+
+/** A fetch result as a {@link FetchedImage} (a bare source is one with nothing announced). */
+function unwrapFetched(fetched: ImageSource | FetchedImage): FetchedImage {
+  const isFetchedImage =
+    typeof fetched === 'object' && fetched !== null && !(Symbol.asyncIterator in fetched) && 'source' in fetched;
+  return isFetchedImage ? fetched : { source: fetched };
+}
+
+function toReadable(source: ImageSource): Readable {
+  if (typeof source === 'string') return createReadStream(source, { highWaterMark: 1024 * 1024 });
+  return source instanceof Readable ? source : Readable.from(source, { objectMode: false });
 }
 
 function assertSource(source: unknown): asserts source is ImageSource {

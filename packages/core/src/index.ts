@@ -45,6 +45,7 @@ export {
   ImageCache,
   type CacheImageOptions,
   type CachingOutcome,
+  type FetchedImage,
   type ImageCacheOptions,
   type ImageSource,
   type PruneResult,

@@ -468,6 +468,49 @@ describe('readThrough() single-flight', () => {
     expect(await big.isCached('img')).toBe(true);
   });
 
+  it('fetch() may resolve to { source, checksum }: the checksum the origin announced is verified and stored', async () => {
+    const big = await ImageCache.open({ driver });
+    const good = origin();
+    const { stream, from } = await big.readThrough('img', {
+      fetch: async () => ({ source: await good.fetch(), checksum: { algorithm: 'sha512', digest: createHash('sha512').update(image).digest('hex') } }),
+    });
+    expect(from).toBe('origin');
+    expect((await collect(stream)).equals(image)).toBe(true);
+    expect(await big.driver.getStoredChecksum?.('img')).toBe(`sha512:${createHash('sha512').update(image).digest('hex')}`);
+
+    const bad = origin();
+    const wrong = await big.readThrough('other', { fetch: async () => ({ source: await bad.fetch(), checksum: md5(Buffer.from('not it')) }) });
+    await expect(collect(wrong.stream)).rejects.toMatchObject({ code: ErrorCodes.CHECKSUM_MISMATCH });
+    expect(await big.isCached('other')).toBe(false);
+    expect(await readdir(join(dir, 'invalid'))).toEqual(['other']);
+  });
+
+  it("the caller's checksum option wins over the one fetch() announces", async () => {
+    const big = await ImageCache.open({ driver });
+    const src = origin();
+    const { stream } = await big.readThrough('img', {
+      checksum: md5(Buffer.from('not it')),
+      fetch: async () => ({ source: await src.fetch(), checksum: md5(image) }),
+    });
+    await expect(collect(stream)).rejects.toMatchObject({ code: ErrorCodes.CHECKSUM_MISMATCH });
+    expect(await big.isCached('img')).toBe(false);
+  });
+
+  it('fetch() resolving to { source, cache: false }: streamed without caching; waiters do not wait, each fetches', async () => {
+    const big = await ImageCache.open({ driver });
+    const src = origin({ before: (n) => (n === 1 ? driver.missed(4) : undefined) });
+    const results = await Promise.all(
+      Array.from({ length: 4 }, async () => {
+        const { stream, from } = await big.readThrough('img', { fetch: async () => ({ source: await src.fetch(), cache: false }) });
+        return { from, caching: 'cacheOutcome' in stream, data: await collect(stream) };
+      }),
+    );
+    expect(results.every((r) => r.from === 'origin' && !r.caching && r.data.equals(image))).toBe(true);
+    expect(src.fetches).toBe(4);
+    expect(await big.isCached('img')).toBe(false);
+    expect(await readdir(join(dir, 'incomplete'))).toEqual([]);
+  });
+
   it('rejects an invalid id or a missing fetch before touching the disk', async () => {
     await expect(cache.readThrough('../x', { fetch: origin().fetch })).rejects.toMatchObject({ code: ErrorCodes.INVALID_IMAGE_ID });
     await expect(cache.readThrough('x', {} as never)).rejects.toMatchObject({ code: ErrorCodes.INVALID_ARGUMENT });

@@ -1,6 +1,6 @@
 import type { BigIntStats } from 'node:fs';
 import { lstat } from 'node:fs/promises';
-import { parseStoredChecksum, type ImageCache, type ImageId } from '@cache/core';
+import { parseStoredChecksum, type ImageCache, type ImageId, type NormalizedChecksum } from '@cache/core';
 import { isErrnoError, storageError } from '@cache/core/driver';
 
 /** What the server knows about an active entry before it sends it. */
@@ -13,6 +13,15 @@ export interface EntryInfo {
   /** Identity of the file, to notice that it was replaced between two opens. */
   ino: bigint;
   mtimeNs: bigint;
+}
+
+/**
+ * The strong ETag of an entry with a verified digest: `"<algorithm>:<hex>"`.
+ * It depends on the bytes only, so every node holding the same image (and a
+ * miss response streaming it) gives the same one.
+ */
+export function digestEtag(checksum: NormalizedChecksum): string {
+  return `"${checksum.algorithm}:${checksum.digest}"`;
 }
 
 /**
@@ -39,7 +48,7 @@ export async function statEntry(cache: ImageCache, id: ImageId): Promise<EntryIn
     size: Number(stats.size),
     etag:
       stored !== undefined
-        ? `"${stored.algorithm}:${stored.digest}"`
+        ? digestEtag(stored)
         : `W/"${stats.size.toString(16)}-${stats.mtimeNs.toString(16)}-${stats.ino.toString(16)}"`,
     lastModified: new Date(Number(stats.mtimeMs)),
     ino: stats.ino,

@@ -5,6 +5,14 @@ import { CacheStorageError } from '@cache/core';
 export interface ResponseBodyOptions {
   /** The `Content-Length` sent; a source that ends short of it or runs past it fails the response. */
   expected: number | undefined;
+  /**
+   * Hold the body's last byte back until `source` has ended without an
+   * error. For a source that verifies its bytes at the end (a caching stream
+   * checking the origin's length and digest), a failure then always leaves
+   * the client short of the end: with a `Content-Length` the response is
+   * visibly incomplete, never a complete body with wrong bytes. @default false
+   */
+  holdLast?: boolean;
   /** Called with each chunk's length as it is passed on (for the served-bytes counter). */
   onBytes: (bytes: number) => void;
   /** Called once if the body fails (a source error or a wrong length; not a client that went away). */
@@ -28,8 +36,18 @@ export interface ResponseBodyOptions {
  */
 export function responseBody(source: Readable, options: ResponseBodyOptions): Readable {
   const { expected, onBytes } = options;
+  const holdLast = options.holdLast === true;
+  /** Bytes taken from the source. */
   let sent = 0;
+  /** Bytes passed on to the client. */
+  let passed = 0;
+  let held: Buffer | undefined;
   let reported = false;
+  const pass = (stream: Transform, chunk: Buffer) => {
+    passed += chunk.length;
+    onBytes(chunk.length);
+    stream.push(chunk);
+  };
   const report = (error: Error) => {
     if (reported) return;
     reported = true;
@@ -42,21 +60,34 @@ export function responseBody(source: Readable, options: ResponseBodyOptions): Re
         callback(new CacheStorageError(`image body ran past its Content-Length of ${expected} bytes (was the entry replaced?)`));
         return;
       }
-      onBytes(chunk.length);
-      callback(null, chunk);
+      if (!holdLast) {
+        pass(this, chunk);
+        callback();
+        return;
+      }
+      if (chunk.length === 0) {
+        callback();
+        return;
+      }
+      // Everything but the stream's very last byte goes on at once (so the headers and the bulk are not delayed).
+      if (held !== undefined) pass(this, held);
+      if (chunk.length > 1) pass(this, chunk.subarray(0, chunk.length - 1));
+      held = chunk.subarray(chunk.length - 1);
+      callback();
     },
     flush(callback: TransformCallback) {
       if (expected !== undefined && sent !== expected) {
         callback(new CacheStorageError(`image body ended after ${sent} of ${expected} bytes (was the entry replaced?)`));
         return;
       }
+      if (held !== undefined) pass(this, held);
       callback();
     },
     destroy(error, callback) {
       source.unpipe(body);
       if (error !== null) report(error);
       if (!source.destroyed && !source.readableEnded) {
-        if (error === null && expected !== undefined && sent === expected) source.resume();
+        if (error === null && expected !== undefined && passed === expected) source.resume();
         else source.destroy();
       }
       callback(error);

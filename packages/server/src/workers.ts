@@ -3,6 +3,7 @@ import { pipeline } from 'node:stream/promises';
 import { CachingStream, OriginError, type CleanReport, type ImageCache, type ImageId, type PruneResult } from '@cache/core';
 import { mapLimit } from '@cache/core/driver';
 import type { Origin } from '@cache/origin';
+import { originFill } from './fill.js';
 import type { PrefetchOutcome, ServerMetrics, WorkerName } from './metrics.js';
 
 /**
@@ -172,7 +173,8 @@ async function prefetchOne(context: PrefetchContext, id: ImageId, signal: AbortS
     result = await cache.readThrough(id, {
       fetch: async () => {
         metrics.originFetches.inc();
-        return (await origin.open(id, { signal })).stream;
+        const fill = originFill(id, await origin.open(id, { signal }));
+        return fill.fetched; // the announced digest is verified while caching
       },
     });
   } catch (error) {
@@ -186,6 +188,14 @@ async function prefetchOne(context: PrefetchContext, id: ImageId, signal: AbortS
     result.stream.destroy();
     await cache.deleteQueuedImage(id);
     return 'already_cached';
+  }
+  if (!(result.stream instanceof CachingStream)) {
+    // Not cacheable: nothing can verify this body. Without a client to pass it on to, it is not even read.
+    result.stream.destroy();
+    throw new OriginError(
+      id,
+      'not prefetched: the origin announced no length or digest and its body is close-delimited, so a cut could not be told from the end (allow unverified fills on the origin to cache it anyway)',
+    );
   }
   await pipeline(result.stream, discard());
   const outcome = result.stream instanceof CachingStream ? await result.stream.cacheOutcome : undefined;

@@ -7,6 +7,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import parseRange from 'range-parser';
 import type { ServerContext } from '../context.js';
 import { ifRangeAllows, isNotModified, sameFile, statEntry, type EntryInfo } from '../entry.js';
+import { originFill, type OriginFill } from '../fill.js';
 import { HttpError } from '../http-errors.js';
 import type { ByteSource } from '../metrics.js';
 import { responseBody } from '../response-body.js';
@@ -143,11 +144,14 @@ async function serveMiss(context: ServerContext, request: ImageRequest, reply: F
     image.stream.destroy();
     setImageHeaders(reply, 'MISS');
     if (image.size !== undefined) reply.header('content-length', image.size);
+    const { etag } = originFill(id, image);
+    if (etag !== undefined) reply.header('etag', etag);
     reply.code(200).send();
     return 'sent';
   }
 
   let size: number | undefined;
+  let fill: OriginFill | undefined;
   let result;
   try {
     result = await cache.readThrough(id, {
@@ -155,7 +159,8 @@ async function serveMiss(context: ServerContext, request: ImageRequest, reply: F
         metrics.originFetches.inc();
         const image = await origin.open(id, { signal: context.shutdownSignal });
         size = image.size;
-        return image.stream;
+        fill = originFill(id, image);
+        return fill.fetched;
       },
     });
   } catch (error) {
@@ -176,10 +181,16 @@ async function serveMiss(context: ServerContext, request: ImageRequest, reply: F
       request.log.warn({ err: error, imageId: id }, 'caching failed; the client still gets the image');
     });
   }
+  if (fill?.cacheable === false) {
+    // Nothing can tell a cut of this close-delimited body from its end: the client gets the bytes, the cache does not.
+    request.log.warn({ imageId: id }, 'not caching: the origin announced no length or digest and its body is close-delimited (allowUnverified is off)');
+  }
   // A Range on a miss is answered with the whole image (200): it is being cached anyway.
   metrics.misses.inc();
   setImageHeaders(reply, 'MISS');
   if (size !== undefined) reply.header('content-length', size);
+  // The entry's ETag to be: the caching stream verifies that digest, and the body fails before its last byte unless it matches.
+  if (fill?.etag !== undefined && stream instanceof CachingStream) reply.header('etag', fill.etag);
   reply.send(body(context, reply, stream, size, 'origin'));
   return 'sent';
 }
@@ -188,6 +199,9 @@ function body(context: ServerContext, reply: FastifyReply, source: Readable, exp
   const { metrics } = context;
   return responseBody(source, {
     expected,
+    // From the origin, the last byte waits for the fill's verdict (length, digest): a client never
+    // gets a whole-looking body that failed verification.
+    holdLast: from === 'origin',
     onBytes: (bytes) => metrics.servedBytes.inc({ source: from }, bytes),
     onError: (error) => {
       // Before the headers, fastify's error handler answers (and counts) it; after them the response is cut.

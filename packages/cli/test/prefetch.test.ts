@@ -15,7 +15,8 @@ const body = (id: string) => Buffer.alloc(64 * 1024 + id.length, id);
  * `missing*` -> 404, `broken*` -> 500 always, `flaky*` -> 503 twice then 200,
  * `held*` -> 200 once the test calls {@link TestOrigin.release} (nothing if the client goes away first),
  * `trickle*` -> 200 sent in 8 chunks 40 ms apart (the last one once {@link TestOrigin.beforeLastChunk}
- * resolves), anything else -> 200 at once.
+ * resolves), `wrong-digest*` -> 200 with a `Repr-Digest` of other bytes, `close-delimited*` -> 200
+ * without `Content-Length` or chunking (the end is the connection's close), anything else -> 200 at once.
  */
 class TestOrigin {
   readonly requests = new Map<string, number>();
@@ -91,6 +92,15 @@ class TestOrigin {
           });
         }, 40);
         res.on('close', () => clearInterval(timer));
+      }
+      else if (id.startsWith('wrong-digest')) {
+        done();
+        const data = body(id);
+        res.writeHead(200, { 'content-length': data.length, 'repr-digest': `sha-256=:${createHash('sha256').update('other').digest('base64')}:` });
+        res.end(data);
+      } else if (id.startsWith('close-delimited')) {
+        done();
+        res.socket?.end(Buffer.concat([Buffer.from('HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n'), body(id)]));
       }
       else send(200, body(id));
     });
@@ -208,6 +218,19 @@ for (const { name: driver, skip } of await driverMatrix()) {
       const info = JSON.parse((await run('info', 'good-x', '--json')).stdout) as { checksum: string };
       expect(info.checksum).toBe(`sha256:${sha256(body('good-x'))}`);
       expect((await run('verify', 'good-x')).stdout).toMatch(/^ok {11}good-x$/m);
+    });
+
+    it("verifies what the origin announces: a wrong Repr-Digest and an unverifiable close-delimited body are not cached, nor retried", async () => {
+      const result = await run('prefetch', 'wrong-digest-1', 'close-delimited-1', 'good-z', '--origin', origin.url, '--retry-delay', '10ms', '--json');
+      expect(result.code).toBe(1);
+      const byId = Object.fromEntries((JSON.parse(result.stdout).results as { imageId: string; error?: { message: string } }[]).map((r) => [r.imageId, r]));
+      expect(byId['wrong-digest-1']).toMatchObject({ status: 'failed', attempts: 1, error: { code: 'CACHE_CHECKSUM_MISMATCH' } });
+      expect(byId['close-delimited-1']).toMatchObject({ status: 'failed', attempts: 1, error: { code: 'CACHE_ORIGIN_ERROR' } });
+      expect(byId['close-delimited-1']?.error?.message).toMatch(/close-delimited/);
+      expect(byId['good-z']).toMatchObject({ status: 'fetched' });
+      expect(origin.requests.get('wrong-digest-1')).toBe(1);
+      expect(origin.requests.get('close-delimited-1')).toBe(1);
+      expect(await cached()).toEqual(['good-z']);
     });
 
     it('keeps at most --concurrency fetches in flight', async () => {

@@ -1,7 +1,7 @@
 import pRetry from 'p-retry';
 import { CacheError, ChecksumMismatchError, OriginError, type ImageCache, type ImageId, type NormalizedChecksum } from '@cache/core';
 import { mapLimit } from '@cache/core/driver';
-import type { Origin } from '@cache/origin';
+import { expectedChecksum, type Origin } from '@cache/origin';
 import { codeOf } from '../errors.js';
 import type { ProgressReporter } from './progress.js';
 
@@ -50,12 +50,23 @@ export interface PrefetchOptions {
  * errors; yes for 5xx, 408, 429, network failures and broken-off transfers.
  */
 export function isRetryable(error: unknown): boolean {
+  if (error instanceof UnverifiableImageError) return false;
   if (OriginError.isInstance(error)) {
     const status = error.status;
     return status === undefined || status >= 500 || status === 408 || status === 429;
   }
   if (ChecksumMismatchError.isInstance(error)) return false;
   return !CacheError.isCacheError(error);
+}
+
+/** The origin's body cannot be verified (close-delimited, no length or digest) and the origin does not allow unverified fills. */
+class UnverifiableImageError extends OriginError {
+  constructor(id: ImageId) {
+    super(
+      id,
+      'not cached: the origin announced no length or digest and its body is close-delimited, so a cut connection could not be told from the end (give the origin a checksum manifest, or allow unverified fills)',
+    );
+  }
 }
 
 /**
@@ -102,6 +113,10 @@ async function prefetchOne(options: PrefetchOptions, id: ImageId): Promise<Prefe
         attempts = attempt;
         bytes = 0;
         const image = await origin.open(id, signal === undefined ? {} : { signal });
+        if (image.cacheable === false) {
+          image.stream.destroy();
+          throw new UnverifiableImageError(id);
+        }
         reporter.started(id, attempt, image.size);
         async function* counted(): AsyncGenerator<Uint8Array> {
           for await (const chunk of image.stream as AsyncIterable<Uint8Array>) {
@@ -110,7 +125,8 @@ async function prefetchOne(options: PrefetchOptions, id: ImageId): Promise<Prefe
             yield chunk;
           }
         }
-        const checksum = options.checksums.get(id);
+        // A digest from --checksums wins; else the one the origin announced (headers, manifest, Glance).
+        const checksum = options.checksums.get(id) ?? expectedChecksum(image);
         try {
           const done = await cache.cacheImage(id, counted(), checksum === undefined ? {} : { checksum });
           if (!done) image.stream.destroy();

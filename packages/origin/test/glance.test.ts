@@ -230,6 +230,27 @@ describe('GlanceOrigin against a Glance-shaped API', () => {
     expect(glance.requests.map((r) => r.url)).toEqual(['/v2/images/queued']);
   });
 
+  it('a record whose body never completes: OriginError after the timeout (it covers the whole record)', async () => {
+    const stalled = new FakeGlance();
+    const pending: ServerResponse[] = [];
+    stalled.server.removeAllListeners('request');
+    stalled.server.on('request', (_request: IncomingMessage, response: ServerResponse) => {
+      response.writeHead(200, { 'content-type': 'application/json' });
+      response.write('{"status": "act');
+      pending.push(response);
+    });
+    await stalled.start();
+    try {
+      const error = (await rejection(new GlanceOrigin(stalled.url, { timeout: 150 }).open('img'))) as OriginError;
+      expect(OriginError.isInstance(error)).toBe(true);
+      expect(error.status).toBeUndefined();
+      expect(error.message).toMatch(/no complete answer within 150 ms/);
+    } finally {
+      for (const response of pending) response.socket?.destroy();
+      await stalled.stop();
+    }
+  });
+
   it('an unknown image: OriginError 404', async () => {
     const error = (await rejection(authorized().open('nope'))) as OriginError;
     expect(error.notFound).toBe(true);

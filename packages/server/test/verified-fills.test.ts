@@ -294,7 +294,9 @@ describe('origins that must never yield a HIT', () => {
     upstream.routes.set('/images/good', serve(data, { 'repr-digest': `sha-256=:${b64('sha256', data)}:` }));
     const node = await startNode(httpOrigin(), { prefetchInterval: 20 });
     for (const id of ['wrong', 'unverified', 'good']) await node.cache.queueImage(id);
-    // Each run retries the two bad ones: wait for two runs' worth of failures.
+    // Each run retries the two bad ones: wait for two runs' worth of failures, and for good's commit to be
+    // recorded (the file is active a moment before its row is written, and the runs may count failures first).
+    await waitFor(async () => ((await scrape(node.url)).get(`${METRIC_NAMES.prefetches}{outcome="cached"}`) ?? 0) >= 1);
     await waitFor(async () => ((await scrape(node.url)).get(`${METRIC_NAMES.prefetches}{outcome="failed"}`) ?? 0) >= 4);
     expect(await node.cache.isCached('good')).toBe(true);
     expect(await node.cache.driver.getStoredChecksum?.('good')).toBe(`sha256:${hex('sha256', data)}`);

@@ -125,6 +125,7 @@ export class Fill extends EventEmitter {
   readonly #abandonAfter: number | undefined;
   #expectedSize: number | undefined;
   #role: FillRole = 'pending';
+  #ownerPid: number | undefined;
   readonly #state: MutableState = { generation: 0, file: undefined, available: 0, outcome: undefined };
   #pulse: Promise<void> | undefined;
   #wake: (() => void) | undefined;
@@ -186,6 +187,11 @@ export class Fill extends EventEmitter {
     return this.#role;
   }
 
+  /** The process that fetches the image: this one when `owner`, the owner's when `follower` (once it said hello). */
+  get ownerPid(): number | undefined {
+    return this.#ownerPid;
+  }
+
   /** Bytes in the file so far (of the current attempt); the size once committed. */
   get written(): number {
     const outcome = this.#state.outcome;
@@ -245,6 +251,7 @@ export class Fill extends EventEmitter {
 
   /** A new attempt writes a new file: readers drop the descriptor of the old one. */
   #newAttempt(role: FillRole): void {
+    this.#ownerPid = role === 'owner' ? process.pid : undefined;
     this.#update({ generation: this.#state.generation + 1, file: undefined, available: 0 });
     this.#setRole(role);
   }
@@ -301,6 +308,7 @@ export class Fill extends EventEmitter {
       let outcome: FillOutcome | undefined;
       link.on('message', (message: FillMessage) => {
         if ('hello' in message) {
+          this.#ownerPid = message.pid;
           if (this.#expectedSize === undefined && message.expectedSize !== undefined) this.#expectedSize = message.expectedSize;
           if (message.file !== null) this.#update({ file: message.file });
           this.#progress(message.written);

@@ -94,13 +94,17 @@ export interface ReadThroughResult {
   /** The image bytes. Consume or destroy it: callers waiting on this fetch wait for it to end. */
   stream: Readable;
   /**
-   * `cache` when served from the cache, `origin` when this caller streams
-   * from the origin (caching on the way), `fill` when it reads a fill that
-   * another process on this host (or {@link ImageCache.fill} in this one)
-   * is fetching: the bytes come as that fill writes them.
+   * `cache` when served from the cache; `origin` when the bytes come from
+   * the origin as they are cached: through this caller's caching stream (a
+   * `CachingStream`), or, when {@link fill} is set, as a reader of a fill
+   * that another process on this host (or {@link ImageCache.fill} in this
+   * one) runs.
    */
-  from: 'cache' | 'origin' | 'fill';
-  /** For `from: 'fill'`: the fill read (its `done` tells how it ended). */
+  from: 'cache' | 'origin';
+  /**
+   * Set when the stream reads a running fill instead of fetching: the
+   * origin is read once per host. Its `done` tells how the fill ended.
+   */
   fill?: Fill;
 }
 
@@ -367,6 +371,12 @@ export class ImageCache {
    * If caching fails for another reason (disk full, another process writing
    * the id, the leader's client stopping early), the waiters try again: one
    * of them leads a new fetch.
+   *
+   * Across processes (ADR 0003): the leader takes the host's write lock of
+   * the id first. When a fill or writer of another process (or
+   * {@link fill} in this one) holds it, the caller does not fetch: it reads
+   * that fill as it grows (`from: 'origin'` with `fill` set; the fill is
+   * followed, and taken over with this `fetch` if its owner dies).
    */
   async readThrough(id: ImageId, options: ReadThroughOptions): Promise<ReadThroughResult> {
     assertImageId(id);
@@ -381,7 +391,7 @@ export class ImageCache {
         if (!ImageNotCachedError.isInstance(error)) throw error;
       }
       const fill = this.#fills.get(id);
-      if (fill !== undefined) return { stream: fill.openReader(), from: 'fill', fill };
+      if (fill !== undefined) return { stream: fill.openReader(), from: 'origin', fill };
       const flight = this.#flights.get(id);
       if (flight !== undefined) {
         await flight; // rejects with the source's error
@@ -411,7 +421,7 @@ export class ImageCache {
         const fill = this.fill(id, { fetch: () => options.fetch(), checksum: options.checksum });
         done();
         resolve('retry'); // the waiters find the fill
-        return { stream: fill.openReader(), from: 'fill', fill };
+        return { stream: fill.openReader(), from: 'origin', fill };
       }
     } catch (error) {
       // A writer of this process without the lock (a direct driver.openForWrite): the caching stream skips caching.

@@ -350,7 +350,7 @@ describe('fill() and the other writers share the host lock', () => {
     expect((await passing.cacheOutcome).status).toBe('skipped');
     const origin = counting(() => Readable.from([Buffer.from('never')]));
     const through = await cache.readThrough('img', { fetch: origin.fetch });
-    expect(through.from).toBe('fill');
+    expect(through.from).toBe('origin');
     expect(through.fill).toBe(fill);
 
     for (const chunk of chunks.slice(1)) source.push(chunk);

@@ -3,7 +3,7 @@ import { CacheDirectory, isErrnoError, storageError } from '../cache-dir.js';
 import type { CacheDriver, CacheWriter } from '../driver.js';
 import { ImageBeingCachedError } from '../errors.js';
 import type { ImageId } from '../image-id.js';
-import { fillLockName, OwnerLock } from './lock.js';
+import { fillLockName, HOST_LOCKS, OwnerLock } from './lock.js';
 
 /** `dev:ino` of a file: what tells the file a follower opened from another file under the same name. */
 export function fileKey(info: { dev: bigint | number; ino: bigint | number }): string {
@@ -39,11 +39,15 @@ export class WriteLock {
    * is moved to `invalid/`, so torn bytes are never served or committed.
    * A file that a writer of this process still owns without the lock (a
    * direct `driver.openForWrite` call) is left alone: the lock is given back
-   * and `ImageBeingCachedError` is thrown.
+   * and `ImageBeingCachedError` is thrown. Off Linux (no abstract sockets)
+   * the lock is per process only and no file is moved: the exclusive create
+   * of `incomplete/<id>` is then all that keeps two processes apart.
    */
   static async acquire(driver: CacheDriver, id: ImageId): Promise<WriteLock | undefined> {
     const lock = await OwnerLock.acquire(await lockNameFor(driver, id));
     if (lock === undefined) return undefined;
+    // Without host locks (off Linux) an incomplete file may be a live writer's: leave it to O_EXCL.
+    if (!HOST_LOCKS) return new WriteLock(id, lock);
     try {
       await moveStaleIncomplete(driver, id);
     } catch (error) {

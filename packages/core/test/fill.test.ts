@@ -382,6 +382,28 @@ describe('fill() and the other writers share the host lock', () => {
     expect(origin.calls).toBe(0);
   });
 
+  it('readThrough while a caching stream of the host writes the id: it reads that write as a fill, without a second fetch', async () => {
+    const image = imageBytes('through-stream', 4 * C);
+    const chunks = split(image, C);
+    const source = controlledSource();
+    const client = cache.getCachingStream('img', source.iterable);
+    const clientBytes = collector(client);
+    source.push(chunks[0] as Buffer);
+    await clientBytes.until(C);
+
+    const origin = counting(() => Readable.from([Buffer.from('never')]));
+    // Not a flight of readThrough and not a fill: only the host lock tells that the id is being written.
+    const through = await cache.readThrough('img', { fetch: origin.fetch });
+    expect(through.from).toBe('origin');
+    expect(through.fill?.role === 'pending' || through.fill?.role === 'follower').toBe(true);
+    const reader = collector(through.stream);
+    for (const chunk of chunks.slice(1)) source.push(chunk);
+    source.end();
+    expect((await reader.ended).equals(image)).toBe(true);
+    expect(await through.fill?.done).toMatchObject({ status: 'committed', via: 'followed' });
+    expect(origin.calls).toBe(0);
+  });
+
   it('a fill following a caching stream whose client leaves takes over and fetches itself', async () => {
     const image = imageBytes('takeover-local', 4 * C);
     const chunks = split(image, C);

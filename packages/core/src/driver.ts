@@ -92,6 +92,14 @@ export interface CacheWriter extends Writable {
   /** Bytes accepted so far. */
   readonly bytesWritten: number;
   /**
+   * Optional: bytes from offset 0 that are in the file (their writes to the
+   * file descriptor have completed), announced by a `progress` event with
+   * the new count each time it grows. Fills report this to their readers;
+   * a writer without it is read only once committed. The writer of
+   * `DirectoryCacheDriver` (`CacheWriteStream`) has it.
+   */
+  readonly bytesInFile?: number;
+  /**
    * Records a verified digest (e.g. `sha256:<hex>`, or a bare md5 hex for Glance)
    * to store with the entry at commit. Call before `end()`.
    */

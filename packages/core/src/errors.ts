@@ -18,6 +18,7 @@ export const ErrorCodes = {
   STORAGE: 'CACHE_STORAGE_ERROR',
   DRIVER_NOT_OPEN: 'CACHE_DRIVER_NOT_OPEN',
   ORIGIN: 'CACHE_ORIGIN_ERROR',
+  FILL_ABANDONED: 'CACHE_FILL_ABANDONED',
 } as const;
 
 /** One of the values of {@link ErrorCodes}. */
@@ -190,6 +191,19 @@ export class OriginError extends CacheError {
     return this.status === 404;
   }
   static isInstance = codeGuard<OriginError>(ErrorCodes.ORIGIN);
+}
+
+/** A fill was stopped and rolled back because it had no reader for its `abandonAfter` seconds. */
+export class FillAbandonedError extends CacheError {
+  readonly imageId: string;
+  constructor(imageId: string, seconds: number) {
+    super(
+      ErrorCodes.FILL_ABANDONED,
+      `the fill of image '${imageId}' was abandoned: no reader for ${seconds} s (abandonAfter); the partial file was rolled back`,
+    );
+    this.imageId = imageId;
+  }
+  static isInstance = codeGuard<FillAbandonedError>(ErrorCodes.FILL_ABANDONED);
 }
 
 function describeId(id: unknown): string {

@@ -15,12 +15,15 @@ import { ParallelHash } from './parallel-hash.js';
 import type { CachedImage, CacheDriver, CacheWriter, CleanReport, LeastRecentlyAccessed } from './driver.js';
 import {
   BadDriverConfigurationError,
+  CacheStorageError,
   ChecksumMismatchError,
   ImageBeingCachedError,
   ImageNotCachedError,
   InvalidArgumentError,
 } from './errors.js';
 import { assertImageId, type ImageId } from './image-id.js';
+import { Fill, type FillOptions } from './fill/fill.js';
+import { WriteLock } from './fill/owner.js';
 
 /**
  * How long a caching stream whose client stopped reading waits for the source
@@ -116,8 +119,19 @@ export interface ReadThroughOptions {
 export interface ReadThroughResult {
   /** The image bytes. Consume or destroy it: callers waiting on this fetch wait for it to end. */
   stream: Readable;
-  /** `cache` when served from the cache, `origin` when this caller streams from the origin (caching on the way). */
+  /**
+   * `cache` when served from the cache; `origin` when the bytes come from
+   * the origin as they are cached: through this caller's caching stream (a
+   * `CachingStream`), or, when {@link fill} is set, as a reader of a fill
+   * that another process on this host (or {@link ImageCache.fill} in this
+   * one) runs.
+   */
   from: 'cache' | 'origin';
+  /**
+   * Set when the stream reads a running fill instead of fetching: the
+   * origin is read once per host. Its `done` tells how the fill ended.
+   */
+  fill?: Fill;
 }
 
 /**
@@ -144,6 +158,8 @@ export class ImageCache {
   readonly #onCacheError: ((error: Error, imageId: ImageId) => void) | undefined;
   /** Misses being fetched by this process: settles 'committed' or 'retry', or rejects with the source's error. */
   readonly #flights = new Map<ImageId, Promise<'committed' | 'retry'>>();
+  /** Fills of this process, one per id (see {@link fill}). */
+  readonly #fills = new Map<ImageId, Fill>();
 
   private constructor(options: Required<Omit<ImageCacheOptions, 'onCacheError'>> & Pick<ImageCacheOptions, 'onCacheError'>) {
     this.driver = options.driver;
@@ -290,6 +306,38 @@ export class ImageCache {
   // ---- writing ------------------------------------------------------------------------
 
   /**
+   * Fills `id` from its origin (ADR 0003), or joins the fill of `id` that
+   * is already running: one fill per id in this process, one owner per id
+   * on this host. Returns at once; open any number of readers on the
+   * returned {@link Fill} (`fill.openReader({ start, end })`), each served
+   * as the bytes reach the file, at its own pace. A slow or departing reader
+   * never slows or stops the fill. When `id` is cached, readers read the
+   * cached file. Another process filling the same id is followed instead of
+   * fetching twice, and taken over if it dies.
+   *
+   * A caller that joins a running fill shares it: its options are not used
+   * (except for a takeover, which uses the first caller's).
+   *
+   * Throws `InvalidImageIdError` / `InvalidArgumentError` for bad arguments;
+   * every other failure is in `fill.done` and reaches the readers that need
+   * bytes the fill did not write.
+   */
+  fill(id: ImageId, options: FillOptions): Fill {
+    assertImageId(id);
+    if (typeof options?.fetch !== 'function') {
+      throw new InvalidArgumentError('fill needs { fetch: ({ signal }) => ImageSource | Promise<ImageSource> }');
+    }
+    const running = this.#fills.get(id);
+    if (running !== undefined) return running;
+    const fill = new Fill(this.driver, id, options);
+    this.#fills.set(id, fill);
+    void fill.done.then(() => {
+      if (this.#fills.get(id) === fill) this.#fills.delete(id);
+    });
+    return fill;
+  }
+
+  /**
    * Caches an image from a stream, async iterable or file path. Resolves true
    * when the entry was committed, false when it was not cacheable (already
    * cached, or another writer has it; the source is then left unread).
@@ -301,8 +349,26 @@ export class ImageCache {
     assertImageId(id);
     const expected = normalizeChecksum(options.checksum);
     assertSource(source);
-    const writer = await openWriterIfCacheable(this.driver, id);
-    if (writer === undefined) return false;
+    // The host's write lock of the id (ADR 0003): a fill or writer of another process has it -> not cacheable now.
+    const lock = await WriteLock.acquire(this.driver, id).catch((error: unknown) => {
+      if (ImageBeingCachedError.isInstance(error)) return undefined;
+      throw error;
+    });
+    if (lock === undefined) return false;
+    let writer: CacheWriter | undefined;
+    try {
+      writer = await openWriterIfCacheable(this.driver, id);
+      if (writer !== undefined) await lock.attach(writer, this.driver.getImageFilepath(id, 'incomplete'));
+    } catch (error) {
+      writer?.destroy(error as Error);
+      if (writer !== undefined) await whenClosed(writer);
+      lock.failed(error as Error, false);
+      throw error;
+    }
+    if (writer === undefined) {
+      lock.release();
+      return false;
+    }
     const input = typeof source === 'string' ? createReadStream(source, { highWaterMark: 1024 * 1024 }) : source;
     try {
       if (expected === undefined) await pipeline(input, writer);
@@ -311,8 +377,11 @@ export class ImageCache {
       // pipeline rejects at the first error; wait until the rollback has moved the file to invalid/.
       if (!writer.destroyed) writer.destroy(error as Error);
       await whenClosed(writer);
+      // Followers give up on a source failure; on a cache failure they take over.
+      lock.failed(error as Error, !CacheStorageError.isInstance(error));
       throw error;
     }
+    lock.committed(writer.bytesWritten, expected === undefined ? undefined : formatChecksum(expected));
     return true;
   }
 
@@ -328,6 +397,12 @@ export class ImageCache {
    * If caching fails for another reason (disk full, another process writing
    * the id, the leader's client stopping early), the waiters try again: one
    * of them leads a new fetch.
+   *
+   * Across processes (ADR 0003): the leader takes the host's write lock of
+   * the id first. When a fill or writer of another process (or
+   * {@link fill} in this one) holds it, the caller does not fetch: it reads
+   * that fill as it grows (`from: 'origin'` with `fill` set; the fill is
+   * followed, and taken over with this `fetch` if its owner dies).
    */
   async readThrough(id: ImageId, options: ReadThroughOptions): Promise<ReadThroughResult> {
     assertImageId(id);
@@ -341,6 +416,8 @@ export class ImageCache {
       } catch (error) {
         if (!ImageNotCachedError.isInstance(error)) throw error;
       }
+      const fill = this.#fills.get(id);
+      if (fill !== undefined) return { stream: fill.openReader(), from: 'origin', fill };
       const flight = this.#flights.get(id);
       if (flight !== undefined) {
         await flight; // rejects with the source's error
@@ -362,18 +439,47 @@ export class ImageCache {
     const done = () => {
       if (this.#flights.get(id) === flight) this.#flights.delete(id);
     };
+    let lock: WriteLock | undefined;
+    try {
+      lock = await WriteLock.acquire(this.driver, id);
+      if (lock === undefined) {
+        // Another process on this host (or a writer of this one) is caching the id: read its fill instead of fetching.
+        // Taking over, this process fetches with the caller's fetch; the digest it announces is verified at the end.
+        const fill = this.fill(id, { fetch: async () => unwrapFetched(await options.fetch()).source, checksum: options.checksum });
+        done();
+        resolve('retry'); // the waiters find the fill
+        return { stream: fill.openReader(), from: 'origin', fill };
+      }
+    } catch (error) {
+      // A writer of this process without the lock (a direct driver.openForWrite): the caching stream skips caching.
+      if (!ImageBeingCachedError.isInstance(error)) {
+        done();
+        reject(error as Error);
+        throw error;
+      }
+    }
     let stream: CachingStream;
     try {
       const fetched = unwrapFetched(await options.fetch());
       if (fetched.cache === false) {
-        // Not to be cached: this caller streams the source as it is; the waiters fetch for themselves.
+        // Not to be cached: this caller streams the source as it is; the waiters (and other processes) fetch for themselves.
         assertSource(fetched.source);
+        lock?.failed(new Error('the origin response is not to be cached'), false);
         done();
         resolve('retry');
         return { stream: toReadable(fetched.source), from: 'origin' };
       }
-      stream = this.getCachingStream(id, fetched.source, { checksum: options.checksum ?? fetched.checksum });
+      assertSource(fetched.source);
+      stream = new CachingStream(
+        this.driver,
+        id,
+        fetched.source,
+        normalizeChecksum(options.checksum ?? fetched.checksum),
+        this.#onCacheError,
+        lock,
+      );
     } catch (error) {
+      lock?.failed(error as Error, true);
       done();
       reject(error as Error);
       throw error;
@@ -543,13 +649,23 @@ export class CachingStream extends Readable {
   #pendingStep: Promise<IteratorResult<unknown>> | undefined;
   #settle!: (outcome: CachingOutcome) => void;
   #settled = false;
+  /** The host's write lock of the id, held from `_construct` until the outcome. */
+  #lock: WriteLock | undefined;
+  /** The writer of the cache write, kept to wait for its rollback before the lock is given back. */
+  #lastWriter: CacheWriter | undefined;
+  /** Bytes handed to the cache writer. */
+  #cachedBytes = 0;
 
+  /**
+   * @param lock - @internal the host's write lock of `id`, when the caller already holds it.
+   */
   constructor(
     driver: CacheDriver,
     id: ImageId,
     source: ImageSource,
     expected: NormalizedChecksum | undefined,
     onCacheError?: (error: Error, imageId: ImageId) => void,
+    lock?: WriteLock,
   ) {
     super({ highWaterMark: 1024 * 1024 });
     this.imageId = id;
@@ -558,6 +674,7 @@ export class CachingStream extends Readable {
     this.#expected = expected;
     this.#hash = expected === undefined ? undefined : new ParallelHash(expected.algorithm);
     this.#onCacheError = onCacheError;
+    this.#lock = lock;
     this.cacheOutcome = new Promise((resolve) => (this.#settle = resolve));
   }
 
@@ -565,6 +682,21 @@ export class CachingStream extends Readable {
     if (this.#settled) return;
     this.#settled = true;
     this.#settle(outcome);
+    const lock = this.#lock;
+    this.#lock = undefined;
+    if (lock === undefined) return;
+    // Followers (fills of other processes) learn the outcome once the file is where it ends up.
+    const writer = this.#lastWriter;
+    const moved = writer === undefined ? Promise.resolve() : whenClosed(writer);
+    void moved.then(() => {
+      if (outcome.status === 'committed') {
+        lock.committed(this.#cachedBytes, this.#expected === undefined ? undefined : formatChecksum(this.#expected));
+      } else if (outcome.status === 'skipped' || outcome.error === undefined) {
+        lock.release();
+      } else {
+        lock.failed(outcome.error, outcome.status === 'aborted' && outcome.abortedBy === 'source');
+      }
+    });
   }
 
   /** A cache-side failure: report it, roll back, keep serving the client. */
@@ -602,6 +734,12 @@ export class CachingStream extends Readable {
       typeof source === 'string' ? createReadStream(source, { highWaterMark: 1024 * 1024 }) : source;
     this.#iterator = iterable[Symbol.asyncIterator]();
     try {
+      // The host's write lock of the id (ADR 0003): held by a fill or writer elsewhere -> pass through without caching.
+      this.#lock ??= await WriteLock.acquire(this.#driver, this.imageId);
+      if (this.#lock === undefined) {
+        this.#finishOutcome({ status: 'skipped' });
+        return;
+      }
       const writer = await openWriterIfCacheable(this.#driver, this.imageId);
       if (writer === undefined) {
         this.#finishOutcome({ status: 'skipped' });
@@ -611,6 +749,8 @@ export class CachingStream extends Readable {
         if (this.#writer === writer) this.#cacheFailed(error);
       });
       this.#writer = writer;
+      this.#lastWriter = writer;
+      await this.#lock.attach(writer, this.#driver.getImageFilepath(this.imageId, 'incomplete'));
     } catch (error) {
       if (ImageBeingCachedError.isInstance(error)) this.#finishOutcome({ status: 'skipped', error });
       else this.#cacheFailed(error as Error);
@@ -658,6 +798,7 @@ export class CachingStream extends Readable {
   async #writeToCache(chunk: Buffer): Promise<void> {
     const writer = this.#writer;
     if (writer === undefined || chunk.length === 0) return;
+    this.#cachedBytes += chunk.length;
     if (writer.write(chunk)) return;
     await new Promise<void>((resolve) => {
       const done = () => {

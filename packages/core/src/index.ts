@@ -53,3 +53,12 @@ export {
   type ReadThroughResult,
 } from './image-cache.js';
 export { MemoryDriver } from './memory-driver.js';
+export {
+  Fill,
+  type FillFetchContext,
+  type FillOptions,
+  type FillOutcome,
+  type FillRole,
+  type FillSource,
+} from './fill/fill.js';
+export { GrowingFileReader, type ReadRange } from './fill/reader.js';

@@ -72,6 +72,10 @@ export class CacheWriteStream extends Writable implements CacheWriter {
   /** Bytes written when the last early flush started. */
   #flushedAt = 0;
   #flushing = false;
+  /** The unwritten start of each write in flight, in dispatch (= file) order. */
+  #inFlightAt: { at: number }[] = [];
+  /** Bytes from offset 0 that are in the file (every write below them has completed). */
+  #inFile = 0;
 
   readonly #path: string;
 
@@ -88,6 +92,17 @@ export class CacheWriteStream extends Writable implements CacheWriter {
 
   get bytesWritten(): number {
     return this.#bytes;
+  }
+
+  /**
+   * Bytes from the start of the file whose writes have all completed: another
+   * file descriptor on the same file reads exactly these bytes. Two writes
+   * run at once and may finish out of order, so this can trail
+   * `bytesWritten`. Each increase is announced by a `progress` event with the
+   * new value, before the commit.
+   */
+  get bytesInFile(): number {
+    return this.#inFile;
   }
 
   setChecksum(checksum: string): void {
@@ -184,6 +199,8 @@ export class CacheWriteStream extends Writable implements CacheWriter {
   async #writeAt(buffers: Buffer[], position: number): Promise<void> {
     let pending = buffers;
     let at = position;
+    const slot = { at };
+    this.#inFlightAt.push(slot);
     try {
       while (pending.length > 0) {
         const { bytesWritten } = pending.length === 1
@@ -192,11 +209,23 @@ export class CacheWriteStream extends Writable implements CacheWriter {
         this.#bytes += bytesWritten;
         this.#unwritten -= bytesWritten;
         at += bytesWritten;
+        slot.at = at;
         pending = skipBytes(pending, bytesWritten);
+        if (pending.length === 0) this.#inFlightAt.splice(this.#inFlightAt.indexOf(slot), 1);
+        this.#reportInFile();
       }
     } catch (error) {
       throw storageError('write', this.#path, error);
     }
+  }
+
+  /** Emits `progress` when the contiguous prefix in the file has grown (see {@link bytesInFile}). */
+  #reportInFile(): void {
+    const first = this.#inFlightAt[0];
+    const inFile = first === undefined ? this.#position : first.at;
+    if (inFile <= this.#inFile) return;
+    this.#inFile = inFile;
+    this.emit('progress', inFile);
   }
 
   /** Resolves when nothing is being written (the queue is empty or a write failed). */

@@ -1,0 +1,324 @@
+/**
+ * The per-host fill lock of ADR 0003: a Linux abstract Unix socket. Exactly
+ * one process can `listen()` on a name; the kernel frees the name the moment
+ * that process dies (SIGKILL included), so there is no file to clean up, no
+ * heartbeat and no clock. The socket is also the notification channel: the
+ * owner writes JSON lines to every follower connected to it.
+ *
+ * Protocol (one JSON object per line, owner to follower):
+ * - `{"hello":1,"pid":P,"file":"dev:ino"|null,"written":N,"expectedSize":S?}` on connect;
+ * - `{"file":"dev:ino"}` once the owner's `incomplete/<id>` exists;
+ * - `{"written":N}` as bytes reach the file (coalesced: a follower that does
+ *   not read its socket gets only the latest count once it drains);
+ * - `{"committed":N,"checksum":C?}`, the entry is active;
+ * - `{"failed":code,"message":M,"source":bool,"written":N,...}`: rolled back.
+ *   `source: true` is final (an origin error or a failed verification, which
+ *   a new fetch would likely repeat); `source: false` (the cache failed, the
+ *   owner's client left, the fill was abandoned) tells followers to take over.
+ *
+ * A connection that ends without `committed` or `failed` means the owner died
+ * or gave up without an outcome: followers try to take over (one wins `listen()`).
+ */
+import { createHash } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import { createConnection, createServer, type Server, type Socket } from 'node:net';
+import { ChecksumMismatchError, ErrorCodes, OriginError } from '../errors.js';
+
+/** Abstract sockets exist on Linux only; elsewhere the lock is per process (see {@link OwnerLock.acquire}). */
+export const HOST_LOCKS = process.platform === 'linux';
+
+/**
+ * The abstract socket name of one id's fill in one cache directory:
+ * `\0image-cache/fill/<sha256(realpath(cacheDir) + "\0" + id)>`.
+ *
+ * @param realCacheDir - the cache directory after `realpath()`, so every spelling of it maps to one lock.
+ */
+export function fillLockName(realCacheDir: string, id: string): string {
+  const digest = createHash('sha256').update(`${realCacheDir}\0${id}`).digest('hex');
+  return `\0image-cache/fill/${digest}`;
+}
+
+/** The first line a follower gets. */
+export interface HelloMessage {
+  hello: 1;
+  pid: number;
+  file: string | null;
+  written: number;
+  expectedSize?: number;
+}
+
+/** A fill's final failure, as sent to followers. */
+export interface FailedMessage {
+  /** The error's `code` (`CACHE_ORIGIN_ERROR`, `CACHE_CHECKSUM_MISMATCH`...) or `ERROR`. */
+  failed: string;
+  message: string;
+  /** True: the origin or the verification failed (final). False: followers should take over. */
+  source: boolean;
+  /** Bytes that were in the file. */
+  written: number;
+  status?: number;
+  algorithm?: string;
+  expected?: string;
+  actual?: string;
+}
+
+/** Every message of the protocol. */
+export type FillMessage =
+  | HelloMessage
+  | { file: string }
+  | { written: number }
+  | { committed: number; checksum?: string }
+  | FailedMessage;
+
+/** The message that describes `error` to followers. */
+export function failureMessage(error: Error, source: boolean, written: number): FailedMessage {
+  const code = (error as { code?: unknown }).code;
+  const message: FailedMessage = {
+    failed: typeof code === 'string' ? code : 'ERROR',
+    message: error.message,
+    source,
+    written,
+  };
+  if (ChecksumMismatchError.isInstance(error)) {
+    message.algorithm = error.algorithm;
+    message.expected = error.expected;
+    message.actual = error.actual;
+  }
+  if (OriginError.isInstance(error) && error.status !== undefined) message.status = error.status;
+  return message;
+}
+
+/**
+ * The typed error a follower's readers get for an owner's source failure: a
+ * `ChecksumMismatchError` for a failed verification, otherwise an
+ * `OriginError` with the owner's message (and HTTP status, when it had one).
+ */
+export function failureFromMessage(imageId: string, message: FailedMessage): Error {
+  if (message.failed === ErrorCodes.CHECKSUM_MISMATCH) {
+    return new ChecksumMismatchError(imageId, message.algorithm ?? '', message.expected ?? '', message.actual ?? '');
+  }
+  const error = new OriginError(imageId, message.message, message.status === undefined ? {} : { status: message.status });
+  // An OriginError's message already names the image: keep the owner's text as it was.
+  if (message.failed === ErrorCodes.ORIGIN) error.message = message.message;
+  return error;
+}
+
+interface FollowerSocket {
+  socket: Socket;
+  /** Last `written` count sent. */
+  sent: number;
+}
+
+/**
+ * The owner's side of the lock: holds the name while it is listening and
+ * notifies followers. Call exactly one of {@link commit} / {@link fail}
+ * (or neither) and then {@link release}.
+ */
+export class OwnerLock {
+  readonly #server: Server | undefined;
+  readonly #followers = new Set<FollowerSocket>();
+  #file: string | null = null;
+  #written = 0;
+  #expectedSize: number | undefined;
+  #final: FillMessage | undefined;
+  #released = false;
+  /** Called when a follower connects or leaves. */
+  onFollowersChange: (() => void) | undefined;
+
+  private constructor(server: Server | undefined) {
+    this.#server = server;
+    server?.on('connection', (socket) => this.#accept(socket));
+  }
+
+  /**
+   * Tries to become the owner of `name`. Resolves the lock, or `undefined`
+   * when another live process (or another fill of this process) holds it.
+   * Off Linux there are no abstract sockets: it always succeeds, and only
+   * the exclusive create of `incomplete/<id>` keeps two processes apart.
+   */
+  static async acquire(name: string): Promise<OwnerLock | undefined> {
+    if (!HOST_LOCKS) return new OwnerLock(undefined);
+    const server = createServer({ pauseOnConnect: false });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen({ path: name }, () => {
+          server.off('error', reject);
+          resolve();
+        });
+      });
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'EADDRINUSE') return undefined;
+      throw error;
+    }
+    server.on('error', () => undefined);
+    // The fill itself keeps the process alive; a lock must not.
+    server.unref();
+    return new OwnerLock(server);
+  }
+
+  /** Followers connected now. */
+  get followers(): number {
+    return this.#followers.size;
+  }
+
+  /** Announces the `incomplete/<id>` file (`dev:ino`) the followers should read. */
+  setFile(file: string): void {
+    this.#file = file;
+    this.#broadcast({ file });
+  }
+
+  /** Announces the expected size (to followers that connect from now on). */
+  setExpectedSize(size: number | undefined): void {
+    this.#expectedSize = size;
+  }
+
+  /** Announces that the first `written` bytes are in the file. */
+  progress(written: number): void {
+    if (written <= this.#written || this.#final !== undefined) return;
+    this.#written = written;
+    for (const follower of this.#followers) this.#sendWritten(follower);
+  }
+
+  /** Announces the commit (the entry is active) and ends every follower's connection. */
+  commit(size: number, checksum?: string): void {
+    this.#finish(checksum === undefined ? { committed: size } : { committed: size, checksum });
+  }
+
+  /** Announces a rollback; `source` says whether followers should give up (true) or take over (false). */
+  fail(error: Error, source: boolean): void {
+    this.#finish(failureMessage(error, source, this.#written));
+  }
+
+  /**
+   * Gives the name back. Followers still connected without a final message
+   * see their connection end, and take over.
+   */
+  release(): void {
+    if (this.#released) return;
+    this.#released = true;
+    this.#server?.close();
+    for (const follower of this.#followers) {
+      if (this.#final === undefined) follower.socket.destroy();
+      else follower.socket.end();
+    }
+  }
+
+  #finish(message: FillMessage): void {
+    if (this.#final !== undefined) return;
+    this.#final = message;
+    for (const follower of this.#followers) {
+      follower.socket.write(`${JSON.stringify(message)}\n`);
+      follower.socket.end();
+    }
+  }
+
+  #accept(socket: Socket): void {
+    socket.unref();
+    socket.on('error', () => undefined); // a follower that goes away is no error of the fill
+    socket.resume(); // followers send nothing; never let their input buffer up
+    if (this.#final !== undefined) {
+      socket.end(`${JSON.stringify(this.#final)}\n`);
+      return;
+    }
+    if (this.#released) {
+      socket.destroy();
+      return;
+    }
+    const follower: FollowerSocket = { socket, sent: this.#written };
+    this.#followers.add(follower);
+    socket.on('close', () => {
+      this.#followers.delete(follower);
+      this.onFollowersChange?.();
+    });
+    socket.on('drain', () => this.#sendWritten(follower));
+    const hello: HelloMessage = { hello: 1, pid: process.pid, file: this.#file, written: this.#written };
+    if (this.#expectedSize !== undefined) hello.expectedSize = this.#expectedSize;
+    socket.write(`${JSON.stringify(hello)}\n`);
+    this.onFollowersChange?.();
+  }
+
+  #broadcast(message: FillMessage): void {
+    if (this.#final !== undefined) return;
+    for (const follower of this.#followers) follower.socket.write(`${JSON.stringify(message)}\n`);
+  }
+
+  #sendWritten(follower: FollowerSocket): void {
+    if (this.#final !== undefined || follower.sent >= this.#written) return;
+    // A follower that has not read what it was sent gets the latest count once it drains.
+    if (follower.socket.writableNeedDrain) return;
+    follower.sent = this.#written;
+    follower.socket.write(`${JSON.stringify({ written: this.#written })}\n`);
+  }
+}
+
+/**
+ * A follower's connection to the owner of a fill. Emits `message` for each
+ * line, then `end` with `true` when a final message (`committed`/`failed`)
+ * was received, `false` when the connection ended without one (the owner
+ * died or gave up: take over).
+ */
+export class FollowerLink extends EventEmitter {
+  readonly #socket: Socket;
+  #final = false;
+  #ended = false;
+
+  private constructor(socket: Socket) {
+    super();
+    this.#socket = socket;
+    let pending = '';
+    socket.setEncoding('utf8');
+    socket.on('data', (text: string) => {
+      pending += text;
+      let newline = pending.indexOf('\n');
+      while (newline !== -1) {
+        const line = pending.slice(0, newline);
+        pending = pending.slice(newline + 1);
+        newline = pending.indexOf('\n');
+        if (line.length === 0) continue;
+        let message: FillMessage;
+        try {
+          message = JSON.parse(line) as FillMessage;
+        } catch {
+          socket.destroy();
+          return;
+        }
+        if ('committed' in message || 'failed' in message) this.#final = true;
+        this.emit('message', message);
+      }
+    });
+    socket.on('error', () => undefined);
+    socket.on('close', () => {
+      if (this.#ended) return;
+      this.#ended = true;
+      this.emit('end', this.#final);
+    });
+  }
+
+  /**
+   * Connects to the owner of `name`. Resolves `undefined` when nobody
+   * listens any more (the owner just finished or died): try to acquire again.
+   */
+  static async connect(name: string): Promise<FollowerLink | undefined> {
+    const socket = createConnection({ path: name });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        socket.once('error', reject);
+        socket.once('connect', () => {
+          socket.off('error', reject);
+          resolve();
+        });
+      });
+    } catch (error) {
+      socket.destroy();
+      if (['ECONNREFUSED', 'ENOENT', 'EAGAIN', 'ECONNRESET'].includes((error as NodeJS.ErrnoException).code ?? '')) return undefined;
+      throw error;
+    }
+    return new FollowerLink(socket);
+  }
+
+  /** Leaves the owner (it goes on without this follower). */
+  close(): void {
+    this.#socket.destroy();
+  }
+}

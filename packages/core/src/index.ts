@@ -39,19 +39,10 @@ export {
   type ChecksumAlgorithm,
   type NormalizedChecksum,
 } from './checksum.js';
-export {
-  CachingStream,
-  DEFAULT_MAX_SIZE,
-  ImageCache,
-  type CacheImageOptions,
-  type CachingOutcome,
-  type FetchedImage,
-  type ImageCacheOptions,
-  type ImageSource,
-  type PruneResult,
-  type ReadThroughOptions,
-  type ReadThroughResult,
-} from './image-cache.js';
+export { DEFAULT_MAX_SIZE, ImageCache, type ImageCacheOptions, type PruneResult } from './image-cache.js';
+export { CachingStream, type CachingOutcome } from './caching-stream.js';
+export type { CacheImageOptions, ImageSource } from './cache-write.js';
+export type { FetchedImage, ReadThroughOptions, ReadThroughResult } from './read-through.js';
 export { MemoryDriver } from './memory-driver.js';
 export {
   Fill,

@@ -1,0 +1,110 @@
+import { unlink } from 'node:fs/promises';
+import { Transform, type Readable, type TransformCallback } from 'node:stream';
+import { formatChecksum, type Checksum, type NormalizedChecksum } from './checksum.js';
+import type { CacheDriver, CacheWriter } from './driver.js';
+import { ChecksumMismatchError, ImageBeingCachedError, InvalidArgumentError } from './errors.js';
+import type { ImageId } from './image-id.js';
+import { ParallelHash } from './parallel-hash.js';
+
+// What the facade's writes share: sources, the cacheable check before a
+// write, verification on the way through.
+
+/** Where image bytes come from: a stream, any async iterable of bytes, or a file path. */
+export type ImageSource = Readable | AsyncIterable<Uint8Array> | string;
+
+/** Options for writing an image into the cache. */
+export interface CacheImageOptions {
+  /** Expected digest; a mismatch rejects with `ChecksumMismatchError` and nothing is committed. */
+  checksum?: Checksum;
+}
+
+/**
+ * Opens an exclusive writer for `id` unless it is cached or being cached.
+ * The cached check is repeated once the writer holds `incomplete/<id>`: a
+ * writer of another process may have committed between the first check and
+ * the exclusive create, and the image must not be fetched and written twice.
+ */
+export async function openWriterIfCacheable(driver: CacheDriver, id: ImageId): Promise<CacheWriter | undefined> {
+  if (!(await driver.isCacheable(id))) return undefined;
+  let writer: CacheWriter;
+  try {
+    writer = await driver.openForWrite(id);
+  } catch (error) {
+    if (ImageBeingCachedError.isInstance(error)) return undefined;
+    throw error;
+  }
+  if (await driver.isCached(id).catch(() => false)) {
+    // Nothing was written: give the empty file back instead of leaving it in invalid/.
+    writer.on('error', () => undefined);
+    writer.destroy();
+    await whenClosed(writer);
+    await unlink(driver.getImageFilepath(id, 'invalid')).catch(() => undefined);
+    return undefined;
+  }
+  return writer;
+}
+
+/** Throws `InvalidArgumentError` unless `source` is a stream, an async iterable or a non-empty path. */
+export function assertSource(source: unknown): asserts source is ImageSource {
+  const ok =
+    typeof source === 'string'
+      ? source.length > 0
+      : typeof source === 'object' && source !== null && Symbol.asyncIterator in source;
+  if (!ok) {
+    throw new InvalidArgumentError('source must be a Readable, an AsyncIterable<Uint8Array> or a file path');
+  }
+}
+
+/** Resolves once the stream has emitted `close` (its destroy work, e.g. a rollback, is done). */
+export function whenClosed(stream: Readable | CacheWriter): Promise<void> {
+  if (stream.closed) return Promise.resolve();
+  return new Promise((resolve) => stream.once('close', () => resolve()));
+}
+
+/** A chunk of a source as a Buffer (no copy); anything but bytes is an `InvalidArgumentError`. */
+export function toBuffer(chunk: unknown): Buffer {
+  if (Buffer.isBuffer(chunk)) return chunk;
+  if (chunk instanceof Uint8Array) return Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+  throw new InvalidArgumentError(`source yielded a ${typeof chunk}, expected Uint8Array chunks`);
+}
+
+/**
+ * Hashes what passes (on a worker thread for large images, see `ParallelHash`);
+ * on flush either records the digest on the writer or fails with `ChecksumMismatchError`.
+ */
+export class VerifyingTransform extends Transform {
+  readonly #hash: ParallelHash;
+  constructor(
+    readonly imageId: ImageId,
+    readonly expected: NormalizedChecksum,
+    readonly writer: CacheWriter,
+  ) {
+    super();
+    this.#hash = new ParallelHash(expected.algorithm);
+  }
+  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
+    let wait: Promise<void> | undefined;
+    try {
+      wait = this.#hash.update(chunk);
+    } catch (error) {
+      callback(error as Error);
+      return;
+    }
+    if (wait === undefined) callback(null, chunk);
+    else wait.then(() => callback(null, chunk), callback);
+  }
+  override _flush(callback: TransformCallback): void {
+    this.#hash.digest().then((actual) => {
+      if (actual !== this.expected.digest) {
+        callback(new ChecksumMismatchError(this.imageId, this.expected.algorithm, this.expected.digest, actual));
+        return;
+      }
+      this.writer.setChecksum(formatChecksum(this.expected));
+      callback();
+    }, callback);
+  }
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    this.#hash.dispose();
+    callback(error);
+  }
+}

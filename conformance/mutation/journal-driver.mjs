@@ -762,10 +762,11 @@ export class JournalDriver extends DirectoryCacheDriver {
 
   /**
    * @param {string} id
+   * @param {import('@cache/core/driver').ReadOptions} [options]
    * @returns {Promise<Readable>}
    */
-  async openForRead(id) {
-    const stream = await super.openForRead(id);
+  async openForRead(id, options) {
+    const stream = await super.openForRead(id, options);
     if (this.#bug === 'hit-on-open') {
       const file = await this.dir.statFile(id, 'active');
       if (file !== undefined) await this.#recordHitNow(id, nowSeconds(), file);

@@ -34,6 +34,7 @@ import { deletionCases } from './cases/deletion.js';
 import { identityCases } from './cases/identity.js';
 import { persistenceCases } from './cases/persistence.js';
 import { reconcileCases } from './cases/reconcile.js';
+import { statQuarantineCases } from './cases/stat-quarantine.js';
 import { storedDigestCases } from './cases/stored-digest.js';
 import { imageIdCases } from './cases/image-ids.js';
 import { interopCases } from './cases/interop.js';
@@ -42,6 +43,7 @@ import { listingCases } from './cases/listing.js';
 import { lruCases } from './cases/lru.js';
 import { pruneCases } from './cases/prune.js';
 import { queueCases } from './cases/queue.js';
+import { rangedReadCases } from './cases/ranged-read.js';
 import { readCases } from './cases/read.js';
 import { unknownIdCases } from './cases/unknown-ids.js';
 import { writeCases } from './cases/write.js';
@@ -66,7 +68,9 @@ export { listingCases } from './cases/listing.js';
 export { lruCases } from './cases/lru.js';
 export { pruneCases } from './cases/prune.js';
 export { queueCases } from './cases/queue.js';
+export { rangedReadCases } from './cases/ranged-read.js';
 export { readCases } from './cases/read.js';
+export { statQuarantineCases } from './cases/stat-quarantine.js';
 export { unknownIdCases } from './cases/unknown-ids.js';
 export { writeCases } from './cases/write.js';
 export type { CaseEnv, CaseFn, CaseGroup, ConformanceKit, DriverFactory } from './kit.js';
@@ -111,6 +115,8 @@ export const allCaseGroups: readonly CaseGroup[] = Object.freeze([
   unknownIdCases,
   writeCases,
   readCases,
+  rangedReadCases,
+  statQuarantineCases,
   lruCases,
   pruneCases,
   cleanCases,

@@ -48,7 +48,7 @@ afterAll(() => postgres?.stop());
 
 describe('README examples run as written', () => {
   it.each([
-    ['packages/core/README.md', [/4194304 committed true/]],
+    ['packages/core/README.md', [/4194304 committed true/, /^100 1 4194304 sha256:[0-9a-f]{64}$/m]],
     ['packages/driver-sqlite/README.md', [/\{ files: 2, bytes: 14 \}/]],
     ['packages/driver-xattr/README.md', [/\{ files: 2, bytes: 14 \}/]],
     ['packages/origin/README.md', [/^29 pretend this is a qcow2 image\ntrue 404\n$/]],

@@ -10,10 +10,14 @@ import type {
   CleanReport,
   DriverCapabilities,
   DriverSupports,
+  ImageStat,
+  QuarantineOptions,
   LeastRecentlyAccessed,
+  ReadOptions,
 } from './driver.js';
-import { CacheError, CacheStorageError, DriverNotOpenError, ImageNotCachedError, InvalidArgumentError } from './errors.js';
+import { CacheError, CacheStorageError, DriverNotOpenError, ImageChangedError, ImageNotCachedError, InvalidArgumentError } from './errors.js';
 import { assertImageId, type ImageId } from './image-id.js';
+import { assertSatisfiable, normalizeQuarantineOptions, normalizeReadOptions } from './options.js';
 import { CacheReadStream, CacheWriteStream } from './streams.js';
 
 /** Default age (seconds) after which `clean()` deletes an incomplete file, as in Glance. */
@@ -21,7 +25,7 @@ export const DEFAULT_STALL_TIME = 86_400;
 
 /** A problem a driver reports without failing the call (e.g. a hit it could not record). */
 export interface CacheWarning {
-  code: 'CACHE_HIT_NOT_RECORDED' | 'CACHE_ROLLBACK_INCOMPLETE' | 'CACHE_CLEAN_FAILED';
+  code: 'CACHE_HIT_NOT_RECORDED' | 'CACHE_ROLLBACK_INCOMPLETE' | 'CACHE_CLEAN_FAILED' | 'CACHE_QUARANTINE_INCOMPLETE';
   message: string;
   imageId?: ImageId;
   cause?: unknown;
@@ -85,6 +89,13 @@ export function metadataMatches(metadata: Pick<ImageMetadata, 'identity'>, entry
 }
 
 const STATUSES: readonly EntryStatus[] = ['active', 'incomplete', 'invalid', 'queue'];
+
+/** Throws `InvalidArgumentError` unless `status` is one of the four parts of a cache. */
+export function assertEntryStatus(status: unknown): asserts status is EntryStatus {
+  if (!STATUSES.includes(status as EntryStatus)) {
+    throw new InvalidArgumentError(`unknown cache status '${String(status)}': use one of ${STATUSES.join(', ')}`);
+  }
+}
 
 /**
  * Orders entries for eviction: least recently accessed first; ties broken by
@@ -190,6 +201,12 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
   protected async prepareRollback(id: ImageId, _incompletePath: string, _reason: Error): Promise<void> {
     if (!(await this.dir.exists(id, 'active'))) await this.forgetImage(id);
   }
+  /**
+   * Runs on a quarantined file after it moved to `invalid/` (see
+   * {@link quarantineImage}), e.g. to record `reason` on it. A failure is
+   * reported as a warning; the file stays quarantined.
+   */
+  protected async noteQuarantine(_id: ImageId, _invalidPath: string, _reason: string): Promise<void> {}
   /** Makes metadata agree with the active files (during `clean()`). */
   protected async reconcile(_entries: readonly EntryStat[]): Promise<{ orphanRecords: number; adoptedFiles: number }> {
     return { orphanRecords: 0, adoptedFiles: 0 };
@@ -305,9 +322,7 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
 
   getImageFilepath(id: ImageId, status: EntryStatus = 'active'): string {
     assertImageId(id, this.dir.reservedNames);
-    if (!STATUSES.includes(status)) {
-      throw new InvalidArgumentError(`unknown cache status '${String(status)}': use one of ${STATUSES.join(', ')}`);
-    }
+    assertEntryStatus(status);
     return this.dir.path(id, status);
   }
 
@@ -389,23 +404,26 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
 
   // ---- reads and writes -----------------------------------------------------------
 
-  async openForRead(id: ImageId): Promise<Readable> {
+  async openForRead(id: ImageId, options?: ReadOptions): Promise<Readable> {
     this.guard(id);
+    const read = normalizeReadOptions(options);
     const path = this.dir.path(id, 'active');
-    let handle: FileHandle;
+    const handle = await openActive(id, path, !read.countHit);
+    let file: EntryStat;
     try {
-      handle = await open(path, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW);
+      const info = await handle.stat({ bigint: true }).catch((error: unknown) => {
+        throw storageError('stat', path, error);
+      });
+      if (!info.isFile()) throw new ImageNotCachedError(id, path);
+      file = entryStatOf(id, info);
+      if (read.identity !== undefined && !sameFile(read.identity, file)) {
+        throw new ImageChangedError(id, path, read.identity, fileIdentity(file));
+      }
+      assertSatisfiable(id, path, read, file.size);
     } catch (error) {
-      if (isErrnoError(error, 'ENOENT', 'ELOOP', 'ENOTDIR')) throw new ImageNotCachedError(id, path, error);
-      throw storageError('open', path, error);
+      await handle.close().catch(() => undefined);
+      throw error;
     }
-    const info = await handle.stat({ bigint: true }).catch((error: unknown) => error as Error);
-    if (info instanceof Error || !info.isFile()) {
-      await handle.close();
-      if (info instanceof Error) throw storageError('stat', path, info);
-      throw new ImageNotCachedError(id, path);
-    }
-    const file = entryStatOf(id, info);
     const onComplete = async () => {
       try {
         await this.recordHit(id, nowSeconds(), file);
@@ -419,7 +437,52 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
       }
     };
     // The size lets the stream size its buffers and end without an extra read (see CacheReadStream).
-    return new CacheReadStream(id, handle, onComplete, file.size);
+    return new CacheReadStream(id, handle, {
+      size: file.size,
+      start: read.start,
+      end: read.end,
+      onComplete: read.countHit ? onComplete : undefined,
+    });
+  }
+
+  async statImage(id: ImageId): Promise<ImageStat | null> {
+    this.guard(id);
+    const entry = await this.dir.statFile(id, 'active');
+    if (entry === undefined) return null;
+    const record = toRecord(entry, (await this.readMetadata([entry])).get(id));
+    const stored = this.supports.storedChecksum ? await this.readStoredChecksum(entry) : undefined;
+    return {
+      imageId: id,
+      size: entry.size,
+      mtime: entry.mtime,
+      identity: fileIdentity(entry),
+      hits: record.hits,
+      lastAccessed: record.lastAccessed,
+      lastModified: record.lastModified,
+      storedChecksum: stored !== undefined && metadataMatches(stored, entry) ? (stored.checksum ?? undefined) : undefined,
+    };
+  }
+
+  async quarantineImage(id: ImageId, options: QuarantineOptions): Promise<boolean> {
+    this.guard(id);
+    const { reason, identity } = normalizeQuarantineOptions(options);
+    const entry = await this.dir.statFile(id, 'active');
+    if (entry === undefined) return false;
+    if (identity !== undefined && !sameFile(identity, entry)) return false;
+    if (!(await this.dir.moveToInvalid(id, 'active'))) return false;
+    // A commit that landed since the move has its own, fresh metadata: forget only when no file is active.
+    if (!(await this.dir.exists(id, 'active'))) await this.forgetImage(id);
+    try {
+      await this.noteQuarantine(id, this.dir.path(id, 'invalid'), reason);
+    } catch (error) {
+      this.warn({
+        code: 'CACHE_QUARANTINE_INCOMPLETE',
+        message: `[${this.name}] could not record why '${id}' was quarantined: ${(error as Error).message}`,
+        imageId: id,
+        cause: error,
+      });
+    }
+    return true;
   }
 
   async openForWrite(id: ImageId): Promise<CacheWriter> {
@@ -505,3 +568,24 @@ function toRecord(entry: EntryStat, record: ImageMetadata | undefined): CachedIm
 function defaultWarning(warning: CacheWarning): void {
   process.emitWarning(warning.message, { code: warning.code });
 }
+
+/** Opens an active file read-only without following a symlink; `noAtime` asks the kernel not to touch its atime (when allowed). */
+async function openActive(id: ImageId, path: string, noAtime: boolean): Promise<FileHandle> {
+  const flags = fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW;
+  const NOATIME = (fsConstants as { O_NOATIME?: number }).O_NOATIME;
+  try {
+    if (noAtime && NOATIME !== undefined) {
+      try {
+        return await open(path, flags | NOATIME);
+      } catch (error) {
+        // O_NOATIME needs the file's owner (or CAP_FOWNER): fall back to a plain open.
+        if (!isErrnoError(error, 'EPERM')) throw error;
+      }
+    }
+    return await open(path, flags);
+  } catch (error) {
+    if (isErrnoError(error, 'ENOENT', 'ELOOP', 'ENOTDIR')) throw new ImageNotCachedError(id, path, error);
+    throw storageError('open', path, error);
+  }
+}
+

@@ -44,22 +44,34 @@ export {
   type DirectoryDriverOptions,
   type ImageMetadata,
 } from './directory-driver.js';
-export { CacheReadStream, CacheWriteStream, READ_CHUNK_SIZE, type WriteLifecycle } from './streams.js';
+export { CacheReadStream, CacheWriteStream, READ_CHUNK_SIZE, type CacheReadStreamOptions, type WriteLifecycle } from './streams.js';
 export type {
   CachedImage,
   CacheDriver,
+  CacheFileStat,
   CacheWriter,
   CleanReport,
   DriverCapabilities,
   DriverSupports,
+  ImageStat,
   LeastRecentlyAccessed,
+  QuarantineOptions,
+  ReadOptions,
 } from './driver.js';
+export {
+  assertSatisfiable,
+  normalizeQuarantineOptions,
+  normalizeReadOptions,
+  type NormalizedReadOptions,
+} from './options.js';
 export { assertImageId, isValidImageId, RESERVED_NAMES, type ImageId } from './image-id.js';
 export {
   BadDriverConfigurationError,
   CacheError,
   CacheStorageError,
   ErrorCodes,
+  ImageChangedError,
   ImageNotCachedError,
   InvalidArgumentError,
+  RangeNotSatisfiableError,
 } from './errors.js';

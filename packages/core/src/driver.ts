@@ -15,6 +15,93 @@ export interface CachedImage {
   size: number;
 }
 
+/**
+ * Options of {@link CacheDriver.openForRead}: a byte range, whether the read
+ * may count a hit, and which file it must be.
+ *
+ * The range is inclusive at both ends, as in an HTTP `Range: bytes=start-end`
+ * header and `fs.createReadStream`: `{ start: 0, end: 99 }` reads 100 bytes.
+ * `start` and `end` must be integers >= 0 with `end >= start`
+ * (`InvalidArgumentError` otherwise, before any I/O). An `end` at or past the
+ * last byte reads to the end. A `start` at or past the size rejects with
+ * `RangeNotSatisfiableError` (HTTP 416), except `start: 0`, which is always
+ * satisfiable (an empty image reads as an empty stream).
+ *
+ * The hit rule: a read counts one hit, and moves the entry's last access,
+ * when the reader has been handed the image's last byte, i.e. every byte of a
+ * range that reaches the end of the image (a full read, or a range such as
+ * `bytes=1000-` or a resumed download) has been delivered. It counts when that
+ * byte is delivered, not when `end` is read, so a reader that stops right
+ * after the last byte (an HTTP client closing on reaching `Content-Length`)
+ * still counts; the count is recorded before the stream emits `end` or
+ * `close`. A range that stops before the last byte, and a read abandoned
+ * before it, count none. An empty image counts when its end is read.
+ */
+export interface ReadOptions {
+  /** First byte to read, 0-based. @default 0 */
+  start?: number;
+  /** Last byte to read, inclusive. @default the image's last byte */
+  end?: number;
+  /**
+   * `false` for a read that is not a use of the image (verification, a copy):
+   * it records no hit and leaves the last access (the LRU order) as it is.
+   * @default true
+   */
+  countHit?: boolean;
+  /**
+   * Read only this file: the {@link ImageStat.identity} of the entry as the
+   * caller saw it. When another file is under the id now (replaced since),
+   * the read rejects with `ImageChangedError` (when none is, with
+   * `ImageNotCachedError`), so a caller never serves bytes of one file with
+   * headers (size, validators) of another.
+   */
+  identity?: string;
+}
+
+/** What the cache knows about one active entry: its file and its metadata ({@link CacheDriver.statImage}). */
+export interface ImageStat {
+  imageId: ImageId;
+  /** Bytes on disk. */
+  size: number;
+  /** The file's modification time (when its last byte was written, just before the commit), epoch seconds (float). */
+  mtime: number;
+  /**
+   * Tells this file from any other under the same id (inode, size, mtime; see
+   * `fileIdentity`): pass it to `openForRead(id, { identity })` or
+   * `quarantine(id, { identity })` to act on this file only. Opaque text.
+   */
+  identity: string;
+  /** Completed reads since the commit (see {@link ReadOptions} for what counts). */
+  hits: number;
+  /** Last completed read, or the commit time if never read; epoch seconds. */
+  lastAccessed: number;
+  /** Commit time, epoch seconds. */
+  lastModified: number;
+  /** The verified digest stored at commit (`sha256:<hex>`, or md5 hex), or `undefined` (none stored, or the driver stores none). */
+  storedChecksum: string | undefined;
+}
+
+/** A file in one part of the cache directory, as one `lstat` sees it. */
+export interface CacheFileStat {
+  imageId: ImageId;
+  /** Which part of the cache the file is in. */
+  status: EntryStatus;
+  /** Bytes. */
+  size: number;
+  /** Modification time, epoch seconds (float). */
+  mtime: number;
+  /** See {@link ImageStat.identity}. */
+  identity: string;
+}
+
+/** Options of {@link CacheDriver.quarantineImage}. */
+export interface QuarantineOptions {
+  /** Why the entry is taken out (e.g. a digest mismatch); drivers that keep notes on files record it (xattr: `user.image_cache.error`). */
+  reason: string;
+  /** Quarantine only this file ({@link ImageStat.identity}): when another file is under the id now, nothing is moved. */
+  identity?: string;
+}
+
 /** The least recently accessed entry: the next one prune evicts. */
 export interface LeastRecentlyAccessed {
   imageId: ImageId;
@@ -157,8 +244,14 @@ export interface CacheDriver {
   getLeastRecentlyAccessed(): Promise<LeastRecentlyAccessed | null>;
   /** Opens an exclusive writer; see {@link CacheWriter}. `ImageBeingCachedError` when another writer has the id. */
   openForWrite(id: ImageId): Promise<CacheWriter>;
-  /** Opens an active entry for reading; a hit is recorded when the read completes. `ImageNotCachedError` when absent. */
-  openForRead(id: ImageId): Promise<Readable>;
+  /**
+   * Opens an active entry for reading, all of it or a byte range, and counts
+   * a hit when the reader has been handed the image's last byte (the rule and
+   * the range checks are in {@link ReadOptions}). `ImageNotCachedError` when
+   * absent, `ImageChangedError` when `options.identity` names another file,
+   * `RangeNotSatisfiableError` for a start past the end.
+   */
+  openForRead(id: ImageId, options?: ReadOptions): Promise<Readable>;
   /** Deletes an active entry and its metadata; no-op when absent. */
   deleteCachedImage(id: ImageId): Promise<void>;
   /** Deletes every active entry; returns how many files were deleted. */
@@ -181,4 +274,21 @@ export interface CacheDriver {
    * out or always answer `undefined`.
    */
   getStoredChecksum?(id: ImageId): Promise<string | undefined>;
+  /**
+   * Optional: the file and the metadata of an active entry in one call, or
+   * `null` when it is not cached. Metadata recorded for another file (one
+   * since replaced) is not reported: the entry then has 0 hits, its mtime as
+   * access and commit time, and no digest. `DirectoryCacheDriver` implements
+   * it; `ImageCache.stat` composes it from the other calls for drivers that do not.
+   */
+  statImage?(id: ImageId): Promise<ImageStat | null>;
+  /**
+   * Optional: takes an active entry out of the cache for inspection: its file
+   * moves to `invalid/<id>` (replacing an older one there; the next `clean()`
+   * deletes it) and its metadata is forgotten. Resolves true when it moved the
+   * file, false when the entry is not cached or `options.identity` names
+   * another file. `DirectoryCacheDriver` implements it; `ImageCache.quarantine`
+   * falls back to a rename and `deleteCachedImage` for drivers that do not.
+   */
+  quarantineImage?(id: ImageId, options: QuarantineOptions): Promise<boolean>;
 }

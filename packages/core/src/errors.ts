@@ -19,6 +19,8 @@ export const ErrorCodes = {
   DRIVER_NOT_OPEN: 'CACHE_DRIVER_NOT_OPEN',
   ORIGIN: 'CACHE_ORIGIN_ERROR',
   FILL_ABANDONED: 'CACHE_FILL_ABANDONED',
+  RANGE_NOT_SATISFIABLE: 'CACHE_RANGE_NOT_SATISFIABLE',
+  IMAGE_CHANGED: 'CACHE_IMAGE_CHANGED',
 } as const;
 
 /** One of the values of {@link ErrorCodes}. */
@@ -156,6 +158,54 @@ export class CacheStorageError extends CacheError {
     super(ErrorCodes.STORAGE, message, options);
   }
   static isInstance = codeGuard<CacheStorageError>(ErrorCodes.STORAGE);
+}
+
+/**
+ * A ranged read starts at or past the end of the image (HTTP's 416 Range Not
+ * Satisfiable). `start: 0` is always satisfiable: on an empty image it reads
+ * nothing.
+ */
+export class RangeNotSatisfiableError extends CacheError {
+  readonly imageId: string;
+  /** The image's size in bytes when it was opened (for a `Content-Range: bytes *\/<size>` header). */
+  readonly size: number;
+  /** The requested first byte. */
+  readonly start: number;
+  constructor(imageId: string, path: string, start: number, size: number) {
+    super(
+      ErrorCodes.RANGE_NOT_SATISFIABLE,
+      `cannot read image '${imageId}' from byte ${start}: it has ${size} bytes (${path}). Start below the size.`,
+      { path },
+    );
+    this.imageId = imageId;
+    this.size = size;
+    this.start = start;
+  }
+  static isInstance = codeGuard<RangeNotSatisfiableError>(ErrorCodes.RANGE_NOT_SATISFIABLE);
+}
+
+/**
+ * The active file of an image is not the one the caller asked for by
+ * identity (`openForRead(id, { identity })`, `quarantine(id, { identity })`):
+ * it was replaced since the caller looked at it. Look again (`stat(id)`).
+ */
+export class ImageChangedError extends CacheError {
+  readonly imageId: string;
+  /** The identity the caller asked for. */
+  readonly expected: string;
+  /** The identity of the file there now. */
+  readonly actual: string;
+  constructor(imageId: string, path: string, expected: string, actual: string) {
+    super(
+      ErrorCodes.IMAGE_CHANGED,
+      `image '${imageId}' was replaced (${path} is file ${actual}, not ${expected}); look it up again with stat(id)`,
+      { path },
+    );
+    this.imageId = imageId;
+    this.expected = expected;
+    this.actual = actual;
+  }
+  static isInstance = codeGuard<ImageChangedError>(ErrorCodes.IMAGE_CHANGED);
 }
 
 /** A driver was used before `configure()` or after `close()`. */

@@ -1,6 +1,7 @@
 import type { CacheDriver } from './driver.js';
 import { DriverNotOpenError, InvalidArgumentError } from './errors.js';
 import { assertImageId } from './image-id.js';
+import { normalizeQuarantineOptions, normalizeReadOptions } from './options.js';
 
 /** Methods whose first argument is an image id. */
 const ID_METHODS = new Set<PropertyKey>([
@@ -16,6 +17,14 @@ const ID_METHODS = new Set<PropertyKey>([
   'deleteCachedImage',
   'deleteQueuedImage',
   'getStoredChecksum',
+  'statImage',
+  'quarantineImage',
+]);
+
+/** Validators of the argument after the id, for methods that take one (run before the driver sees the call). */
+const OPTION_CHECKS = new Map<PropertyKey, (options: unknown) => unknown>([
+  ['openForRead', normalizeReadOptions],
+  ['quarantineImage', normalizeQuarantineOptions],
 ]);
 
 /** Methods that need an open driver but take no id. */
@@ -43,7 +52,10 @@ type State = 'new' | 'open' | 'closed';
  * - every other call rejects with `DriverNotOpenError` unless the driver is
  *   configured and not closed;
  * - every id is validated first (`InvalidImageIdError`, against the driver's
- *   `reservedNames` too), so a bad id never reaches the driver.
+ *   `reservedNames` too), so a bad id never reaches the driver;
+ * - the options of `openForRead` (range, `countHit`, `identity`) and
+ *   `quarantineImage` are validated too (`InvalidArgumentError`): a driver
+ *   never sees a negative, inverted or fractional range.
  *
  * Anything else on the driver (its own methods and fields) passes through.
  * `ImageCache.open` applies it to the driver it is given; wrapping twice
@@ -87,8 +99,10 @@ export function guardDriver<D extends CacheDriver>(driver: D): D {
       if (wrapper !== undefined) return wrapper;
       const fn = value as (...args: unknown[]) => unknown;
       if (ID_METHODS.has(property)) {
+        const check = OPTION_CHECKS.get(property);
         wrapper = async (id: unknown, ...rest: unknown[]) => {
           assertImageId(id, reserved());
+          check?.(rest[0]);
           if (state !== 'open') throw notOpen();
           return fn.call(target, id, ...rest);
         };

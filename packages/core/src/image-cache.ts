@@ -1,17 +1,28 @@
 import { createReadStream } from 'node:fs';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { mapLimit, type EntryStatus } from './cache-dir.js';
+import { CacheDirectory, fileIdentity, mapLimit, sameFile, type EntryStat, type EntryStatus } from './cache-dir.js';
 import { formatChecksum, normalizeChecksum } from './checksum.js';
 import { assertSource, openWriterIfCacheable, VerifyingTransform, whenClosed, type CacheImageOptions, type ImageSource } from './cache-write.js';
 import { CachingStream } from './caching-stream.js';
-import { compareByRecency, DEFAULT_STALL_TIME } from './directory-driver.js';
+import { assertEntryStatus, compareByRecency, DEFAULT_STALL_TIME } from './directory-driver.js';
 import { guardDriver } from './guard.js';
-import type { CachedImage, CacheDriver, CacheWriter, CleanReport, LeastRecentlyAccessed } from './driver.js';
+import type {
+  CachedImage,
+  CacheDriver,
+  CacheFileStat,
+  CacheWriter,
+  CleanReport,
+  ImageStat,
+  LeastRecentlyAccessed,
+  QuarantineOptions,
+  ReadOptions,
+} from './driver.js';
 import { BadDriverConfigurationError, CacheStorageError, ImageBeingCachedError, InvalidArgumentError } from './errors.js';
 import { Fill, type FillOptions } from './fill/fill.js';
 import { WriteLock } from './fill/owner.js';
 import { assertImageId, type ImageId } from './image-id.js';
+import { normalizeQuarantineOptions } from './options.js';
 import { SingleFlightReads, type ReadThroughOptions, type ReadThroughResult } from './read-through.js';
 
 /** Deletes `prune()` keeps in flight. */
@@ -64,12 +75,16 @@ export class ImageCache {
   readonly #reads: SingleFlightReads;
   /** Fills of this process, one per id (see {@link fill}). */
   readonly #fills = new Map<ImageId, Fill>();
+  /** The cache directory's files, for the calls that need no metadata. */
+  readonly #files: CacheDirectory;
 
   private constructor(options: Required<Omit<ImageCacheOptions, 'onCacheError'>> & Pick<ImageCacheOptions, 'onCacheError'>) {
     this.driver = options.driver;
     this.maxSize = options.maxSize;
     this.stallTime = options.stallTime;
     this.#onCacheError = options.onCacheError;
+    const reservedNames = Array.isArray(this.driver.reservedNames) ? this.driver.reservedNames : [];
+    this.#files = new CacheDirectory(this.driver.cacheDir, { driverName: this.driver.name, reservedNames });
     this.#reads = new SingleFlightReads(
       this.driver,
       { running: (id) => this.#fills.get(id), fill: (id, fillOptions) => this.fill(id, fillOptions) },
@@ -145,9 +160,15 @@ export class ImageCache {
   getLeastRecentlyAccessed(): Promise<LeastRecentlyAccessed | null> {
     return this.driver.getLeastRecentlyAccessed();
   }
-  /** See {@link CacheDriver.openForRead}. */
-  openForRead(id: ImageId): Promise<Readable> {
-    return this.driver.openForRead(id);
+  /**
+   * Reads an active entry, all of it or a byte range (`{ start, end }`,
+   * `end` inclusive as in HTTP), counting a hit when the reader is handed the
+   * image's last byte; `{ countHit: false }` reads without counting,
+   * `{ identity }` reads only the file {@link stat} described. The rules and
+   * errors are those of {@link CacheDriver.openForRead} and {@link ReadOptions}.
+   */
+  openForRead(id: ImageId, options?: ReadOptions): Promise<Readable> {
+    return this.driver.openForRead(id, options);
   }
   /** See {@link CacheDriver.deleteCachedImage}. */
   deleteCachedImage(id: ImageId): Promise<void> {
@@ -168,6 +189,76 @@ export class ImageCache {
   /** See {@link CacheDriver.getImageFilepath}. */
   getImageFilepath(id: ImageId, status?: EntryStatus): string {
     return this.driver.getImageFilepath(id, status);
+  }
+
+  // ---- one entry, one file ----------------------------------------------------------
+
+  /**
+   * The file and the metadata of an active entry (size, mtime, identity,
+   * hits, last access, commit time, stored digest) in one call, or `null`
+   * when `id` is not cached. Serving code uses it for headers and validators,
+   * then reads the same file with `openForRead(id, { identity })`.
+   */
+  async stat(id: ImageId): Promise<ImageStat | null> {
+    if (this.driver.statImage !== undefined) return this.driver.statImage(id);
+    // A driver without statImage: the file from core, the metadata from the listing.
+    assertImageId(id, this.#files.reservedNames);
+    const file = await this.#files.statFile(id, 'active');
+    if (file === undefined) return null;
+    const [images, storedChecksum] = await Promise.all([this.driver.getCachedImages(), this.driver.getStoredChecksum?.(id)]);
+    const record = images.find((image) => image.imageId === id);
+    return {
+      imageId: id,
+      size: file.size,
+      mtime: file.mtime,
+      identity: fileIdentity(file),
+      hits: record?.hits ?? 0,
+      lastAccessed: record?.lastAccessed ?? file.mtime,
+      lastModified: record?.lastModified ?? file.mtime,
+      storedChecksum,
+    };
+  }
+
+  /**
+   * The file of `id` in one part of the cache (`active`, `incomplete`,
+   * `invalid` or `queue`), or `null` when there is no regular file there.
+   * No metadata: see {@link stat} for an active entry's.
+   */
+  async statFile(id: ImageId, status: EntryStatus): Promise<CacheFileStat | null> {
+    assertImageId(id, this.#files.reservedNames);
+    assertEntryStatus(status);
+    const file = await this.#files.statFile(id, status);
+    return file === undefined ? null : toFileStat(file, status);
+  }
+
+  /**
+   * Every file in one part of the cache, sorted by id: e.g. `incomplete`
+   * (writes in progress or stalled) and `invalid` (failed writes and
+   * quarantined entries, until the next `clean()`) with their sizes.
+   */
+  async listFiles(status: EntryStatus): Promise<CacheFileStat[]> {
+    assertEntryStatus(status);
+    return (await this.#files.list(status)).map((file) => toFileStat(file, status));
+  }
+
+  /**
+   * Takes an active entry out of the cache for inspection: the file moves to
+   * `invalid/<id>` (deleted by the next `clean()`), its metadata is forgotten,
+   * and `reason` is recorded where the driver keeps notes on files. With
+   * `identity`, only that file is moved (use the identity of the file you
+   * checked, from {@link stat}). Resolves true when a file was moved, false
+   * when the entry is not cached or another file is under the id now.
+   */
+  async quarantine(id: ImageId, options: QuarantineOptions): Promise<boolean> {
+    if (this.driver.quarantineImage !== undefined) return this.driver.quarantineImage(id, options);
+    // A driver without quarantineImage: move the file, then let the driver forget the entry it no longer has.
+    assertImageId(id, this.#files.reservedNames);
+    const { identity } = normalizeQuarantineOptions(options);
+    const file = await this.#files.statFile(id, 'active');
+    if (file === undefined || (identity !== undefined && !sameFile(identity, file))) return false;
+    if (!(await this.#files.moveToInvalid(id, 'active'))) return false;
+    if (!(await this.driver.isCached(id))) await this.driver.deleteCachedImage(id);
+    return true;
   }
 
   // ---- maintenance ------------------------------------------------------------------
@@ -338,4 +429,8 @@ export class ImageCache {
     assertSource(source);
     return new CachingStream(this.driver, id, source, expected, this.#onCacheError);
   }
+}
+
+function toFileStat(file: EntryStat, status: EntryStatus): CacheFileStat {
+  return { imageId: file.imageId, status, size: file.size, mtime: file.mtime, identity: fileIdentity(file) };
 }

@@ -22,11 +22,15 @@ export { SUBDIRECTORIES, type EntryStatus } from './cache-dir.js';
 export type {
   CachedImage,
   CacheDriver,
+  CacheFileStat,
   CacheWriter,
   CleanReport,
   DriverCapabilities,
   DriverSupports,
+  ImageStat,
   LeastRecentlyAccessed,
+  QuarantineOptions,
+  ReadOptions,
 } from './driver.js';
 export { DEFAULT_STALL_TIME, compareByRecency, type CacheWarning } from './directory-driver.js';
 export { guardDriver } from './guard.js';

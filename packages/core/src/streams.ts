@@ -284,51 +284,103 @@ function skipBytes(buffers: Buffer[], count: number): Buffer[] {
 /** Default read chunk of a cache reader (bytes). */
 export const READ_CHUNK_SIZE = 256 * 1024;
 
+/** Options of a {@link CacheReadStream}. */
+export interface CacheReadStreamOptions {
+  /**
+   * The entry's size when it was opened, if known. Buffers are then no larger
+   * than what is left (a 4 KiB entry is read into 4 KiB, not 256 KiB), and the
+   * read ends after the last byte without one more read to find the end of
+   * the file: an active entry never changes (a rewrite replaces the file by
+   * rename; the handle keeps the one it opened). A file that turns out
+   * shorter still ends at its end, which is then the end of the image.
+   */
+  size?: number;
+  /** First byte to read. @default 0 */
+  start?: number;
+  /** Last byte to read, inclusive (as `ReadOptions.end`). @default the last byte */
+  end?: number;
+  /**
+   * Runs once when the reader has been handed the image's last byte (the
+   * driver records the hit), never for a range that stops before it or a
+   * read abandoned before it. Leave it out for a read that counts nothing.
+   */
+  onComplete?: () => Promise<void>;
+}
+
 /**
- * A `Readable` over an open active entry. When the last byte has been read,
- * `onComplete` runs (the driver records the hit) before `end` is emitted, so a
- * caller that awaited the read sees the hit. A failed or abandoned read never
- * calls it.
+ * A `Readable` over an open active entry, or a byte range of it.
+ *
+ * When the reader has been handed the image's last byte (the `data` event
+ * that carries it), `onComplete` runs: the driver records the hit. `end` is
+ * emitted only after it has finished, so a caller that awaited the read sees
+ * the hit; a reader that destroys the stream right after the last byte (an
+ * HTTP client closing on reaching `Content-Length`) still counts, and `close`
+ * waits for the recording. A failed read, a read abandoned before the last
+ * byte and a range that stops before it never call it.
  */
 export class CacheReadStream extends Readable {
   readonly imageId: ImageId;
+  /** First byte of the range. */
+  readonly start: number;
   #handle: FileHandle;
-  #onComplete: () => Promise<void>;
-  #position = 0;
+  #onComplete: (() => Promise<void>) | undefined;
+  /** File offset of the next read. */
+  #position: number;
+  /** Offset just past the range: the end of the image when the range reaches it; Infinity until known. */
+  #stop: number;
+  /** The range ends at the end of the image (so delivering it all counts a hit). */
+  #toEnd: boolean;
+  /** Bytes handed to the reader (`data` events). */
+  #delivered = 0;
   #reading = false;
-  readonly #size: number;
+  #finishing = false;
+  /** The hit recording, once started. */
+  #completion: Promise<void> | undefined;
+  /** Wakes a finish that waits for the reader to take the last buffered bytes. */
+  #wake: (() => void) | undefined;
 
   /**
-   * @param size - the entry's size when it was opened, if known. Buffers are
-   *   then no larger than what is left (a 4 KiB entry is read into 4 KiB, not
-   *   256 KiB), and the read ends after that many bytes without one more read
-   *   to find the end of the file: an active entry never changes (a rewrite
-   *   replaces the file by rename; this handle keeps the one it opened). A file
-   *   that turns out shorter still ends at its end.
+   * @param options - range, size and completion callback; see {@link CacheReadStreamOptions}.
+   *   (The earlier form `(imageId, handle, onComplete, size?)` is still accepted.)
    */
-  constructor(imageId: ImageId, handle: FileHandle, onComplete: () => Promise<void>, size?: number) {
+  constructor(imageId: ImageId, handle: FileHandle, options?: CacheReadStreamOptions | (() => Promise<void>), size?: number) {
     super({ highWaterMark: READ_CHUNK_SIZE });
+    const opts: CacheReadStreamOptions = typeof options === 'function' ? { onComplete: options, size } : (options ?? {});
     this.imageId = imageId;
     this.#handle = handle;
-    this.#onComplete = onComplete;
-    this.#size = size ?? Number.POSITIVE_INFINITY;
+    this.#onComplete = opts.onComplete;
+    this.start = opts.start ?? 0;
+    this.#position = this.start;
+    const known = opts.size ?? Number.POSITIVE_INFINITY;
+    const last = opts.end === undefined ? Number.POSITIVE_INFINITY : opts.end + 1;
+    this.#stop = Math.max(this.start, Math.min(known, last));
+    // A range that starts past the last byte delivers nothing, so it is not a read of the last byte.
+    this.#toEnd = (opts.end === undefined || last >= known) && !(known > 0 && this.start >= known);
+  }
+
+  /** Bytes handed to the reader so far. */
+  get bytesDelivered(): number {
+    return this.#delivered;
   }
 
   override _read(size: number): void {
-    if (this.#reading) return;
-    this.#reading = true;
-    const left = this.#size - this.#position;
+    if (this.#reading || this.#finishing) return;
+    const left = this.#stop - this.#position;
     if (left <= 0) {
-      this.#reading = false;
-      void this.#end();
+      void this.#finish();
       return;
     }
+    this.#reading = true;
     const buffer = Buffer.allocUnsafe(Math.min(Math.max(size, READ_CHUNK_SIZE), left));
     this.#handle.read(buffer, 0, buffer.length, this.#position).then(
-      async ({ bytesRead }) => {
+      ({ bytesRead }) => {
         this.#reading = false;
+        if (this.destroyed) return;
         if (bytesRead === 0) {
-          await this.#end();
+          // The end of the file came first: that is the end of the image.
+          this.#stop = this.#position;
+          this.#toEnd = this.#position > this.start || this.start === 0;
+          void this.#finish();
           return;
         }
         this.#position += bytesRead;
@@ -338,16 +390,51 @@ export class CacheReadStream extends Readable {
     );
   }
 
-  /** The last byte has been read: record the hit, then end. */
-  async #end(): Promise<void> {
-    await this.#onComplete().catch(() => undefined);
+  // Every chunk reaches the reader through a `data` event (flowing mode, pipe
+  // and `read()` alike), so counting them here counts what was delivered.
+  override emit(event: string | symbol, ...args: unknown[]): boolean {
+    if (event === 'data') {
+      this.#delivered += (args[0] as Buffer).length;
+      // Started before the listeners run: one that destroys the stream at once still counts.
+      this.#maybeComplete();
+    }
+    return super.emit(event, ...args);
+  }
+
+  /** Starts `onComplete` once the reader has every byte of a range that reaches the end of the image. */
+  #maybeComplete(): void {
+    if (this.#completion !== undefined || this.#onComplete === undefined || !this.#toEnd) return;
+    if (this.#stop === Number.POSITIVE_INFINITY || this.#delivered < this.#stop - this.start) return;
+    this.#completion = this.#onComplete().catch(() => undefined);
+    const wake = this.#wake;
+    this.#wake = undefined;
+    wake?.();
+  }
+
+  /** Every byte of the range has been read from the file: once the hit (if any) is recorded, end. */
+  async #finish(): Promise<void> {
+    if (this.#finishing) return;
+    this.#finishing = true;
+    if (this.#onComplete !== undefined && this.#toEnd) {
+      this.#maybeComplete(); // an empty image, or the reader already has everything
+      // Otherwise the reader still has buffered bytes to take: the last one starts the recording.
+      if (this.#completion === undefined) await new Promise<void>((resolve) => (this.#wake = resolve));
+      await this.#completion;
+    }
     if (!this.destroyed) this.push(null);
   }
 
   override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
-    this.#handle.close().then(
-      () => callback(error),
-      () => callback(error),
-    );
+    const wake = this.#wake;
+    this.#wake = undefined;
+    wake?.();
+    // A hit being recorded (the last byte was delivered) finishes before `close`.
+    const recording = this.#completion ?? Promise.resolve();
+    recording
+      .then(() => this.#handle.close())
+      .then(
+        () => callback(error),
+        () => callback(error),
+      );
   }
 }

@@ -7,9 +7,11 @@ import {
   DriverNotOpenError,
   ErrorCodes,
   ImageBeingCachedError,
+  ImageChangedError,
   ImageNotCachedError,
   InvalidArgumentError,
   InvalidImageIdError,
+  RangeNotSatisfiableError,
 } from '../src/index.js';
 
 describe('typed errors', () => {
@@ -22,6 +24,8 @@ describe('typed errors', () => {
     [new ChecksumMismatchError('a', 'md5', 'x', 'y'), ErrorCodes.CHECKSUM_MISMATCH, ChecksumMismatchError],
     [new CacheStorageError('why'), ErrorCodes.STORAGE, CacheStorageError],
     [new DriverNotOpenError('x', 'closed'), ErrorCodes.DRIVER_NOT_OPEN, DriverNotOpenError],
+    [new RangeNotSatisfiableError('a', '/c/a', 10, 10), ErrorCodes.RANGE_NOT_SATISFIABLE, RangeNotSatisfiableError],
+    [new ImageChangedError('a', '/c/a', '1:2:3', '4:2:3'), ErrorCodes.IMAGE_CHANGED, ImageChangedError],
   ] as const;
 
   it.each(cases)('%s has a stable code, a name and a working isInstance', (error, code, Class) => {

@@ -1,6 +1,6 @@
 import { Readable, Writable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
-import { ErrorCodes, guardDriver, ImageCache, type CacheDriver, type CacheWriter, type CleanReport } from '../src/index.js';
+import { ErrorCodes, guardDriver, ImageCache, type CacheDriver, type CacheWriter, type CleanReport, type ReadOptions } from '../src/index.js';
 
 /**
  * A driver written from scratch, not on DirectoryCacheDriver: it has no
@@ -48,7 +48,7 @@ class RawDriver implements CacheDriver {
     this.#record('openForWrite', id);
     return Object.assign(new Writable({ write: (_c, _e, cb) => cb() }), { imageId: id, bytesWritten: 0, setChecksum: () => undefined });
   }
-  async openForRead(id: string) { this.#record('openForRead', id); return Readable.from([]); }
+  async openForRead(id: string, options?: ReadOptions) { this.#record('openForRead', id, ...(options === undefined ? [] : [options])); return Readable.from([]); }
   async deleteCachedImage(id: string) { this.#record('deleteCachedImage', id); }
   async deleteAllCachedImages() { this.#record('deleteAllCachedImages'); return 0; }
   async deleteQueuedImage(id: string) { this.#record('deleteQueuedImage', id); }
@@ -102,6 +102,17 @@ describe('guardDriver(): the guards ImageCache.open applies to any driver', () =
     expect(raw.calls).toEqual(['configure']);
     expect(await cache.isCached('good')).toBe(false);
     expect(raw.calls).toEqual(['configure', 'isCached("good")']);
+  });
+
+  it('validates openForRead ranges before the driver sees them, and passes valid options through as given', async () => {
+    const raw = new RawDriver();
+    const cache = await ImageCache.open({ driver: raw });
+    for (const bad of [{ start: -1 }, { start: 0.5 }, { start: 5, end: 4 }, { end: Number.NaN }, { countHit: 0 }, { bogus: true }]) {
+      await expect(cache.openForRead('a', bad as ReadOptions), JSON.stringify(bad)).rejects.toMatchObject({ code: ErrorCodes.INVALID_ARGUMENT });
+    }
+    expect(raw.calls).toEqual(['configure']);
+    await cache.openForRead('a', { start: 3, end: 9, countHit: false });
+    expect(raw.calls.at(-1)).toBe('openForRead("a", {"start":3,"end":9,"countHit":false})');
   });
 
   it('passes the driver\'s own methods and fields through, bound to the driver; wrapping twice gives the same wrapper', async () => {

@@ -104,6 +104,13 @@ export class XattrDriver extends DirectoryCacheDriver {
     });
   }
 
+  /** Records why an entry was quarantined on its file in `invalid/`, as a rollback records its error. */
+  protected override async noteQuarantine(_id: ImageId, invalidPath: string, reason: string): Promise<void> {
+    await setAttribute(invalidPath, XATTR.error, reason.slice(0, MAX_ERROR_LENGTH)).catch((error: unknown) => {
+      if (!isErrnoError(error, 'ENOENT')) throw error;
+    });
+  }
+
   protected async recordHit(id: ImageId, time: number, file: EntryStat): Promise<void> {
     const previous = this.#hitChains.get(id) ?? Promise.resolve();
     const next = previous.then(() => this.#incrementHits(id, time, file));

@@ -7,7 +7,7 @@
 export const XATTR = {
   /** Completed reads, decimal text. Glance's name and format. */
   hits: 'user.hits',
-  /** Why a write was rolled back, set on files moved to `invalid/`. Glance's name. */
+  /** Why a write was rolled back or an entry quarantined, set on files moved to `invalid/`. Glance's name. */
   error: 'user.error',
   /** Last completed read, nanoseconds since the epoch as decimal text (ours). */
   lastAccessed: 'user.image_cache.last_accessed_ns',

@@ -130,6 +130,15 @@ describe.each(filesystems)('xattr driver on $name ($root)', (fs) => {
     expect(glanceGetXattr(join(dir, 'invalid', 'img'), 'error')).toBe('origin reset by peer');
   });
 
+  it('quarantine(id, { reason }) leaves the reason in user.error on the file in invalid/', async () => {
+    await writeImage(driver, 'img', bytes('suspect'));
+    expect(await driver.quarantineImage('img', { reason: 'sha256 mismatch: expected a, got b' })).toBe(true);
+    expect(await readdir(join(dir, 'invalid'))).toEqual(['img']);
+    expect(glanceGetXattr(join(dir, 'invalid', 'img'), 'error')).toBe('sha256 mismatch: expected a, got b');
+    expect(await driver.isCached('img')).toBe(false);
+    expect(warnings).toEqual([]);
+  });
+
   it('a read of an entry deleted meanwhile completes, without an error or a warning', async () => {
     await writeImage(driver, 'img', bytes('still readable'));
     const stream = await driver.openForRead('img');

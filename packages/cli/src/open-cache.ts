@@ -1,6 +1,6 @@
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ImageCache, SUBDIRECTORIES, type CacheDriver, type CacheWarning, type ImageId } from '@cache/core';
+import { ImageCache, SUBDIRECTORIES, type CacheDriver, type CacheWarning } from '@cache/core';
 import type { DriverName, ResolvedConfig } from './config.js';
 import { CliError, CliErrorCodes, codeOf, ExitCode, operationalError } from './errors.js';
 
@@ -129,15 +129,4 @@ export async function assertCacheDirectory(dir: string): Promise<void> {
       );
     }
   }
-}
-
-/**
- * The verified digest stored with an entry at commit (`sha256:<hex>` or md5
- * hex), `undefined` when the entry was cached without one, or `null` when the
- * driver cannot tell at all.
- */
-export async function readStoredChecksum(cache: ImageCache, id: ImageId): Promise<string | undefined | null> {
-  const driver = cache.driver;
-  if (driver.getStoredChecksum === undefined) return null;
-  return driver.getStoredChecksum(id);
 }

@@ -217,11 +217,13 @@ for (const { name: driver, skip } of await driverMatrix()) {
 
     describe('verify', () => {
       it('passes intact entries, quarantines a tampered one in invalid/, reports undigested ones as unverifiable', async () => {
-        await withCache(driver, cacheDir, async (cache) => {
+        const lastAccess = await withCache(driver, cacheDir, async (cache) => {
           await put(cache, 'good', 'good bytes', { algorithm: 'sha256', digest: sha256('good bytes') });
           await put(cache, 'tampered', 'original', { algorithm: 'sha256', digest: sha256('original') });
           await put(cache, 'md5', 'md5 bytes', createHash('md5').update('md5 bytes').digest('hex'));
           await put(cache, 'plain', 'no digest');
+          await read(cache, 'good');
+          return (await cache.stat('good'))?.lastAccessed;
         });
         await rot(join(cacheDir, 'tampered'), 'ORIGINAL'); // same size, other bytes
 
@@ -237,6 +239,8 @@ for (const { name: driver, skip } of await driverMatrix()) {
         ]);
         expect(await readFile(join(cacheDir, 'invalid', 'tampered'), 'utf8')).toBe('ORIGINAL');
         expect(await ids()).toEqual(['good', 'md5', 'plain']);
+        // Verification reads count no hit and leave the LRU order alone.
+        expect(await withCache(driver, cacheDir, (cache) => cache.stat('good'))).toMatchObject({ hits: 1, lastAccessed: lastAccess });
 
         const again = await run('verify', '--json');
         expect(again.code).toBe(0); // unverifiable is not a failure

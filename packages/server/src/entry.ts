@@ -1,18 +1,15 @@
-import type { BigIntStats } from 'node:fs';
-import { lstat } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
 import { parseStoredChecksum, type ImageCache, type ImageId, type NormalizedChecksum } from '@cache/core';
-import { isErrnoError, storageError } from '@cache/core/driver';
 
 /** What the server knows about an active entry before it sends it. */
 export interface EntryInfo {
   size: number;
-  /** Strong `"<algorithm>:<hex>"` from the stored digest, else weak `W/"<size>-<mtime ns>-<inode>"` (hex). */
+  /** Strong `"<algorithm>:<hex>"` from the stored digest, else weak `W/"<hex>"` derived from the file's identity. */
   etag: string;
   /** The file's mtime: when its last byte was written, just before the commit. */
   lastModified: Date;
-  /** Identity of the file, to notice that it was replaced between two opens. */
-  ino: bigint;
-  mtimeNs: bigint;
+  /** The file's identity (`ImageStat.identity`): the body is read from this file only. */
+  identity: string;
 }
 
 /**
@@ -25,40 +22,26 @@ export function digestEtag(checksum: NormalizedChecksum): string {
 }
 
 /**
- * Size, validators and identity of `id`'s active file, or `undefined` when
- * it has none (a miss). A driver with the optional `getStoredChecksum(id)`
- * (both shipped drivers have it) gives a strong
- * ETag when the entry was cached with a checksum; otherwise the ETag is weak
- * and derived from the file: an active entry is never rewritten in place (a
- * re-cache is a new file renamed over it), so size, mtime and inode change
- * together with the content.
+ * Size, validators and identity of `id`'s active entry, from `cache.stat(id)`,
+ * or `undefined` when it has none (a miss). The ETag is strong when the entry
+ * was cached with a checksum (the driver stored the verified digest);
+ * otherwise it is weak and derived from the file's identity (inode, size,
+ * mtime): an active entry is never rewritten in place (a re-cache is a new
+ * file renamed over it), so the tag changes with the content.
  */
 export async function statEntry(cache: ImageCache, id: ImageId): Promise<EntryInfo | undefined> {
-  const path = cache.getImageFilepath(id);
-  let stats: BigIntStats;
-  try {
-    stats = await lstat(path, { bigint: true });
-  } catch (error) {
-    if (isErrnoError(error, 'ENOENT', 'ENOTDIR')) return undefined;
-    throw storageError('stat', path, error);
-  }
-  if (!stats.isFile()) return undefined;
-  const stored = parseStoredChecksum(await cache.driver.getStoredChecksum?.(id));
+  const stat = await cache.stat(id);
+  if (stat === null) return undefined;
+  const stored = parseStoredChecksum(stat.storedChecksum);
   return {
-    size: Number(stats.size),
+    size: stat.size,
     etag:
       stored !== undefined
         ? digestEtag(stored)
-        : `W/"${stats.size.toString(16)}-${stats.mtimeNs.toString(16)}-${stats.ino.toString(16)}"`,
-    lastModified: new Date(Number(stats.mtimeMs)),
-    ino: stats.ino,
-    mtimeNs: stats.mtimeNs,
+        : `W/"${createHash('sha256').update(stat.identity).digest('hex').slice(0, 32)}"`,
+    lastModified: new Date(stat.mtime * 1000),
+    identity: stat.identity,
   };
-}
-
-/** True when `stats` (of an opened handle) is the file `entry` described. */
-export function sameFile(entry: EntryInfo, stats: BigIntStats): boolean {
-  return stats.ino === entry.ino && stats.mtimeNs === entry.mtimeNs && Number(stats.size) === entry.size;
 }
 
 /** Splits an `If-None-Match` / `If-Match` list into entity tags (`*` stays `*`). */

@@ -32,7 +32,8 @@ export interface ResponseBodyOptions {
  * cache write back; except when the client already has every byte of its
  * `Content-Length`: a caching stream passes the last byte on before it
  * commits, and a client may close the connection at once. The source is
- * then left to end, so the entry commits (and a cache read records its hit).
+ * then left to end, so the entry commits. (A cache read has counted its hit
+ * already: core counts it when the last byte is delivered.)
  */
 export function responseBody(source: Readable, options: ResponseBodyOptions): Readable {
   const { expected, onBytes } = options;

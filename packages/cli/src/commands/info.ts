@@ -1,8 +1,6 @@
 import type { Command } from 'commander';
 import { type ImageCache, type ImageId } from '@cache/core';
-import { CacheDirectory } from '@cache/core/driver';
 import { CliErrorCodes, operationalError } from '../errors.js';
-import { readStoredChecksum } from '../open-cache.js';
 import { formatSize, formatTime } from '../units.js';
 import type { RegisterCommand } from './types.js';
 
@@ -27,23 +25,21 @@ export interface ImageInfo {
 
 /** Everything the cache knows about one id; `CLI_NOT_FOUND` (exit 1) when it knows nothing. */
 export async function imageInfo(cache: ImageCache, id: ImageId): Promise<ImageInfo> {
-  const dir = new CacheDirectory(cache.driver.cacheDir, { driverName: cache.driver.name });
-  const [cached, beingCached, queued, invalid] = await Promise.all([
-    cache.isCached(id),
+  const [record, beingCached, queued, invalidFile] = await Promise.all([
+    cache.stat(id),
     cache.isBeingCached(id),
     cache.isQueued(id),
-    dir.exists(id, 'invalid'),
+    cache.statFile(id, 'invalid'),
   ]);
-  const record = cached ? (await cache.getCachedImages()).find((image) => image.imageId === id) : undefined;
-  const state = record !== undefined ? 'cached' : beingCached ? 'being-cached' : queued ? 'queued' : invalid ? 'invalid' : undefined;
+  const invalid = invalidFile !== null;
+  const state = record !== null ? 'cached' : beingCached ? 'being-cached' : queued ? 'queued' : invalid ? 'invalid' : undefined;
   if (state === undefined) {
     throw operationalError(CliErrorCodes.NOT_FOUND, `image '${id}' is not in the cache (not cached, queued, being cached or invalid)`);
   }
-  const checksum = record === undefined ? undefined : await readStoredChecksum(cache, id);
   return {
     imageId: id,
     state,
-    cached: record !== undefined,
+    cached: record !== null,
     beingCached,
     queued,
     invalid,
@@ -51,7 +47,7 @@ export async function imageInfo(cache: ImageCache, id: ImageId): Promise<ImageIn
     hits: record?.hits ?? null,
     lastAccessed: record?.lastAccessed ?? null,
     lastModified: record?.lastModified ?? null,
-    checksum: checksum ?? null,
+    checksum: record?.storedChecksum ?? null,
     path: cache.getImageFilepath(id, state === 'cached' ? 'active' : state === 'being-cached' ? 'incomplete' : state === 'queued' ? 'queue' : 'invalid'),
   };
 }

@@ -1,6 +1,5 @@
 import type { Command } from 'commander';
 import { type ImageCache } from '@cache/core';
-import { CacheDirectory } from '@cache/core/driver';
 import type { ResolvedConfig } from '../config.js';
 import { formatSize, formatTime } from '../units.js';
 import type { RegisterCommand } from './types.js';
@@ -23,12 +22,11 @@ export interface CacheStats {
 
 /** Gathers {@link CacheStats} with one listing of each part of the cache directory. */
 export async function cacheStats(cache: ImageCache, config: Pick<ResolvedConfig, 'maxSize'>): Promise<CacheStats> {
-  const dir = new CacheDirectory(cache.driver.cacheDir, { driverName: cache.driver.name });
   const [images, queued, incomplete, invalid] = await Promise.all([
     cache.getCachedImages(),
     cache.getQueuedImages(),
-    dir.list('incomplete'),
-    dir.list('invalid'),
+    cache.listFiles('incomplete'),
+    cache.listFiles('invalid'),
   ]);
   const totalSize = images.reduce((sum, image) => sum + image.size, 0);
   const byAccess = [...images].sort((a, b) => a.lastAccessed - b.lastAccessed || (a.imageId < b.imageId ? -1 : 1));

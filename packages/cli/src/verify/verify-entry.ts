@@ -1,10 +1,13 @@
-import { createReadStream } from 'node:fs';
-import { rename } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
-import { createChecksumHash, formatChecksum, parseStoredChecksum, type ImageCache, type ImageId } from '@cache/core';
-import { isErrnoError } from '@cache/core/driver';
-import { readStoredChecksum } from '../open-cache.js';
-
+import {
+  createChecksumHash,
+  formatChecksum,
+  ImageChangedError,
+  ImageNotCachedError,
+  parseStoredChecksum,
+  type ImageCache,
+  type ImageId,
+} from '@cache/core';
 /** How one entry's verification ended. */
 export interface VerifyResult {
   imageId: ImageId;
@@ -30,26 +33,43 @@ export interface VerifyResult {
 /** How a mismatching entry is taken out of the cache. */
 export type QuarantineMode = 'invalid' | 'delete';
 
+/** Times an entry replaced while it was being verified is looked at again before it counts as missing. */
+const MAX_ATTEMPTS = 3;
+
 /**
- * Re-hashes one active entry against the digest stored at commit. The file is
- * read directly, not through `openForRead`, so verification counts no hit and
- * does not change the LRU order. A mismatching entry is moved to `invalid/`
- * (kept for inspection until the next `clean`) and its metadata forgotten, or
- * deleted with `mode: 'delete'`.
+ * Re-hashes one active entry against the digest stored at commit, through
+ * the cache: `stat(id)` for the digest and the file's identity, then
+ * `openForRead(id, { countHit: false, identity })`, so verification counts
+ * no hit and does not change the LRU order. A mismatching entry is moved to
+ * `invalid/` with `quarantine(id, { identity })` (kept for inspection until
+ * the next `clean`; its metadata is forgotten), or deleted with
+ * `mode: 'delete'`. An entry replaced while it was being hashed is verified
+ * again (the replacement is another file); one deleted meanwhile is `missing`.
  */
 export async function verifyEntry(cache: ImageCache, id: ImageId, mode: QuarantineMode): Promise<VerifyResult> {
-  if (!(await cache.isCached(id))) return { imageId: id, status: 'missing' };
-  const stored = await readStoredChecksum(cache, id);
-  if (stored === null) return { imageId: id, status: 'unverifiable', reason: `the ${cache.driver.name} driver stores no digests` };
+  for (let attempt = 1; ; attempt++) {
+    const result = await verifyOnce(cache, id, mode);
+    if (result !== 'replaced') return result;
+    if (attempt >= MAX_ATTEMPTS) return { imageId: id, status: 'missing' };
+  }
+}
+
+async function verifyOnce(cache: ImageCache, id: ImageId, mode: QuarantineMode): Promise<VerifyResult | 'replaced'> {
+  const entry = await cache.stat(id);
+  if (entry === null) return { imageId: id, status: 'missing' };
+  if (cache.driver.getStoredChecksum === undefined) {
+    return { imageId: id, status: 'unverifiable', reason: `the ${cache.driver.name} driver stores no digests` };
+  }
+  const stored = entry.storedChecksum;
   if (stored === undefined) return { imageId: id, status: 'unverifiable', reason: 'no digest was stored when it was cached' };
   const expected = parseStoredChecksum(stored);
   if (expected === undefined) return { imageId: id, status: 'unverifiable', reason: `stored digest ${JSON.stringify(stored)} is not readable` };
-  const path = cache.getImageFilepath(id, 'active');
   const hash = createChecksumHash(expected);
   try {
-    await pipeline(createReadStream(path, { highWaterMark: 1024 * 1024 }), hash);
+    await pipeline(await cache.openForRead(id, { countHit: false, identity: entry.identity }), hash);
   } catch (error) {
-    if (isErrnoError(error, 'ENOENT')) return { imageId: id, status: 'missing' };
+    if (ImageNotCachedError.isInstance(error)) return { imageId: id, status: 'missing' };
+    if (ImageChangedError.isInstance(error)) return 'replaced';
     throw error;
   }
   const actual = formatChecksum({ algorithm: expected.algorithm, digest: hash.digest('hex') });
@@ -58,13 +78,10 @@ export async function verifyEntry(cache: ImageCache, id: ImageId, mode: Quaranti
     await cache.deleteCachedImage(id);
     return { imageId: id, status: 'mismatch', expected: stored, actual, action: 'deleted' };
   }
-  const invalidPath = cache.getImageFilepath(id, 'invalid');
-  try {
-    await rename(path, invalidPath);
-  } catch (error) {
-    if (isErrnoError(error, 'ENOENT')) return { imageId: id, status: 'missing' };
-    throw error;
+  const reason = `digest mismatch found by image-cache verify: expected ${stored}, got ${actual}`;
+  if (!(await cache.quarantine(id, { reason, identity: entry.identity }))) {
+    // Deleted or replaced after it was hashed: look again.
+    return (await cache.isCached(id)) ? 'replaced' : { imageId: id, status: 'missing' };
   }
-  await cache.deleteCachedImage(id); // the file is gone from the active set; this forgets its metadata
-  return { imageId: id, status: 'mismatch', expected: stored, actual, action: 'moved-to-invalid', path: invalidPath };
+  return { imageId: id, status: 'mismatch', expected: stored, actual, action: 'moved-to-invalid', path: cache.getImageFilepath(id, 'invalid') };
 }

@@ -1,12 +1,9 @@
-import { constants as fsConstants, createReadStream } from 'node:fs';
-import { open, type FileHandle } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
-import { CacheStorageError, CachingStream, ImageNotCachedError, assertImageId, type ImageId } from '@cache/core';
-import { isErrnoError, storageError } from '@cache/core/driver';
+import { CacheStorageError, CachingStream, ImageChangedError, ImageNotCachedError, assertImageId, type ImageId } from '@cache/core';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import parseRange from 'range-parser';
 import type { ServerContext } from '../context.js';
-import { ifRangeAllows, isNotModified, sameFile, statEntry, type EntryInfo } from '../entry.js';
+import { ifRangeAllows, isNotModified, statEntry, type EntryInfo } from '../entry.js';
 import { originFill, type OriginFill } from '../fill.js';
 import { HttpError } from '../http-errors.js';
 import type { ByteSource } from '../metrics.js';
@@ -94,22 +91,14 @@ async function serveHit(
   }
 
   let source: Readable | undefined;
-  if (!head && !notModified && plan.kind === 'partial') {
-    // A range is read straight from the file: not a complete read, so it records no hit (spec 5.16).
-    const path = cache.getImageFilepath(id);
-    const handle = await openActive(path);
-    if (handle === undefined) return 'retry';
-    const stats = await handle.stat({ bigint: true });
-    if (!sameFile(entry, stats)) {
-      await handle.close();
-      return 'retry';
-    }
-    source = createReadStream(path, { fd: handle, start: plan.start, end: plan.end });
-  } else if (!head && !notModified) {
+  if (!head && !notModified) {
+    // Through the cache, pinned to the file the headers describe. A read that delivers the last byte (the whole
+    // image, or a range that reaches the end) counts a hit, even when the client closes right after it.
+    const range = plan.kind === 'partial' ? { start: plan.start, end: plan.end } : {};
     try {
-      source = await cache.openForRead(id); // records a hit when the read completes
+      source = await cache.openForRead(id, { ...range, identity: entry.identity });
     } catch (error) {
-      if (ImageNotCachedError.isInstance(error)) return 'retry';
+      if (ImageNotCachedError.isInstance(error) || ImageChangedError.isInstance(error)) return 'retry'; // deleted or replaced since the stat
       throw error;
     }
   }
@@ -212,12 +201,3 @@ function body(context: ServerContext, reply: FastifyReply, source: Readable, exp
   });
 }
 
-/** Opens an active file for a range read, or `undefined` when it is gone. */
-async function openActive(path: string): Promise<FileHandle | undefined> {
-  try {
-    return await open(path, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW);
-  } catch (error) {
-    if (isErrnoError(error, 'ENOENT', 'ELOOP', 'ENOTDIR')) return undefined;
-    throw storageError('open', path, error);
-  }
-}

@@ -79,6 +79,12 @@ export interface ImageStat {
   lastModified: number;
   /** The verified digest stored at commit (`sha256:<hex>`, or md5 hex), or `undefined` (none stored, or the driver stores none). */
   storedChecksum: string | undefined;
+  /**
+   * Set by `ImageCache.stat` only (drivers leave it out): the metadata store
+   * failed with this `CacheStorageError`, and the stat is the file's alone
+   * (see `ImageCache.stat`).
+   */
+  degraded?: Error;
 }
 
 /** A file in one part of the cache directory, as one `lstat` sees it. */

@@ -28,6 +28,9 @@ import { SingleFlightReads, type ReadThroughOptions, type ReadThroughResult } fr
 /** Deletes `prune()` keeps in flight. */
 const PRUNE_CONCURRENCY = 8;
 
+/** Digests {@link ImageCache.stat} remembers by file identity, for stats while the metadata store fails. */
+const REMEMBERED_DIGESTS = 4096;
+
 /** Glance's default cache budget: 10 GiB. */
 export const DEFAULT_MAX_SIZE = 10 * 1024 ** 3;
 
@@ -77,6 +80,8 @@ export class ImageCache {
   readonly #fills = new Map<ImageId, Fill>();
   /** The cache directory's files, for the calls that need no metadata. */
   readonly #files: CacheDirectory;
+  /** Stored digests seen by {@link stat}, by file identity (bounded, least recently seen dropped first). */
+  readonly #digests = new Map<string, string>();
 
   private constructor(options: Required<Omit<ImageCacheOptions, 'onCacheError'>> & Pick<ImageCacheOptions, 'onCacheError'>) {
     this.driver = options.driver;
@@ -198,8 +203,58 @@ export class ImageCache {
    * hits, last access, commit time, stored digest) in one call, or `null`
    * when `id` is not cached. Serving code uses it for headers and validators,
    * then reads the same file with `openForRead(id, { identity })`.
+   *
+   * When the metadata store fails (`CacheStorageError`, e.g. its database is
+   * down), it answers from the file alone and sets `degraded` to that error:
+   * size, mtime and identity are the file's, `hits` is 0, both times are the
+   * mtime, and `storedChecksum` is the digest an earlier successful stat saw
+   * for this same file (remembered in memory by identity), else `undefined`.
    */
   async stat(id: ImageId): Promise<ImageStat | null> {
+    let stat: ImageStat | null;
+    try {
+      stat = await this.#statWithMetadata(id);
+    } catch (error) {
+      if (!CacheStorageError.isInstance(error)) throw error;
+      return this.#statDegraded(id, error);
+    }
+    if (stat?.storedChecksum !== undefined) {
+      this.#digests.delete(stat.identity);
+      this.#digests.set(stat.identity, stat.storedChecksum);
+      if (this.#digests.size > REMEMBERED_DIGESTS) this.#digests.delete(this.#digests.keys().next().value as string);
+    }
+    return stat;
+  }
+
+  /**
+   * The metadata store failed: what the file itself gives. The stored digest
+   * is the one an earlier stat saw for this very file (same identity), if any.
+   * When the file cannot be read either, the metadata failure is rethrown.
+   */
+  async #statDegraded(id: ImageId, failure: CacheStorageError): Promise<ImageStat | null> {
+    assertImageId(id, this.#files.reservedNames);
+    let file: EntryStat | undefined;
+    try {
+      file = await this.#files.statFile(id, 'active');
+    } catch {
+      throw failure;
+    }
+    if (file === undefined) return null;
+    const identity = fileIdentity(file);
+    return {
+      imageId: id,
+      size: file.size,
+      mtime: file.mtime,
+      identity,
+      hits: 0,
+      lastAccessed: file.mtime,
+      lastModified: file.mtime,
+      storedChecksum: this.#digests.get(identity),
+      degraded: failure,
+    };
+  }
+
+  async #statWithMetadata(id: ImageId): Promise<ImageStat | null> {
     if (this.driver.statImage !== undefined) return this.driver.statImage(id);
     // A driver without statImage: the file from core, the metadata from the listing.
     assertImageId(id, this.#files.reservedNames);

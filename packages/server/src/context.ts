@@ -1,6 +1,7 @@
 import type { ImageCache } from '@cache/core';
 import type { Origin } from '@cache/origin';
 import type { ServerMetrics } from './metrics.js';
+import type { Readiness } from './readiness.js';
 import type { PeriodicWorker, Serial } from './workers.js';
 
 /** What the routes share with the server. */
@@ -8,6 +9,8 @@ export interface ServerContext {
   cache: ImageCache;
   origin: Origin | undefined;
   metrics: ServerMetrics;
+  /** Recent failures, for `/readyz`. */
+  readiness: Readiness;
   /** Orders prunes (worker and API). */
   pruneSerial: Serial;
   /** Orders cleans (worker and API). */

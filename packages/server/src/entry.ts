@@ -10,6 +10,8 @@ export interface EntryInfo {
   lastModified: Date;
   /** The file's identity (`ImageStat.identity`): the body is read from this file only. */
   identity: string;
+  /** Set when the metadata store failed (`ImageStat.degraded`): the entry is described by its file alone. */
+  degraded?: Error;
 }
 
 /**
@@ -28,6 +30,10 @@ export function digestEtag(checksum: NormalizedChecksum): string {
  * otherwise it is weak and derived from the file's identity (inode, size,
  * mtime): an active entry is never rewritten in place (a re-cache is a new
  * file renamed over it), so the tag changes with the content.
+ *
+ * While the metadata store fails, `cache.stat` answers from the file and the
+ * digest it remembers for that file: the strong ETag stays the same when an
+ * earlier stat of this process saw it; otherwise the ETag is the weak one.
  */
 export async function statEntry(cache: ImageCache, id: ImageId): Promise<EntryInfo | undefined> {
   const stat = await cache.stat(id);
@@ -41,6 +47,7 @@ export async function statEntry(cache: ImageCache, id: ImageId): Promise<EntryIn
         : `W/"${createHash('sha256').update(stat.identity).digest('hex').slice(0, 32)}"`,
     lastModified: new Date(stat.mtime * 1000),
     identity: stat.identity,
+    ...(stat.degraded === undefined ? {} : { degraded: stat.degraded }),
   };
 }
 

@@ -16,6 +16,7 @@ export type WorkerRunResult = 'ok' | 'error' | 'skipped';
 /** Every metric name the server exports, for documentation and tests. */
 export const METRIC_NAMES = {
   hits: 'image_cache_hits_total',
+  hitsUnrecorded: 'image_cache_hits_unrecorded_total',
   misses: 'image_cache_misses_total',
   servedBytes: 'image_cache_served_bytes_total',
   originFetches: 'image_cache_origin_fetches_total',
@@ -46,6 +47,8 @@ export class ServerMetrics {
   /** The registry `/metrics` exposes. */
   readonly registry = new Registry();
   readonly hits: Counter;
+  readonly hitsUnrecorded: Counter;
+  readonly #onError: ((error: unknown) => void) | undefined;
   readonly misses: Counter;
   readonly servedBytes: Counter<'source'>;
   readonly originFetches: Counter;
@@ -57,12 +60,21 @@ export class ServerMetrics {
   readonly errors: Counter<'code'>;
   readonly requestDuration: Histogram<'method' | 'route' | 'status_code'>;
 
-  /** @param onCollectError - told when a scrape-time gauge could not be read (the gauge keeps its last value). */
-  constructor(cache: ImageCache, onCollectError: (error: unknown) => void) {
+  /**
+   * @param onCollectError - told when a scrape-time gauge could not be read (the gauge keeps its last value).
+   * @param onError - told of every error {@link countError} counts (readiness looks at them).
+   */
+  constructor(cache: ImageCache, onCollectError: (error: unknown) => void, onError?: (error: unknown) => void) {
+    this.#onError = onError;
     const registers = [this.registry];
     this.hits = new Counter({
       name: METRIC_NAMES.hits,
       help: 'Image responses answered from the cache (200, 206, 304, including requests that waited for a concurrent fetch).',
+      registers,
+    });
+    this.hitsUnrecorded = new Counter({
+      name: METRIC_NAMES.hitsUnrecorded,
+      help: 'Image bodies served from the cache while the metadata store failed: the driver drops their hits or records them later.',
       registers,
     });
     this.misses = new Counter({
@@ -144,5 +156,6 @@ export class ServerMetrics {
   /** Counts one error under {@link errorLabel}. */
   countError(error: unknown, status?: number): void {
     this.errors.inc({ code: errorLabel(error, status) });
+    this.#onError?.(error);
   }
 }

@@ -41,6 +41,12 @@ export interface CacheServerOptions {
    * @default 10000
    */
   shutdownTimeout?: number;
+  /**
+   * How long a failure keeps `/readyz` at 503: a metadata store failure
+   * (unless a probe finds the store answering again), a full disk (ENOSPC),
+   * an origin error other than a 404. @default 30000
+   */
+  readinessWindow?: number;
   /** Close the `ImageCache` (and so its driver) at the end of `close()`. @default false */
   closeCache?: boolean;
   /** Fastify's logger: `true`, `false` or pino options. @default false */
@@ -59,6 +65,7 @@ export interface ResolvedOptions {
   prefetchConcurrency: number;
   prefetchOnQueue: boolean;
   shutdownTimeout: number;
+  readinessWindow: number;
   closeCache: boolean;
   logger: FastifyServerOptions['logger'];
 }
@@ -70,6 +77,7 @@ export const DEFAULTS = {
   prefetchInterval: 60_000,
   prefetchConcurrency: 4,
   shutdownTimeout: 10_000,
+  readinessWindow: 30_000,
 } as const;
 
 /** Longest interval `setInterval` accepts (about 24.8 days). */
@@ -102,6 +110,7 @@ export function resolveOptions(options: CacheServerOptions): ResolvedOptions {
     prefetchConcurrency: positiveInteger(options, 'prefetchConcurrency', DEFAULTS.prefetchConcurrency),
     prefetchOnQueue: flag(options, 'prefetchOnQueue', true),
     shutdownTimeout: milliseconds(options, 'shutdownTimeout', DEFAULTS.shutdownTimeout, false),
+    readinessWindow: milliseconds(options, 'readinessWindow', DEFAULTS.readinessWindow, false),
     closeCache: flag(options, 'closeCache', false),
     logger: options.logger ?? false,
   };

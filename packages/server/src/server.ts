@@ -5,6 +5,7 @@ import type { ServerContext } from './context.js';
 import { HttpError, errorBody, statusFor } from './http-errors.js';
 import { ServerMetrics, errorLabel } from './metrics.js';
 import { resolveOptions, type CacheServerOptions } from './options.js';
+import { Readiness } from './readiness.js';
 import { imageRoutes } from './routes/images.js';
 import { managementRoutes } from './routes/management.js';
 import { PeriodicWorker, Serial, runClean, runPrefetch, runPrune } from './workers.js';
@@ -41,7 +42,7 @@ const IMAGE_HEADERS = ['etag', 'last-modified', 'accept-ranges', 'content-range'
 /**
  * Builds the HTTP read-through cache server: `GET`/`HEAD /images/:id`, the
  * Glance-shaped management API under `/v2` (bearer-token guarded when a
- * token is set), `/healthz` and `/metrics`, and the prune, clean and
+ * token is set), `/healthz` (liveness), `/readyz` (readiness) and `/metrics`, and the prune, clean and
  * prefetch workers (started at once; their timers do not keep the process
  * alive). Call `listen()` to accept connections.
  *
@@ -62,10 +63,15 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
     routerOptions: { maxParamLength: 1024 },
     return503OnClosing: true,
   });
-  const metrics = new ServerMetrics(cache, (error) => {
-    metrics.countError(error);
-    app.log.warn({ err: error }, 'a metrics gauge could not be read');
-  });
+  const readiness = new Readiness(config.readinessWindow);
+  const metrics = new ServerMetrics(
+    cache,
+    (error) => {
+      metrics.countError(error);
+      app.log.warn({ err: error }, 'a metrics gauge could not be read');
+    },
+    (error) => readiness.observe(error),
+  );
 
   const pending = new Set<Promise<unknown>>();
   const shutdown = new AbortController();
@@ -102,6 +108,7 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
     cache,
     origin,
     metrics,
+    readiness,
     pruneSerial,
     cleanSerial,
     prefetcher,
@@ -116,11 +123,19 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
   app.get('/healthz', async (_request, reply) => {
     try {
       const size = await cache.getCacheSize();
-      return { status: 'ok', driver: cache.driver.name, size, max_size: cache.maxSize };
+      // Liveness: 200 while the process serves; `status` tells whether it is also ready (see /readyz, which probes).
+      const { status } = await readiness.check();
+      return { status, driver: cache.driver.name, size, max_size: cache.maxSize };
     } catch (error) {
       metrics.countError(error);
       return reply.code(503).send({ status: 'unavailable', code: errorLabel(error, 503), message: (error as Error).message });
     }
+  });
+
+  app.get('/readyz', async (_request, reply) => {
+    const report = await readiness.check(cache);
+    if (report.status === 'ok') return { status: 'ok' };
+    return reply.code(503).send(report);
   });
 
   app.get('/metrics', { onRequest: config.protectMetrics && guard !== undefined ? guard : [] }, async (_request, reply) => {

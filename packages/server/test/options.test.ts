@@ -28,7 +28,7 @@ describe('createCacheServer options', () => {
   });
 
   it('defaults are documented values and a valid server starts with them', async () => {
-    expect(DEFAULTS).toEqual({ pruneInterval: 300_000, cleanInterval: 3_600_000, prefetchInterval: 60_000, prefetchConcurrency: 4, shutdownTimeout: 10_000 });
+    expect(DEFAULTS).toEqual({ pruneInterval: 300_000, cleanInterval: 3_600_000, prefetchInterval: 60_000, prefetchConcurrency: 4, shutdownTimeout: 10_000, readinessWindow: 30_000 });
     const server = await createCacheServer({ cache: opened.cache });
     const url = await server.listen();
     expect(url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);

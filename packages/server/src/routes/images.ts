@@ -48,6 +48,12 @@ async function serveImage(context: ServerContext, request: ImageRequest, reply: 
   assertImageId(id);
   for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
     const entry = await statEntry(context.cache, id);
+    if (entry?.degraded !== undefined) {
+      context.readiness.metadataFailed(id, entry.degraded);
+      request.log.warn({ err: entry.degraded, imageId: id }, 'metadata store failed; serving the cached file as it is');
+    } else if (entry !== undefined) {
+      context.readiness.metadataAnswered();
+    }
     const served = entry !== undefined ? await serveHit(context, request, reply, id, entry) : await serveMiss(context, request, reply, id);
     if (served === 'sent') return;
   }
@@ -104,6 +110,8 @@ async function serveHit(
   }
 
   metrics.hits.inc();
+  // A read that reaches the last byte is a hit for the driver (core's rule); with the metadata store failing it cannot record it now.
+  if (source !== undefined && entry.degraded !== undefined && (plan.kind === 'full' || plan.end === entry.size - 1)) metrics.hitsUnrecorded.inc();
   setImageHeaders(reply, 'HIT');
   reply.header('etag', entry.etag);
   reply.header('last-modified', entry.lastModified.toUTCString());

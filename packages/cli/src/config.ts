@@ -37,6 +37,7 @@ export interface ConfigFlags {
   pruneInterval?: string | undefined;
   cleanInterval?: string | undefined;
   prefetchInterval?: string | undefined;
+  shutdownTimeout?: string | undefined;
   databaseUrl?: string | undefined;
   nodeId?: string | undefined;
 }
@@ -83,6 +84,8 @@ export interface ResolvedConfig {
   cleanInterval: number;
   /** `serve`: seconds between prefetch runs over the queue (0 disables the timer). @default 60 */
   prefetchInterval: number;
+  /** `serve`: seconds a shutdown lets responses already streaming run before cutting them. @default 10 */
+  shutdownTimeout: number;
   /** `postgres` driver: connection string; without one the driver reads `DATABASE_URL`. */
   databaseUrl: string | undefined;
   /** `postgres` driver: this node's identity; the driver's default is `<hostname>:<cache dir>`. */
@@ -111,6 +114,7 @@ export type SettingName =
   | 'pruneInterval'
   | 'cleanInterval'
   | 'prefetchInterval'
+  | 'shutdownTimeout'
   | 'databaseUrl'
   | 'nodeId';
 
@@ -138,6 +142,7 @@ const SETTINGS: { [K in SettingName]: Setting<ResolvedConfig[K]> } = {
   pruneInterval: { env: 'IMAGE_CACHE_PRUNE_INTERVAL', flag: '--prune-interval', parse: parseDuration, fallback: 300 },
   cleanInterval: { env: 'IMAGE_CACHE_CLEAN_INTERVAL', flag: '--clean-interval', parse: parseDuration, fallback: 3600 },
   prefetchInterval: { env: 'IMAGE_CACHE_PREFETCH_INTERVAL', flag: '--prefetch-interval', parse: parseDuration, fallback: 60 },
+  shutdownTimeout: { env: 'IMAGE_CACHE_SHUTDOWN_TIMEOUT', flag: '--shutdown-timeout', parse: parseDuration, fallback: 10 },
   databaseUrl: { env: 'IMAGE_CACHE_DATABASE_URL', flag: '--database-url', parse: parseText, fallback: undefined },
   nodeId: { env: 'IMAGE_CACHE_NODE_ID', flag: '--node-id', parse: parseText, fallback: undefined },
 };
@@ -151,7 +156,7 @@ export const CONFIG_ENV = 'IMAGE_CACHE_CONFIG';
  * `IMAGE_CACHE_DIR`, `IMAGE_CACHE_MAX_SIZE`, `IMAGE_CACHE_STALL_TIME`,
  * `IMAGE_CACHE_ORIGIN`, `IMAGE_CACHE_CONCURRENCY`, `IMAGE_CACHE_RETRIES`,
  * `IMAGE_CACHE_RETRY_DELAY`, and for `serve` `IMAGE_CACHE_HOST`, `IMAGE_CACHE_PORT`,
- * `IMAGE_CACHE_TOKEN`, `IMAGE_CACHE_{PRUNE,CLEAN,PREFETCH}_INTERVAL`, and for the
+ * `IMAGE_CACHE_TOKEN`, `IMAGE_CACHE_{PRUNE,CLEAN,PREFETCH}_INTERVAL`, `IMAGE_CACHE_SHUTDOWN_TIMEOUT`, and for the
  * postgres driver `IMAGE_CACHE_DATABASE_URL`, `IMAGE_CACHE_NODE_ID`), config file, default. The config file is
  * `flags.config`, else `$IMAGE_CACHE_CONFIG`, else the first
  * `image-cache.config.json` or `.image-cacherc.json` found from `cwd` upwards.
@@ -215,6 +220,7 @@ export async function resolveConfig(options: ResolveConfigOptions = {}): Promise
     pruneInterval: resolveOne('pruneInterval'),
     cleanInterval: resolveOne('cleanInterval'),
     prefetchInterval: resolveOne('prefetchInterval'),
+    shutdownTimeout: resolveOne('shutdownTimeout'),
     databaseUrl: resolveOne('databaseUrl') ?? nonEmpty(env['DATABASE_URL']), // the libpq-style fallback
     nodeId: resolveOne('nodeId'),
     configFile: file?.path,

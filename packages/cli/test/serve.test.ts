@@ -2,6 +2,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { readdir } from 'node:fs/promises';
+import { createServer, request as httpRequest } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { DEMO_IMAGES, demoImageDigest } from '../src/demo/origin.js';
@@ -115,6 +117,53 @@ describe('image-cache serve', () => {
     expect(result.code).toBe(2);
     expect(result.stderr).toMatch(/invalid --port "70000"/);
     expect(await readdir(root)).toEqual([]);
+  });
+});
+
+describe('image-cache serve --shutdown-timeout', () => {
+  it('on SIGTERM, cuts a response still streaming after the timeout and exits 0', async () => {
+    // An origin that sends part of an image, then nothing: the response can only end by the timeout.
+    const size = 4_000_000;
+    const origin = createServer((_req, res) => {
+      res.writeHead(200, { 'content-length': size });
+      res.write(Buffer.alloc(500_000, 7));
+    });
+    origin.listen(0, '127.0.0.1');
+    await new Promise((resolve) => origin.once('listening', resolve));
+    const template = `http://127.0.0.1:${(origin.address() as AddressInfo).port}/images/{id}`;
+    try {
+      const cacheDir = join(root, 'cache');
+      const server = serve(['--cache-dir', cacheDir, '--origin', template, '--shutdown-timeout', '300ms']);
+      const url = await server.url;
+      const download = await new Promise<{ ended: Promise<{ complete: boolean; received: number }> }>((resolve, reject) => {
+        const req = httpRequest(`${url}/images/stuck`, (res) => {
+          let received = 0;
+          const ended = new Promise<{ complete: boolean; received: number }>((done) => res.on('close', () => done({ complete: res.complete, received })));
+          res.on('data', (chunk: Buffer) => {
+            received += chunk.length;
+            if (received >= 100_000) resolve({ ended });
+          });
+        });
+        req.on('error', reject);
+        req.end();
+      });
+      child?.kill('SIGTERM');
+      // The process ends only because the 300ms timeout cut the stalled response (the default would be 10s).
+      expect(await server.exited).toBe(0);
+      expect(server.output().stderr).toContain('responses already streaming get up to 300ms to finish');
+      const ended = await download.ended;
+      expect(ended.complete).toBe(false);
+      expect(ended.received).toBeLessThan(size);
+    } finally {
+      origin.closeAllConnections();
+      origin.close();
+    }
+  }, 60_000);
+
+  it('a shutdown timeout that is not a duration is a usage error', async () => {
+    const result = await bin(['--cache-dir', join(root, 'c'), 'serve', '--shutdown-timeout', 'soon'], { cwd: root });
+    expect(result.code).toBe(2);
+    expect(result.stderr).toMatch(/CLI_INVALID_DURATION/);
   });
 });
 

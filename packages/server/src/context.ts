@@ -21,6 +21,10 @@ export interface ServerContext {
   prefetchOnQueue: boolean;
   /** Aborts when `close()` gives up waiting: origin requests still opening fail fast. */
   shutdownSignal: AbortSignal;
+  /** Aborts when `close()` begins: a request still before its status line stops waiting and is answered {@link shuttingDown}. */
+  drainSignal: AbortSignal;
+  /** The 503 `SHUTTING_DOWN` error (with `Retry-After`) for a request refused by shutdown. */
+  shuttingDown(): Error;
   /** Registers work that `close()` must wait for (request handlers, cache writes being rolled back). */
   track(work: Promise<unknown>): void;
 }

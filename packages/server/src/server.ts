@@ -28,9 +28,12 @@ export interface CacheServer {
   listen(options?: ListenOptions): Promise<string>;
   /**
    * Stops the workers (aborting a prefetch in progress), stops accepting
-   * connections, lets in-flight responses finish for up to `shutdownTimeout`
-   * ms and then destroys the remaining connections, and waits until every
-   * partial cache write has been rolled back (to `invalid/`, never active).
+   * connections, answers the requests that have not sent their status line
+   * yet (waiting for an origin's headers or for another request's fetch)
+   * `503` with `Retry-After`, lets responses already streaming finish for up
+   * to `shutdownTimeout` ms and then destroys the remaining connections, and
+   * waits until every partial cache write has been rolled back (to
+   * `invalid/`, never active).
    * Closes the `ImageCache` only with `closeCache: true`. Idempotent.
    */
   close(): Promise<void>;
@@ -74,7 +77,13 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
   );
 
   const pending = new Set<Promise<unknown>>();
+  /** Aborts when `close()` begins: requests still before their status line are answered 503. */
+  const draining = new AbortController();
+  /** Aborts when `close()` gives up waiting: what is still running is cut. */
   const shutdown = new AbortController();
+  // A client told to come back: by then this process has surely exited (and a restarted one may be listening).
+  const retryAfter = Math.max(1, Math.ceil(config.shutdownTimeout / 1000));
+  const shuttingDown = () => new HttpError(503, 'SHUTTING_DOWN', 'the server is shutting down; retry', { 'retry-after': String(retryAfter), connection: 'close' });
   const track = (work: Promise<unknown>) => {
     const settled = work.then(
       () => undefined,
@@ -114,6 +123,8 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
     prefetcher,
     prefetchOnQueue: config.prefetchOnQueue,
     shutdownSignal: shutdown.signal,
+    drainSignal: draining.signal,
+    shuttingDown,
     track,
   };
 
@@ -164,8 +175,10 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
     close() {
       closing ??= (async () => {
         await Promise.all(workers.map((worker) => worker.stop()));
+        // Requests still waiting for their status line (an origin's headers, another request's fetch) get a 503 now.
+        draining.abort(shuttingDown());
         const force = setTimeout(() => {
-          shutdown.abort(new HttpError(503, 'SHUTTING_DOWN', 'the server is shutting down'));
+          shutdown.abort(shuttingDown());
           app.server.closeAllConnections();
         }, config.shutdownTimeout);
         // A keep-alive connection whose response ends during the close is idle only from then on: close those as they come.
@@ -176,7 +189,7 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
           clearTimeout(force);
           clearInterval(idle);
         }
-        shutdown.abort(new HttpError(503, 'SHUTTING_DOWN', 'the server is shutting down'));
+        shutdown.abort(shuttingDown());
         // Handlers still settling and cache writes still rolling back (their sockets are gone by now).
         while (pending.size > 0) await Promise.all(pending);
         if (config.closeCache) await cache.close();

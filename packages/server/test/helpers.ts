@@ -22,9 +22,10 @@ export type OriginBehaviour =
   /**
    * The whole image. With `delayMs` or `until`, the headers go out at once and
    * the body after that many ms, or once `until` resolves (a test that must
-   * know the response is still in flight holds it with `until`).
+   * know the response is still in flight holds it with `until`). With
+   * `until` and `first`, the first `first` bytes go out with the headers.
    */
-  | { kind: 'ok'; data: Buffer; chunked?: boolean; delayMs?: number; until?: Promise<unknown> }
+  | { kind: 'ok'; data: Buffer; chunked?: boolean; delayMs?: number; until?: Promise<unknown>; first?: number }
   /**
    * Sends `after` bytes (with Content-Length of the whole unless chunked),
    * then cuts the connection once they have left: at once, or with `manual`
@@ -34,6 +35,8 @@ export type OriginBehaviour =
   | { kind: 'cut'; data: Buffer; after: number; chunked?: boolean; manual?: boolean }
   /** Sends `after` bytes, then waits forever (until the connection is closed). */
   | { kind: 'stall'; data: Buffer; after: number }
+  /** Sends nothing, not even the headers, until the connection is closed. */
+  | { kind: 'silent' }
   | { kind: 'status'; status: number };
 
 /** A real HTTP origin on 127.0.0.1 serving `/images/<id>`, counting requests per id. */
@@ -85,7 +88,11 @@ export class TestOrigin {
       case 'ok': {
         res.writeHead(200, behaviour.chunked ? {} : { 'content-length': behaviour.data.length });
         const send = () => res.end(behaviour.data);
-        if (behaviour.until !== undefined) {
+        if (behaviour.until !== undefined && behaviour.first !== undefined) {
+          const first = behaviour.first;
+          res.write(behaviour.data.subarray(0, first));
+          void behaviour.until.then(() => res.end(behaviour.data.subarray(first)));
+        } else if (behaviour.until !== undefined) {
           res.flushHeaders();
           void behaviour.until.then(send);
         } else if (behaviour.delayMs) {
@@ -116,6 +123,8 @@ export class TestOrigin {
         });
         return;
       }
+      case 'silent':
+        return;
       case 'stall':
         res.writeHead(200, { 'content-length': behaviour.data.length });
         res.write(behaviour.data.subarray(0, behaviour.after));

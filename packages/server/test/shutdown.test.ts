@@ -1,8 +1,8 @@
 import { once } from 'node:events';
 import { readdir } from 'node:fs/promises';
-import { request } from 'node:http';
+import { request, type IncomingMessage } from 'node:http';
 import { afterEach, describe, expect, it } from 'vitest';
-import { imageBytes, startHarness, waitFor, type Harness } from './helpers.js';
+import { imageBytes, rawRequest, startHarness, waitFor, type Harness, type RawResponse } from './helpers.js';
 
 /** Starts a GET and resolves once `bytes` body bytes have arrived; `done` settles with how the response ended. */
 function startDownload(url: string, bytes: number): Promise<{ received: () => number; done: Promise<{ complete: boolean; received: number }> }> {
@@ -36,34 +36,23 @@ describe('graceful shutdown', () => {
     h = undefined;
   });
 
-  it('lets an in-flight response finish within the timeout, and refuses new connections meanwhile', async () => {
+  it('lets a response already streaming finish within the timeout, and refuses new connections meanwhile', async () => {
     // The timeout only bounds a response that never ends: generous, so that a loaded machine never reaches it.
     h = await startHarness({ shutdownTimeout: 30_000 });
     const data = imageBytes('slow-ok', 500_000);
-    // The origin sends the headers, then holds the body until the server is closing: the response is surely in flight.
+    // The origin sends the headers and a first part, then holds the rest until the server is closing.
     let release!: () => void;
     const held = new Promise<void>((resolve) => (release = resolve));
-    h.origin.images.set('slow-ok', { kind: 'ok', data, chunked: false, until: held });
-    const atOrigin = once(h.origin.server, 'request');
-    const download = new Promise<{ status: number; body: Buffer }>((resolve, reject) => {
-      const req = request(`${h!.url}/images/slow-ok`, (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks) }));
-      });
-      req.on('error', reject);
-      req.end();
-    });
-    await atOrigin; // the request is in the handler, waiting for the origin's body
+    h.origin.images.set('slow-ok', { kind: 'ok', data, chunked: false, until: held, first: 100_000 });
+    const download = await startDownload(`${h.url}/images/slow-ok`, 50_000); // its status line and bytes are out
     const closing = h.server.close();
     const listener = h.server.app.server;
     await waitFor(() => !listener.listening); // close() first stops the workers, then the listener
     await expect(fetch(`${h.url}/healthz`)).rejects.toThrow(); // no longer accepting connections
     release();
-    const result = await download;
+    const result = await download.done;
     await closing;
-    expect(result.status).toBe(200);
-    expect(result.body.equals(data)).toBe(true);
+    expect(result).toEqual({ complete: true, received: data.length });
     expect(await h.cache.isCached('slow-ok')).toBe(true);
   });
 
@@ -86,6 +75,57 @@ describe('graceful shutdown', () => {
     expect(await readdir(`${h.cacheDir}/incomplete`)).toEqual([]);
     expect(await readdir(`${h.cacheDir}/invalid`)).toEqual(['stuck']);
     expect(await h.cache.getCachedImages()).toEqual([]);
+  });
+
+  it('answers a client whose miss waits for the origin\'s headers 503 with Retry-After, a whole response, and aborts the origin request', async () => {
+    h = await startHarness({ shutdownTimeout: 30_000 });
+    h.origin.images.set('silent', { kind: 'silent' }); // never sends even its headers
+    const atOrigin = once(h.origin.server, 'request');
+    let head: IncomingMessage | undefined;
+    const response = rawRequest(`${h.url}/images/silent`, { onResponse: (res) => (head = res) });
+    const [, originRes] = (await atOrigin) as [IncomingMessage, unknown];
+    const originClosed = once(originRes as NodeJS.EventEmitter, 'close');
+
+    const closing = h.server.close();
+    const result: RawResponse = await response; // rejects on an empty reply ("socket hang up")
+    expect(`HTTP/${head?.httpVersion} ${result.status} ${head?.statusMessage}`).toBe('HTTP/1.1 503 Service Unavailable');
+    expect(result.complete).toBe(true);
+    expect(result.error).toBeUndefined();
+    expect(result.headers['retry-after']).toBe('30');
+    expect(result.headers['connection']).toBe('close');
+    expect(result.headers['etag']).toBeUndefined();
+    expect(JSON.parse(result.body.toString())).toMatchObject({ statusCode: 503, code: 'SHUTTING_DOWN' });
+    await originClosed; // the origin request was aborted, not left to the timeout
+    await closing;
+    expect(await h.cache.isCached('silent')).toBe(false);
+    expect(await readdir(`${h.cacheDir}/incomplete`)).toEqual([]);
+  });
+
+  it('answers a single-flight waiter 503 with Retry-After at once, while the streaming leader finishes and is cached', async () => {
+    const lines: string[] = [];
+    h = await startHarness({ shutdownTimeout: 30_000, logger: { level: 'info', stream: { write: (line: string) => void lines.push(line) } } });
+    const data = imageBytes('shared', 400_000);
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    h.origin.images.set('shared', { kind: 'ok', data, until: held, first: 100_000 });
+    const leader = await startDownload(`${h.url}/images/shared`, 50_000); // streaming: its status line and bytes are out
+
+    const incoming = () => lines.filter((line) => line.includes('incoming request') && line.includes('/images/shared')).length;
+    const waiter = rawRequest(`${h.url}/images/shared`);
+    await waitFor(() => incoming() === 2); // the waiter is in the server (past fastify's routing), waiting on the leader's fetch
+    const closing = h.server.close();
+    const refused = await waiter;
+    expect(refused.status).toBe(503);
+    expect(refused.complete).toBe(true);
+    expect(refused.headers['retry-after']).toBe('30');
+    expect(JSON.parse(refused.body.toString())).toMatchObject({ code: 'SHUTTING_DOWN' });
+
+    release();
+    const ended = await leader.done;
+    await closing;
+    expect(ended).toEqual({ complete: true, received: data.length });
+    expect(h.origin.count('shared')).toBe(1);
+    expect(await h.cache.isCached('shared')).toBe(true);
   });
 
   it('close() is idempotent and stops the workers; closeCache closes the cache too', async () => {

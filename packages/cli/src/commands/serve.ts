@@ -4,9 +4,9 @@ import { createOrigin, type Origin } from '@cache/origin';
 import { createCacheServer } from '@cache/server';
 import { resolveConfig, type ConfigFlags } from '../config.js';
 import { DEMO_IMAGES, startDemoOrigin, type DemoOrigin } from '../demo/origin.js';
-import { CliErrorCodes, ExitCode, operationalError } from '../errors.js';
+import { CliErrorCodes, ExitCode, operationalError, usageError } from '../errors.js';
 import { openCacheFromConfig } from '../open-cache.js';
-import { formatSize } from '../units.js';
+import { formatDuration, formatSize } from '../units.js';
 import type { RegisterCommand } from './types.js';
 
 interface ServeOptions {
@@ -16,6 +16,9 @@ interface ServeOptions {
 
 /** Cache directory of `serve --demo` when none is configured, relative to the working directory. */
 export const DEMO_CACHE_DIR = '.image-cache-demo';
+/** Longest shutdown timeout a timer can hold (about 24.8 days), in ms. */
+const MAX_SHUTDOWN_TIMEOUT = 2 ** 31 - 1;
+
 /** Budget of `serve --demo` when none is configured: small enough that prune has work to show. */
 const DEMO_MAX_SIZE = 512 * 1024 * 1024;
 
@@ -38,6 +41,7 @@ export const registerServe: RegisterCommand = (program, ctx) => {
     .option('--prune-interval <duration>', 'time between prune runs, 0 disables (default 5m)')
     .option('--clean-interval <duration>', 'time between clean runs, 0 disables (default 1h)')
     .option('--prefetch-interval <duration>', 'time between prefetch runs over the queue, 0 disables the timer (default 1m)')
+    .option('--shutdown-timeout <duration>', 'on SIGINT/SIGTERM, how long responses already streaming may run before they are cut (default 10s)')
     .option('--concurrency <n>', 'queued images the prefetch worker fetches at once (default 4)')
     .option('--demo', `try it out: start a demo origin, cache into ./${DEMO_CACHE_DIR} unless a cache dir is configured`)
     .option('--log', 'log every request (JSON lines on stdout)')
@@ -52,6 +56,10 @@ export const registerServe: RegisterCommand = (program, ctx) => {
       for (const warning of config.warnings) ctx.warn(warning);
       if (config.cacheDir === '') config.cacheDir = join(ctx.io.cwd, DEMO_CACHE_DIR);
       if (demo && config.sources.maxSize === 'default') config.maxSize = DEMO_MAX_SIZE;
+      const shutdownTimeout = Math.round(config.shutdownTimeout * 1000);
+      if (shutdownTimeout > MAX_SHUTDOWN_TIMEOUT) {
+        throw usageError(CliErrorCodes.INVALID_DURATION, `invalid shutdown timeout ${formatDuration(config.shutdownTimeout)}: at most 24 days`);
+      }
 
       let demoOrigin: DemoOrigin | undefined;
       let origin: Origin | undefined;
@@ -74,6 +82,7 @@ export const registerServe: RegisterCommand = (program, ctx) => {
           cleanInterval: seconds(config.cleanInterval),
           prefetchInterval: seconds(config.prefetchInterval),
           prefetchConcurrency: config.concurrency,
+          shutdownTimeout,
           closeCache: true,
           logger: options.log === true,
         });
@@ -112,7 +121,7 @@ export const registerServe: RegisterCommand = (program, ctx) => {
         ctx.out(`  curl -s -X PUT${auth} ${url}/v2/cache/${ids[2] ?? first}            # queue one for the prefetcher`);
         ctx.out(`  curl -s ${url}/metrics | grep '^image_cache_'                        # Prometheus metrics`);
         ctx.out(`  curl -s ${url}/healthz`);
-        ctx.out(`Press Ctrl-C to stop (in-flight downloads finish first).`);
+        ctx.out(`Press Ctrl-C to stop (downloads already streaming get up to ${formatDuration(config.shutdownTimeout)} to finish).`);
       } else {
         ctx.out(`listening on ${url}`);
       }
@@ -122,7 +131,9 @@ export const registerServe: RegisterCommand = (program, ctx) => {
         if (signal.aborted) resolve();
         else signal.addEventListener('abort', () => resolve(), { once: true });
       });
-      ctx.err('image-cache: shutting down: letting in-flight responses finish');
+      ctx.err(
+        `image-cache: shutting down: requests still waiting get 503, responses already streaming get up to ${formatDuration(config.shutdownTimeout)} to finish`,
+      );
       await server.close();
       await demoOrigin?.close();
       ctx.err('image-cache: stopped');

@@ -137,7 +137,11 @@ async function serveMiss(context: ServerContext, request: ImageRequest, reply: F
     metrics.misses.inc();
     metrics.originFetches.inc();
     reply.header('x-cache', 'MISS');
-    const image = await origin.open(id, { signal: context.shutdownSignal });
+    const image = await beforeStatusLine(
+      context,
+      (signal) => origin.open(id, { signal }),
+      (late) => late.stream.destroy(),
+    );
     image.stream.destroy();
     setImageHeaders(reply, 'MISS');
     if (image.size !== undefined) reply.header('content-length', image.size);
@@ -151,15 +155,25 @@ async function serveMiss(context: ServerContext, request: ImageRequest, reply: F
   let fill: OriginFill | undefined;
   let result;
   try {
-    result = await cache.readThrough(id, {
-      fetch: async () => {
-        metrics.originFetches.inc();
-        const image = await origin.open(id, { signal: context.shutdownSignal });
-        size = image.size;
-        fill = originFill(id, image);
-        return fill.fetched;
+    // A leader waits here for the origin's headers, a waiter for another request's fetch to commit (single-flight).
+    result = await beforeStatusLine(
+      context,
+      (signal) =>
+        cache.readThrough(id, {
+          fetch: async () => {
+            metrics.originFetches.inc();
+            const image = await origin.open(id, { signal });
+            size = image.size;
+            fill = originFill(id, image);
+            return fill.fetched;
+          },
+        }),
+      (late) => {
+        // Shutdown answered this request already: drop what came too late (a caching stream rolls its write back).
+        late.stream.destroy();
+        if (late.stream instanceof CachingStream) context.track(late.stream.cacheOutcome);
       },
-    });
+    );
   } catch (error) {
     metrics.misses.inc();
     reply.header('x-cache', 'MISS');
@@ -190,6 +204,40 @@ async function serveMiss(context: ServerContext, request: ImageRequest, reply: F
   if (fill?.etag !== undefined && stream instanceof CachingStream) reply.header('etag', fill.etag);
   reply.send(body(context, reply, stream, size, 'origin'));
   return 'sent';
+}
+
+/**
+ * Waits for what a request waits on before its status line (an origin's
+ * headers, another request's fetch of the same id) unless shutdown begins
+ * first: then it throws the 503 `SHUTTING_DOWN` (with `Retry-After`) at once,
+ * so the client gets a whole response and never an empty reply, aborts the
+ * origin request `start` opened with the signal it was given, and hands what
+ * `start` yields later to `discard`; `close()` waits for that too. The signal
+ * also aborts at the end of the shutdown timeout (it stays tied to an origin
+ * body that streams on).
+ */
+async function beforeStatusLine<T>(context: ServerContext, start: (signal: AbortSignal) => Promise<T>, discard: (late: T) => void): Promise<T> {
+  const drain = context.drainSignal;
+  if (drain.aborted) throw context.shuttingDown();
+  const refusal = new AbortController();
+  const work = start(AbortSignal.any([context.shutdownSignal, refusal.signal]));
+  let onDrain!: () => void;
+  const refused = new Promise<never>((_resolve, reject) => {
+    onDrain = () => {
+      refusal.abort(context.shuttingDown());
+      reject(context.shuttingDown());
+    };
+  });
+  drain.addEventListener('abort', onDrain, { once: true });
+  try {
+    return await Promise.race([work, refused]);
+  } catch (error) {
+    if (!drain.aborted) throw error;
+    context.track(work.then(discard, () => undefined));
+    throw context.shuttingDown(); // whichever came first, the client is told to come back
+  } finally {
+    drain.removeEventListener('abort', onDrain);
+  }
 }
 
 function body(context: ServerContext, reply: FastifyReply, source: Readable, expected: number | undefined, from: ByteSource): Readable {

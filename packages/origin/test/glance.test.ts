@@ -1,14 +1,12 @@
 import { createHash } from 'node:crypto';
-import { once } from 'node:events';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Readable } from 'node:stream';
 import { ChecksumMismatchError, ImageCache, InvalidArgumentError, MemoryDriver } from '@cache/core';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { GlanceOrigin, OriginError, OriginLengthError, createOrigin, expectedChecksum } from '../src/index.js';
+import { LoopbackServer, collect, rejection } from './helpers.js';
 
 const TOKEN = 'gAAAAAB-test-token';
 
@@ -30,22 +28,11 @@ interface FakeImage {
  * `Content-Length` and `Content-MD5` (the hex checksum, as Glance sends it).
  * Both need `X-Auth-Token: TOKEN` (401 otherwise), like Glance behind Keystone.
  */
-class FakeGlance {
+class FakeGlance extends LoopbackServer {
   readonly images = new Map<string, FakeImage>();
   readonly requests: { url: string; token: string | undefined }[] = [];
-  readonly server: Server = createServer((request, response) => this.#handle(request, response));
-  url = '';
-
-  async start(): Promise<void> {
-    this.server.listen(0, '127.0.0.1');
-    await once(this.server, 'listening');
-    this.url = `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
-  }
-
-  async stop(): Promise<void> {
-    this.server.closeAllConnections();
-    this.server.close();
-    await once(this.server, 'close');
+  constructor() {
+    super((request, response) => this.#handle(request, response));
   }
 
   #handle(request: IncomingMessage, response: ServerResponse): void {
@@ -97,21 +84,6 @@ class FakeGlance {
     });
     response.end(image.data);
   }
-}
-
-async function collect(stream: Readable): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of stream) chunks.push(chunk as Buffer);
-  return Buffer.concat(chunks);
-}
-
-async function rejection(promise: Promise<unknown>): Promise<unknown> {
-  try {
-    await promise;
-  } catch (error) {
-    return error;
-  }
-  throw new Error('expected a rejection');
 }
 
 const data = Buffer.from(Array.from({ length: 150_000 }, (_, i) => (i * 11 + 3) % 256));

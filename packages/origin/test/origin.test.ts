@@ -1,52 +1,25 @@
 import { once } from 'node:events';
 import { truncateSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Readable } from 'node:stream';
 import { pathToFileURL } from 'node:url';
 import { InvalidArgumentError, InvalidImageIdError } from '@cache/core';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { DirectoryOrigin, HttpOrigin, OriginError, createOrigin } from '../src/index.js';
-
-type Handler = (request: IncomingMessage, response: ServerResponse) => void;
+import { LoopbackServer, collect, rejection, type Handler } from './helpers.js';
 
 /** A real HTTP server on 127.0.0.1 whose behaviour each test sets. */
-class TestOrigin {
+class TestOrigin extends LoopbackServer {
   handler: Handler = (_request, response) => response.end();
   readonly requests: IncomingMessage[] = [];
-  readonly server: Server = createServer((request, response) => {
-    this.requests.push(request);
-    this.handler(request, response);
-  });
-  url = '';
-  async start(): Promise<void> {
-    this.server.listen(0, '127.0.0.1');
-    await once(this.server, 'listening');
-    this.url = `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
+  constructor() {
+    super((request, response) => {
+      this.requests.push(request);
+      this.handler(request, response);
+    });
   }
-  async stop(): Promise<void> {
-    this.server.closeAllConnections();
-    this.server.close();
-    await once(this.server, 'close');
-  }
-}
-
-async function collect(stream: Readable): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of stream) chunks.push(chunk as Buffer);
-  return Buffer.concat(chunks);
-}
-
-async function rejection(promise: Promise<unknown>): Promise<unknown> {
-  try {
-    await promise;
-  } catch (error) {
-    return error;
-  }
-  throw new Error('expected a rejection');
 }
 
 const data = Buffer.from(Array.from({ length: 300_000 }, (_, i) => (i * 7) % 256));

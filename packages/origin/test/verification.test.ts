@@ -1,11 +1,8 @@
 import { createHash } from 'node:crypto';
-import { once } from 'node:events';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { IncomingMessage } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Readable } from 'node:stream';
 import { pathToFileURL } from 'node:url';
 import { ChecksumMismatchError, ImageCache, MemoryDriver } from '@cache/core';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
@@ -18,45 +15,20 @@ import {
   expectedChecksum,
   type OriginImage,
 } from '../src/index.js';
-
-type Handler = (request: IncomingMessage, response: ServerResponse) => void;
+import { LoopbackServer, collect, rejection, type Handler } from './helpers.js';
 
 /** A real HTTP server on 127.0.0.1 whose behaviour each test sets; routes by path. */
-class TestServer {
+class TestServer extends LoopbackServer {
   readonly routes = new Map<string, Handler>();
   readonly requests: IncomingMessage[] = [];
-  readonly server: Server = createServer((request, response) => {
-    this.requests.push(request);
-    const handler = this.routes.get(request.url ?? '');
-    if (handler === undefined) response.writeHead(404).end('not here');
-    else handler(request, response);
-  });
-  url = '';
-  async start(): Promise<void> {
-    this.server.listen(0, '127.0.0.1');
-    await once(this.server, 'listening');
-    this.url = `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
+  constructor() {
+    super((request, response) => {
+      this.requests.push(request);
+      const handler = this.routes.get(request.url ?? '');
+      if (handler === undefined) response.writeHead(404).end('not here');
+      else handler(request, response);
+    });
   }
-  async stop(): Promise<void> {
-    this.server.closeAllConnections();
-    this.server.close();
-    await once(this.server, 'close');
-  }
-}
-
-async function collect(stream: Readable): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of stream) chunks.push(chunk as Buffer);
-  return Buffer.concat(chunks);
-}
-
-async function rejection(promise: Promise<unknown>): Promise<unknown> {
-  try {
-    await promise;
-  } catch (error) {
-    return error;
-  }
-  throw new Error('expected a rejection');
 }
 
 const data = Buffer.from(Array.from({ length: 200_000 }, (_, i) => (i * 13 + 5) % 256));

@@ -1,34 +1,7 @@
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
 import { expect } from 'vitest';
 import { makeBytes, readImage, writeImage } from '../helpers.js';
 import type { CaseGroup } from '../kit.js';
-import { readTimes, storedDigest, writeVerified } from './shared.js';
-
-const run = promisify(execFile);
-
-/**
- * Another process puts another file under an existing id, without this
- * driver: `rename` writes a new file and renames it over the entry (new
- * inode, as Glance or `mv` do); `inplace` truncates and rewrites the same
- * file (same inode, new size and mtime, as `cp` over it or a tool writing in
- * place does).
- */
-async function replaceFromAnotherProcess(dir: string, id: string, size: number, how: 'rename' | 'inplace'): Promise<void> {
-  const script = `
-    const fs = require('node:fs'); const path = require('node:path');
-    const [dir, id, size, how] = process.argv.slice(1);
-    const data = Buffer.alloc(Number(size), 9);
-    if (how === 'rename') {
-      const tmp = path.join(dir, 'incomplete', id);
-      fs.writeFileSync(tmp, data);
-      fs.renameSync(tmp, path.join(dir, id));
-    } else {
-      fs.writeFileSync(path.join(dir, id), data);
-    }
-  `;
-  await run(process.execPath, ['-e', script, dir, id, String(size), how]);
-}
+import { readTimes, storedDigest, writeFromAnotherProcess, writeVerified } from './shared.js';
 
 /**
  * File identity: metadata belongs to the file it was recorded for. A file
@@ -47,7 +20,7 @@ export const identityCases: CaseGroup = {
         await writeImage(driver, 'other', makeBytes(100, 2));
         await readTimes(driver, 'img', 3);
         await readTimes(driver, 'other', 2);
-        await replaceFromAnotherProcess(dir, 'img', 1500, how);
+        await writeFromAnotherProcess(dir, 'img', 1500, { fill: 9, how: how });
         expect(await driver.getHitCount('img'), 'hits of the new file').toBe(0);
         expect(await storedDigest(driver, 'img'), 'the old digest does not describe the new bytes').toBeUndefined();
         const listed = await driver.getCachedImages();
@@ -72,7 +45,7 @@ export const identityCases: CaseGroup = {
       await readImage(driver, 'b');
       await readImage(driver, 'a'); // the old b was read before a
       // Another process (tens of milliseconds to start) puts a new b in place after a's read.
-      await replaceFromAnotherProcess(dir, 'b', 100, 'rename');
+      await writeFromAnotherProcess(dir, 'b', 100, { fill: 9, how: 'rename' });
       expect((await driver.getCachedImages()).map((i) => [i.imageId, i.hits])).toEqual([
         ['a', 1],
         ['b', 0],

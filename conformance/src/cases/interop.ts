@@ -4,25 +4,9 @@ import { ImageCache } from '@cache/core';
 import { expect } from 'vitest';
 import { makeBytes, readImage, writeImage } from '../helpers.js';
 import type { CaseGroup } from '../kit.js';
+import { writeFromAnotherProcess } from './shared.js';
 
 const run = promisify(execFile);
-
-/**
- * Another process commits a file the way Glance (or an operator's script)
- * does: write `incomplete/<id>`, rename it into place, drop the queue marker.
- * No metadata of this driver is written.
- */
-async function commitFromAnotherProcess(dir: string, id: string, size: number): Promise<void> {
-  const script = `
-    const fs = require('node:fs'); const path = require('node:path');
-    const [dir, id, size] = process.argv.slice(1);
-    const tmp = path.join(dir, 'incomplete', id);
-    fs.writeFileSync(tmp, Buffer.alloc(Number(size), 7));
-    fs.renameSync(tmp, path.join(dir, id));
-    fs.rmSync(path.join(dir, 'queue', id), { force: true });
-  `;
-  await run(process.execPath, ['-e', script, dir, id, String(size)]);
-}
 
 /** Another process touches queue markers, one at a time, oldest first. */
 async function queueFromAnotherProcess(dir: string, ids: string[]): Promise<void> {
@@ -47,7 +31,7 @@ export const interopCases: CaseGroup = {
   register(kit) {
     kit.it('getCachedImages() lists a file another process committed without metadata; it reads, counts hits and prunes', async ({ driver, dir }) => {
       await writeImage(driver, 'ours', makeBytes(100));
-      await commitFromAnotherProcess(dir, 'theirs', 300);
+      await writeFromAnotherProcess(dir, 'theirs', 300, { fill: 7, dropQueueMarker: true });
       const images = await driver.getCachedImages();
       expect(images.map((i) => [i.imageId, i.size, i.hits])).toEqual([
         ['ours', 100, 0],

@@ -1,27 +1,12 @@
-import { execFile } from 'node:child_process';
 import { rm, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { expect } from 'vitest';
 import { makeBytes, writeImage } from '../helpers.js';
 import type { CaseGroup } from '../kit.js';
 import { layout, namesIn } from './common.js';
-import { expectConsistent, readTimes } from './shared.js';
+import { expectConsistent, readTimes, writeFromAnotherProcess } from './shared.js';
 
-const run = promisify(execFile);
 const HOUR = 3600;
-
-/** Another process commits `id` the way Glance or a script does: write into incomplete/, rename into place. */
-async function dropIn(dir: string, id: string, size: number): Promise<void> {
-  const script = `
-    const fs = require('node:fs'); const path = require('node:path');
-    const [dir, id, size] = process.argv.slice(1);
-    const tmp = path.join(dir, 'incomplete', id);
-    fs.writeFileSync(tmp, Buffer.alloc(Number(size), 5));
-    fs.renameSync(tmp, path.join(dir, id));
-  `;
-  await run(process.execPath, ['-e', script, dir, id, String(size)]);
-}
 
 /**
  * clean() reconciles metadata with the files and returns what it did; the
@@ -44,7 +29,7 @@ export const reconcileCases: CaseGroup = {
         await writeImage(driver, 'queued', makeBytes(300, 3));
         await readTimes(driver, 'kept', 2);
         await rm(at.active('orphan')); // deleted behind the driver's back: its record (if kept apart) is an orphan
-        await dropIn(dir, 'adopted', 400); // a file with no record
+        await writeFromAnotherProcess(dir, 'adopted', 400, { fill: 5 }); // a file with no record
         await writeFile(at.queue('queued'), ''); // a marker left by a crash between commit and marker removal
         await writeFile(at.invalid('broken'), makeBytes(10, 4));
         await writeFile(at.incomplete('stalled'), makeBytes(10, 5));
@@ -86,7 +71,7 @@ export const reconcileCases: CaseGroup = {
       async ({ driver, dir }) => {
         await writeImage(driver, 'r', makeBytes(800, 1));
         await readTimes(driver, 'r', 3);
-        await dropIn(dir, 'r', 900);
+        await writeFromAnotherProcess(dir, 'r', 900, { fill: 5 });
         const report = await driver.clean();
         expect({ orphanRecords: report.orphanRecords, adoptedFiles: report.adoptedFiles }).toEqual({
           orphanRecords: separate ? 1 : 0,
@@ -100,7 +85,7 @@ export const reconcileCases: CaseGroup = {
     kit.it('clean() adopts every file dropped in without metadata (ids like constructor and __proto__ too), counts each once, and they read and count hits afterwards', async ({ driver, dir }) => {
       // Names that are also Object.prototype members: a driver keeping records in a plain object finds a "record" for them.
       const ids = ['__proto__', 'constructor', 'd1', 'd2', 'hasOwnProperty', 'toString'];
-      for (const id of ids) await dropIn(dir, id, 100);
+      for (const id of ids) await writeFromAnotherProcess(dir, id, 100, { fill: 5 });
       await writeFile(join(dir, '.driver-own-dotfile-of-the-kit'), 'not an image');
       expect((await driver.getCachedImages()).map((i) => [i.imageId, i.hits]), 'listed before clean(), with 0 hits').toEqual(ids.map((id) => [id, 0]));
       expect(await driver.clean()).toMatchObject({ adoptedFiles: ids.length, orphanRecords: 0 });
@@ -114,7 +99,7 @@ export const reconcileCases: CaseGroup = {
 
     kit.it('clean() adopts a dropped-in file with its mtime as lastAccessed and lastModified, so an old file is evicted first', async ({ driver, dir }) => {
       await writeImage(driver, 'recent', makeBytes(100, 1));
-      await dropIn(dir, 'old', 100);
+      await writeFromAnotherProcess(dir, 'old', 100, { fill: 5 });
       const hourAgo = Math.floor(Date.now() / 1000) - HOUR; // whole seconds: every filesystem keeps them exactly
       await utimes(layout(dir).active('old'), hourAgo, hourAgo);
       await driver.clean();

@@ -1,4 +1,6 @@
+import { execFile } from 'node:child_process';
 import { Readable } from 'node:stream';
+import { promisify } from 'node:util';
 import { ImageCache, type CachedImage, type CacheDriver } from '@cache/core';
 import { expect } from 'vitest';
 import { makeBytes, readImage, sha256 } from '../helpers.js';
@@ -77,3 +79,35 @@ export function childCase(kit: ConformanceKit, title: string, fn: (env: CaseEnv,
 
 /** Bytes of an image written by child processes: `makeBytes(size, seed)`. */
 export { makeBytes };
+
+const run = promisify(execFile);
+
+/**
+ * Another process puts a file of `size` bytes, each `fill`, under `id`,
+ * without this driver, as Glance, `mv` or an operator's script would:
+ * - `rename` (default): write `incomplete/<id>`, rename it over `<id>` (a new
+ *   inode), and with `dropQueueMarker` remove `queue/<id>` as a commit does;
+ * - `inplace`: truncate and rewrite `<id>` itself (same inode, new size and mtime).
+ */
+export async function writeFromAnotherProcess(
+  dir: string,
+  id: string,
+  size: number,
+  options: { fill: number; how?: 'rename' | 'inplace'; dropQueueMarker?: boolean },
+): Promise<void> {
+  const script = `
+    const fs = require('node:fs'); const path = require('node:path');
+    const [dir, id, size, fill, how, dropMarker] = process.argv.slice(1);
+    const data = Buffer.alloc(Number(size), Number(fill));
+    if (how === 'rename') {
+      const tmp = path.join(dir, 'incomplete', id);
+      fs.writeFileSync(tmp, data);
+      fs.renameSync(tmp, path.join(dir, id));
+      if (dropMarker === 'yes') fs.rmSync(path.join(dir, 'queue', id), { force: true });
+    } else {
+      fs.writeFileSync(path.join(dir, id), data);
+    }
+  `;
+  const args = [dir, id, String(size), String(options.fill), options.how ?? 'rename', options.dropQueueMarker === true ? 'yes' : 'no'];
+  await run(process.execPath, ['-e', script, ...args]);
+}

@@ -1,6 +1,6 @@
 import { expect } from 'vitest';
 import { runChildThenKill } from '../child.js';
-import { makeBytes, readImage, writeImage } from '../helpers.js';
+import { makeBytes, readImage, sha256, writeImage } from '../helpers.js';
 import type { CaseGroup } from '../kit.js';
 import { childCase, readTimes, recencyOrder, reopen, storedDigest, writeVerified } from './shared.js';
 
@@ -99,8 +99,7 @@ export const persistenceCases: CaseGroup = {
         expect(recencyOrder(await driver.getCachedImages()), 'eviction order: k1 (last read before k2), k2, then k3 (read here last)').toEqual(['k1', 'k2', 'k3']);
         expect(await driver.getQueuedImages()).toEqual(['later']);
         if (kit.supports.storedChecksum) {
-          const { createHash } = await import('node:crypto');
-          const digestOf = (size: number, seed: number) => `sha256:${createHash('sha256').update(makeBytes(size, seed)).digest('hex')}`;
+          const digestOf = (size: number, seed: number) => `sha256:${sha256(makeBytes(size, seed))}`;
           expect(await storedDigest(driver, 'k1')).toBe(digestOf(4000, 11));
           expect(await storedDigest(driver, 'k2')).toBeUndefined();
           expect(await storedDigest(driver, 'k3')).toBe(digestOf(2000, 13));

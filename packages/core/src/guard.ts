@@ -89,7 +89,7 @@ export function guardDriver<D extends CacheDriver>(driver: D): D {
 
   const wrappers = new Map<PropertyKey, unknown>();
   return new Proxy(driver, {
-    get(target, property, receiver) {
+    get(target, property) {
       if (property === GUARDED) return true;
       if (property === 'configure') return configure;
       if (property === 'close') return close;
@@ -120,7 +120,6 @@ export function guardDriver<D extends CacheDriver>(driver: D): D {
         wrapper = fn.bind(target);
       }
       wrappers.set(property, wrapper);
-      void receiver;
       return wrapper;
     },
   });

@@ -44,14 +44,17 @@ export async function openWriterIfCacheable(driver: CacheDriver, id: ImageId): P
   return writer;
 }
 
-/** Throws `InvalidArgumentError` unless `source` is a stream, an async iterable or a non-empty path. */
-export function assertSource(source: unknown): asserts source is ImageSource {
+/**
+ * Throws `InvalidArgumentError` unless `source` is a stream, an async iterable or a non-empty path.
+ * @param what - how the message names the source's origin (`source must be`, `fetch() must return`).
+ */
+export function assertSource(source: unknown, what = 'source must be'): asserts source is ImageSource {
   const ok =
     typeof source === 'string'
       ? source.length > 0
       : typeof source === 'object' && source !== null && Symbol.asyncIterator in source;
   if (!ok) {
-    throw new InvalidArgumentError('source must be a Readable, an AsyncIterable<Uint8Array> or a file path');
+    throw new InvalidArgumentError(`${what} a Readable, an AsyncIterable<Uint8Array> or a file path`);
   }
 }
 
@@ -59,6 +62,19 @@ export function assertSource(source: unknown): asserts source is ImageSource {
 export function whenClosed(stream: Readable | CacheWriter): Promise<void> {
   if (stream.closed) return Promise.resolve();
   return new Promise((resolve) => stream.once('close', () => resolve()));
+}
+
+/** Resolves once `writer` has drained or closed (a writer that failed never drains). */
+export function drainOrClose(writer: CacheWriter): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      writer.off('drain', done);
+      writer.off('close', done);
+      resolve();
+    };
+    writer.on('drain', done);
+    writer.on('close', done);
+  });
 }
 
 /** A chunk of a source as a Buffer (no copy); anything but bytes is an `InvalidArgumentError`. */

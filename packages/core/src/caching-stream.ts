@@ -1,7 +1,7 @@
 import { createReadStream } from 'node:fs';
 import { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
-import { openWriterIfCacheable, toBuffer, whenClosed, type ImageSource } from './cache-write.js';
+import { drainOrClose, openWriterIfCacheable, toBuffer, whenClosed, type ImageSource } from './cache-write.js';
 import { formatChecksum, type NormalizedChecksum } from './checksum.js';
 import type { CacheDriver, CacheWriter } from './driver.js';
 import { ChecksumMismatchError, ImageBeingCachedError } from './errors.js';
@@ -204,15 +204,7 @@ export class CachingStream extends Readable {
     if (writer === undefined || chunk.length === 0) return;
     this.#cachedBytes += chunk.length;
     if (writer.write(chunk)) return;
-    await new Promise<void>((resolve) => {
-      const done = () => {
-        writer.off('drain', done);
-        writer.off('close', done);
-        resolve();
-      };
-      writer.on('drain', done);
-      writer.on('close', done);
-    });
+    await drainOrClose(writer);
   }
 
   async #endOfSource(): Promise<void> {

@@ -8,6 +8,7 @@ import { formatChecksum, normalizeChecksum, type Checksum, type NormalizedChecks
 import type { CacheDriver, CacheWriter } from '../driver.js';
 import { ChecksumMismatchError, FillAbandonedError, InvalidArgumentError, OriginError } from '../errors.js';
 import { assertImageId, type ImageId } from '../image-id.js';
+import { assertSource, drainOrClose, toBuffer, whenClosed } from '../cache-write.js';
 import { ParallelHash } from '../parallel-hash.js';
 import { failureFromMessage, FollowerLink, type FillMessage } from './lock.js';
 import { fileKey, lockNameFor, WriteLock } from './owner.js';
@@ -399,7 +400,7 @@ export class Fill extends EventEmitter {
     this.#abortFetch = (error) => controller.abort(error);
     try {
       source = await this.#fetch({ signal: controller.signal });
-      assertSource(source);
+      assertSource(source, 'fetch() must return');
     } catch (error) {
       if (this.#abandoned !== undefined) return { ok: false, error: this.#abandoned, source: false };
       return { ok: false, error: error as Error, source: true };
@@ -512,37 +513,6 @@ export class Fill extends EventEmitter {
   }
 }
 
-function assertSource(source: unknown): asserts source is FillSource {
-  const ok =
-    typeof source === 'string'
-      ? source.length > 0
-      : typeof source === 'object' && source !== null && Symbol.asyncIterator in source;
-  if (!ok) throw new InvalidArgumentError('fetch() must return a Readable, an AsyncIterable<Uint8Array> or a file path');
-}
-
 function discardSource(source: FillSource): void {
   if (source instanceof Readable) source.destroy();
-}
-
-function toBuffer(chunk: unknown): Buffer {
-  if (Buffer.isBuffer(chunk)) return chunk;
-  if (chunk instanceof Uint8Array) return Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
-  throw new InvalidArgumentError(`the source yielded a ${typeof chunk}, expected Uint8Array chunks`);
-}
-
-function whenClosed(writer: CacheWriter): Promise<void> {
-  if (writer.closed) return Promise.resolve();
-  return new Promise((resolve) => writer.once('close', () => resolve()));
-}
-
-function drainOrClose(writer: CacheWriter): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      writer.off('drain', done);
-      writer.off('close', done);
-      resolve();
-    };
-    writer.on('drain', done);
-    writer.on('close', done);
-  });
 }

@@ -75,6 +75,8 @@ const rows = new Map();
 /** skip reason -> { count, drivers: Set } */
 const reasons = new Map();
 const problems = [];
+/** Every failed test: its file, full title and the first line of its first failure message. */
+const failures = [];
 
 function row(pkg, driver, fs) {
   const key = `${pkg}\0${driver}\0${fs}`;
@@ -114,6 +116,10 @@ for (const file of existsSync(resultsDir) ? readdirSync(resultsDir).filter((f) =
       const outcome = outcomeOf(test.status);
       row(pkg, driver, fs)[outcome] += 1;
       counts[outcome] += 1;
+      if (outcome === 'failed') {
+        const where = suite.name?.startsWith(root) ? suite.name.slice(root.length + 1) : suite.name;
+        failures.push({ where, title: [...(test.ancestorTitles ?? []), test.title].join(' > '), message: firstLine(test.failureMessages?.[0]) });
+      }
       if (outcome !== 'skipped') continue;
       const reason = SKIP_REASON.exec(test.title ?? '')?.[1] ?? '(no reason in the title)';
       let entry = reasons.get(reason);
@@ -172,6 +178,15 @@ if (reasons.size > 0) {
 if (problems.length > 0) {
   console.log('\nProblems with the test reports:');
   for (const problem of problems) console.log(`  ${problem}`);
+}
+
+// Last before the totals, so that a log cut to its tail still names what failed.
+if (failures.length > 0) {
+  console.log(`\nFailed tests (${failures.length}):`);
+  for (const f of failures) {
+    console.log(`  ${f.where}: ${f.title.length > 300 ? `${f.title.slice(0, 300)}…` : f.title}`);
+    if (f.message) console.log(`      ${f.message.length > 400 ? `${f.message.slice(0, 400)}…` : f.message}`);
+  }
 }
 
 const exitCode = run.status ?? 1;

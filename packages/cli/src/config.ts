@@ -2,7 +2,8 @@ import { dirname, isAbsolute, resolve } from 'node:path';
 import { lilconfig } from 'lilconfig';
 import { DEFAULT_MAX_SIZE, DEFAULT_STALL_TIME } from '@cache/core';
 import { CliErrorCodes, usageError } from './errors.js';
-import { parseDuration, parseInteger, parseSize } from './units.js';
+import { parseOriginHeaders, parseOriginToken } from './origin-options.js';
+import { parseBoolean, parseDuration, parseInteger, parseSize } from './units.js';
 
 /** The metadata drivers the CLI can open. */
 export const DRIVERS = ['sqlite', 'xattr', 'postgres'] as const;
@@ -38,8 +39,15 @@ export interface ConfigFlags {
   cleanInterval?: string | undefined;
   prefetchInterval?: string | undefined;
   shutdownTimeout?: string | undefined;
+  readinessWindow?: string | undefined;
   databaseUrl?: string | undefined;
   nodeId?: string | undefined;
+  /** `--origin-header`, repeatable: `Name: value` each. */
+  originHeader?: string[] | undefined;
+  originToken?: string | undefined;
+  manifest?: string | undefined;
+  /** `--allow-unverified` (a switch). */
+  allowUnverified?: boolean | string | undefined;
 }
 
 /** Options of {@link resolveConfig}. */
@@ -86,6 +94,19 @@ export interface ResolvedConfig {
   prefetchInterval: number;
   /** `serve`: seconds a shutdown lets responses already streaming run before cutting them. @default 10 */
   shutdownTimeout: number;
+  /** `serve`: seconds a failure (metadata store, full disk, origin) keeps `/readyz` at 503. @default 30 */
+  readinessWindow: number;
+  /**
+   * Headers sent with every origin request (the image, Glance's image record, an `http(s)` manifest),
+   * by name as given. Secret: never printed (only the names are). @default {}
+   */
+  originHeaders: Record<string, string>;
+  /** Sent to the origin as `X-Auth-Token` (a Keystone token for a Glance origin), over one in {@link originHeaders}. Secret: never printed. */
+  originToken: string | undefined;
+  /** The origin's checksum manifest (`sha256sum` format): a path (absolute here) or an `http(s)` URL, read at every origin request. */
+  manifest: string | undefined;
+  /** Cache close-delimited origin bodies that announce no length or digest (nothing can tell a cut from the end). @default false */
+  allowUnverified: boolean;
   /** `postgres` driver: connection string; without one the driver reads `DATABASE_URL`. */
   databaseUrl: string | undefined;
   /** `postgres` driver: this node's identity; the driver's default is `<hostname>:<cache dir>`. */
@@ -115,36 +136,65 @@ export type SettingName =
   | 'cleanInterval'
   | 'prefetchInterval'
   | 'shutdownTimeout'
+  | 'readinessWindow'
   | 'databaseUrl'
-  | 'nodeId';
+  | 'nodeId'
+  | 'originHeaders'
+  | 'originToken'
+  | 'manifest'
+  | 'allowUnverified';
+
+/**
+ * A setting's value before parsing: a flag's or variable's text, a config
+ * file's string or number; a list of `--origin-header`s; a switch's `true`;
+ * a config file's boolean, array or object (for the settings that take them).
+ */
+export type RawValue = string | number | boolean | readonly string[] | Readonly<Record<string, unknown>>;
+
+/** Which JSON values a setting takes in a config file (besides null, which means "not given"). */
+type FileKind = 'scalar' | 'boolean' | 'headers';
 
 interface Setting<T> {
   env: string;
   flag: string;
-  parse: (value: string | number, what: string) => T;
+  /** The {@link ConfigFlags} key, when it is not the setting's name. */
+  flagKey?: keyof ConfigFlags;
+  parse: (value: RawValue, what: string) => T;
   fallback: T;
   /** Paths resolve against the cwd (flag, env) or the config file's directory. */
   path?: boolean;
+  /** @default 'scalar': a string or a number */
+  file?: FileKind;
+}
+
+/** A parser of strings and numbers as a parser of any {@link RawValue} (the file check keeps the others away). */
+function scalar<T>(parse: (value: string | number, what: string) => T): (value: RawValue, what: string) => T {
+  return (value, what) => parse(typeof value === 'string' || typeof value === 'number' ? value : String(value), what);
 }
 
 const SETTINGS: { [K in SettingName]: Setting<ResolvedConfig[K]> } = {
-  driver: { env: 'IMAGE_CACHE_DRIVER', flag: '--driver', parse: parseDriver, fallback: 'sqlite' },
-  cacheDir: { env: 'IMAGE_CACHE_DIR', flag: '--cache-dir', parse: parseText, fallback: '', path: true },
-  maxSize: { env: 'IMAGE_CACHE_MAX_SIZE', flag: '--max-size', parse: parseSize, fallback: DEFAULT_MAX_SIZE },
-  stallTime: { env: 'IMAGE_CACHE_STALL_TIME', flag: '--stall-time', parse: parseDuration, fallback: DEFAULT_STALL_TIME },
-  origin: { env: 'IMAGE_CACHE_ORIGIN', flag: '--origin', parse: parseText, fallback: undefined, path: true },
-  concurrency: { env: 'IMAGE_CACHE_CONCURRENCY', flag: '--concurrency', parse: (v, w) => parseInteger(v, w, 1, 256), fallback: 4 },
-  retries: { env: 'IMAGE_CACHE_RETRIES', flag: '--retries', parse: (v, w) => parseInteger(v, w, 0, 100), fallback: 3 },
-  retryDelay: { env: 'IMAGE_CACHE_RETRY_DELAY', flag: '--retry-delay', parse: parseDuration, fallback: 1 },
-  host: { env: 'IMAGE_CACHE_HOST', flag: '--host', parse: parseText, fallback: '127.0.0.1' },
-  port: { env: 'IMAGE_CACHE_PORT', flag: '--port', parse: (v, w) => parseInteger(v, w, 0, 65535), fallback: 8080 },
-  token: { env: 'IMAGE_CACHE_TOKEN', flag: '--token', parse: parseText, fallback: undefined },
-  pruneInterval: { env: 'IMAGE_CACHE_PRUNE_INTERVAL', flag: '--prune-interval', parse: parseDuration, fallback: 300 },
-  cleanInterval: { env: 'IMAGE_CACHE_CLEAN_INTERVAL', flag: '--clean-interval', parse: parseDuration, fallback: 3600 },
-  prefetchInterval: { env: 'IMAGE_CACHE_PREFETCH_INTERVAL', flag: '--prefetch-interval', parse: parseDuration, fallback: 60 },
-  shutdownTimeout: { env: 'IMAGE_CACHE_SHUTDOWN_TIMEOUT', flag: '--shutdown-timeout', parse: parseDuration, fallback: 10 },
-  databaseUrl: { env: 'IMAGE_CACHE_DATABASE_URL', flag: '--database-url', parse: parseText, fallback: undefined },
-  nodeId: { env: 'IMAGE_CACHE_NODE_ID', flag: '--node-id', parse: parseText, fallback: undefined },
+  driver: { env: 'IMAGE_CACHE_DRIVER', flag: '--driver', parse: scalar(parseDriver), fallback: 'sqlite' },
+  cacheDir: { env: 'IMAGE_CACHE_DIR', flag: '--cache-dir', parse: scalar(parseText), fallback: '', path: true },
+  maxSize: { env: 'IMAGE_CACHE_MAX_SIZE', flag: '--max-size', parse: scalar(parseSize), fallback: DEFAULT_MAX_SIZE },
+  stallTime: { env: 'IMAGE_CACHE_STALL_TIME', flag: '--stall-time', parse: scalar(parseDuration), fallback: DEFAULT_STALL_TIME },
+  origin: { env: 'IMAGE_CACHE_ORIGIN', flag: '--origin', parse: scalar(parseText), fallback: undefined, path: true },
+  concurrency: { env: 'IMAGE_CACHE_CONCURRENCY', flag: '--concurrency', parse: scalar((v, w) => parseInteger(v, w, 1, 256)), fallback: 4 },
+  retries: { env: 'IMAGE_CACHE_RETRIES', flag: '--retries', parse: scalar((v, w) => parseInteger(v, w, 0, 100)), fallback: 3 },
+  retryDelay: { env: 'IMAGE_CACHE_RETRY_DELAY', flag: '--retry-delay', parse: scalar(parseDuration), fallback: 1 },
+  host: { env: 'IMAGE_CACHE_HOST', flag: '--host', parse: scalar(parseText), fallback: '127.0.0.1' },
+  port: { env: 'IMAGE_CACHE_PORT', flag: '--port', parse: scalar((v, w) => parseInteger(v, w, 0, 65535)), fallback: 8080 },
+  token: { env: 'IMAGE_CACHE_TOKEN', flag: '--token', parse: scalar(parseText), fallback: undefined },
+  pruneInterval: { env: 'IMAGE_CACHE_PRUNE_INTERVAL', flag: '--prune-interval', parse: scalar(parseDuration), fallback: 300 },
+  cleanInterval: { env: 'IMAGE_CACHE_CLEAN_INTERVAL', flag: '--clean-interval', parse: scalar(parseDuration), fallback: 3600 },
+  prefetchInterval: { env: 'IMAGE_CACHE_PREFETCH_INTERVAL', flag: '--prefetch-interval', parse: scalar(parseDuration), fallback: 60 },
+  shutdownTimeout: { env: 'IMAGE_CACHE_SHUTDOWN_TIMEOUT', flag: '--shutdown-timeout', parse: scalar(parseDuration), fallback: 10 },
+  readinessWindow: { env: 'IMAGE_CACHE_READINESS_WINDOW', flag: '--readiness-window', parse: scalar(parseDuration), fallback: 30 },
+  databaseUrl: { env: 'IMAGE_CACHE_DATABASE_URL', flag: '--database-url', parse: scalar(parseText), fallback: undefined },
+  nodeId: { env: 'IMAGE_CACHE_NODE_ID', flag: '--node-id', parse: scalar(parseText), fallback: undefined },
+  originHeaders: { env: 'IMAGE_CACHE_ORIGIN_HEADERS', flag: '--origin-header', flagKey: 'originHeader', parse: parseOriginHeaders, fallback: Object.freeze({}), file: 'headers' },
+  originToken: { env: 'IMAGE_CACHE_ORIGIN_TOKEN', flag: '--origin-token', parse: scalar(parseOriginToken), fallback: undefined },
+  manifest: { env: 'IMAGE_CACHE_MANIFEST', flag: '--manifest', parse: scalar(parseText), fallback: undefined, path: true },
+  allowUnverified: { env: 'IMAGE_CACHE_ALLOW_UNVERIFIED', flag: '--allow-unverified', parse: parseBoolean, fallback: false, file: 'boolean' },
 };
 
 /** Environment variable naming the config file (after `--config`, before the search). */
@@ -156,8 +206,11 @@ export const CONFIG_ENV = 'IMAGE_CACHE_CONFIG';
  * `IMAGE_CACHE_DIR`, `IMAGE_CACHE_MAX_SIZE`, `IMAGE_CACHE_STALL_TIME`,
  * `IMAGE_CACHE_ORIGIN`, `IMAGE_CACHE_CONCURRENCY`, `IMAGE_CACHE_RETRIES`,
  * `IMAGE_CACHE_RETRY_DELAY`, and for `serve` `IMAGE_CACHE_HOST`, `IMAGE_CACHE_PORT`,
- * `IMAGE_CACHE_TOKEN`, `IMAGE_CACHE_{PRUNE,CLEAN,PREFETCH}_INTERVAL`, `IMAGE_CACHE_SHUTDOWN_TIMEOUT`, and for the
- * postgres driver `IMAGE_CACHE_DATABASE_URL`, `IMAGE_CACHE_NODE_ID`), config file, default. The config file is
+ * `IMAGE_CACHE_TOKEN`, `IMAGE_CACHE_{PRUNE,CLEAN,PREFETCH}_INTERVAL`, `IMAGE_CACHE_SHUTDOWN_TIMEOUT`,
+ * `IMAGE_CACHE_READINESS_WINDOW`, for the origin `IMAGE_CACHE_ORIGIN_HEADERS`, `IMAGE_CACHE_ORIGIN_TOKEN`,
+ * `IMAGE_CACHE_MANIFEST`, `IMAGE_CACHE_ALLOW_UNVERIFIED`, and for the
+ * postgres driver `IMAGE_CACHE_DATABASE_URL`, `IMAGE_CACHE_NODE_ID`), config file, default. A setting
+ * comes whole from one place: `--origin-header`s replace the headers of the environment and the file. The config file is
  * `flags.config`, else `$IMAGE_CACHE_CONFIG`, else the first
  * `image-cache.config.json` or `.image-cacherc.json` found from `cwd` upwards.
  *
@@ -166,8 +219,11 @@ export const CONFIG_ENV = 'IMAGE_CACHE_CONFIG';
  * against `cwd`, or, in a config file, against the file's directory. Nothing
  * is created or opened besides reading the config file.
  *
+ * Origin headers and the origin token are secrets: no error message quotes them.
+ *
  * @throws CliError with exit code 2: `CLI_MISSING_CACHE_DIR`, `CLI_INVALID_SIZE`,
- *   `CLI_INVALID_DURATION`, `CLI_INVALID_NUMBER`, `CLI_INVALID_DRIVER`, `CLI_CONFIG`.
+ *   `CLI_INVALID_DURATION`, `CLI_INVALID_NUMBER`, `CLI_INVALID_DRIVER`, `CLI_INVALID_BOOLEAN`,
+ *   `CLI_INVALID_HEADER`, `CLI_CONFIG`.
  *
  * @example
  * ```ts
@@ -191,10 +247,10 @@ export async function resolveConfig(options: ResolveConfigOptions = {}): Promise
   const sources = {} as Record<SettingName, ConfigSource>;
   const resolveOne = <K extends SettingName>(name: K): ResolvedConfig[K] => {
     const setting = SETTINGS[name] as Setting<ResolvedConfig[K]>;
-    const candidates: [ConfigSource, string | number | undefined, string, string][] = [
-      ['flag', nonEmpty(flags[name]), setting.flag, cwd],
+    const candidates: [ConfigSource, RawValue | undefined, string, string][] = [
+      ['flag', given(flags[setting.flagKey ?? (name as keyof ConfigFlags)]), setting.flag, cwd],
       ['env', nonEmpty(env[setting.env]), setting.env, cwd],
-      ['file', fileValue(file, name), `${name} in ${file?.path ?? ''}`, file === undefined ? cwd : dirname(file.path)],
+      ['file', fileValue(file, name, setting.file ?? 'scalar'), `${name} in ${file?.path ?? ''}`, file === undefined ? cwd : dirname(file.path)],
     ];
     for (const [source, raw, what, base] of candidates) {
       if (raw === undefined) continue;
@@ -221,8 +277,13 @@ export async function resolveConfig(options: ResolveConfigOptions = {}): Promise
     cleanInterval: resolveOne('cleanInterval'),
     prefetchInterval: resolveOne('prefetchInterval'),
     shutdownTimeout: resolveOne('shutdownTimeout'),
+    readinessWindow: resolveOne('readinessWindow'),
     databaseUrl: resolveOne('databaseUrl') ?? nonEmpty(env['DATABASE_URL']), // the libpq-style fallback
     nodeId: resolveOne('nodeId'),
+    originHeaders: resolveOne('originHeaders'),
+    originToken: resolveOne('originToken'),
+    manifest: resolveOne('manifest'),
+    allowUnverified: resolveOne('allowUnverified'),
     configFile: file?.path,
     sources,
     warnings,
@@ -249,7 +310,8 @@ async function loadConfigFile(explicit: string | undefined, cwd: string): Promis
     result = explicit === undefined ? await explorer.search(cwd) : await explorer.load(resolve(cwd, explicit));
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
-    const reason = code === 'ENOENT' ? 'no such file' : (error as Error).message;
+    // V8's JSON errors may quote the text around the mistake, and the file may hold secrets (origin headers, tokens).
+    const reason = code === 'ENOENT' ? 'no such file' : (error as Error).message.replace(/,\s*(?:\.\.\.)?"[^]*" is not valid JSON/, ' (not valid JSON)');
     throw usageError(CliErrorCodes.CONFIG, `cannot read config file ${where}: ${reason}`);
   }
   if (result === null) return undefined;
@@ -260,16 +322,33 @@ async function loadConfigFile(explicit: string | undefined, cwd: string): Promis
   return { path: result.filepath, config: config as Record<string, unknown> };
 }
 
-function fileValue(file: LoadedFile | undefined, name: SettingName): string | number | undefined {
+function fileValue(file: LoadedFile | undefined, name: SettingName, kind: FileKind): RawValue | undefined {
   const value = file?.config[name];
   if (value === undefined || value === null) return undefined;
   if (typeof value === 'string') return nonEmpty(value);
   if (typeof value === 'number') return value;
-  throw usageError(CliErrorCodes.CONFIG, `${name} in ${file?.path ?? ''} must be a string or a number, got ${typeof value}`);
+  if (kind === 'boolean' && typeof value === 'boolean') return value;
+  if (kind === 'headers' && typeof value === 'object') {
+    if (!Array.isArray(value)) return value as Record<string, unknown>;
+    if (value.every((item) => typeof item === 'string')) return value.length === 0 ? undefined : (value as string[]);
+  }
+  const expected = {
+    scalar: 'a string or a number',
+    boolean: 'true, false, or a string or number saying so',
+    headers: 'an object of header names and values, an array of "Name: value" strings, or a string',
+  }[kind];
+  throw usageError(CliErrorCodes.CONFIG, `${name} in ${file?.path ?? ''} must be ${expected}, got ${Array.isArray(value) ? 'an array of other things' : typeof value}`);
 }
 
 function nonEmpty(value: string | undefined): string | undefined {
   return value === undefined || value.trim() === '' ? undefined : value;
+}
+
+/** A flag's value, or undefined when it was not given (an empty string or list counts as not given). */
+function given(value: ConfigFlags[keyof ConfigFlags]): RawValue | undefined {
+  if (Array.isArray(value)) return value.length === 0 ? undefined : value;
+  if (typeof value === 'string') return nonEmpty(value);
+  return value ?? undefined;
 }
 
 function parseText(value: string | number): string {

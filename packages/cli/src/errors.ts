@@ -22,6 +22,9 @@ export const CliErrorCodes = {
   INVALID_DURATION: 'CLI_INVALID_DURATION',
   INVALID_NUMBER: 'CLI_INVALID_NUMBER',
   INVALID_DRIVER: 'CLI_INVALID_DRIVER',
+  INVALID_BOOLEAN: 'CLI_INVALID_BOOLEAN',
+  /** A malformed origin header or origin token (the message never quotes the value). */
+  INVALID_HEADER: 'CLI_INVALID_HEADER',
   /** The configured driver's package (an optional dependency) is not installed. */
   DRIVER_MISSING: 'CLI_DRIVER_MISSING',
   /** The configured driver's package is installed but does not load (e.g. its native addon is missing). */

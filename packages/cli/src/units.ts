@@ -74,6 +74,24 @@ export function parseInteger(text: string | number, what: string, min: number, m
   return value;
 }
 
+const TRUE_WORDS: ReadonlySet<string> = new Set(['true', '1', 'yes', 'on']);
+const FALSE_WORDS: ReadonlySet<string> = new Set(['false', '0', 'no', 'off']);
+
+/**
+ * Parses a switch: `true`/`false` (a flag given, a config file's boolean), or
+ * `true`, `false`, `1`, `0`, `yes`, `no`, `on`, `off` in any case (an
+ * environment variable, a config file's string or number).
+ *
+ * @throws CliError `CLI_INVALID_BOOLEAN` (exit code 2).
+ */
+export function parseBoolean(value: unknown, what = 'switch'): boolean {
+  if (typeof value === 'boolean') return value;
+  const word = typeof value === 'string' || typeof value === 'number' ? String(value).trim().toLowerCase() : undefined;
+  if (word !== undefined && TRUE_WORDS.has(word)) return true;
+  if (word !== undefined && FALSE_WORDS.has(word)) return false;
+  throw usageError(CliErrorCodes.INVALID_BOOLEAN, `invalid ${what} ${JSON.stringify(typeof value === 'string' ? value : String(value))}: use true or false (also 1/0, yes/no, on/off)`);
+}
+
 const IEC = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'] as const;
 
 /** Formats bytes for people with binary units: `1.5 MiB`, `512 B`. */

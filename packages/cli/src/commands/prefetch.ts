@@ -1,9 +1,10 @@
 import { stat } from 'node:fs/promises';
 import type { Command } from 'commander';
 import type { ImageId, NormalizedChecksum } from '@cache/core';
-import { createOrigin, DirectoryOrigin, type Origin } from '@cache/origin';
+import { DirectoryOrigin, type Origin } from '@cache/origin';
 import { uniqueIds } from '../context.js';
 import { CliErrorCodes, ExitCode, usageError } from '../errors.js';
+import { addOriginOptions, openOrigin } from '../origin-options.js';
 import { readChecksumManifest } from '../prefetch/checksums.js';
 import { BarReporter, LineReporter, type ProgressReporter } from '../prefetch/progress.js';
 import { prefetchImages, type PrefetchResult } from '../prefetch/run.js';
@@ -18,15 +19,16 @@ interface PrefetchOptions {
 
 /** `image-cache prefetch [id...]`: caches every queued image (or the given ones) from an origin. */
 export const registerPrefetch: RegisterCommand = (program, ctx) => {
-  program
+  const cmd = program
     .command('prefetch')
     .description('cache every queued image (or the given ids, which are queued first) from an origin')
     .argument('[ids...]', 'image ids to queue and fetch (default: the whole queue)')
-    .option('--origin <url-or-dir>', 'URL template with {id} (https://origin/images/{id}) or a directory (env IMAGE_CACHE_ORIGIN)')
+    .option('--origin <url-or-dir>', 'URL template with {id} (https://origin/images/{id}), glance+https://host:9292, or a directory (env IMAGE_CACHE_ORIGIN)');
+  addOriginOptions(cmd)
     .option('--concurrency <n>', 'images fetched at once (env IMAGE_CACHE_CONCURRENCY; default 4)')
     .option('--retries <n>', 'retries per image after a failed attempt; 404s and checksum mismatches are not retried (default 3)')
     .option('--retry-delay <duration>', 'wait before the first retry, doubled for each further one (default 1s)')
-    .option('--checksums <file>', 'expected digests, "<hex>  <id>" per line (md5sum/sha256sum/sha512sum output)')
+    .option('--checksums <file>', 'expected digests, "<hex>  <id>" per line (md5sum/sha256sum/sha512sum output), read once; wins over --manifest')
     .option('--no-progress', 'no progress bars even on a terminal (one line per image instead)')
     .option('--json', 'print a JSON report instead of the summary line')
     .action(async (rawIds: string[], options: PrefetchOptions, command: Command) => {
@@ -35,7 +37,7 @@ export const registerPrefetch: RegisterCommand = (program, ctx) => {
       if (config.origin === undefined) {
         throw usageError(CliErrorCodes.MISSING_ORIGIN, 'no origin: pass --origin <url-template-or-dir>, set IMAGE_CACHE_ORIGIN, or put "origin" in the config file');
       }
-      const origin = createOrigin(config.origin);
+      const origin = openOrigin(config.origin, config, (message) => ctx.warn(message));
       await assertOriginDirectory(origin);
       const checksums: ReadonlyMap<ImageId, NormalizedChecksum> =
         options.checksums === undefined ? new Map() : await readChecksumManifest(options.checksums, ctx.io.cwd);

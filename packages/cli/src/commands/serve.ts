@@ -1,11 +1,12 @@
 import { join } from 'node:path';
 import type { Command } from 'commander';
-import { createOrigin, type Origin } from '@cache/origin';
+import type { Origin } from '@cache/origin';
 import { createCacheServer } from '@cache/server';
 import { resolveConfig, type ConfigFlags } from '../config.js';
 import { DEMO_IMAGES, startDemoOrigin, type DemoOrigin } from '../demo/origin.js';
 import { CliErrorCodes, ExitCode, operationalError, usageError } from '../errors.js';
 import { openCacheFromConfig } from '../open-cache.js';
+import { addOriginOptions, describeOriginOptions, openOrigin } from '../origin-options.js';
 import { formatDuration, formatSize } from '../units.js';
 import type { RegisterCommand } from './types.js';
 
@@ -30,18 +31,20 @@ const DEMO_MAX_SIZE = 512 * 1024 * 1024;
  * 127.0.0.1 serving generated images; it prints URLs to try.
  */
 export const registerServe: RegisterCommand = (program, ctx) => {
-  program
+  const cmd = program
     .command('serve')
     .description('run the HTTP read-through cache server (images, management API, /metrics) until interrupted')
     .option('--host <address>', 'address to listen on (env IMAGE_CACHE_HOST; default 127.0.0.1)')
     .option('--port <port>', 'port to listen on, 0 for any free port (env IMAGE_CACHE_PORT; default 8080)')
-    .option('--origin <url-or-dir>', 'where misses are fetched from: URL template with {id} or a directory (env IMAGE_CACHE_ORIGIN)')
+    .option('--origin <url-or-dir>', 'where misses are fetched from: URL template with {id}, glance+https://host:9292, or a directory (env IMAGE_CACHE_ORIGIN)');
+  addOriginOptions(cmd)
     .option('--token <token>', 'bearer token required by the management API /v2/cache (env IMAGE_CACHE_TOKEN; default: open)')
     .option('--stall-time <duration>', 'age at which the cleaner deletes an incomplete file (default 1d)')
     .option('--prune-interval <duration>', 'time between prune runs, 0 disables (default 5m)')
     .option('--clean-interval <duration>', 'time between clean runs, 0 disables (default 1h)')
     .option('--prefetch-interval <duration>', 'time between prefetch runs over the queue, 0 disables the timer (default 1m)')
     .option('--shutdown-timeout <duration>', 'on SIGINT/SIGTERM, how long responses already streaming may run before they are cut (default 10s)')
+    .option('--readiness-window <duration>', 'how long a failure (metadata store, full disk, origin) keeps /readyz at 503 (env IMAGE_CACHE_READINESS_WINDOW; default 30s)')
     .option('--concurrency <n>', 'queued images the prefetch worker fetches at once (default 4)')
     .option('--demo', `try it out: start a demo origin, cache into ./${DEMO_CACHE_DIR} unless a cache dir is configured`)
     .option('--log', 'log every request (JSON lines on stdout)')
@@ -61,12 +64,20 @@ export const registerServe: RegisterCommand = (program, ctx) => {
         throw usageError(CliErrorCodes.INVALID_DURATION, `invalid shutdown timeout ${formatDuration(config.shutdownTimeout)}: at most 24 days`);
       }
 
+      const readinessWindow = Math.round(config.readinessWindow * 1000);
+
       let demoOrigin: DemoOrigin | undefined;
       let origin: Origin | undefined;
-      if (config.origin !== undefined) origin = createOrigin(config.origin);
+      const warn = (message: string) => ctx.warn(message);
+      if (config.origin !== undefined) origin = openOrigin(config.origin, config, warn);
       else if (demo) {
         demoOrigin = await startDemoOrigin();
-        origin = createOrigin(demoOrigin.template);
+        try {
+          origin = openOrigin(demoOrigin.template, config, warn);
+        } catch (error) {
+          await demoOrigin.close();
+          throw error;
+        }
       }
       const cache = await openCacheFromConfig(config, {
         onWarning: (warning) => ctx.warn(`${warning.message} [${warning.code}]`),
@@ -83,6 +94,7 @@ export const registerServe: RegisterCommand = (program, ctx) => {
           prefetchInterval: seconds(config.prefetchInterval),
           prefetchConcurrency: config.concurrency,
           shutdownTimeout,
+          readinessWindow,
           closeCache: true,
           logger: options.log === true,
         });
@@ -108,7 +120,8 @@ export const registerServe: RegisterCommand = (program, ctx) => {
       }
       const auth = config.token === undefined ? '' : ` -H 'authorization: Bearer ${config.token}'`;
       ctx.err(`image-cache: serving ${config.cacheDir} (${config.driver}, budget ${formatSize(config.maxSize)}) on ${url}`);
-      ctx.err(`image-cache: origin ${origin?.description ?? '(none: misses are 404)'}`);
+      // Header names only: their values (tokens) are never printed.
+      ctx.err(`image-cache: origin ${origin === undefined ? '(none: misses are 404)' : `${origin.description}${describeOriginOptions(config)}`}`);
       if (demo) {
         const ids = Object.keys(DEMO_IMAGES);
         const first = ids[0] ?? '';

@@ -64,7 +64,7 @@ class UnverifiableImageError extends OriginError {
   constructor(id: ImageId) {
     super(
       id,
-      'not cached: the origin announced no length or digest and its body is close-delimited, so a cut connection could not be told from the end (give the origin a checksum manifest, or allow unverified fills)',
+      'not cached: the origin announced no length or digest and its body is close-delimited, so a cut connection could not be told from the end (give the origin a checksum manifest with --manifest, or pass --allow-unverified)',
     );
   }
 }

@@ -102,7 +102,8 @@ export function formatSize(value: number): string {
     scaled /= 1024;
     unit++;
   }
-  const text = unit === 0 ? String(Math.round(scaled)) : scaled.toFixed(scaled >= 100 ? 0 : scaled >= 10 ? 1 : 2).replace(/\.?0+$/, '');
+  // Trailing zeros go only after a decimal point: 200 KiB stays "200", 1.50 becomes "1.5".
+  const text = unit === 0 ? String(Math.round(scaled)) : scaled.toFixed(scaled >= 100 ? 0 : scaled >= 10 ? 1 : 2).replace(/(\.\d*?)0+$/, '$1').replace(/\.$/, '');
   return `${text} ${IEC[unit]}`;
 }
 

@@ -44,4 +44,8 @@ describe('formatSize', () => {
   it('uses binary units', () => {
     expect([0, 1023, 1024, 1536, 10 * 1024 ** 3, 300_000].map(formatSize)).toEqual(['0 B', '1023 B', '1 KiB', '1.5 KiB', '10 GiB', '293 KiB']);
   });
+
+  it('keeps the zeros of a whole number (200 KiB is not 2 KiB)', () => {
+    expect([200 * 1024, 100 * 1024 ** 2, 10 * 1024, 20.5 * 1024, 1.05 * 1024 ** 3].map(formatSize)).toEqual(['200 KiB', '100 MiB', '10 KiB', '20.5 KiB', '1.05 GiB']);
+  });
 });

@@ -1,4 +1,4 @@
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -129,4 +129,54 @@ export async function driverMatrix(): Promise<{ name: DriverName; skip: string |
 /** A suite title that carries the skip reason, as the conformance kit does. */
 export function suiteTitle(name: DriverName, skip: string | undefined): string {
   return skip === undefined ? `${name} driver` : `${name} driver [skipped: ${skip}]`;
+}
+
+/** A running `image-cache serve` (the built binary, a child process). */
+export interface ServeProcess {
+  /** The base URL it printed (`serving ... on <url>`), once both startup lines are out; rejects when it exits first. */
+  url: Promise<string>;
+  /** Its exit code (null when killed by a signal). */
+  exited: Promise<number | null>;
+  /** What it printed so far. */
+  output: () => { stdout: string; stderr: string };
+  /** SIGKILL unless it has exited; safe to call twice. */
+  kill: () => void;
+}
+
+/** Starts `image-cache <argv...>` (argv includes `serve`) and watches its stderr for the listening URL. */
+export function startServe(argv: string[], options: { cwd: string; env?: Record<string, string> }): ServeProcess {
+  const proc = spawn(process.execPath, [BIN, ...argv], {
+    cwd: options.cwd,
+    env: { PATH: process.env['PATH'] ?? '', ...options.env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  let onOutput = () => undefined as void;
+  proc.stdout.on('data', (chunk: Buffer) => {
+    stdout += chunk.toString();
+    onOutput();
+  });
+  proc.stderr.on('data', (chunk: Buffer) => {
+    stderr += chunk.toString();
+    onOutput();
+  });
+  const exited = new Promise<number | null>((resolve) => proc.on('exit', (code) => resolve(code)));
+  const url = new Promise<string>((resolve, reject) => {
+    onOutput = () => {
+      // Its startup lines: `serving <dir> (...) on <url>`, then `origin <...>`.
+      const match = /serving .* on (http:\/\/\S+)\n(?:.*\n)*?image-cache: origin .*\n/.exec(stderr);
+      if (match?.[1] !== undefined) resolve(match[1]);
+    };
+    void exited.then((code) => reject(new Error(`serve exited (${code}) before listening: ${stderr}`)));
+  });
+  url.catch(() => undefined);
+  return {
+    url,
+    exited,
+    output: () => ({ stdout, stderr }),
+    kill: () => {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+    },
+  };
 }

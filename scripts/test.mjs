@@ -9,10 +9,14 @@
 //     kit go into a row with driver "-" and filesystem "-"),
 //   - the distinct reasons tests were skipped for,
 //   - and, as the very last line: `N passed, N failed, N skipped`.
+// Before turbo it runs scripts/test-tools.sh, which installs the HTTP clients
+// the server's real-client tests drive (curl, wget, aria2c) when they are
+// missing and it can (root with apt-get); tests whose tool is still missing
+// are skipped with the reason in their title.
 // Exits non-zero when anything failed or when no test ran at all.
 // Extra arguments go to turbo, after `--` so that pnpm does not take them
 // (e.g. `pnpm test -- --filter=@cache/core`).
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 
@@ -24,6 +28,9 @@ mkdirSync(resultsDir, { recursive: true });
 const env = { ...process.env, TURBO_TELEMETRY_DISABLED: '1', TEST_RESULTS_DIR: resultsDir };
 const extra = process.argv.slice(2);
 if (extra[0] === '--') extra.shift(); // `pnpm test -- --filter=...` passes the separator on
+// curl, wget and aria2c for the server's real-client tests; it says what it does, and the run goes on either way.
+spawnSync('bash', [join(root, 'scripts', 'test-tools.sh')], { cwd: root, env, stdio: 'inherit' });
+
 const turbo = ['pnpm', 'exec', 'turbo', 'run', 'lint', 'test', '--continue', '--output-logs=full', ...extra];
 const child = spawn('bash', [join(root, 'scripts', 'test-filesystems.sh'), '--', ...turbo], {
   cwd: root,

@@ -260,10 +260,10 @@ export async function scrape(url: string, headers: Record<string, string> = {}):
  * condition that never comes (generous, for a loaded machine); it is not
  * part of what a test checks.
  */
-export async function waitFor(check: () => boolean | Promise<boolean>, timeoutMs = 30_000): Promise<void> {
+export async function waitFor(check: () => boolean | Promise<boolean>, timeoutMs = 30_000, what = 'condition'): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!(await check())) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
+    if (Date.now() > deadline) throw new Error(`${what}: not met in time`);
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
 }

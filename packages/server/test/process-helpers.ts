@@ -423,15 +423,3 @@ export async function establishedConnections(port: number): Promise<number> {
   return count;
 }
 
-/**
- * Polls `check` until it returns true. `timeoutMs` only guards against a
- * condition that never comes (generous, for a loaded machine); it is not part
- * of what a test checks.
- */
-export async function waitFor(check: () => boolean | Promise<boolean>, timeoutMs = 30_000, what = 'condition'): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`${what}: not met in time`);
-    await sleep(10);
-  }
-}

@@ -16,11 +16,11 @@ import {
   startDownload,
   startServe,
   stopAll,
-  waitFor,
   type OriginImageSpec,
   type ServeProcess,
   type ToolResult,
 } from './process-helpers.js';
+import { waitFor } from './helpers.js';
 
 const MiB = 1024 * 1024;
 

@@ -154,6 +154,7 @@ export class CachingStream extends Readable {
       });
       this.#writer = writer;
       this.#lastWriter = writer;
+      this.#lock.announce(this.#expected === undefined ? {} : { checksum: formatChecksum(this.#expected) });
       await this.#lock.attach(writer, this.#driver.getImageFilepath(this.imageId, 'incomplete'));
     } catch (error) {
       if (ImageBeingCachedError.isInstance(error)) this.#finishOutcome({ status: 'skipped', error });

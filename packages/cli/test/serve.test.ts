@@ -7,7 +7,7 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { DEMO_IMAGES, demoImageDigest } from '../src/demo/origin.js';
-import { BIN, bin, tempDir } from './helpers.js';
+import { BIN, bin, tempDir, withCache } from './helpers.js';
 
 let root: string;
 let cleanup: () => Promise<void>;
@@ -154,6 +154,45 @@ describe('image-cache serve --shutdown-timeout', () => {
       const ended = await download.ended;
       expect(ended.complete).toBe(false);
       expect(ended.received).toBeLessThan(size);
+    } finally {
+      origin.closeAllConnections();
+      origin.close();
+    }
+  }, 60_000);
+
+  it('on SIGTERM mid-download with a stalling origin: the fill cut at the timeout is rolled back before the process exits', async () => {
+    const size = 4_000_000;
+    const origin = createServer((_req, res) => {
+      res.writeHead(200, { 'content-length': size });
+      res.write(Buffer.alloc(500_000, 7)); // then nothing: only the shutdown timeout ends it
+    });
+    origin.listen(0, '127.0.0.1');
+    await new Promise((resolve) => origin.once('listening', resolve));
+    const template = `http://127.0.0.1:${(origin.address() as AddressInfo).port}/images/{id}`;
+    try {
+      const cacheDir = join(root, 'cache');
+      const server = serve(['--cache-dir', cacheDir, '--origin', template, '--shutdown-timeout', '1s']);
+      const url = await server.url;
+      const { closed } = await new Promise<{ closed: Promise<boolean> }>((resolve, reject) => {
+        const req = httpRequest(`${url}/images/stuck`, (res) => {
+          let received = 0;
+          const whenClosed = new Promise<boolean>((done) => res.on('close', () => done(res.complete)));
+          res.on('data', (chunk: Buffer) => {
+            received += chunk.length;
+            if (received >= 100_000) resolve({ closed: whenClosed });
+          });
+        });
+        req.on('error', reject);
+        req.end();
+      });
+      expect(await readdir(join(cacheDir, 'incomplete'))).toEqual(['stuck']); // being filled right now
+      child?.kill('SIGTERM');
+      expect(await server.exited).toBe(0);
+      expect(await closed).toBe(false); // cut: the download never completed
+      // Once the process has exited, the partial file is in invalid/: never left in incomplete/, never active.
+      expect(await readdir(join(cacheDir, 'incomplete'))).toEqual([]);
+      expect(await readdir(join(cacheDir, 'invalid'))).toEqual(['stuck']);
+      expect(await withCache('sqlite', cacheDir, (cache) => cache.isCached('stuck'))).toBe(false);
     } finally {
       origin.closeAllConnections();
       origin.close();

@@ -117,14 +117,18 @@ export class CachingStream extends Readable {
     }
   }
 
-  /** Rolls the cache write back because of a source-side failure and waits until the file is in `invalid/`. */
+  /**
+   * Rolls the cache write back (a source-side failure, or the client left) and waits until the file is in
+   * `invalid/`. Both may happen at once (a server's shutdown aborts the origin request and destroys the client's
+   * connection together): the second call then waits for the rollback the first one started, so that
+   * `cacheOutcome` never settles while the partial file is still in `incomplete/`.
+   */
   async #abortCache(error: Error, abortedBy: 'source' | 'client'): Promise<void> {
     const writer = this.#writer;
     this.#writer = undefined;
-    if (writer !== undefined) {
-      writer.destroy(error);
-      await whenClosed(writer);
-    }
+    if (writer !== undefined) writer.destroy(error);
+    const rollingBack = writer ?? this.#lastWriter;
+    if (rollingBack !== undefined && rollingBack.destroyed) await whenClosed(rollingBack);
     this.#finishOutcome({ status: 'aborted', abortedBy, error });
   }
 
@@ -154,6 +158,7 @@ export class CachingStream extends Readable {
       });
       this.#writer = writer;
       this.#lastWriter = writer;
+      this.#lock.announce(this.#expected === undefined ? {} : { checksum: formatChecksum(this.#expected) });
       await this.#lock.attach(writer, this.#driver.getImageFilepath(this.imageId, 'incomplete'));
     } catch (error) {
       if (ImageBeingCachedError.isInstance(error)) this.#finishOutcome({ status: 'skipped', error });

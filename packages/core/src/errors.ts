@@ -19,6 +19,7 @@ export const ErrorCodes = {
   DRIVER_NOT_OPEN: 'CACHE_DRIVER_NOT_OPEN',
   ORIGIN: 'CACHE_ORIGIN_ERROR',
   FILL_ABANDONED: 'CACHE_FILL_ABANDONED',
+  FILL_ABORTED: 'CACHE_FILL_ABORTED',
   RANGE_NOT_SATISFIABLE: 'CACHE_RANGE_NOT_SATISFIABLE',
   IMAGE_CHANGED: 'CACHE_IMAGE_CHANGED',
 } as const;
@@ -254,6 +255,23 @@ export class FillAbandonedError extends CacheError {
     this.imageId = imageId;
   }
   static isInstance = codeGuard<FillAbandonedError>(ErrorCodes.FILL_ABANDONED);
+}
+
+/**
+ * A fill was stopped by its caller (`fill.abort()` or `FillOptions.signal`)
+ * without an error of its own as the reason; the partial file was rolled back.
+ */
+export class FillAbortedError extends CacheError {
+  readonly imageId: string;
+  constructor(imageId: string, reason?: unknown) {
+    super(
+      ErrorCodes.FILL_ABORTED,
+      `the fill of image '${imageId}' was aborted${reason === undefined ? '' : ` (${String(reason)})`}; the partial file was rolled back`,
+      reason === undefined ? {} : { cause: reason },
+    );
+    this.imageId = imageId;
+  }
+  static isInstance = codeGuard<FillAbortedError>(ErrorCodes.FILL_ABORTED);
 }
 
 function describeId(id: unknown): string {

@@ -413,7 +413,10 @@ export class ImageCache {
     let writer: CacheWriter | undefined;
     try {
       writer = await openWriterIfCacheable(this.driver, id);
-      if (writer !== undefined) await lock.attach(writer, this.driver.getImageFilepath(id, 'incomplete'));
+      if (writer !== undefined) {
+        lock.announce(expected === undefined ? {} : { checksum: formatChecksum(expected) });
+        await lock.attach(writer, this.driver.getImageFilepath(id, 'incomplete'));
+      }
     } catch (error) {
       writer?.destroy(error as Error);
       if (writer !== undefined) await whenClosed(writer);

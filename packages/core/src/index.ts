@@ -50,6 +50,8 @@ export type { FetchedImage, ReadThroughOptions, ReadThroughResult } from './read
 export { MemoryDriver } from './memory-driver.js';
 export {
   Fill,
+  type FetchedFill,
+  type FillAnnouncement,
   type FillFetchContext,
   type FillOptions,
   type FillOutcome,

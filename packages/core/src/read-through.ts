@@ -147,9 +147,10 @@ export class SingleFlightReads {
       lock = await WriteLock.acquire(this.#driver, id);
       if (lock === undefined) {
         // Another process on this host (or a writer of this one) is caching the id: read its fill instead of fetching.
-        // Taking over, this process fetches with the caller's fetch; the digest it announces is verified at the end.
+        // Taking over, this process fetches with the caller's fetch; the digest it announces is verified at the end
+        // (and a response not to be cached is read, not committed).
         const fill = this.#fills.fill(id, {
-          fetch: async () => unwrapFetched(await options.fetch()).source,
+          fetch: async () => unwrapFetched(await options.fetch()),
           checksum: options.checksum,
         });
         done();

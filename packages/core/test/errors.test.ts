@@ -6,6 +6,7 @@ import {
   ChecksumMismatchError,
   DriverNotOpenError,
   ErrorCodes,
+  FillAbortedError,
   ImageBeingCachedError,
   ImageChangedError,
   ImageNotCachedError,
@@ -26,6 +27,7 @@ describe('typed errors', () => {
     [new DriverNotOpenError('x', 'closed'), ErrorCodes.DRIVER_NOT_OPEN, DriverNotOpenError],
     [new RangeNotSatisfiableError('a', '/c/a', 10, 10), ErrorCodes.RANGE_NOT_SATISFIABLE, RangeNotSatisfiableError],
     [new ImageChangedError('a', '/c/a', '1:2:3', '4:2:3'), ErrorCodes.IMAGE_CHANGED, ImageChangedError],
+    [new FillAbortedError('a', 'shutdown'), ErrorCodes.FILL_ABORTED, FillAbortedError],
   ] as const;
 
   it.each(cases)('%s has a stable code, a name and a working isInstance', (error, code, Class) => {

@@ -36,7 +36,7 @@ interface OriginRequest {
  * `all` sends the image at once; `half` sends the first half and waits for
  * `release()` or `cut()`.
  */
-async function startOrigin(image: Buffer, plan: (n: number, who: string) => 'all' | 'half') {
+async function startOrigin(image: Buffer, plan: (n: number, who: string) => 'all' | 'half', headers: Record<string, string> = {}) {
   const requests: OriginRequest[] = [];
   let waiters: { n: number; resolve: (request: OriginRequest) => void }[] = [];
   const half = image.length / 2;
@@ -44,7 +44,7 @@ async function startOrigin(image: Buffer, plan: (n: number, who: string) => 'all
     const who = new URL(req.url ?? '/', 'http://origin').searchParams.get('who') ?? '?';
     res.on('error', () => undefined);
     req.socket.on('error', () => undefined);
-    res.writeHead(200, { 'content-length': image.length, 'content-type': 'application/octet-stream' });
+    res.writeHead(200, { 'content-length': image.length, 'content-type': 'application/octet-stream', ...headers });
     const request: OriginRequest = {
       who,
       release: () => res.end(image.subarray(half)),
@@ -190,6 +190,25 @@ describe.skipIf(process.platform !== 'linux')('fills across processes (abstract-
     expect(await readdir(join(dir, 'incomplete'))).toEqual([]);
     expect(await readdir(join(dir, 'invalid'))).toEqual([]);
     expect(await lockIsFree(dir)).toBe(true);
+  });
+
+  it('a follower process learns the size and digest the owner announced, from the hello; the commit stores the digest', async () => {
+    const image = imageBytes('announced', 16 * C);
+    origin = await startOrigin(image, () => 'half', { 'x-sha256': sha256(image) });
+    const a = startChild('A', dir, origin.url);
+    const first = await origin.request(1);
+    const want = { event: 'announced', expectedSize: image.length, checksum: `sha256:${sha256(image)}`, cache: true };
+    expect(await a.waitFor((e) => e.event === 'announced')).toEqual(want);
+    await a.waitFor(readAtLeast(C));
+
+    const b = startChild('B', dir, origin.url);
+    await b.waitFor(role('follower'));
+    expect(await b.waitFor((e) => e.event === 'announced')).toEqual(want);
+    first.release();
+    for (const child of [a, b]) expect(await child.waitFor(ended)).toEqual({ event: 'end', bytes: image.length, sha256: sha256(image) });
+    expect(await b.waitFor((e) => e.event === 'done')).toMatchObject({ status: 'committed', via: 'followed', checksum: `sha256:${sha256(image)}` });
+    expect(await a.waitFor((e) => e.event === 'done')).toMatchObject({ status: 'committed', via: 'fetched', checksum: `sha256:${sha256(image)}` });
+    expect(origin.count).toBe(1);
   });
 
   it('SIGKILL of the owner mid-fill: one follower takes over, every reader gets the origin\'s bytes, nothing torn is committed', async () => {

@@ -9,6 +9,7 @@ import { ErrorCodes, ImageCache, ImageNotCachedError, MemoryDriver, type CacheWr
 import type { CommitInfo, DirectoryDriverOptions } from '../src/driver-api.js';
 import { EARLY_FLUSH_BYTES } from '../src/streams.js';
 import { chunks, collect, tempDir, tree, write } from './helpers.js';
+import { collector, controlledSource } from './fill-helpers.js';
 
 const sha256 = (data: Buffer) => createHash('sha256').update(data).digest('hex');
 const md5 = (data: Buffer) => createHash('md5').update(data).digest('hex');
@@ -338,6 +339,20 @@ describe('getCachingStream()', () => {
     for await (const _ of stream) break; // destroys the stream after the first chunk
     expect(await stream.cacheOutcome).toMatchObject({ status: 'aborted', abortedBy: 'client' });
     expect(await cache.isCached('img')).toBe(false);
+    expect(await readdir(join(dir, 'invalid'))).toEqual(['img']);
+  });
+
+  it('a source failure and the client leaving at once: cacheOutcome settles only once the partial file is in invalid/', async () => {
+    // As at a server's shutdown timeout: the origin request is aborted and the client's connection destroyed together.
+    const source = controlledSource();
+    const stream = cache.getCachingStream('img', source.iterable);
+    const client = collector(stream);
+    source.push(Buffer.alloc(64 * 1024, 1));
+    await client.until(64 * 1024);
+    source.fail(new Error('origin aborted'));
+    stream.destroy();
+    expect(await stream.cacheOutcome).toMatchObject({ status: 'aborted' });
+    expect(await readdir(join(dir, 'incomplete'))).toEqual([]);
     expect(await readdir(join(dir, 'invalid'))).toEqual(['img']);
   });
 

@@ -1,5 +1,6 @@
 import type { ImageCache } from '@cache/core';
 import type { Origin } from '@cache/origin';
+import type { ServerFills } from './fill.js';
 import type { ServerMetrics } from './metrics.js';
 import type { Readiness } from './readiness.js';
 import type { PeriodicWorker, Serial } from './workers.js';
@@ -8,6 +9,8 @@ import type { PeriodicWorker, Serial } from './workers.js';
 export interface ServerContext {
   cache: ImageCache;
   origin: Origin | undefined;
+  /** The fills of misses and prefetches (one per id), when there is an origin. */
+  fills: ServerFills | undefined;
   metrics: ServerMetrics;
   /** Recent failures, for `/readyz`. */
   readiness: Readiness;
@@ -19,12 +22,12 @@ export interface ServerContext {
   prefetcher: PeriodicWorker | undefined;
   /** Whether queueing an image through the API starts a prefetch run. */
   prefetchOnQueue: boolean;
-  /** Aborts when `close()` gives up waiting: origin requests still opening fail fast. */
+  /** Aborts when `close()` gives up waiting: origin requests still opening (HEAD misses) fail fast. */
   shutdownSignal: AbortSignal;
   /** Aborts when `close()` begins: a request still before its status line stops waiting and is answered {@link shuttingDown}. */
   drainSignal: AbortSignal;
   /** The 503 `SHUTTING_DOWN` error (with `Retry-After`) for a request refused by shutdown. */
   shuttingDown(): Error;
-  /** Registers work that `close()` must wait for (request handlers, cache writes being rolled back). */
+  /** Registers work that `close()` must wait for (request handlers, fills ending or being rolled back). */
   track(work: Promise<unknown>): void;
 }

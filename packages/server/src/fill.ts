@@ -1,11 +1,17 @@
-import { OriginError, normalizeChecksum, type FetchedImage, type ImageId } from '@cache/core';
-import { expectedChecksum, type OriginImage } from '@cache/origin';
+import { Transform, type Readable, type TransformCallback } from 'node:stream';
+import { OriginError, normalizeChecksum, type FetchedFill, type Fill, type ImageCache, type ImageId } from '@cache/core';
+import { expectedChecksum, type Origin, type OriginImage } from '@cache/origin';
+import type { FastifyBaseLogger } from 'fastify';
 import { digestEtag } from './entry.js';
+import type { ServerMetrics } from './metrics.js';
 
 /** How the server fills the cache from one opened origin image. */
 export interface OriginFill {
-  /** For `cache.readThrough`'s fetch: the stream, the announced digest as the checksum, and whether to cache it. */
-  fetched: FetchedImage;
+  /**
+   * For a fill's `fetch`: the stream, and what the origin announced: its
+   * length as the size, its digest as the checksum, and whether to cache it.
+   */
+  fetched: FetchedFill;
   /**
    * The strong ETag the entry gets once the announced digest is verified and
    * stored (`"<algorithm>:<hex>"`), for the miss response; `undefined` without a digest.
@@ -14,7 +20,7 @@ export interface OriginFill {
   /**
    * False for bytes nothing can verify (a close-delimited body without a
    * digest, from an origin without `allowUnverified`): they are passed on to
-   * the client and not cached. An origin that does not say (`cacheable`
+   * the clients and not cached. An origin that does not say (`cacheable`
    * absent) is trusted, as before origins reported it.
    */
   cacheable: boolean;
@@ -23,8 +29,9 @@ export interface OriginFill {
 /**
  * Turns what the origin announced into the cache fill: the digest becomes the
  * checksum core verifies while caching (a mismatch is a `ChecksumMismatchError`
- * and nothing is committed), the length is already enforced by the origin's
- * stream, and an unverifiable body is not cached.
+ * and nothing is committed), the length becomes the fill's expected size
+ * (already enforced by the origin's stream, and announced to readers), and an
+ * unverifiable body is read but not cached.
  */
 export function originFill(id: ImageId, image: OriginImage): OriginFill {
   const cacheable = image.cacheable !== false;
@@ -36,8 +43,125 @@ export function originFill(id: ImageId, image: OriginImage): OriginFill {
     throw new OriginError(id, `the origin announced an unusable digest: ${(cause as Error).message}`, { cause });
   }
   return {
-    fetched: { source: image.stream, ...(checksum === undefined ? {} : { checksum }), cache: cacheable },
+    fetched: {
+      source: image.stream,
+      ...(checksum === undefined ? {} : { checksum }),
+      ...(image.size === undefined ? {} : { size: image.size }),
+      cache: cacheable,
+    },
     etag: checksum === undefined ? undefined : digestEtag(checksum),
     cacheable,
   };
+}
+
+/** What {@link ServerFills} needs. */
+export interface ServerFillsOptions {
+  cache: ImageCache;
+  origin: Origin;
+  metrics: ServerMetrics;
+  log: FastifyBaseLogger;
+  /** Seconds a fill runs on without any reader before it is abandoned (`FillOptions.abandonAfter`); `undefined`: never. */
+  abandonAfter: number | undefined;
+  /** Registers a fill's `done` as work `close()` waits for. */
+  track: (work: Promise<unknown>) => void;
+}
+
+/**
+ * The fills this server started or joined (`ImageCache.fill`), one per id:
+ * client misses and prefetches of the same id share one, and with it one
+ * origin request per host. Keeps the fills-in-progress gauge, and lets
+ * `close()` stop them.
+ */
+export class ServerFills {
+  readonly #options: ServerFillsOptions;
+  readonly #fills = new Map<ImageId, Fill>();
+
+  constructor(options: ServerFillsOptions) {
+    this.#options = options;
+  }
+
+  /** Fills running now. */
+  get size(): number {
+    return this.#fills.size;
+  }
+
+  /** The running fill of `id` that this server knows of, if any (no origin request, no lock). */
+  running(id: ImageId): Fill | undefined {
+    return this.#fills.get(id);
+  }
+
+  /**
+   * Starts the fill of `id` from the origin, or joins the one running in
+   * this process (or follows another process's fill of it: core decides).
+   */
+  fill(id: ImageId): Fill {
+    const { cache, origin, metrics, log, abandonAfter, track } = this.#options;
+    const fill = cache.fill(id, {
+      fetch: async ({ signal }) => {
+        metrics.originFetches.inc();
+        return originFill(id, await origin.open(id, { signal })).fetched;
+      },
+      ...(abandonAfter === undefined ? {} : { abandonAfter }),
+    });
+    if (this.#fills.get(id) === fill) return fill;
+    this.#fills.set(id, fill);
+    metrics.fillsInProgress.inc();
+    fill.on('announced', (announcement: { cache: boolean }) => {
+      if (!announcement.cache) {
+        // Nothing can tell a cut of this close-delimited body from its end: the clients get the bytes, the cache does not.
+        log.warn({ imageId: id }, 'not caching: the origin announced no length or digest and its body is close-delimited (allowUnverified is off)');
+      }
+    });
+    const done = fill.done.then((outcome) => {
+      if (this.#fills.get(id) === fill) this.#fills.delete(id);
+      metrics.fillsInProgress.dec();
+      if (outcome.status === 'failed') log.warn({ err: outcome.error, imageId: id }, 'fill failed; nothing was cached');
+    });
+    track(done);
+    return fill;
+  }
+
+  /**
+   * Aborts the fills nobody in this process streams from: those whose
+   * origin has not answered yet (their clients are still before their
+   * status line) and those without a reader (their clients left; a
+   * prefetch). They are rolled back to `invalid/`.
+   */
+  abortUnread(reason: Error): void {
+    for (const fill of this.#fills.values()) {
+      if (fill.announcement === undefined || fill.readers === 0) fill.abort(reason);
+    }
+  }
+
+  /** Aborts every running fill (rolled back to `invalid/`; a fill already committing commits). */
+  abortAll(reason: Error): void {
+    for (const fill of this.#fills.values()) fill.abort(reason);
+  }
+}
+
+/**
+ * Passes `reader` through, but ends only once `fill` has ended well
+ * (committed, or read to its end uncached) and fails with the fill's error
+ * when it failed. For a range read of a fill, whose reader ends as soon as
+ * its last byte is in the file: with the last byte held back until the
+ * source ends ({@link responseBody}'s `holdLast`), a client never gets a
+ * whole-looking range of a fill that failed verification. Destroying it
+ * destroys the reader (never the fill).
+ */
+export function untilVerdict(reader: Readable, fill: Fill): Readable {
+  const gate = new Transform({
+    transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback) {
+      callback(null, chunk);
+    },
+    flush(callback: TransformCallback) {
+      void fill.done.then((outcome) => callback(outcome.status === 'failed' ? outcome.error : null));
+    },
+    destroy(error, callback) {
+      reader.destroy();
+      callback(error);
+    },
+  });
+  reader.on('error', (error: Error) => gate.destroy(error));
+  reader.pipe(gate);
+  return gate;
 }

@@ -2,6 +2,8 @@ import { STATUS_CODES } from 'node:http';
 import {
   CacheError,
   ChecksumMismatchError,
+  FillAbandonedError,
+  FillAbortedError,
   ImageBeingCachedError,
   ImageNotCachedError,
   InvalidArgumentError,
@@ -39,7 +41,7 @@ export class HttpError extends Error {
  * The HTTP status for an error:
  * invalid id or argument 400; not cached (and no origin) 404; origin 404 → 404;
  * any other origin failure, or a checksum mismatch at the source, 502;
- * another writer holding the id 409; a fetch aborted by shutdown 503; errors that carry a 4xx/5xx `statusCode`
+ * another writer holding the id 409; a fetch aborted by shutdown, or a fill aborted or abandoned, 503; errors that carry a 4xx/5xx `statusCode`
  * (fastify's, {@link HttpError}) keep it; anything else 500.
  */
 export function statusFor(error: unknown): number {
@@ -49,6 +51,7 @@ export function statusFor(error: unknown): number {
   if (ChecksumMismatchError.isInstance(error)) return 502;
   if (ImageBeingCachedError.isInstance(error)) return 409;
   if (error instanceof Error && error.name === 'AbortError') return 503; // a fetch aborted by shutdown
+  if (FillAbortedError.isInstance(error) || FillAbandonedError.isInstance(error)) return 503;
   const status = (error as { statusCode?: unknown } | null)?.statusCode;
   if (typeof status === 'number' && status >= 400 && status <= 599) return status;
   return 500;

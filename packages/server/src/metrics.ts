@@ -29,6 +29,7 @@ export const METRIC_NAMES = {
   size: 'image_cache_size_bytes',
   maxSize: 'image_cache_max_size_bytes',
   queueLength: 'image_cache_queue_length',
+  fillsInProgress: 'image_cache_fills_in_progress',
   requestDuration: 'image_cache_http_request_duration_seconds',
 } as const;
 
@@ -58,6 +59,7 @@ export class ServerMetrics {
   readonly prefetches: Counter<'outcome'>;
   readonly workerRuns: Counter<'worker' | 'result'>;
   readonly errors: Counter<'code'>;
+  readonly fillsInProgress: Gauge;
   readonly requestDuration: Histogram<'method' | 'route' | 'status_code'>;
 
   /**
@@ -69,7 +71,7 @@ export class ServerMetrics {
     const registers = [this.registry];
     this.hits = new Counter({
       name: METRIC_NAMES.hits,
-      help: 'Image responses answered from the cache (200, 206, 304, including requests that waited for a concurrent fetch).',
+      help: 'Image responses answered from the cache (200, 206, 304).',
       registers,
     });
     this.hitsUnrecorded = new Counter({
@@ -79,7 +81,7 @@ export class ServerMetrics {
     });
     this.misses = new Counter({
       name: METRIC_NAMES.misses,
-      help: 'Image requests that were not in the cache and went to the origin.',
+      help: 'Image requests that were not in the cache: answered from a fill (started, joined or followed) or from the origin\'s headers (HEAD).',
       registers,
     });
     this.servedBytes = new Counter({
@@ -90,7 +92,7 @@ export class ServerMetrics {
     });
     this.originFetches = new Counter({
       name: METRIC_NAMES.originFetches,
-      help: 'Requests made to the origin (misses lead one per id at a time; prefetches; HEAD misses).',
+      help: 'Requests made to the origin (one per fill, whatever the number of its readers; HEAD misses).',
       registers,
     });
     this.prunedFiles = new Counter({ name: METRIC_NAMES.prunedFiles, help: 'Entries evicted by prune.', registers });
@@ -117,6 +119,11 @@ export class ServerMetrics {
       name: METRIC_NAMES.errors,
       help: 'Errors by CacheError code, or by HTTP status class (HTTP_4XX, HTTP_5XX) for other error responses.',
       labelNames: ['code'],
+      registers,
+    });
+    this.fillsInProgress = new Gauge({
+      name: METRIC_NAMES.fillsInProgress,
+      help: 'Fills of this server running now (misses and prefetches being fetched, or followed from another process).',
       registers,
     });
     this.requestDuration = new Histogram({

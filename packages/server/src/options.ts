@@ -36,11 +36,20 @@ export interface CacheServerOptions {
    */
   prefetchOnQueue?: boolean;
   /**
-   * How long `close()` lets in-flight responses finish before it destroys the
-   * remaining connections (whose partial cache writes are then rolled back).
+   * How long `close()` lets in-flight responses and the fills they read
+   * finish before it aborts the fills (rolled back to `invalid/`) and
+   * destroys the remaining connections.
    * @default 10000
    */
   shutdownTimeout?: number;
+  /**
+   * Milliseconds a miss's fill goes on fetching without any reader (every
+   * client left, in this process and in processes following it) before it
+   * is stopped and rolled back (core's `FillOptions.abandonAfter`). A client
+   * waiting for the origin's headers counts as a reader.
+   * @default undefined: never; a fill whose clients left finishes and is cached (the next request is likely to come)
+   */
+  fillAbandonAfter?: number;
   /**
    * How long a failure keeps `/readyz` at 503: a metadata store failure
    * (unless a probe finds the store answering again), a full disk (ENOSPC),
@@ -65,6 +74,7 @@ export interface ResolvedOptions {
   prefetchConcurrency: number;
   prefetchOnQueue: boolean;
   shutdownTimeout: number;
+  fillAbandonAfter: number | undefined;
   readinessWindow: number;
   closeCache: boolean;
   logger: FastifyServerOptions['logger'];
@@ -90,7 +100,7 @@ export function resolveOptions(options: CacheServerOptions): ResolvedOptions {
   }
   const { cache, origin, token } = options;
   // Duck-typed rather than instanceof, so an app with its own copy of @cache/core works.
-  if (typeof cache !== 'object' || cache === null || typeof cache.readThrough !== 'function' || typeof cache.prune !== 'function') {
+  if (typeof cache !== 'object' || cache === null || typeof cache.fill !== 'function' || typeof cache.prune !== 'function') {
     throw new InvalidArgumentError('options.cache must be an ImageCache (from ImageCache.open())');
   }
   if (origin !== undefined && (typeof origin !== 'object' || origin === null || typeof origin.open !== 'function')) {
@@ -110,6 +120,7 @@ export function resolveOptions(options: CacheServerOptions): ResolvedOptions {
     prefetchConcurrency: positiveInteger(options, 'prefetchConcurrency', DEFAULTS.prefetchConcurrency),
     prefetchOnQueue: flag(options, 'prefetchOnQueue', true),
     shutdownTimeout: milliseconds(options, 'shutdownTimeout', DEFAULTS.shutdownTimeout, false),
+    fillAbandonAfter: abandonAfter(options.fillAbandonAfter),
     readinessWindow: milliseconds(options, 'readinessWindow', DEFAULTS.readinessWindow, false),
     closeCache: flag(options, 'closeCache', false),
     logger: options.logger ?? false,
@@ -122,6 +133,14 @@ function milliseconds(options: CacheServerOptions, name: keyof CacheServerOption
     throw new InvalidArgumentError(
       `options.${name} must be an integer number of milliseconds >= 0${timer ? ` and <= ${MAX_TIMER} (0 disables)` : ''}, got ${String(value)}`,
     );
+  }
+  return value;
+}
+
+function abandonAfter(value: unknown): number | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 0 || value > MAX_TIMER) {
+    throw new InvalidArgumentError(`options.fillAbandonAfter must be an integer number of milliseconds >= 0 and <= ${MAX_TIMER}, or undefined (never), got ${String(value)}`);
   }
   return value;
 }

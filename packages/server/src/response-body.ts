@@ -7,10 +7,11 @@ export interface ResponseBodyOptions {
   expected: number | undefined;
   /**
    * Hold the body's last byte back until `source` has ended without an
-   * error. For a source that verifies its bytes at the end (a caching stream
-   * checking the origin's length and digest), a failure then always leaves
-   * the client short of the end: with a `Content-Length` the response is
-   * visibly incomplete, never a complete body with wrong bytes. @default false
+   * error. For a source that ends only once its bytes are verified (a fill's
+   * reader, which ends when the fill has checked the origin's length and
+   * digest and committed), a failure then always leaves the client short of
+   * the end: with a `Content-Length` the response is visibly incomplete,
+   * never a complete body with wrong bytes. @default false
    */
   holdLast?: boolean;
   /** Called with each chunk's length as it is passed on (for the served-bytes counter). */
@@ -28,12 +29,13 @@ export interface ResponseBodyOptions {
  * with an error status when they are not.
  *
  * When the body is destroyed without an error (the client went away, or
- * shutdown cut the connection), `source` is destroyed too, which rolls its
- * cache write back; except when the client already has every byte of its
- * `Content-Length`: a caching stream passes the last byte on before it
- * commits, and a client may close the connection at once. The source is
- * then left to end, so the entry commits. (A cache read has counted its hit
- * already: core counts it when the last byte is delivered.)
+ * shutdown cut the connection), `source` is destroyed too: a cache read or a
+ * fill's reader is closed (the fill itself goes on: its other readers, and
+ * the cache, still want it). When the client already has every byte of its
+ * `Content-Length`, the source is left to end instead (a client may close
+ * the connection as soon as it has them; a stream that commits when it ends,
+ * such as `ImageCache.getCachingStream`, then commits). A cache read has
+ * counted its hit already: core counts it when the last byte is delivered.
  */
 export function responseBody(source: Readable, options: ResponseBodyOptions): Readable {
   const { expected, onBytes } = options;

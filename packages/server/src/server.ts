@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events';
 import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify';
 import type { Registry } from 'prom-client';
 import { bearerGuard } from './auth.js';
@@ -6,6 +7,7 @@ import { HttpError, errorBody, statusFor } from './http-errors.js';
 import { ServerMetrics, errorLabel } from './metrics.js';
 import { resolveOptions, type CacheServerOptions } from './options.js';
 import { Readiness } from './readiness.js';
+import { ServerFills } from './fill.js';
 import { imageRoutes } from './routes/images.js';
 import { managementRoutes } from './routes/management.js';
 import { PeriodicWorker, Serial, runClean, runPrefetch, runPrune } from './workers.js';
@@ -27,14 +29,17 @@ export interface CacheServer {
   /** Starts listening; resolves to the base URL, e.g. `http://127.0.0.1:41234`. */
   listen(options?: ListenOptions): Promise<string>;
   /**
-   * Stops the workers (aborting a prefetch in progress), stops accepting
-   * connections, answers the requests that have not sent their status line
-   * yet (waiting for an origin's headers or for another request's fetch)
-   * `503` with `Retry-After`, lets responses already streaming finish for up
-   * to `shutdownTimeout` ms and then destroys the remaining connections, and
-   * waits until every partial cache write has been rolled back (to
-   * `invalid/`, never active).
-   * Closes the `ImageCache` only with `closeCache: true`. Idempotent.
+   * Stops the workers, stops accepting connections, and answers `503` with
+   * `Retry-After` every request that has not sent its status line yet (a
+   * miss waiting for the origin's headers) and every request that arrives
+   * meanwhile on an open keep-alive connection. Fills nobody streams from
+   * (their origin has not answered, or they have no reader: a prefetch, a
+   * fill whose clients left) are aborted at once; responses already
+   * streaming, and the fills they read, may finish for up to
+   * `shutdownTimeout` ms, then the fills are aborted and the remaining
+   * connections destroyed. Resolves once every fill has ended: committed,
+   * or rolled back to `invalid/` (never left in `incomplete/`, never
+   * active). Closes the `ImageCache` only with `closeCache: true`. Idempotent.
    */
   close(): Promise<void>;
 }
@@ -64,7 +69,8 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
     logger: config.logger,
     // Image ids may be up to 255 bytes (more once percent-encoded); longer ones get a 400, not a 404.
     routerOptions: { maxParamLength: 1024 },
-    return503OnClosing: true,
+    // Requests arriving during shutdown (on an open keep-alive connection) get the 503 of the hook below, with Retry-After.
+    return503OnClosing: false,
   });
   const readiness = new Readiness(config.readinessWindow);
   const metrics = new ServerMetrics(
@@ -81,6 +87,8 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
   const draining = new AbortController();
   /** Aborts when `close()` gives up waiting: what is still running is cut. */
   const shutdown = new AbortController();
+  // Every request waiting for its status line listens on both: no limit (the default warns at 11).
+  setMaxListeners(0, draining.signal, shutdown.signal);
   // A client told to come back: by then this process has surely exited (and a restarted one may be listening).
   const retryAfter = Math.max(1, Math.ceil(config.shutdownTimeout / 1000));
   const shuttingDown = () => new HttpError(503, 'SHUTTING_DOWN', 'the server is shutting down; retry', { 'retry-after': String(retryAfter), connection: 'close' });
@@ -92,6 +100,22 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
     pending.add(settled);
     void settled.then(() => pending.delete(settled));
   };
+  const fills =
+    origin === undefined
+      ? undefined
+      : new ServerFills({
+          cache,
+          origin,
+          metrics,
+          log: app.log,
+          abandonAfter: config.fillAbandonAfter === undefined ? undefined : config.fillAbandonAfter / 1000,
+          track,
+        });
+  // From the start of close(), any request that reaches the server (a keep-alive connection's next request) is refused
+  // with the same 503 as the requests waiting then: Retry-After and Connection: close.
+  app.addHook('onRequest', async () => {
+    if (draining.signal.aborted) throw shuttingDown();
+  });
 
   const pruneSerial = new Serial();
   const cleanSerial = new Serial();
@@ -101,10 +125,10 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
     new PeriodicWorker('clean', config.cleanInterval, async () => void (await runClean(cache, cleanSerial, metrics)), metrics, workerError('clean')),
   ];
   let prefetcher: PeriodicWorker | undefined;
-  if (origin !== undefined) {
+  if (fills !== undefined) {
     const prefetchContext = {
       cache,
-      origin,
+      fills,
       metrics,
       concurrency: config.prefetchConcurrency,
       onError: (error: unknown, imageId: string) => app.log.warn({ err: error, imageId }, 'prefetch failed; the image stays queued'),
@@ -116,6 +140,7 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
   const context: ServerContext = {
     cache,
     origin,
+    fills,
     metrics,
     readiness,
     pruneSerial,
@@ -175,10 +200,14 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
     close() {
       closing ??= (async () => {
         await Promise.all(workers.map((worker) => worker.stop()));
-        // Requests still waiting for their status line (an origin's headers, another request's fetch) get a 503 now.
+        // Requests still waiting for their status line (a fill's origin headers) get a 503 now, new ones too.
         draining.abort(shuttingDown());
+        // Nobody streams from these: stop them now (rolled back), so that their origin requests end too.
+        fills?.abortUnread(shuttingDown());
         const force = setTimeout(() => {
           shutdown.abort(shuttingDown());
+          // The fills still running are cut (their readers fail, so the responses reading them are cut too).
+          fills?.abortAll(shuttingDown());
           app.server.closeAllConnections();
         }, config.shutdownTimeout);
         // A keep-alive connection whose response ends during the close is idle only from then on: close those as they come.
@@ -190,7 +219,9 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
           clearInterval(idle);
         }
         shutdown.abort(shuttingDown());
-        // Handlers still settling and cache writes still rolling back (their sockets are gone by now).
+        // No client is left: a fill still running is read by nobody (a client left, a ranged reader was cut).
+        fills?.abortAll(shuttingDown());
+        // Handlers still settling and fills ending: committing, or rolling back to invalid/ (never left in incomplete/).
         while (pending.size > 0) await Promise.all(pending);
         if (config.closeCache) await cache.close();
       })();

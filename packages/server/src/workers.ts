@@ -1,9 +1,6 @@
-import { Writable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
-import { CachingStream, OriginError, type CleanReport, type ImageCache, type ImageId, type PruneResult } from '@cache/core';
+import { OriginError, type CleanReport, type ImageCache, type ImageId, type PruneResult } from '@cache/core';
 import { mapLimit } from '@cache/core/driver';
-import type { Origin } from '@cache/origin';
-import { originFill } from './fill.js';
+import type { ServerFills } from './fill.js';
 import type { PrefetchOutcome, ServerMetrics, WorkerName } from './metrics.js';
 
 /**
@@ -125,7 +122,8 @@ export async function runClean(cache: ImageCache, serial: Serial, metrics: Serve
 /** What the prefetch worker needs. */
 export interface PrefetchContext {
   cache: ImageCache;
-  origin: Origin;
+  /** The server's fills: a prefetch and a client's miss of the same id share one. */
+  fills: ServerFills;
   metrics: ServerMetrics;
   concurrency: number;
   onError: (error: unknown, imageId: ImageId) => void;
@@ -134,7 +132,9 @@ export interface PrefetchContext {
 /**
  * One prefetch run: every queued id (oldest first), `concurrency` at a time.
  * One id's failure is counted and reported and does not stop the others;
- * its marker stays, so the next run retries it.
+ * its marker stays, so the next run retries it. When `signal` aborts (the
+ * worker stops), the run stops waiting: fills it started are left to the
+ * server's shutdown (which aborts those nobody reads).
  */
 export async function runPrefetch(context: PrefetchContext, signal: AbortSignal): Promise<void> {
   const ids = await context.cache.getQueuedImages();
@@ -155,57 +155,55 @@ export async function runPrefetch(context: PrefetchContext, signal: AbortSignal)
 }
 
 /**
- * Fetches one queued image into the cache. It goes through
- * `cache.readThrough`, not `cacheImage`, so it joins the single flight of a
- * client's concurrent miss of the same id (and a client's miss during the
- * prefetch waits for it) instead of racing it for the `incomplete/` file.
+ * Fetches one queued image into the cache. It goes through the server's
+ * fills (`cache.fill`), not `cacheImage`, so a prefetch and a client's miss
+ * of the same id share one fill and one origin request, in this process and
+ * on this host.
  *
  * - committed: the driver's commit removed the queue marker;
  * - already cached: the marker is removed here;
  * - the origin does not have it (404): the marker is removed (Glance keeps
  *   such markers forever; spec section 15, item 13);
- * - not committed for another reason (another writer, disk full): the marker stays.
+ * - a body nothing can verify (`cacheable: false`): failed, the marker stays;
+ *   the fill is stopped unless a client reads it;
+ * - not committed for another reason (verification, disk full): the marker stays.
  */
 async function prefetchOne(context: PrefetchContext, id: ImageId, signal: AbortSignal): Promise<PrefetchOutcome> {
-  const { cache, origin, metrics } = context;
-  let result;
-  try {
-    result = await cache.readThrough(id, {
-      fetch: async () => {
-        metrics.originFetches.inc();
-        const fill = originFill(id, await origin.open(id, { signal }));
-        return fill.fetched; // the announced digest is verified while caching
-      },
-    });
-  } catch (error) {
-    if (OriginError.isInstance(error) && error.notFound) {
-      await cache.deleteQueuedImage(id);
-      return 'not_found';
-    }
-    throw error;
-  }
-  if (result.from === 'cache') {
-    result.stream.destroy();
-    await cache.deleteQueuedImage(id);
-    return 'already_cached';
-  }
-  if (!(result.stream instanceof CachingStream)) {
-    // Not cacheable: nothing can verify this body. Without a client to pass it on to, it is not even read.
-    result.stream.destroy();
-    throw new OriginError(
+  const { cache, fills } = context;
+  const fill = fills.fill(id);
+  const announcement = await untilAborted(fill.whenAnnounced(), signal);
+  if (announcement?.cache === false) {
+    const error = new OriginError(
       id,
       'not prefetched: the origin announced no length or digest and its body is close-delimited, so a cut could not be told from the end (allow unverified fills on the origin to cache it anyway)',
     );
+    // Without a client to pass it on to, it is not even read.
+    if (fill.readers === 0) fill.abort(error);
+    throw error;
   }
-  await pipeline(result.stream, discard());
-  const outcome = result.stream instanceof CachingStream ? await result.stream.cacheOutcome : undefined;
-  return outcome?.status === 'committed' ? 'cached' : 'not_cached';
+  const outcome = await untilAborted(fill.done, signal);
+  if (outcome.status === 'failed') {
+    if (OriginError.isInstance(outcome.error) && outcome.error.notFound) {
+      await cache.deleteQueuedImage(id);
+      return 'not_found';
+    }
+    throw outcome.error;
+  }
+  if (outcome.status === 'uncached') return 'not_cached';
+  if (outcome.via === 'cached') {
+    await cache.deleteQueuedImage(id);
+    return 'already_cached';
+  }
+  return 'cached';
 }
 
-function discard(): Writable {
-  return new Writable({
-    write(_chunk, _encoding, callback) {
-      callback();
-    },
+/** `work`, or a rejection with the signal's reason once `signal` aborts (the work goes on). */
+function untilAborted<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason as Error);
+  let onAbort!: () => void;
+  const aborted = new Promise<never>((_resolve, reject) => {
+    onAbort = () => reject(signal.reason as Error);
+    signal.addEventListener('abort', onAbort, { once: true });
   });
+  return Promise.race([work, aborted]).finally(() => signal.removeEventListener('abort', onAbort));
 }

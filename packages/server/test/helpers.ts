@@ -24,8 +24,20 @@ export type OriginBehaviour =
    * the body after that many ms, or once `until` resolves (a test that must
    * know the response is still in flight holds it with `until`). With
    * `until` and `first`, the first `first` bytes go out with the headers.
+   * `headers` are added to the response (a `repr-digest`...). `closeDelimited`:
+   * no Content-Length and not chunked, the end of the body is the end of the
+   * connection (written on the raw socket).
    */
-  | { kind: 'ok'; data: Buffer; chunked?: boolean; delayMs?: number; until?: Promise<unknown>; first?: number }
+  | {
+      kind: 'ok';
+      data: Buffer;
+      chunked?: boolean;
+      closeDelimited?: boolean;
+      delayMs?: number;
+      until?: Promise<unknown>;
+      first?: number;
+      headers?: Record<string, string>;
+    }
   /**
    * Sends `after` bytes (with Content-Length of the whole unless chunked),
    * then cuts the connection once they have left: at once, or with `manual`
@@ -86,7 +98,16 @@ export class TestOrigin {
         res.end(`status ${behaviour.status}`);
         return;
       case 'ok': {
-        res.writeHead(200, behaviour.chunked ? {} : { 'content-length': behaviour.data.length });
+        if (behaviour.closeDelimited) {
+          const head = Object.entries(behaviour.headers ?? {}).map(([name, value]) => `${name}: ${value}\r\n`).join('');
+          const socket = res.socket;
+          socket?.write(`HTTP/1.1 200 OK\r\nconnection: close\r\n${head}\r\n`);
+          const first = behaviour.until === undefined ? behaviour.data.length : (behaviour.first ?? 0);
+          socket?.write(behaviour.data.subarray(0, first));
+          void Promise.resolve(behaviour.until).then(() => socket?.end(behaviour.data.subarray(first)));
+          return;
+        }
+        res.writeHead(200, { ...(behaviour.chunked ? {} : { 'content-length': behaviour.data.length }), ...behaviour.headers });
         const send = () => res.end(behaviour.data);
         if (behaviour.until !== undefined && behaviour.first !== undefined) {
           const first = behaviour.first;

@@ -22,6 +22,8 @@ describe('createCacheServer options', () => {
     ['zero prefetch concurrency', { prefetchConcurrency: 0 }],
     ['a string timeout', { shutdownTimeout: '10' }],
     ['a non-boolean flag', { protectMetrics: 'yes' }],
+    ['a negative fillAbandonAfter', { fillAbandonAfter: -1 }],
+    ['a fillAbandonAfter too long for a timer', { fillAbandonAfter: 2 ** 31 }],
   ])('%s: InvalidArgumentError', async (_name, overrides) => {
     const options = { cache: opened.cache, ...overrides } as unknown as CacheServerOptions;
     await expect(createCacheServer(options)).rejects.toSatisfy(InvalidArgumentError.isInstance);

@@ -1,6 +1,7 @@
 import { once } from 'node:events';
 import { readdir } from 'node:fs/promises';
 import { request, type IncomingMessage } from 'node:http';
+import { connect } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { imageBytes, rawRequest, startHarness, waitFor, type Harness, type RawResponse } from './helpers.js';
 
@@ -101,31 +102,101 @@ describe('graceful shutdown', () => {
     expect(await readdir(`${h.cacheDir}/incomplete`)).toEqual([]);
   });
 
-  it('answers a single-flight waiter 503 with Retry-After at once, while the streaming leader finishes and is cached', async () => {
-    const lines: string[] = [];
-    h = await startHarness({ shutdownTimeout: 30_000, logger: { level: 'info', stream: { write: (line: string) => void lines.push(line) } } });
+  it('a second client of a fill that is streaming streams too: both finish within the timeout, one origin request, cached', async () => {
+    h = await startHarness({ shutdownTimeout: 30_000 });
     const data = imageBytes('shared', 400_000);
     let release!: () => void;
     const held = new Promise<void>((resolve) => (release = resolve));
     h.origin.images.set('shared', { kind: 'ok', data, until: held, first: 100_000 });
-    const leader = await startDownload(`${h.url}/images/shared`, 50_000); // streaming: its status line and bytes are out
-
-    const incoming = () => lines.filter((line) => line.includes('incoming request') && line.includes('/images/shared')).length;
-    const waiter = rawRequest(`${h.url}/images/shared`);
-    await waitFor(() => incoming() === 2); // the waiter is in the server (past fastify's routing), waiting on the leader's fetch
+    const first = await startDownload(`${h.url}/images/shared`, 50_000);
+    const second = await startDownload(`${h.url}/images/shared`, 50_000); // a reader of the same fill, not a waiter
     const closing = h.server.close();
-    const refused = await waiter;
-    expect(refused.status).toBe(503);
-    expect(refused.complete).toBe(true);
-    expect(refused.headers['retry-after']).toBe('30');
-    expect(JSON.parse(refused.body.toString())).toMatchObject({ code: 'SHUTTING_DOWN' });
-
     release();
-    const ended = await leader.done;
+    const ended = await Promise.all([first.done, second.done]);
     await closing;
-    expect(ended).toEqual({ complete: true, received: data.length });
+    expect(ended).toEqual([
+      { complete: true, received: data.length },
+      { complete: true, received: data.length },
+    ]);
     expect(h.origin.count('shared')).toBe(1);
     expect(await h.cache.isCached('shared')).toBe(true);
+  });
+
+  it('every client waiting for the origin\'s headers gets 503 with Retry-After at once; the fill is rolled back', async () => {
+    const lines: string[] = [];
+    h = await startHarness({ shutdownTimeout: 30_000, logger: { level: 'info', stream: { write: (line: string) => void lines.push(line) } } });
+    h.origin.images.set('silent', { kind: 'silent' });
+    const atOrigin = once(h.origin.server, 'request');
+    const waiting = [rawRequest(`${h.url}/images/silent`), rawRequest(`${h.url}/images/silent`)];
+    await atOrigin;
+    const incoming = () => lines.filter((line) => line.includes('incoming request') && line.includes('/images/silent')).length;
+    await waitFor(() => incoming() === 2); // both are in the server, waiting on the one fill
+    await h.server.close();
+    for (const refused of await Promise.all(waiting)) {
+      expect(refused.status).toBe(503);
+      expect(refused.complete).toBe(true);
+      expect(refused.headers['retry-after']).toBe('30');
+      expect(JSON.parse(refused.body.toString())).toMatchObject({ code: 'SHUTTING_DOWN' });
+    }
+    expect(h.origin.count('silent')).toBe(1);
+    expect(await h.cache.isCached('silent')).toBe(false);
+    expect(await readdir(`${h.cacheDir}/incomplete`)).toEqual([]);
+  });
+
+  it('a fill whose only client left is stopped at once by close(): rolled back, without waiting for the timeout', async () => {
+    h = await startHarness({ shutdownTimeout: 600_000 }); // close() would time out the test if it waited for it
+    const data = imageBytes('left', 1_000_000);
+    h.origin.images.set('left', { kind: 'stall', data, after: 200_000 });
+    const req = request(`${h.url}/images/left`);
+    const gotBytes = new Promise<void>((resolve) => {
+      req.on('response', (res: IncomingMessage) => res.once('data', () => resolve()));
+    });
+    req.on('error', () => undefined);
+    req.end();
+    await gotBytes;
+    req.destroy(); // the client leaves; the fill goes on (the origin stalls)
+    await waitFor(async () => (await h?.cache.statFile('left', 'incomplete')) !== null);
+    await h.server.close();
+    expect(await h.cache.isCached('left')).toBe(false);
+    expect(await readdir(`${h.cacheDir}/incomplete`)).toEqual([]);
+    expect(await readdir(`${h.cacheDir}/invalid`)).toEqual(['left']);
+  });
+
+  it('a request arriving on an open keep-alive connection during shutdown gets 503 with Retry-After and Connection: close', async () => {
+    h = await startHarness({ shutdownTimeout: 30_000 });
+    const data = imageBytes('kept', 300_000);
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    h.origin.images.set('kept', { kind: 'ok', data, until: held, first: 100_000 });
+    // One keep-alive connection (an agent's socket): the first response is streaming when shutdown begins, the next
+    // request goes out on the same connection once shutdown has begun (pipelined: no race with an idle close).
+    const { hostname, port } = new URL(h.url);
+    const socket = connect({ host: hostname, port: Number(port) });
+    await once(socket, 'connect');
+    let received = Buffer.alloc(0);
+    socket.on('data', (chunk: Buffer) => (received = Buffer.concat([received, chunk])));
+    const ended = once(socket, 'close');
+    socket.write(`GET /images/kept HTTP/1.1\r\nHost: ${hostname}\r\nConnection: keep-alive\r\n\r\n`);
+    await waitFor(() => received.length > 50_000);
+    const closing = h.server.close();
+    const listener = h.server.app.server;
+    await waitFor(() => !listener.listening); // shutdown has begun (the 503s are on)
+    socket.write(`GET /healthz HTTP/1.1\r\nHost: ${hostname}\r\nConnection: keep-alive\r\n\r\n`);
+    release();
+    await ended;
+    await closing;
+
+    const text = received.toString('latin1');
+    const firstEnd = text.indexOf('\r\n\r\n') + 4;
+    expect(text.slice(0, firstEnd)).toMatch(/^HTTP\/1\.1 200 /);
+    const second = text.indexOf('HTTP/1.1 ', firstEnd + data.length);
+    expect(second).toBe(firstEnd + data.length); // the whole image, then the next response
+    expect(received.subarray(firstEnd, second).equals(data)).toBe(true);
+    const head = text.slice(second, text.indexOf('\r\n\r\n', second)).toLowerCase();
+    expect(head).toMatch(/^http\/1\.1 503 /);
+    expect(head).toContain('\r\nretry-after: 30');
+    expect(head).toContain('\r\nconnection: close');
+    expect(JSON.parse(text.slice(text.indexOf('\r\n\r\n', second) + 4))).toMatchObject({ statusCode: 503, code: 'SHUTTING_DOWN' });
   });
 
   it('close() is idempotent and stops the workers; closeCache closes the cache too', async () => {

@@ -6,11 +6,12 @@ import { finished } from 'node:stream/promises';
 import { isErrnoError, storageError } from '../cache-dir.js';
 import { formatChecksum, normalizeChecksum, type Checksum, type NormalizedChecksum } from '../checksum.js';
 import type { CacheDriver, CacheWriter } from '../driver.js';
-import { ChecksumMismatchError, FillAbandonedError, InvalidArgumentError, OriginError } from '../errors.js';
+import { ChecksumMismatchError, FillAbandonedError, FillAbortedError, InvalidArgumentError, OriginError } from '../errors.js';
 import { assertImageId, type ImageId } from '../image-id.js';
 import { assertSource, drainOrClose, toBuffer, whenClosed } from '../cache-write.js';
 import { ParallelHash } from '../parallel-hash.js';
-import { failureFromMessage, FollowerLink, type FillMessage } from './lock.js';
+import type { FetchedImage } from '../read-through.js';
+import { failureFromMessage, FollowerLink, type Announcement, type FillMessage } from './lock.js';
 import { fileKey, lockNameFor, WriteLock } from './owner.js';
 import { GrowingFileReader, type GrowingFile, type GrowthSnapshot, type ReadRange } from './reader.js';
 
@@ -19,8 +20,57 @@ export type FillSource = Readable | AsyncIterable<Uint8Array> | string;
 
 /** What {@link FillOptions.fetch} is given. */
 export interface FillFetchContext {
-  /** Aborted when the fill stops early (abandoned, or the cache failed): pass it to `fetch()` / `http.get()`. */
+  /** Aborted when the fill stops early (abandoned, aborted, or the cache failed): pass it to `fetch()` / `http.get()`. */
   readonly signal: AbortSignal;
+}
+
+/**
+ * What {@link FillOptions.fetch} may resolve to instead of a bare source: the
+ * source together with what the origin announced about it, which is only
+ * known once the origin has answered (its `Content-Length`, a digest in its
+ * headers or metadata, whether its body can be verified at all). It is
+ * published as the fill's {@link FillAnnouncement}.
+ */
+export interface FetchedFill extends FetchedImage {
+  /** The image bytes. */
+  source: FillSource;
+  /**
+   * Expected digest: verified, and stored with the entry, as
+   * {@link FillOptions.checksum} (which wins when both are given). A
+   * mismatch fails the fill with `ChecksumMismatchError`.
+   */
+  checksum?: Checksum;
+  /**
+   * Expected size in bytes: verified as {@link FillOptions.expectedSize}
+   * (which wins when both are given). A body shorter or longer fails the
+   * fill with `OriginError`; nothing is committed.
+   */
+  size?: number;
+  /**
+   * `false`: readers get the bytes, but the fill never commits them (for a
+   * body nothing can verify, such as a close-delimited HTTP body without a
+   * length or digest). The size and digest, when given, are still verified;
+   * at the end the file is rolled back to `invalid/` (deleted by the next
+   * `clean()`) and `done` resolves `{ status: 'uncached' }`. @default true
+   */
+  cache?: boolean;
+}
+
+/**
+ * What a fill knows about the image once the origin has answered
+ * ({@link Fill.whenAnnounced}); in a follower, what the owner announced.
+ */
+export interface FillAnnouncement {
+  /** The size the fill verifies ({@link FillOptions.expectedSize}, else {@link FetchedFill.size}); `undefined` when unknown. */
+  readonly expectedSize: number | undefined;
+  /**
+   * The digest the fill verifies and stores ({@link FillOptions.checksum},
+   * else {@link FetchedFill.checksum}), as stored: `sha256:<hex>`,
+   * `sha512:<hex>`, bare md5 hex (`parseStoredChecksum` reads it); `undefined` when none.
+   */
+  readonly checksum: string | undefined;
+  /** False when the fill will not be committed ({@link FetchedFill.cache}): it ends `uncached`. */
+  readonly cache: boolean;
 }
 
 /** Options of `ImageCache.fill()`. */
@@ -28,9 +78,10 @@ export interface FillOptions {
   /**
    * Opens the image at its origin. Called only by the process that owns the
    * fill on this host, once per attempt (again after a takeover from a dead
-   * owner, from byte 0).
+   * owner, from byte 0). It may resolve to a {@link FetchedFill} to pass
+   * what the origin announced (size, digest) or to refuse caching.
    */
-  fetch: (context: FillFetchContext) => FillSource | Promise<FillSource>;
+  fetch: (context: FillFetchContext) => FillSource | FetchedFill | Promise<FillSource | FetchedFill>;
   /** Expected digest; a mismatch fails the fill with `ChecksumMismatchError` and nothing is committed. */
   checksum?: Checksum;
   /**
@@ -45,6 +96,12 @@ export interface FillOptions {
    * request is likely to come
    */
   abandonAfter?: number;
+  /**
+   * Aborts the fill, as {@link Fill.abort} with the signal's reason. Only the
+   * options of the caller that starts the fill are used: a caller that joins
+   * a running fill shares it and cannot stop it for the others with its own signal.
+   */
+  signal?: AbortSignal;
 }
 
 /**
@@ -69,10 +126,26 @@ export type FillOutcome =
       via: 'fetched' | 'followed' | 'cached';
     }
   | {
+      /**
+       * Every byte was fetched (and verified against the announced size and
+       * digest, if any) and read by the readers, but not committed, because
+       * the fetch said `cache: false` ({@link FetchedFill.cache}): the file
+       * is in `invalid/`, the id is not cached.
+       */
+      status: 'uncached';
+      /** Bytes the origin sent. */
+      size: number;
+      /** The verified digest, when one was announced. */
+      checksum: string | undefined;
+      /** `fetched`: this process fetched it; `followed`: another owner did. */
+      via: 'fetched' | 'followed';
+    }
+  | {
       status: 'failed';
       /**
        * The origin's error (for a follower: an `OriginError` with the owner's
-       * message), `ChecksumMismatchError`, `FillAbandonedError`, or a
+       * message), `ChecksumMismatchError`, `FillAbandonedError`, the reason
+       * given to {@link Fill.abort} (`FillAbortedError` when none), or a
        * `CacheStorageError`. Nothing was committed; the partial file is in `invalid/`.
        */
       error: Error;
@@ -85,14 +158,24 @@ interface MutableState {
   outcome: GrowthSnapshot['outcome'];
 }
 
-/** One attempt of the owner: the source, the writer and how it ended. */
+/** One attempt of the owner: the source, the writer, what the origin announced and how it ended. */
 interface Attempt {
   writer: CacheWriter;
+  /** The digest to verify (the options', else the origin's). */
+  expected: NormalizedChecksum | undefined;
+  /** The size to verify (the options', else the origin's). */
+  expectedSize: number | undefined;
+  /** False: verify, let readers read, but do not commit. */
+  cache: boolean;
+  /** Set once the commit (or the discard of an uncached file) has begun: too late to stop. */
+  ending: boolean;
   failure: { error: Error; source: boolean } | undefined;
   fail(error: Error, source: boolean): void;
 }
 
-type AttemptResult = { ok: true; size: number; checksum: string | undefined } | { ok: false; error: Error; source: boolean };
+type AttemptResult =
+  | { ok: true; size: number; checksum: string | undefined; cached: boolean }
+  | { ok: false; error: Error; source: boolean };
 
 /**
  * A fill (ADR 0003): one id fetched from the origin at the origin's speed
@@ -104,12 +187,14 @@ type AttemptResult = { ok: true; size: number; checksum: string | undefined } | 
  * processes follow the owner's file and its notifications instead of
  * fetching, and take over when the owner dies.
  *
- * Events: `role` (the {@link FillRole}), `progress` (bytes in the file),
- * `done` (the {@link FillOutcome}).
+ * Events: `role` (the {@link FillRole}), `announced` (the
+ * {@link FillAnnouncement}, once the origin has answered), `progress` (bytes
+ * in the file), `done` (the {@link FillOutcome}).
  *
  * @example
  * ```ts
- * const fill = cache.fill('image-1', { fetch: () => origin.open('image-1'), expectedSize });
+ * const fill = cache.fill('image-1', { fetch: async ({ signal }) => ({ source: await open('image-1', signal), size, checksum }) });
+ * const announced = await fill.whenAnnounced();           // { expectedSize, checksum, cache }, or undefined if it ended first
  * const whole = fill.openReader();                        // from byte 0, as soon as bytes arrive
  * const tail = fill.openReader({ start: 1024 * 1024 });   // waits until the fill passes 1 MiB
  * const outcome = await fill.done;                        // { status: 'committed', ... } or { status: 'failed', error }
@@ -124,7 +209,16 @@ export class Fill extends EventEmitter {
   readonly #fetch: FillOptions['fetch'];
   readonly #expected: NormalizedChecksum | undefined;
   readonly #abandonAfter: number | undefined;
-  #expectedSize: number | undefined;
+  readonly #expectedSize: number | undefined;
+  readonly #signal: AbortSignal | undefined;
+  #announcement: FillAnnouncement | undefined;
+  readonly #announced: Promise<FillAnnouncement | undefined>;
+  #resolveAnnounced: ((announcement: FillAnnouncement | undefined) => void) | undefined;
+  /** Why the fill was stopped early (abandoned or aborted), once it was. */
+  #stopped: Error | undefined;
+  /** Resolves with {@link #stopped} when the fill is stopped early. */
+  readonly #whenStopped: Promise<Error>;
+  #resolveStopped!: (error: Error) => void;
   #role: FillRole = 'pending';
   #ownerPid: number | undefined;
   readonly #state: MutableState = { generation: 0, file: undefined, available: 0, outcome: undefined };
@@ -147,19 +241,23 @@ export class Fill extends EventEmitter {
     if (typeof options?.fetch !== 'function') {
       throw new InvalidArgumentError('fill needs { fetch: ({ signal }) => ImageSource | Promise<ImageSource> }');
     }
-    const { expectedSize, abandonAfter } = options;
+    const { expectedSize, abandonAfter, signal } = options;
     if (expectedSize !== undefined && (!Number.isSafeInteger(expectedSize) || expectedSize < 0)) {
       throw new InvalidArgumentError(`expectedSize must be an integer >= 0, got ${String(expectedSize)}`);
     }
     if (abandonAfter !== undefined && (typeof abandonAfter !== 'number' || !Number.isFinite(abandonAfter) || abandonAfter < 0)) {
       throw new InvalidArgumentError(`abandonAfter must be a finite number of seconds >= 0, got ${String(abandonAfter)}`);
     }
+    if (signal !== undefined && !(signal instanceof AbortSignal)) throw new InvalidArgumentError('signal must be an AbortSignal');
     this.imageId = id;
     this.#driver = driver;
     this.#fetch = options.fetch;
     this.#expected = normalizeChecksum(options.checksum);
     this.#expectedSize = expectedSize;
     this.#abandonAfter = abandonAfter;
+    this.#signal = signal;
+    this.#announced = new Promise((resolve) => (this.#resolveAnnounced = resolve));
+    this.#whenStopped = new Promise((resolve) => (this.#resolveStopped = resolve));
     const fill = this;
     this.#file = {
       activePath: driver.getImageFilepath(id, 'active'),
@@ -181,6 +279,14 @@ export class Fill extends EventEmitter {
         this.#finish(outcome);
         return outcome;
       });
+    if (signal !== undefined) {
+      if (signal.aborted) this.abort(signal.reason);
+      else {
+        const onAbort = () => this.abort(signal.reason);
+        signal.addEventListener('abort', onAbort, { once: true });
+        void this.done.then(() => signal.removeEventListener('abort', onAbort));
+      }
+    }
   }
 
   /** This process's part in the fill (see {@link FillRole}). */
@@ -199,10 +305,65 @@ export class Fill extends EventEmitter {
     return outcome?.status === 'committed' ? outcome.size : this.#state.available;
   }
 
-  /** The expected size: given in the options, or announced by the owner; `undefined` when unknown. */
+  /**
+   * The expected size: announced (see {@link announcement}), else given in
+   * the options; the size once committed; `undefined` when unknown.
+   */
   get expectedSize(): number | undefined {
     const outcome = this.#state.outcome;
-    return outcome?.status === 'committed' ? outcome.size : this.#expectedSize;
+    if (outcome?.status === 'committed' || outcome?.status === 'uncached') return outcome.size;
+    return this.#announcement?.expectedSize ?? this.#expectedSize;
+  }
+
+  /**
+   * The digest the fill verifies and stores, as stored (`sha256:<hex>`, bare
+   * md5 hex): announced (see {@link announcement}), else given in the
+   * options; `undefined` when none is known.
+   */
+  get checksum(): string | undefined {
+    if (this.#announcement !== undefined) return this.#announcement.checksum;
+    return this.#expected === undefined ? undefined : formatChecksum(this.#expected);
+  }
+
+  /**
+   * What the origin announced, once it answered (the owner's announcement,
+   * in a follower); `undefined` before, and for an entry that was already
+   * cached. Also emitted as the `announced` event.
+   */
+  get announcement(): FillAnnouncement | undefined {
+    return this.#announcement;
+  }
+
+  /** How the fill ended (what `done` resolves with), or `undefined` while it runs. */
+  get outcome(): FillOutcome | undefined {
+    return this.#outcome;
+  }
+
+  /**
+   * Resolves with the {@link announcement} as soon as the origin has
+   * answered (or the owner announced it), or with `undefined` when the fill
+   * ended first: it failed before the origin answered (see `done` for the
+   * error), or the entry was cached already or committed by a writer that
+   * was followed from its end. Never rejects. A server waits for it before
+   * it sends its status line: the size and digest are known then.
+   */
+  whenAnnounced(): Promise<FillAnnouncement | undefined> {
+    return this.#announced;
+  }
+
+  /**
+   * Stops the fill early: the fetch is aborted (the signal given to `fetch()`
+   * aborts), the partial file is rolled back to `invalid/` (never active),
+   * and `done` resolves `{ status: 'failed', error: reason }` once it is
+   * there (`reason` when it is an `Error`, else a `FillAbortedError`).
+   * Readers that need bytes the fill did not write get that error. A
+   * follower stops following (the owner's fill goes on); an owner's
+   * followers in other processes take over. No effect once the fill has
+   * ended or has begun to commit (it then commits).
+   */
+  abort(reason?: unknown): void {
+    if (this.#outcome !== undefined) return;
+    this.#stop(reason instanceof Error ? reason : new FillAbortedError(this.imageId, reason));
   }
 
   /** Readers of this process that are open now. */
@@ -257,31 +418,68 @@ export class Fill extends EventEmitter {
     this.#setRole(role);
   }
 
+  #outcome: FillOutcome | undefined;
+
   #finish(outcome: FillOutcome): void {
     if (this.#state.outcome !== undefined) return;
     clearTimeout(this.#abandonTimer);
     this.#abandonTimer = undefined;
+    this.#outcome = outcome;
+    this.#resolveAnnounced?.(undefined);
+    this.#resolveAnnounced = undefined;
     this.#update({
-      outcome: outcome.status === 'committed' ? { status: 'committed', size: outcome.size } : { status: 'failed', error: outcome.error },
+      outcome:
+        outcome.status === 'failed' ? { status: 'failed', error: outcome.error } : { status: outcome.status, size: outcome.size },
     });
     this.emit('done', outcome);
+  }
+
+  /** Publishes what the origin (or the owner) announced. */
+  #announce(announcement: FillAnnouncement): void {
+    this.#announcement = announcement;
+    this.#resolveAnnounced?.(announcement);
+    this.#resolveAnnounced = undefined;
+    this.emit('announced', announcement);
+  }
+
+  /** Stops the fill with `error` (aborted or abandoned), unless its commit has begun. */
+  #stop(error: Error): void {
+    if (this.#stopped !== undefined || this.#attempt?.ending === true) return;
+    this.#stopped = error;
+    this.#resolveStopped(error);
+    if (this.#attempt !== undefined) this.#attempt.fail(error, false);
+    else this.#abortFetch?.(error);
+  }
+
+  /** The failed outcome of a fill stopped early. */
+  #stoppedOutcome(): FillOutcome {
+    return { status: 'failed', error: this.#stopped as Error };
   }
 
   // ---- the fill ------------------------------------------------------------------------
 
   async #run(): Promise<FillOutcome> {
+    // Once deferred: a fill aborted in its constructor (an aborted signal) has its `done` set up first.
+    await Promise.resolve();
+    if (this.#stopped !== undefined) return this.#stoppedOutcome();
     const name = await lockNameFor(this.#driver, this.imageId);
     for (;;) {
+      if (this.#stopped !== undefined) return this.#stoppedOutcome();
       const cached = await this.#statActive();
       if (cached !== undefined) {
         this.#newAttempt('cached');
         this.#update({ file: cached.key });
         return { status: 'committed', size: cached.size, checksum: undefined, via: 'cached' };
       }
+      if (this.#stopped !== undefined) return this.#stoppedOutcome();
       const lock = await WriteLock.acquire(this.#driver, this.imageId);
       if (lock !== undefined) return this.#own(lock);
       const link = await FollowerLink.connect(name);
       if (link === undefined) continue; // the owner just finished or died: look again
+      if (this.#stopped !== undefined) {
+        link.close();
+        return this.#stoppedOutcome();
+      }
       const outcome = await this.#follow(link);
       if (outcome !== undefined) return outcome;
       // The owner died or gave up without an outcome: look again, and take over if nobody else does.
@@ -307,14 +505,28 @@ export class Fill extends EventEmitter {
     this.#newAttempt('follower');
     return new Promise((resolve) => {
       let outcome: FillOutcome | undefined;
+      // Aborted: stop following (the owner goes on without this process).
+      void this.#whenStopped.then(() => {
+        if (outcome !== undefined) return;
+        outcome = this.#stoppedOutcome();
+        link.close();
+        resolve(outcome);
+      });
       link.on('message', (message: FillMessage) => {
+        if (outcome !== undefined) return;
         if ('hello' in message) {
           this.#ownerPid = message.pid;
-          if (this.#expectedSize === undefined && message.expectedSize !== undefined) this.#expectedSize = message.expectedSize;
+          // An owner has a file only once its origin answered: a hello with a file is announced (whatever the owner's version).
+          if (message.announced === 1 || message.file !== null) this.#announce(announcementOf(message));
           if (message.file !== null) this.#update({ file: message.file });
           this.#progress(message.written);
+        } else if ('announced' in message) {
+          this.#announce(announcementOf(message));
         } else if ('committed' in message) {
           outcome = { status: 'committed', size: message.committed, checksum: message.checksum, via: 'followed' };
+        } else if ('uncached' in message) {
+          this.#progress(message.uncached);
+          outcome = { status: 'uncached', size: message.uncached, checksum: message.checksum, via: 'followed' };
         } else if ('failed' in message) {
           this.#progress(message.written);
           // A failure of the origin is final; any other (cache, client, abandoned) is a reason to take over.
@@ -338,7 +550,6 @@ export class Fill extends EventEmitter {
   async #own(lock: WriteLock): Promise<FillOutcome> {
     this.#lock = lock;
     this.#newAttempt('owner');
-    lock.setExpectedSize(this.#expectedSize);
     lock.onFollowersChange = () => this.#checkAbandon();
     try {
       // A writer commits under the lock: what is cached now stays cached.
@@ -351,6 +562,10 @@ export class Fill extends EventEmitter {
       }
       this.#checkAbandon();
       const result = await this.#fetchAndWrite(lock);
+      if (result.ok && !result.cached) {
+        lock.uncached(result.size, result.checksum);
+        return { status: 'uncached', size: result.size, checksum: result.checksum, via: 'fetched' };
+      }
       if (result.ok) {
         lock.committed(result.size, result.checksum);
         return { status: 'committed', size: result.size, checksum: result.checksum, via: 'fetched' };
@@ -381,36 +596,60 @@ export class Fill extends EventEmitter {
     }
     this.#abandonTimer ??= setTimeout(() => {
       this.#abandonTimer = undefined;
-      const error = new FillAbandonedError(this.imageId, seconds);
-      this.#abandoned = error;
-      if (this.#attempt !== undefined) this.#attempt.fail(error, false);
-      else this.#abortFetch?.(error);
+      this.#stop(new FillAbandonedError(this.imageId, seconds));
     }, seconds * 1000);
   }
 
-  /** Set when the abandon timer fired (checked when the fetch or the writer becomes available). */
-  #abandoned: FillAbandonedError | undefined;
   /** Aborts the signal given to `fetch()` while there is no writer yet. */
   #abortFetch: ((error: Error) => void) | undefined;
 
+  /**
+   * Calls `fetch()` and reads what the origin announced. Stopping the fill
+   * meanwhile aborts the fetch's signal and does not wait for a fetch that
+   * ignores it (a source it resolves later is discarded).
+   */
+  async #fetchSource(signal: AbortSignal): Promise<{ ok: true; fetched: FetchedFill } | { ok: false; error: Error; source: boolean }> {
+    const fetching = (async () => unwrapFetched(await this.#fetch({ signal })))();
+    const stopped = this.#whenStopped.then((error) => {
+      void fetching.then((late) => discardSource(late.source), () => undefined);
+      return { ok: false as const, error, source: false };
+    });
+    try {
+      const fetched = await Promise.race([fetching, stopped]);
+      if ('ok' in fetched) return fetched;
+      assertSource(fetched.source, 'fetch() must return');
+      return { ok: true, fetched };
+    } catch (error) {
+      if (this.#stopped !== undefined) return { ok: false, error: this.#stopped, source: false };
+      return { ok: false, error: error as Error, source: true };
+    }
+  }
+
   async #fetchAndWrite(lock: WriteLock): Promise<AttemptResult> {
+    if (this.#stopped !== undefined) return { ok: false, error: this.#stopped, source: false };
     const controller = new AbortController();
     const id = this.imageId;
-    let source: FillSource;
     this.#abortFetch = (error) => controller.abort(error);
-    try {
-      source = await this.#fetch({ signal: controller.signal });
-      assertSource(source, 'fetch() must return');
-    } catch (error) {
-      if (this.#abandoned !== undefined) return { ok: false, error: this.#abandoned, source: false };
-      return { ok: false, error: error as Error, source: true };
-    } finally {
-      this.#abortFetch = undefined;
-    }
-    if (this.#abandoned !== undefined) {
+    const result = await this.#fetchSource(controller.signal);
+    this.#abortFetch = undefined;
+    if (!result.ok) return result;
+    const { source } = result.fetched;
+    if (this.#stopped !== undefined) {
       discardSource(source);
-      return { ok: false, error: this.#abandoned, source: false };
+      return { ok: false, error: this.#stopped, source: false };
     }
+    // What the origin announced: the options win; a malformed announcement is the origin's failure.
+    let announced: { expected: NormalizedChecksum | undefined; expectedSize: number | undefined; cache: boolean };
+    try {
+      announced = readAnnouncement(result.fetched, this.#expected, this.#expectedSize);
+    } catch (error) {
+      discardSource(source);
+      return { ok: false, error: error as Error, source: true };
+    }
+    const checksum = announced.expected === undefined ? undefined : formatChecksum(announced.expected);
+    const announcement: FillAnnouncement = { expectedSize: announced.expectedSize, checksum, cache: announced.cache };
+    lock.announce(toLockAnnouncement(announcement));
+    this.#announce(announcement);
     let writer: CacheWriter;
     try {
       writer = await this.#driver.openForWrite(id);
@@ -420,11 +659,15 @@ export class Fill extends EventEmitter {
     }
     const iterable: AsyncIterable<unknown> = typeof source === 'string' ? createReadStream(source, { highWaterMark: 1024 * 1024 }) : source;
     const iterator = iterable[Symbol.asyncIterator]();
-    const hash = this.#expected === undefined ? undefined : new ParallelHash(this.#expected.algorithm);
+    const hash = announced.expected === undefined ? undefined : new ParallelHash(announced.expected.algorithm);
     let settle!: (result: AttemptResult) => void;
     const settled = new Promise<AttemptResult>((resolve) => (settle = resolve));
     const attempt: Attempt = {
       writer,
+      expected: announced.expected,
+      expectedSize: announced.expectedSize,
+      cache: announced.cache,
+      ending: false,
       failure: undefined,
       fail: (error, fromSource) => {
         if (attempt.failure !== undefined) return;
@@ -439,9 +682,12 @@ export class Fill extends EventEmitter {
       },
     };
     this.#attempt = attempt;
-    writer.on('error', (error: Error) => attempt.fail(error, false));
-    if (this.#abandoned !== undefined) {
-      attempt.fail(this.#abandoned, false);
+    writer.on('error', (error: Error) => {
+      // An uncached file is discarded with an error as the rollback's reason: that is no failure.
+      if (!(attempt.ending && !attempt.cache)) attempt.fail(error, false);
+    });
+    if (this.#stopped !== undefined) {
+      attempt.fail(this.#stopped, false);
       return settled;
     }
     try {
@@ -453,18 +699,16 @@ export class Fill extends EventEmitter {
     }
     void this.#pump(attempt, iterator, hash).then((size) => {
       if (size === undefined || attempt.failure !== undefined) return;
-      const checksum = this.#expected === undefined ? undefined : formatChecksum(this.#expected);
       this.#progress(size);
-      settle({ ok: true, size, checksum });
+      settle({ ok: true, size, checksum, cached: attempt.cache });
     });
     return settled;
   }
 
   /** Copies the source into the writer, verifies and commits. Resolves the size once committed, `undefined` after a failure. */
   async #pump(attempt: Attempt, iterator: AsyncIterator<unknown>, hash: ParallelHash | undefined): Promise<number | undefined> {
-    const { writer } = attempt;
+    const { writer, expected, expectedSize } = attempt;
     const id = this.imageId;
-    const expectedSize = this.#expectedSize;
     let size = 0;
     try {
       for (;;) {
@@ -494,14 +738,26 @@ export class Fill extends EventEmitter {
         attempt.fail(new OriginError(id, `ended after ${size} of the expected ${expectedSize} bytes`), true);
         return undefined;
       }
-      if (hash !== undefined && this.#expected !== undefined) {
+      if (hash !== undefined && expected !== undefined) {
         const actual = await hash.digest();
-        if (actual !== this.#expected.digest) {
-          attempt.fail(new ChecksumMismatchError(id, this.#expected.algorithm, this.#expected.digest, actual), true);
+        if (attempt.failure !== undefined) return undefined;
+        if (actual !== expected.digest) {
+          attempt.fail(new ChecksumMismatchError(id, expected.algorithm, expected.digest, actual), true);
           return undefined;
         }
-        writer.setChecksum(formatChecksum(this.#expected));
+        writer.setChecksum(formatChecksum(expected));
       }
+      if (attempt.failure !== undefined) return undefined;
+      if (!attempt.cache) {
+        // Not to be kept: once every byte is in the file (readers read it to the end), roll it back to invalid/.
+        await whenInFile(writer, size);
+        if (attempt.failure !== undefined) return undefined;
+        attempt.ending = true;
+        writer.destroy(new Error('not cached: the origin response was not to be cached (cache: false)'));
+        await whenClosed(writer);
+        return size;
+      }
+      attempt.ending = true;
       writer.end();
       await finished(writer);
       return attempt.failure === undefined ? size : undefined;
@@ -515,4 +771,54 @@ export class Fill extends EventEmitter {
 
 function discardSource(source: FillSource): void {
   if (source instanceof Readable) source.destroy();
+}
+
+/** A fetch result as a {@link FetchedFill} (a bare source is one with nothing announced). */
+function unwrapFetched(fetched: FillSource | FetchedFill): FetchedFill {
+  const isFetched = typeof fetched === 'object' && fetched !== null && !(Symbol.asyncIterator in fetched) && 'source' in fetched;
+  return isFetched ? fetched : { source: fetched };
+}
+
+/** Validates what the origin announced and merges it with the options (which win). */
+function readAnnouncement(
+  fetched: FetchedFill,
+  expected: NormalizedChecksum | undefined,
+  expectedSize: number | undefined,
+): { expected: NormalizedChecksum | undefined; expectedSize: number | undefined; cache: boolean } {
+  const { size, cache } = fetched;
+  if (size !== undefined && (!Number.isSafeInteger(size) || size < 0)) {
+    throw new InvalidArgumentError(`fetch() announced a size that is not an integer >= 0: ${String(size)}`);
+  }
+  if (cache !== undefined && typeof cache !== 'boolean') throw new InvalidArgumentError(`fetch() announced cache: ${String(cache)}, not a boolean`);
+  return { expected: expected ?? normalizeChecksum(fetched.checksum), expectedSize: expectedSize ?? size, cache: cache !== false };
+}
+
+/** An announcement in the lock protocol's shape. */
+function toLockAnnouncement(announcement: FillAnnouncement): Announcement {
+  const message: Announcement = {};
+  if (announcement.expectedSize !== undefined) message.expectedSize = announcement.expectedSize;
+  if (announcement.checksum !== undefined) message.checksum = announcement.checksum;
+  if (!announcement.cache) message.cache = false;
+  return message;
+}
+
+/** The announcement a follower read from the owner. */
+function announcementOf(message: Announcement): FillAnnouncement {
+  return { expectedSize: message.expectedSize, checksum: message.checksum, cache: message.cache !== false };
+}
+
+/** Resolves once the writer reports `size` bytes in the file (or it closes); at once for a writer that does not report. */
+async function whenInFile(writer: CacheWriter, size: number): Promise<void> {
+  if (typeof writer.bytesInFile !== 'number') return;
+  while ((writer.bytesInFile as number) < size && !writer.destroyed) {
+    await new Promise<void>((resolve) => {
+      const done = () => {
+        writer.off('progress', done);
+        writer.off('close', done);
+        resolve();
+      };
+      writer.on('progress', done);
+      writer.on('close', done);
+    });
+  }
 }

@@ -6,15 +6,22 @@
  * owner writes JSON lines to every follower connected to it.
  *
  * Protocol (one JSON object per line, owner to follower):
- * - `{"hello":1,"pid":P,"file":"dev:ino"|null,"written":N,"expectedSize":S?}` on connect;
+ * - `{"hello":1,"pid":P,"file":"dev:ino"|null,"written":N}` on connect, with
+ *   `"announced":1,"expectedSize":S?,"checksum":C?,"cache":false?` once the
+ *   origin has answered (what it announced: see {@link Announcement});
+ * - `{"announced":1,"expectedSize":S?,"checksum":C?,"cache":false?}` when the
+ *   origin answers after the follower connected;
  * - `{"file":"dev:ino"}` once the owner's `incomplete/<id>` exists;
  * - `{"written":N}` as bytes reach the file (coalesced: a follower that does
  *   not read its socket gets only the latest count once it drains);
  * - `{"committed":N,"checksum":C?}`, the entry is active;
+ * - `{"uncached":N,"checksum":C?}`: all N bytes were written and verified but
+ *   not committed (the origin's response was not to be cached); the file is
+ *   in `invalid/`, where followers read it to its end;
  * - `{"failed":code,"message":M,"source":bool,"written":N,...}`: rolled back.
  *   `source: true` is final (an origin error or a failed verification, which
  *   a new fetch would likely repeat); `source: false` (the cache failed, the
- *   owner's client left, the fill was abandoned) tells followers to take over.
+ *   owner's client left, the fill was abandoned or aborted) tells followers to take over.
  *
  * A connection that ends without `committed` or `failed` means the owner died
  * or gave up without an outcome: followers try to take over (one wins `listen()`).
@@ -38,13 +45,29 @@ export function fillLockName(realCacheDir: string, id: string): string {
   return `\0image-cache/fill/${digest}`;
 }
 
-/** The first line a follower gets. */
-export interface HelloMessage {
+/**
+ * What the owner learnt when the origin answered: the expected size and the
+ * digest the fill verifies (as stored: `sha256:<hex>`, bare md5 hex), and
+ * `cache: false` when the bytes will not be committed.
+ */
+export interface Announcement {
+  expectedSize?: number;
+  checksum?: string;
+  cache?: false;
+}
+
+/** The first line a follower gets; `announced` (with the {@link Announcement}) once the origin has answered. */
+export interface HelloMessage extends Announcement {
   hello: 1;
   pid: number;
   file: string | null;
   written: number;
-  expectedSize?: number;
+  announced?: 1;
+}
+
+/** Sent to connected followers when the origin answers. */
+export interface AnnouncedMessage extends Announcement {
+  announced: 1;
 }
 
 /** A fill's final failure, as sent to followers. */
@@ -65,10 +88,21 @@ export interface FailedMessage {
 /** Every message of the protocol. */
 export type FillMessage =
   | HelloMessage
+  | AnnouncedMessage
   | { file: string }
   | { written: number }
   | { committed: number; checksum?: string }
+  | { uncached: number; checksum?: string }
   | FailedMessage;
+
+/** The announcement fields of `announcement` (those that are set), for a message. */
+function announcementFields(announcement: Announcement): Announcement {
+  const fields: Announcement = {};
+  if (announcement.expectedSize !== undefined) fields.expectedSize = announcement.expectedSize;
+  if (announcement.checksum !== undefined) fields.checksum = announcement.checksum;
+  if (announcement.cache === false) fields.cache = false;
+  return fields;
+}
 
 /** The message that describes `error` to followers. */
 export function failureMessage(error: Error, source: boolean, written: number): FailedMessage {
@@ -119,7 +153,7 @@ export class OwnerLock {
   readonly #followers = new Set<FollowerSocket>();
   #file: string | null = null;
   #written = 0;
-  #expectedSize: number | undefined;
+  #announcement: Announcement | undefined;
   #final: FillMessage | undefined;
   #released = false;
   /** Called when a follower connects or leaves. */
@@ -168,9 +202,15 @@ export class OwnerLock {
     this.#broadcast({ file });
   }
 
-  /** Announces the expected size (to followers that connect from now on). */
-  setExpectedSize(size: number | undefined): void {
-    this.#expectedSize = size;
+  /** Whether {@link announce} was called. */
+  get announced(): boolean {
+    return this.#announcement !== undefined;
+  }
+
+  /** Announces what the origin announced, to the followers connected now and (in the hello) to those that connect later. */
+  announce(announcement: Announcement): void {
+    this.#announcement = announcementFields(announcement);
+    this.#broadcast({ announced: 1, ...this.#announcement });
   }
 
   /** Announces that the first `written` bytes are in the file. */
@@ -183,6 +223,11 @@ export class OwnerLock {
   /** Announces the commit (the entry is active) and ends every follower's connection. */
   commit(size: number, checksum?: string): void {
     this.#finish(checksum === undefined ? { committed: size } : { committed: size, checksum });
+  }
+
+  /** Announces that all `size` bytes are in the file, which is not committed (it is in `invalid/`), and ends every follower's connection. */
+  uncached(size: number, checksum?: string): void {
+    this.#finish(checksum === undefined ? { uncached: size } : { uncached: size, checksum });
   }
 
   /** Announces a rollback; `source` says whether followers should give up (true) or take over (false). */
@@ -233,7 +278,7 @@ export class OwnerLock {
     });
     socket.on('drain', () => this.#sendWritten(follower));
     const hello: HelloMessage = { hello: 1, pid: process.pid, file: this.#file, written: this.#written };
-    if (this.#expectedSize !== undefined) hello.expectedSize = this.#expectedSize;
+    if (this.#announcement !== undefined) Object.assign(hello, { announced: 1 }, this.#announcement);
     socket.write(`${JSON.stringify(hello)}\n`);
     this.onFollowersChange?.();
   }
@@ -254,7 +299,7 @@ export class OwnerLock {
 
 /**
  * A follower's connection to the owner of a fill. Emits `message` for each
- * line, then `end` with `true` when a final message (`committed`/`failed`)
+ * line, then `end` with `true` when a final message (`committed`/`uncached`/`failed`)
  * was received, `false` when the connection ended without one (the owner
  * died or gave up: take over).
  */
@@ -283,7 +328,7 @@ export class FollowerLink extends EventEmitter {
           socket.destroy();
           return;
         }
-        if ('committed' in message || 'failed' in message) this.#final = true;
+        if ('committed' in message || 'failed' in message || 'uncached' in message) this.#final = true;
         this.emit('message', message);
       }
     });

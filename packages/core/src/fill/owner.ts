@@ -3,7 +3,7 @@ import { CacheDirectory, isErrnoError, storageError } from '../cache-dir.js';
 import type { CacheDriver, CacheWriter } from '../driver.js';
 import { ImageBeingCachedError } from '../errors.js';
 import type { ImageId } from '../image-id.js';
-import { fillLockName, HOST_LOCKS, OwnerLock } from './lock.js';
+import { fillLockName, HOST_LOCKS, OwnerLock, type Announcement } from './lock.js';
 
 /** `dev:ino` of a file: what tells the file a follower opened from another file under the same name. */
 export function fileKey(info: { dev: bigint | number; ino: bigint | number }): string {
@@ -72,9 +72,9 @@ export class WriteLock {
     this.#lock.onFollowersChange = listener;
   }
 
-  /** Announces the expected size to followers. */
-  setExpectedSize(size: number | undefined): void {
-    this.#lock.setExpectedSize(size);
+  /** Announces to followers what the origin announced (see {@link Announcement}). */
+  announce(announcement: Announcement): void {
+    this.#lock.announce(announcement);
   }
 
   /**
@@ -90,6 +90,8 @@ export class WriteLock {
       throw storageError('stat', path, error);
     }
     const key = fileKey(info);
+    // A writer that announced nothing (cacheImage, a caching stream) has its source: there is nothing more to learn.
+    if (!this.#lock.announced) this.#lock.announce({});
     this.#lock.setFile(key);
     const report = (written: number) => {
       if (this.#done || written <= this.#written) return;
@@ -109,6 +111,14 @@ export class WriteLock {
     if (this.#done) return;
     this.#done = true;
     this.#lock.commit(size, checksum);
+    this.#lock.release();
+  }
+
+  /** Written and verified, but not committed (the file is in `invalid/`): tell the followers, then give the lock back. */
+  uncached(size: number, checksum?: string): void {
+    if (this.#done) return;
+    this.#done = true;
+    this.#lock.uncached(size, checksum);
     this.#lock.release();
   }
 

@@ -14,9 +14,14 @@ export interface GrowthSnapshot {
   readonly file: string | undefined;
   /** Bytes from offset 0 that are in this attempt's file. */
   readonly available: number;
-  /** Set once the fill has ended. */
+  /**
+   * Set once the fill has ended. `uncached`: every byte was written (and
+   * verified) but the file was not committed: readers read this attempt's
+   * file (now in `invalid/`) to `size` and end.
+   */
   readonly outcome:
     | { readonly status: 'committed'; readonly size: number }
+    | { readonly status: 'uncached'; readonly size: number }
     | { readonly status: 'failed'; readonly error: Error }
     | undefined;
 }
@@ -131,12 +136,21 @@ export class GrowingFileReader extends Readable {
             this.destroy(state.outcome.error);
             return;
           }
+          if (state.outcome?.status === 'uncached') {
+            this.destroy(new CacheStorageError(`the uncached file of the fill is gone (cleaned or replaced in invalid/) at ${this.#position} bytes`));
+            return;
+          }
           await changed; // the file moved (commit, rollback) between the notification and the open
           continue;
         }
         limit = Math.min(this.#end, state.available);
       } else if (state.outcome?.status === 'failed') {
         this.destroy(state.outcome.error);
+        return;
+      } else if (state.outcome?.status === 'uncached') {
+        // Every byte of the image is below `available`: this reader is at the end of it.
+        await this.#closeHandle();
+        this.push(null);
         return;
       } else {
         await changed;

@@ -1,10 +1,20 @@
 import type { Readable } from 'node:stream';
-import { CacheStorageError, CachingStream, ImageChangedError, ImageNotCachedError, assertImageId, type ImageId } from '@cache/core';
+import {
+  CacheStorageError,
+  ImageChangedError,
+  ImageNotCachedError,
+  assertImageId,
+  parseStoredChecksum,
+  type Fill,
+  type FillAnnouncement,
+  type ImageId,
+} from '@cache/core';
+import type { Origin } from '@cache/origin';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import parseRange from 'range-parser';
 import type { ServerContext } from '../context.js';
-import { ifRangeAllows, isNotModified, statEntry, type EntryInfo } from '../entry.js';
-import { originFill, type OriginFill } from '../fill.js';
+import { digestEtag, ifRangeAllows, isNotModified, statEntry, type EntryInfo } from '../entry.js';
+import { originFill, untilVerdict } from '../fill.js';
 import { HttpError } from '../http-errors.js';
 import type { ByteSource } from '../metrics.js';
 import { responseBody } from '../response-body.js';
@@ -27,8 +37,10 @@ type RangePlan = { kind: 'full' } | { kind: 'partial'; start: number; end: numbe
 
 /**
  * `GET` and `HEAD /images/:id`: served from the cache when cached (with
- * ETag, Last-Modified, a single byte range, 304), else streamed from the
- * origin while it is cached (single-flight per id).
+ * ETag, Last-Modified, a single byte range, 304), else read from the id's
+ * fill (ADR 0003) as it is fetched and cached: one origin request per id
+ * per host, every client a reader at its own pace, a range answered 206 as
+ * soon as the fill passes its start.
  */
 export async function imageRoutes(app: FastifyInstance, context: ServerContext): Promise<void> {
   app.route({
@@ -69,12 +81,24 @@ function setImageHeaders(reply: FastifyReply, xCache: 'HIT' | 'MISS'): void {
 function selectRange(request: ImageRequest, entry: EntryInfo): RangePlan {
   const header = request.headers.range;
   if (typeof header !== 'string' || !ifRangeAllows(request.headers, entry)) return { kind: 'full' };
-  const ranges = parseRange(entry.size, header, { combine: true });
+  return planRange(header, entry.size);
+}
+
+/** One `Range` header against an image of `size` bytes. */
+function planRange(header: string, size: number): RangePlan {
+  const ranges = parseRange(size, header, { combine: true });
   if (ranges === -1) return { kind: 'unsatisfiable' };
   // Malformed, not bytes, or several disjoint ranges: ignore the header and send everything (RFC 9110 14.2 allows it).
   if (ranges === -2 || ranges.type !== 'bytes' || ranges.length !== 1) return { kind: 'full' };
   const range = ranges[0] as parseRange.Range;
   return { kind: 'partial', start: range.start, end: range.end };
+}
+
+function unsatisfiable(request: ImageRequest, size: number): HttpError {
+  return new HttpError(416, 'RANGE_NOT_SATISFIABLE', `the range ${JSON.stringify(request.headers.range)} is outside the image's ${size} bytes`, {
+    'content-range': `bytes */${size}`,
+    'accept-ranges': 'bytes',
+  });
 }
 
 async function serveHit(
@@ -89,12 +113,7 @@ async function serveHit(
   // Conditionals come before Range (RFC 9110 13.2.2): a matching If-None-Match is a 304 whatever the range.
   const notModified = isNotModified(request.headers, entry);
   const plan: RangePlan = notModified ? { kind: 'full' } : selectRange(request, entry);
-  if (plan.kind === 'unsatisfiable') {
-    throw new HttpError(416, 'RANGE_NOT_SATISFIABLE', `the range ${JSON.stringify(request.headers.range)} is outside the image's ${entry.size} bytes`, {
-      'content-range': `bytes */${entry.size}`,
-      'accept-ranges': 'bytes',
-    });
-  }
+  if (plan.kind === 'unsatisfiable') throw unsatisfiable(request, entry.size);
 
   let source: Readable | undefined;
   if (!head && !notModified) {
@@ -124,91 +143,126 @@ async function serveHit(
   if (plan.kind === 'partial') {
     reply.code(206).header('content-range', `bytes ${plan.start}-${plan.end}/${entry.size}`);
   }
-  reply.send(source === undefined ? undefined : body(context, reply, source, length, 'cache')); // no source: HEAD
+  reply.send(source === undefined ? undefined : body(context, reply, source, length, 'cache', false)); // no source: HEAD
   return 'sent';
 }
 
 async function serveMiss(context: ServerContext, request: ImageRequest, reply: FastifyReply, id: ImageId): Promise<Served> {
-  const { cache, origin, metrics } = context;
-  if (origin === undefined) throw new ImageNotCachedError(id, cache.getImageFilepath(id));
+  const { cache, fills, metrics } = context;
+  if (fills === undefined) throw new ImageNotCachedError(id, cache.getImageFilepath(id));
+  if (request.method === 'HEAD') return serveHeadMiss(context, reply, id);
 
-  if (request.method === 'HEAD') {
-    // Answered from the origin's headers; the body is not fetched, so nothing is cached.
-    metrics.misses.inc();
-    metrics.originFetches.inc();
+  // Every client of a miss is a reader of the id's one fill (started, joined, or followed in another process).
+  const fill = fills.fill(id);
+  // Until its reader is open, this request counts as a reader: a fill is never abandoned (fillAbandonAfter)
+  // while a client waits for the origin's headers. The placeholder reads nothing.
+  const placeholder = fill.openReader({ start: 0, end: 0 });
+  let announcement: FillAnnouncement | undefined;
+  try {
+    try {
+      // Until the origin has answered (size, digest) or the fill has ended: then the status line can be chosen.
+      announcement = await beforeStatusLine(context, () => fill.whenAnnounced(), () => undefined);
+    } catch (error) {
+      metrics.misses.inc();
+      reply.header('x-cache', 'MISS');
+      throw error;
+    }
+    if (announcement === undefined) {
+      const outcome = await fill.done;
+      if (outcome.status === 'failed') {
+        // Before any byte: the error's status (origin 404 -> 404, other origin failures 502, shutdown 503).
+        metrics.misses.inc();
+        reply.header('x-cache', 'MISS');
+        throw outcome.error;
+      }
+      // Cached already, or committed by a writer this fill followed to its end: serve it as a hit, ranges and all.
+      return 'retry';
+    }
+    return sendFill(context, request, reply, fill, announcement);
+  } finally {
+    placeholder.destroy();
+  }
+}
+
+/** Answers a GET miss from its fill, once the origin's size and digest are known: 200 or, for a range the size allows, 206 / 416. */
+function sendFill(context: ServerContext, request: ImageRequest, reply: FastifyReply, fill: Fill, announcement: FillAnnouncement): Served {
+  const { metrics } = context;
+  const size = announcement.expectedSize;
+  const digest = parseStoredChecksum(announcement.checksum);
+  // The entry's ETag to be: the fill verifies that digest, and a body fails before its last byte unless it matches.
+  const etag = digest === undefined ? undefined : digestEtag(digest);
+  const plan = selectMissRange(request, size, etag);
+  metrics.misses.inc();
+  if (plan.kind === 'unsatisfiable') {
     reply.header('x-cache', 'MISS');
+    throw unsatisfiable(request, size as number);
+  }
+  setImageHeaders(reply, 'MISS');
+  if (etag !== undefined) reply.header('etag', etag);
+  if (plan.kind === 'full') {
+    // A full reader ends only once the fill has committed (or ended uncached) and fails if it failed.
+    if (size !== undefined) reply.header('content-length', size);
+    reply.send(body(context, reply, fill.openReader(), size, 'origin', true));
+    return 'sent';
+  }
+  const length = plan.end - plan.start + 1;
+  reply.code(206).header('content-range', `bytes ${plan.start}-${plan.end}/${size as number}`).header('content-length', length);
+  // The status line goes out with the range's first byte: once the fill has passed `start`.
+  const reader = fill.openReader({ start: plan.start, end: plan.end });
+  // A range that reaches the end, or any range of an image with a digest, waits for the verdict before its last byte:
+  // only the digest can condemn bytes before the end, and only the end can be cut or overlong.
+  const verdict = plan.end === (size as number) - 1 || digest !== undefined;
+  reply.send(body(context, reply, verdict ? untilVerdict(reader, fill) : reader, length, 'origin', verdict));
+  return 'sent';
+}
+
+/** HEAD on a miss: the headers of a running fill's announcement, else the origin's (its body is not fetched, nothing is cached). */
+async function serveHeadMiss(context: ServerContext, reply: FastifyReply, id: ImageId): Promise<Served> {
+  const { origin, fills, metrics } = context;
+  metrics.misses.inc();
+  reply.header('x-cache', 'MISS');
+  let size: number | undefined;
+  let etag: string | undefined;
+  const announcement = fills?.running(id)?.announcement;
+  if (announcement !== undefined) {
+    size = announcement.expectedSize;
+    const digest = parseStoredChecksum(announcement.checksum);
+    etag = digest === undefined ? undefined : digestEtag(digest);
+  } else {
+    metrics.originFetches.inc();
     const image = await beforeStatusLine(
       context,
-      (signal) => origin.open(id, { signal }),
+      (signal) => (origin as Origin).open(id, { signal }),
       (late) => late.stream.destroy(),
     );
     image.stream.destroy();
-    setImageHeaders(reply, 'MISS');
-    if (image.size !== undefined) reply.header('content-length', image.size);
-    const { etag } = originFill(id, image);
-    if (etag !== undefined) reply.header('etag', etag);
-    reply.code(200).send();
-    return 'sent';
+    size = image.size;
+    etag = originFill(id, image).etag;
   }
-
-  let size: number | undefined;
-  let fill: OriginFill | undefined;
-  let result;
-  try {
-    // A leader waits here for the origin's headers, a waiter for another request's fetch to commit (single-flight).
-    result = await beforeStatusLine(
-      context,
-      (signal) =>
-        cache.readThrough(id, {
-          fetch: async () => {
-            metrics.originFetches.inc();
-            const image = await origin.open(id, { signal });
-            size = image.size;
-            fill = originFill(id, image);
-            return fill.fetched;
-          },
-        }),
-      (late) => {
-        // Shutdown answered this request already: drop what came too late (a caching stream rolls its write back).
-        late.stream.destroy();
-        if (late.stream instanceof CachingStream) context.track(late.stream.cacheOutcome);
-      },
-    );
-  } catch (error) {
-    metrics.misses.inc();
-    reply.header('x-cache', 'MISS');
-    throw error;
-  }
-  if (result.from === 'cache') {
-    // Another request's fetch committed it (or it appeared meanwhile): serve it as a hit, ranges and all.
-    result.stream.destroy();
-    return 'retry';
-  }
-  const stream = result.stream;
-  if (stream instanceof CachingStream) {
-    context.track(stream.cacheOutcome);
-    stream.on('cacheError', (error: Error) => {
-      metrics.countError(error);
-      request.log.warn({ err: error, imageId: id }, 'caching failed; the client still gets the image');
-    });
-  }
-  if (fill?.cacheable === false) {
-    // Nothing can tell a cut of this close-delimited body from its end: the client gets the bytes, the cache does not.
-    request.log.warn({ imageId: id }, 'not caching: the origin announced no length or digest and its body is close-delimited (allowUnverified is off)');
-  }
-  // A Range on a miss is answered with the whole image (200): it is being cached anyway.
-  metrics.misses.inc();
   setImageHeaders(reply, 'MISS');
   if (size !== undefined) reply.header('content-length', size);
-  // The entry's ETag to be: the caching stream verifies that digest, and the body fails before its last byte unless it matches.
-  if (fill?.etag !== undefined && stream instanceof CachingStream) reply.header('etag', fill.etag);
-  reply.send(body(context, reply, stream, size, 'origin'));
+  if (etag !== undefined) reply.header('etag', etag);
+  reply.code(200).send();
   return 'sent';
 }
 
 /**
- * Waits for what a request waits on before its status line (an origin's
- * headers, another request's fetch of the same id) unless shutdown begins
+ * The range a miss answers: a single range when the size is known (from
+ * the origin) and `If-Range`, if any, is the strong ETag to be (a date never
+ * matches: a miss has no Last-Modified yet). Without a size (a chunked
+ * origin) the range is ignored: 200 with the whole image.
+ */
+function selectMissRange(request: ImageRequest, size: number | undefined, etag: string | undefined): RangePlan {
+  const header = request.headers.range;
+  if (typeof header !== 'string' || size === undefined) return { kind: 'full' };
+  const ifRange = request.headers['if-range'];
+  if (typeof ifRange === 'string' && (etag === undefined || ifRange.trim() !== etag)) return { kind: 'full' };
+  return planRange(header, size);
+}
+
+/**
+ * Waits for what a request waits on before its status line (a fill's
+ * announcement: the origin's headers; an origin's headers for a HEAD miss) unless shutdown begins
  * first: then it throws the 503 `SHUTTING_DOWN` (with `Retry-After`) at once,
  * so the client gets a whole response and never an empty reply, aborts the
  * origin request `start` opened with the signal it was given, and hands what
@@ -240,13 +294,15 @@ async function beforeStatusLine<T>(context: ServerContext, start: (signal: Abort
   }
 }
 
-function body(context: ServerContext, reply: FastifyReply, source: Readable, expected: number | undefined, from: ByteSource): Readable {
+/**
+ * @param holdLast - the last byte waits until `source` ends: for a fill, its verdict (length, digest), so that
+ *   a client never gets a whole-looking body that failed verification.
+ */
+function body(context: ServerContext, reply: FastifyReply, source: Readable, expected: number | undefined, from: ByteSource, holdLast: boolean): Readable {
   const { metrics } = context;
   return responseBody(source, {
     expected,
-    // From the origin, the last byte waits for the fill's verdict (length, digest): a client never
-    // gets a whole-looking body that failed verification.
-    holdLast: from === 'origin',
+    holdLast,
     onBytes: (bytes) => metrics.servedBytes.inc({ source: from }, bytes),
     onError: (error) => {
       // Before the headers, fastify's error handler answers (and counts) it; after them the response is cut.

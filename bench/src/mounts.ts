@@ -115,6 +115,35 @@ function loopsUnder(dir: string): string[] {
   }
 }
 
+/**
+ * Kills processes a killed run left running on `dir` (the HTTP figures'
+ * `image-cache serve` and downloads name a path under it on their command line).
+ */
+function killProcessesUsing(dir: string): void {
+  let names: string[];
+  try {
+    names = readdirSync('/proc');
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue;
+    let args: string[];
+    try {
+      args = readFileSync(`/proc/${name}/cmdline`, 'utf8').split('\0');
+    } catch {
+      continue; // exited
+    }
+    if (!args.some((arg) => arg === dir || arg.startsWith(`${dir}/`))) continue;
+    say(`killing process ${name} left running on ${dir}: ${args.join(' ').trim().slice(0, 200)}`);
+    try {
+      process.kill(Number(name), 'SIGKILL');
+    } catch {
+      // gone meanwhile, or not ours to kill
+    }
+  }
+}
+
 /** Removes what runs killed with SIGKILL left behind: only our directories, only when their owner is gone. */
 function sweepStale(): void {
   const base = tmpdir();
@@ -134,6 +163,7 @@ function sweepStale(): void {
       removeTestPostgresSync(dir);
       continue;
     }
+    killProcessesUsing(dir);
     if (process.getuid?.() === 0) {
       for (const target of mountsUnder(dir)) unmount(target);
       for (const device of loopsUnder(dir)) detach(device);

@@ -26,7 +26,7 @@
  * processes took CPU during it (measure.ts); medians of `httpRepeats` runs.
  */
 import { randomUUID } from 'node:crypto';
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { median, settle, sleep, timedRun } from '../measure.js';
 import { MiB } from '../options.js';
@@ -377,10 +377,12 @@ async function segmentedDownload(ctx: SuiteContext, origin: BenchOrigin, root: s
     const samples = { curl: [] as number[], aria: [] as number[] };
     const problems: string[] = [];
     const originBytes: number[] = [];
+    const ariaRuns: string[] = [];
     const side = (which: 'curl' | 'aria') => async () => {
       let id = '';
       let ms = NaN;
       let sent = NaN;
+      let how = '';
       await timedRun(
         async () => {
           id = randomUUID();
@@ -395,18 +397,22 @@ async function segmentedDownload(ctx: SuiteContext, origin: BenchOrigin, root: s
               [
                 '-x8', '-s8', '-k1M',
                 '--no-conf=true', '--file-allocation=none', '--allow-overwrite=true', '--auto-file-renaming=false',
-                '--console-log-level=warn', '--summary-interval=0', '--download-result=hide',
+                // Its info log says which connection got which answer and downloaded which segments (see ariaSummary).
+                '--console-log-level=info', '--enable-color=false', '--summary-interval=0', '--download-result=hide',
                 '-d', downloads, '-o', id, server.image(id),
               ],
               timeout,
             );
             if (got.code !== 0) problems.push(`aria2c: exit ${got.signal ?? got.code}: ${(got.stderr || got.stdout).split('\n').slice(-2).join(' / ')}`);
             ms = got.ms;
+            how = ariaSummary(got.stdout);
           }
         },
         {
           cleanup: async () => {
             sent = (await originDone(origin, id, timeout)).bytes;
+            const got = await stat(join(downloads, id)).then((info) => info.size, () => 0);
+            if (got !== size) problems.push(`${which === 'aria' ? 'aria2c' : 'curl'} wrote ${got} bytes, expected ${size}`);
             await rm(join(downloads, id), { force: true });
             await rm(join(downloads, `${id}.aria2`), { force: true });
             await forget(server, id);
@@ -416,6 +422,7 @@ async function segmentedDownload(ctx: SuiteContext, origin: BenchOrigin, root: s
       );
       samples[which].push(ms);
       originBytes.push(sent);
+      if (which === 'aria') ariaRuns.push(how);
     };
     await interleaved(sizes.httpRepeats, [side('curl'), side('aria')]);
     const result = figure({
@@ -430,6 +437,7 @@ async function segmentedDownload(ctx: SuiteContext, origin: BenchOrigin, root: s
       note: [
         ...problems.slice(0, 2),
         `wall clock of each process, downloads written to this filesystem; origin bytes per run ÷ size: ${originBytes.map((b) => (b / size).toFixed(2)).join(', ')}`,
+        `aria2c's connections per run: ${ariaRuns.join(' | ')}`,
       ].join('; '),
     });
     if (problems.length > 0) result.met = false;
@@ -439,6 +447,25 @@ async function segmentedDownload(ctx: SuiteContext, origin: BenchOrigin, root: s
     await rm(cacheDir, { recursive: true, force: true });
     await rm(downloads, { recursive: true, force: true });
   }
+}
+
+/**
+ * What aria2c's info log says about one download: how many connections it
+ * opened, the statuses they were answered with, and how many segments each
+ * answering connection downloaded, e.g. `8 connections; answers 200×1;
+ * segments per connection 16` (the other 7 never got an answer before the end).
+ */
+export function ariaSummary(log: string): string {
+  const connections = new Set([...log.matchAll(/CUID#(\d+) - Connecting to/g)].map((m) => m[1]));
+  const statuses = new Map<string, number>();
+  for (const m of log.matchAll(/CUID#\d+ - Response received:\s*\n\s*HTTP\/[\d.]+ (\d{3})/g)) {
+    statuses.set(m[1] as string, (statuses.get(m[1] as string) ?? 0) + 1);
+  }
+  const segments = new Map<string, number>();
+  for (const m of log.matchAll(/CUID#(\d+) - The download for one segment completed/g)) segments.set(m[1] as string, (segments.get(m[1] as string) ?? 0) + 1);
+  const answers = [...statuses].sort().map(([status, count]) => `${status}×${count}`).join(' ');
+  const perConnection = [...segments.values()].sort((a, b) => b - a).join('+');
+  return `${connections.size} connection(s); answers ${answers || 'none'}; segments per connection ${perConnection || 'none'}`;
 }
 
 /** Figure 12. */

@@ -21,7 +21,7 @@ import {
   type TestPostgres,
 } from '@cache/postgres-testing';
 import { PG_PREFIX, setUpWorkspace } from './mounts.js';
-import { BENCH_DIR, parseOptions, POSTGRES_FIGURES, USAGE, type BenchOptions } from './options.js';
+import { BENCH_DIR, FIRST_FS_FIGURES, parseOptions, POSTGRES_FIGURES, USAGE, type BenchOptions } from './options.js';
 import type { BenchPostgresConfig, RunConfig } from './run.js';
 
 const startedAt = Date.now();
@@ -41,7 +41,9 @@ if (options === 'help') {
 const only = options.only;
 const wanted = (n: number) => only.size === 0 || only.has(n);
 
-const workspace = setUpWorkspace(options.fs);
+// Figures that run on the first filesystem only need no tmpfs or loop ext4 of their own.
+const firstFsOnly = only.size > 0 && [...only].every((n) => FIRST_FS_FIGURES.includes(n));
+const workspace = setUpWorkspace(options.fs, { mount: !firstFsOnly });
 /** The PostgreSQL server's directory (a sibling of the workspace: the server user must be able to reach it). */
 let pgRoot: string | undefined;
 let postgres: TestPostgres | undefined;

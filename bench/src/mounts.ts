@@ -186,9 +186,10 @@ export interface Workspace {
 /**
  * Creates the workspace. With `given` filesystems it mounts nothing and makes
  * a work directory in each; otherwise the OS temp dir, plus (as root, when
- * `mount` works) a tmpfs and a loop ext4.
+ * `mount` works, and unless `options.mount` is false: only figures that run on
+ * the first filesystem are wanted) a tmpfs and a loop ext4.
  */
-export function setUpWorkspace(given: readonly FsTarget[]): Workspace {
+export function setUpWorkspace(given: readonly FsTarget[], options: { mount?: boolean } = {}): Workspace {
   sweepStale();
   const root = mkdtempSync(join(tmpdir(), PREFIX));
   writeFileSync(join(root, '.owner'), `${process.pid}\n`);
@@ -222,6 +223,7 @@ export function setUpWorkspace(given: readonly FsTarget[]): Workspace {
     mkdirSync(osTmp);
     targets.push({ name: 'os-tmp', path: osTmp });
 
+    if (options.mount === false) return { root, targets, warnings, teardown };
     if (process.getuid?.() !== 0) {
       warnings.push('not root: measuring on the OS temp dir only (no tmpfs / loop ext4)');
       return { root, targets, warnings, teardown };

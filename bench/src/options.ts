@@ -17,6 +17,9 @@ export const FIGURES = 12;
 /** Figures that need the bench's PostgreSQL server (the postgres driver's rows of 4 and 5, and 8). */
 export const POSTGRES_FIGURES: readonly number[] = [4, 5, 8];
 
+/** Figures measured once per run, on the first filesystem only (8: the database; 9-12: the HTTP read-through path). */
+export const FIRST_FS_FIGURES: readonly number[] = [8, 9, 10, 11, 12];
+
 /** What `pnpm bench` was asked to do. */
 export interface BenchOptions {
   quick: boolean;

@@ -6,7 +6,9 @@
  * crashes, or this process is stopped with Ctrl-C / SIGTERM / SIGHUP.
  * Running the measurements in a child keeps the mounts removable (no open
  * file of ours holds them) and the teardown independent of how the
- * measurements ended.
+ * measurements ended. The child leads a process group of its own, so the
+ * teardown also kills whatever it started and left running (the HTTP
+ * figures' servers, origin and clients) before unmounting.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
@@ -19,7 +21,7 @@ import {
   type TestPostgres,
 } from '@cache/postgres-testing';
 import { PG_PREFIX, setUpWorkspace } from './mounts.js';
-import { BENCH_DIR, parseOptions, POSTGRES_FIGURES, USAGE, type BenchOptions } from './options.js';
+import { BENCH_DIR, FIRST_FS_FIGURES, parseOptions, POSTGRES_FIGURES, USAGE, type BenchOptions } from './options.js';
 import type { BenchPostgresConfig, RunConfig } from './run.js';
 
 const startedAt = Date.now();
@@ -39,11 +41,24 @@ if (options === 'help') {
 const only = options.only;
 const wanted = (n: number) => only.size === 0 || only.has(n);
 
-const workspace = setUpWorkspace(options.fs);
+// Figures that run on the first filesystem only need no tmpfs or loop ext4 of their own.
+const firstFsOnly = only.size > 0 && [...only].every((n) => FIRST_FS_FIGURES.includes(n));
+const workspace = setUpWorkspace(options.fs, { mount: !firstFsOnly });
 /** The PostgreSQL server's directory (a sibling of the workspace: the server user must be able to reach it). */
 let pgRoot: string | undefined;
 let postgres: TestPostgres | undefined;
+let child: ChildProcess | undefined;
+/** Kills what is left of the benchmark process's group (its own processes end with it; this catches those of a child that died). */
+const killMeasuringGroup = () => {
+  if (child?.pid === undefined) return;
+  try {
+    process.kill(-child.pid, 'SIGKILL');
+  } catch {
+    // ESRCH: nothing left in the group
+  }
+};
 const teardown = () => {
+  killMeasuringGroup();
   if (pgRoot !== undefined) removeTestPostgresSync(pgRoot);
   workspace.teardown();
 };
@@ -51,7 +66,6 @@ const teardown = () => {
 process.on('exit', teardown);
 for (const warning of workspace.warnings) process.stderr.write(`bench: WARNING: ${warning}\n`);
 
-let child: ChildProcess | undefined;
 let stopping: NodeJS.Signals | undefined;
 const SIGNAL_NUMBERS: Partial<Record<NodeJS.Signals, number>> = { SIGHUP: 1, SIGINT: 2, SIGTERM: 15 };
 for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
@@ -110,6 +124,8 @@ const config: RunConfig = {
 
 const measuring = spawn(process.execPath, ['--expose-gc', join(BENCH_DIR, 'dist', 'run.js')], {
   stdio: ['ignore', 'inherit', 'inherit'],
+  // A process group of its own (see killMeasuringGroup); signals reach it through the handlers above.
+  detached: true,
   env: { ...process.env, CACHE_BENCH_CONFIG: JSON.stringify(config) },
 });
 child = measuring;

@@ -120,10 +120,16 @@ const ownProcessTrees = new Set<number>();
 /**
  * Leaves `pid` and its children out of the other processes' CPU: the bench's
  * own PostgreSQL server (the postmaster; its backends are its children)
- * works for our figures, it does not disturb them.
+ * works for our figures, it does not disturb them; so do the servers,
+ * origin and clients the HTTP figures start.
  */
 export function ignoreProcessTree(pid: number): void {
   ownProcessTrees.add(pid);
+}
+
+/** Counts `pid` as another process again (it has exited: its number may be reused). */
+export function forgetProcessTree(pid: number): void {
+  ownProcessTrees.delete(pid);
 }
 
 /**

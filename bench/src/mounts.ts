@@ -115,6 +115,35 @@ function loopsUnder(dir: string): string[] {
   }
 }
 
+/**
+ * Kills processes a killed run left running on `dir` (the HTTP figures'
+ * `image-cache serve` and downloads name a path under it on their command line).
+ */
+function killProcessesUsing(dir: string): void {
+  let names: string[];
+  try {
+    names = readdirSync('/proc');
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue;
+    let args: string[];
+    try {
+      args = readFileSync(`/proc/${name}/cmdline`, 'utf8').split('\0');
+    } catch {
+      continue; // exited
+    }
+    if (!args.some((arg) => arg === dir || arg.startsWith(`${dir}/`))) continue;
+    say(`killing process ${name} left running on ${dir}: ${args.join(' ').trim().slice(0, 200)}`);
+    try {
+      process.kill(Number(name), 'SIGKILL');
+    } catch {
+      // gone meanwhile, or not ours to kill
+    }
+  }
+}
+
 /** Removes what runs killed with SIGKILL left behind: only our directories, only when their owner is gone. */
 function sweepStale(): void {
   const base = tmpdir();
@@ -134,6 +163,7 @@ function sweepStale(): void {
       removeTestPostgresSync(dir);
       continue;
     }
+    killProcessesUsing(dir);
     if (process.getuid?.() === 0) {
       for (const target of mountsUnder(dir)) unmount(target);
       for (const device of loopsUnder(dir)) detach(device);
@@ -156,9 +186,10 @@ export interface Workspace {
 /**
  * Creates the workspace. With `given` filesystems it mounts nothing and makes
  * a work directory in each; otherwise the OS temp dir, plus (as root, when
- * `mount` works) a tmpfs and a loop ext4.
+ * `mount` works, and unless `options.mount` is false: only figures that run on
+ * the first filesystem are wanted) a tmpfs and a loop ext4.
  */
-export function setUpWorkspace(given: readonly FsTarget[]): Workspace {
+export function setUpWorkspace(given: readonly FsTarget[], options: { mount?: boolean } = {}): Workspace {
   sweepStale();
   const root = mkdtempSync(join(tmpdir(), PREFIX));
   writeFileSync(join(root, '.owner'), `${process.pid}\n`);
@@ -192,6 +223,7 @@ export function setUpWorkspace(given: readonly FsTarget[]): Workspace {
     mkdirSync(osTmp);
     targets.push({ name: 'os-tmp', path: osTmp });
 
+    if (options.mount === false) return { root, targets, warnings, teardown };
     if (process.getuid?.() !== 0) {
       warnings.push('not root: measuring on the OS temp dir only (no tmpfs / loop ext4)');
       return { root, targets, warnings, teardown };

@@ -12,10 +12,13 @@ export interface FsTarget {
 }
 
 /** The figures are numbered 1..FIGURES (bench/README.md). */
-export const FIGURES = 8;
+export const FIGURES = 12;
 
 /** Figures that need the bench's PostgreSQL server (the postgres driver's rows of 4 and 5, and 8). */
 export const POSTGRES_FIGURES: readonly number[] = [4, 5, 8];
+
+/** Figures measured once per run, on the first filesystem only (8: the database; 9-12: the HTTP read-through path). */
+export const FIRST_FS_FIGURES: readonly number[] = [8, 9, 10, 11, 12];
 
 /** What `pnpm bench` was asked to do. */
 export interface BenchOptions {
@@ -23,19 +26,19 @@ export interface BenchOptions {
   /** Filesystems given with `--fs`; empty means the default set. */
   fs: FsTarget[];
   out: string;
-  /** Figures to run (1..8); all when empty. */
+  /** Figures to run (1..FIGURES); all when empty. */
   only: Set<number>;
 }
 
 export const USAGE = `usage: pnpm bench [--quick] [--fs name=/path]... [--out DIR] [--only 1,2,...]
 
   --quick           smaller sizes for a smoke run: 256 MiB streams, 1k/10k entries,
-                    10 nodes x 100/1k images
+                    10 nodes x 100/1k images, 16 MiB images over HTTP
   --fs name=/path   run on this directory's filesystem (repeatable). Default: the OS temp
                     dir, plus (as root) a tmpfs and a loop-mounted ext4 that the bench
                     mounts itself and removes on exit, even after a failure
   --out DIR         where latest.json and latest.md go (default: bench/results)
-  --only LIST       only these figures (comma-separated numbers 1..8)
+  --only LIST       only these figures (comma-separated numbers 1..12)
   --help            this text`;
 
 /** Parses the command line (node:util parseArgs); throws with a readable message on bad input. */
@@ -99,6 +102,18 @@ export interface Sizes {
   /** Figure 8: node identities sharing one database, and the images per node (small, large). */
   clusterNodes: number;
   clusterImagesPerNode: [number, number];
+  /** HTTP figures (9-12): bytes of the image of 9, 11 and 12, and of figure 10's (its slow client bounds a run's length). */
+  httpImageBytes: number;
+  httpSlowImageBytes: number;
+  /** The throttled origin's pace per request, bytes/s. */
+  httpOriginRate: number;
+  /** Concurrent clients of figure 9, servers of figure 12 (the clients are shared among them). */
+  httpClients: number;
+  httpServers: number;
+  /** The slow client of figure 10: curl --limit-rate. */
+  httpSlowRate: string;
+  /** Interleaved repetitions of each side of an HTTP figure (median reported). */
+  httpRepeats: number;
 }
 
 export const MiB = 1024 * 1024;
@@ -117,6 +132,13 @@ export function sizesFor(quick: boolean): Sizes {
         readThroughCallers: 100,
         clusterNodes: 10,
         clusterImagesPerNode: [100, 1_000],
+        httpImageBytes: 16 * MiB,
+        httpSlowImageBytes: 16 * MiB,
+        httpOriginRate: 32 * MiB,
+        httpClients: 100,
+        httpServers: 4,
+        httpSlowRate: '1M',
+        httpRepeats: 3,
       }
     : {
         streamBytes: 1024 * MiB,
@@ -130,5 +152,12 @@ export function sizesFor(quick: boolean): Sizes {
         readThroughCallers: 100,
         clusterNodes: 10,
         clusterImagesPerNode: [1_000, 10_000],
+        httpImageBytes: 64 * MiB,
+        httpSlowImageBytes: 32 * MiB,
+        httpOriginRate: 32 * MiB,
+        httpClients: 100,
+        httpServers: 4,
+        httpSlowRate: '1M',
+        httpRepeats: 3,
       };
 }

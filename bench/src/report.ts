@@ -24,7 +24,7 @@ export interface Goal {
 
 /** One line of the results: our figure beside its baseline, measured in the same run on the same filesystem. */
 export interface FigureResult {
-  /** 1..8, as numbered in bench/README.md. */
+  /** 1..12, as numbered in bench/README.md. */
   figure: number;
   title: string;
   fs: string;
@@ -34,9 +34,13 @@ export interface FigureResult {
   /**
    * Our speed relative to the baseline's: ours/baseline for throughputs,
    * baseline/ours for times (so > 1 always means faster than the baseline).
-   * For scaling figures (unit `x`) it is the value itself.
+   * For scaling figures (unit `x`) it is the value itself. With
+   * `ratioKind: 'time'` it is our time over the baseline's instead (< 1 is
+   * faster): the HTTP figures' goals are slowdowns ("≤ 1.1 × the baseline's time").
    */
   ratio: number | null;
+  /** `speed` (the default): ratio > 1 is faster than the baseline; `time`: ratio = our time / the baseline's, < 1 is faster. */
+  ratioKind?: 'speed' | 'time';
   goal: Goal | null;
   /** Whether the goal is met; null without a goal. */
   met: boolean | null;
@@ -45,15 +49,19 @@ export interface FigureResult {
 
 const higherIsBetter = (unit: Unit) => unit === 'MiB/s' || unit === 'ops/s';
 
-/** Builds a result: computes the ratio and checks the goal. */
+/**
+ * Builds a result: computes the ratio (unless given; `null` for none) and
+ * checks the goal.
+ */
 export function figure(
   fields: Omit<FigureResult, 'ratio' | 'met'> & { ratio?: number | null },
 ): FigureResult {
   let ratio = fields.ratio ?? null;
-  if (ratio === null && fields.baseline !== null && fields.ours.unit === fields.baseline.unit) {
-    ratio = higherIsBetter(fields.ours.unit)
+  if (fields.ratio === undefined && fields.baseline !== null && fields.ours.unit === fields.baseline.unit) {
+    const speedup = higherIsBetter(fields.ours.unit)
       ? fields.ours.value / fields.baseline.value
       : fields.baseline.value / fields.ours.value;
+    ratio = fields.ratioKind === 'time' ? 1 / speedup : speedup;
   }
   let met: boolean | null = null;
   if (fields.goal !== null) {
@@ -85,10 +93,11 @@ export function formatValue(m: Measured): string {
   }
 }
 
-export function formatGoal(goal: Goal | null): string {
+export function formatGoal(goal: Goal | null, ratioKind: FigureResult['ratioKind'] = 'speed'): string {
   if (goal === null) return '—';
   const op = goal.op === '>=' ? '≥' : goal.op === '<=' ? '≤' : '=';
-  return goal.on === 'ratio' ? `ratio ${op} ${goal.target}` : `${op} ${goal.target}`;
+  if (goal.on === 'value') return `${op} ${goal.target}`;
+  return ratioKind === 'time' ? `time ÷ baseline ${op} ${goal.target}` : `ratio ${op} ${goal.target}`;
 }
 
 function formatRatio(r: FigureResult): string {
@@ -103,8 +112,8 @@ function verdict(r: FigureResult): string {
 export function printFigure(r: FigureResult): void {
   const who = r.driver === null ? '' : ` (${r.driver})`;
   const base = r.baseline === null ? '' : ` | ${r.baseline.label}: ${formatValue(r.baseline)}`;
-  const ratio = r.ratio === null ? '' : ` | ratio ${formatRatio(r)}`;
-  const goal = r.goal === null ? '' : ` | goal ${formatGoal(r.goal)}: ${verdict(r)}`;
+  const ratio = r.ratio === null ? '' : r.ratioKind === 'time' ? ` | time ÷ baseline ${formatRatio(r)}` : ` | ratio ${formatRatio(r)}`;
+  const goal = r.goal === null ? '' : ` | goal ${formatGoal(r.goal, r.ratioKind)}: ${verdict(r)}`;
   const note = r.note === undefined ? '' : `  [${r.note}]`;
   const label = r.title.includes(r.ours.label) ? '' : `${r.ours.label}: `;
   process.stdout.write(`  [${r.fs}] ${r.figure}. ${r.title}${who}: ${label}${formatValue(r.ours)}${base}${ratio}${goal}${note}\n`);
@@ -155,6 +164,7 @@ function cell(r: FigureResult): string {
   const mark = r.met === null ? '' : r.met ? ' ✅' : ' ❌';
   if (r.baseline === null) return `${formatValue(r.ours)}${mark}`;
   if (r.ours.unit === 'x') return `${formatValue(r.ours)} (raw ${formatValue(r.baseline)})${mark}`;
+  if (r.ratio === null) return `${formatValue(r.ours)} (${r.baseline.label}: ${formatValue(r.baseline)})${mark}`;
   return `${formatValue(r.ours)} vs ${formatValue(r.baseline)} → **${formatRatio(r)}**${mark}`;
 }
 
@@ -192,7 +202,8 @@ export function toMarkdown(results: Results): string {
   }
   lines.push('Each cell: ours vs the baseline measured in the same run on the same filesystem → **ratio** (our speed / the baseline\'s: > 1 is faster). ' +
     'Prune scaling: time at the large size / time at the small size (raw unlinks in brackets); ' +
-    'cluster listing scaling (8): the same for getClusterImages() (the raw GROUP BY in brackets).');
+    'cluster listing scaling (8): the same for getClusterImages() (the raw GROUP BY in brackets). ' +
+    'HTTP figures (9-11): the ratio is our time ÷ the baseline\'s time instead (< 1 is faster; goal ≤ 1.1).');
   lines.push('');
   const fsNames = env.filesystems.map((fs) => fs.name);
   const rows = new Map<string, { r: FigureResult; cells: Map<string, FigureResult> }>();
@@ -212,7 +223,7 @@ export function toMarkdown(results: Results): string {
       const c = cells.get(name);
       return c === undefined ? '—' : cell(c);
     });
-    lines.push(`| ${r.figure} | ${r.title} | ${r.driver ?? '—'} | ${columns.join(' | ')} | ${formatGoal(r.goal)} |`);
+    lines.push(`| ${r.figure} | ${r.title} | ${r.driver ?? '—'} | ${columns.join(' | ')} | ${formatGoal(r.goal, r.ratioKind)} |`);
   }
   lines.push('');
   lines.push('<details><summary>Every figure, with its baseline</summary>');
@@ -223,7 +234,7 @@ export function toMarkdown(results: Results): string {
     const base = r.baseline === null ? '—' : `${formatValue(r.baseline)} (${r.baseline.label})`;
     const mark = r.met === null ? '' : r.met ? '✅' : '❌';
     lines.push(
-      `| ${r.figure} | ${r.title} | ${r.fs} | ${r.driver ?? '—'} | ${formatValue(r.ours)} (${r.ours.label}) | ${base} | ${formatRatio(r)} | ${formatGoal(r.goal)} | ${mark} |`,
+      `| ${r.figure} | ${r.title} | ${r.fs} | ${r.driver ?? '—'} | ${formatValue(r.ours)} (${r.ours.label}) | ${base} | ${formatRatio(r)} | ${formatGoal(r.goal, r.ratioKind)} | ${mark} |`,
     );
   }
   lines.push('');

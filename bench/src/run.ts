@@ -14,6 +14,7 @@ import { clusterFigures } from './suites/cluster.js';
 import { listingFigures } from './suites/listings.js';
 import { opsFigures } from './suites/ops.js';
 import { readThroughFigures } from './suites/readthrough.js';
+import { HTTP_FIGURES, serverFillFigures } from './suites/server-fill.js';
 import { streamFigures } from './suites/streams.js';
 
 /** What main.ts hands over. */
@@ -40,7 +41,7 @@ export type BenchPostgres = { available: true; server: TestPostgres } | { availa
 /** What a suite gets for one filesystem. */
 export interface SuiteContext {
   fs: FsTarget;
-  /** True for the first filesystem only (figure 8 runs once: it is about the database, not the cache filesystem). */
+  /** True for the first filesystem only (figure 8 runs once: it is about the database, not the cache filesystem; so do the HTTP figures 9-12). */
   firstFs: boolean;
   /** The PostgreSQL server of the run (figures 4, 5 and 8), or why there is none. */
   postgres: BenchPostgres;
@@ -106,6 +107,7 @@ const suites = [
   { figures: [5, 6], run: listingFigures },
   { figures: [7], run: readThroughFigures },
   { figures: [8], run: clusterFigures },
+  { figures: [...HTTP_FIGURES], run: serverFillFigures },
 ];
 
 for (const [index, fs] of config.targets.entries()) {
@@ -139,6 +141,8 @@ for (const [index, fs] of config.targets.entries()) {
     if (!suite.figures.some(wanted)) continue;
     // Figure 8 is about the database alone: once per run; without a server its skip is reported above.
     if (suite.run === clusterFigures && (!ctx.firstFs || !postgres.available)) continue;
+    // The HTTP figures (9-12) measure the server's read-through path, paced by an origin: once per run, on the first filesystem.
+    if (suite.run === serverFillFigures && !ctx.firstFs) continue;
     const start = performance.now();
     try {
       await suite.run(ctx);

@@ -117,8 +117,8 @@ export async function serverFillFigures(ctx: SuiteContext): Promise<void> {
 /** Figure 9. */
 async function concurrentClients(ctx: SuiteContext, origin: BenchOrigin, root: string): Promise<void> {
   const { fs, sizes } = ctx;
-  const size = sizes.httpImageBytes;
-  const rate = sizes.httpOriginRate;
+  const size = sizes.httpBurstImageBytes;
+  const rate = sizes.httpBurstOriginRate;
   const n = sizes.httpClients;
   const cacheDir = join(root, 'f9-cache');
   const server = await startServer({ cacheDir, origin: origin.template(size, rate), cwd: root });

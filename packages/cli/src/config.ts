@@ -40,6 +40,7 @@ export interface ConfigFlags {
   prefetchInterval?: string | undefined;
   shutdownTimeout?: string | undefined;
   readinessWindow?: string | undefined;
+  fillAbandonAfter?: string | undefined;
   databaseUrl?: string | undefined;
   nodeId?: string | undefined;
   /** `--origin-header`, repeatable: `Name: value` each. */
@@ -97,6 +98,11 @@ export interface ResolvedConfig {
   /** `serve`: seconds a failure (metadata store, full disk, origin) keeps `/readyz` at 503. @default 30 */
   readinessWindow: number;
   /**
+   * `serve`: seconds without any reader after which a download (fill) is
+   * stopped and rolled back; `undefined`: never, a fill always finishes.
+   */
+  fillAbandonAfter: number | undefined;
+  /**
    * Headers sent with every origin request (the image, Glance's image record, an `http(s)` manifest),
    * by name as given. Secret: never printed (only the names are). @default {}
    */
@@ -137,6 +143,7 @@ export type SettingName =
   | 'prefetchInterval'
   | 'shutdownTimeout'
   | 'readinessWindow'
+  | 'fillAbandonAfter'
   | 'databaseUrl'
   | 'nodeId'
   | 'originHeaders'
@@ -189,6 +196,7 @@ const SETTINGS: { [K in SettingName]: Setting<ResolvedConfig[K]> } = {
   prefetchInterval: { env: 'IMAGE_CACHE_PREFETCH_INTERVAL', flag: '--prefetch-interval', parse: scalar(parseDuration), fallback: 60 },
   shutdownTimeout: { env: 'IMAGE_CACHE_SHUTDOWN_TIMEOUT', flag: '--shutdown-timeout', parse: scalar(parseDuration), fallback: 10 },
   readinessWindow: { env: 'IMAGE_CACHE_READINESS_WINDOW', flag: '--readiness-window', parse: scalar(parseDuration), fallback: 30 },
+  fillAbandonAfter: { env: 'IMAGE_CACHE_FILL_ABANDON_AFTER', flag: '--fill-abandon-after', parse: scalar(parseDuration), fallback: undefined },
   databaseUrl: { env: 'IMAGE_CACHE_DATABASE_URL', flag: '--database-url', parse: scalar(parseText), fallback: undefined },
   nodeId: { env: 'IMAGE_CACHE_NODE_ID', flag: '--node-id', parse: scalar(parseText), fallback: undefined },
   originHeaders: { env: 'IMAGE_CACHE_ORIGIN_HEADERS', flag: '--origin-header', flagKey: 'originHeader', parse: parseOriginHeaders, fallback: Object.freeze({}), file: 'headers' },
@@ -278,6 +286,7 @@ export async function resolveConfig(options: ResolveConfigOptions = {}): Promise
     prefetchInterval: resolveOne('prefetchInterval'),
     shutdownTimeout: resolveOne('shutdownTimeout'),
     readinessWindow: resolveOne('readinessWindow'),
+    fillAbandonAfter: resolveOne('fillAbandonAfter'),
     databaseUrl: resolveOne('databaseUrl') ?? nonEmpty(env['DATABASE_URL']), // the libpq-style fallback
     nodeId: resolveOne('nodeId'),
     originHeaders: resolveOne('originHeaders'),

@@ -199,6 +199,52 @@ describe('image-cache serve --shutdown-timeout', () => {
     }
   }, 60_000);
 
+  it('--fill-abandon-after: a download whose only client left is stopped and rolled back, and the origin request ends', async () => {
+    const size = 4_000_000;
+    let originClosed!: () => void;
+    const originRequestClosed = new Promise<void>((resolve) => (originClosed = resolve));
+    const origin = createServer((req, res) => {
+      res.writeHead(200, { 'content-length': size });
+      res.write(Buffer.alloc(500_000, 7)); // then nothing: only the abandon rule ends it
+      req.socket.on('close', () => originClosed());
+    });
+    origin.listen(0, '127.0.0.1');
+    await new Promise((resolve) => origin.once('listening', resolve));
+    const template = `http://127.0.0.1:${(origin.address() as AddressInfo).port}/images/{id}`;
+    try {
+      const cacheDir = join(root, 'cache');
+      const server = serve(['--cache-dir', cacheDir, '--origin', template, '--fill-abandon-after', '200ms']);
+      const url = await server.url;
+      await new Promise<void>((resolve, reject) => {
+        const req = httpRequest(`${url}/images/left`, (res) => {
+          res.once('data', () => {
+            req.destroy(); // the only client leaves mid-body
+            resolve();
+          });
+        });
+        req.on('error', () => undefined);
+        req.once('socket', (socket) => socket.once('error', reject));
+        req.end();
+      });
+      await originRequestClosed; // the server stopped fetching: no reader for 200 ms
+      // The fill was rolled back: its partial file is in invalid/, nothing is active or left in incomplete/.
+      await waitUntil(async () => (await readdir(join(cacheDir, 'invalid'))).includes('left'));
+      expect(await readdir(join(cacheDir, 'incomplete'))).toEqual([]);
+      child?.kill('SIGTERM');
+      expect(await server.exited).toBe(0);
+      expect(await withCache('sqlite', cacheDir, (cache) => cache.isCached('left'))).toBe(false);
+    } finally {
+      origin.closeAllConnections();
+      origin.close();
+    }
+  }, 60_000);
+
+  it('--fill-abandon-after that is not a duration is a usage error', async () => {
+    const result = await bin(['--cache-dir', join(root, 'c'), 'serve', '--fill-abandon-after', 'later'], { cwd: root });
+    expect(result.code).toBe(2);
+    expect(result.stderr).toContain('CLI_INVALID_DURATION');
+  });
+
   it('a shutdown timeout that is not a duration is a usage error', async () => {
     const result = await bin(['--cache-dir', join(root, 'c'), 'serve', '--shutdown-timeout', 'soon'], { cwd: root });
     expect(result.code).toBe(2);
@@ -223,3 +269,8 @@ describe('image-cache serve, port taken', () => {
     }
   });
 });
+
+/** Polls `check` every 10 ms until it holds (the test's own timeout bounds it). */
+async function waitUntil(check: () => Promise<boolean>): Promise<void> {
+  while (!(await check())) await new Promise((resolve) => setTimeout(resolve, 10));
+}

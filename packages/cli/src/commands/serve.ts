@@ -45,6 +45,7 @@ export const registerServe: RegisterCommand = (program, ctx) => {
     .option('--prefetch-interval <duration>', 'time between prefetch runs over the queue, 0 disables the timer (default 1m)')
     .option('--shutdown-timeout <duration>', 'on SIGINT/SIGTERM, how long responses already streaming may run before they are cut (default 10s)')
     .option('--readiness-window <duration>', 'how long a failure (metadata store, full disk, origin) keeps /readyz at 503 (env IMAGE_CACHE_READINESS_WINDOW; default 30s)')
+    .option('--fill-abandon-after <duration>', 'stop and roll back a download nobody has read for this long (env IMAGE_CACHE_FILL_ABANDON_AFTER; default: never, a download always finishes)')
     .option('--concurrency <n>', 'queued images the prefetch worker fetches at once (default 4)')
     .option('--demo', `try it out: start a demo origin, cache into ./${DEMO_CACHE_DIR} unless a cache dir is configured`)
     .option('--log', 'log every request (JSON lines on stdout)')
@@ -65,6 +66,10 @@ export const registerServe: RegisterCommand = (program, ctx) => {
       }
 
       const readinessWindow = Math.round(config.readinessWindow * 1000);
+      const fillAbandonAfter = config.fillAbandonAfter === undefined ? undefined : Math.round(config.fillAbandonAfter * 1000);
+      if (fillAbandonAfter !== undefined && fillAbandonAfter > MAX_SHUTDOWN_TIMEOUT) {
+        throw usageError(CliErrorCodes.INVALID_DURATION, `invalid fill abandon time ${formatDuration(config.fillAbandonAfter ?? 0)}: at most 24 days`);
+      }
 
       let demoOrigin: DemoOrigin | undefined;
       let origin: Origin | undefined;
@@ -95,6 +100,7 @@ export const registerServe: RegisterCommand = (program, ctx) => {
           prefetchConcurrency: config.concurrency,
           shutdownTimeout,
           readinessWindow,
+          ...(fillAbandonAfter === undefined ? {} : { fillAbandonAfter }),
           closeCache: true,
           logger: options.log === true,
         });

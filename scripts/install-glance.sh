@@ -74,7 +74,8 @@ if ! "${APT[@]}" install -y --no-install-recommends "$PACKAGE" >>"$log" 2>&1; th
 fi
 if ! importable; then
   tail -n 5 -- "$log" | sed "s/^/$PROG:   apt-get: /" >&2 || true
-  say "could not install $PACKAGE with apt-get (see the lines above)"
+  why="$(grep -E '^(E|W): ' -- "$log" | tail -n 1 || true)"
+  say "could not install $PACKAGE with apt-get${why:+: $why}"
   exit 1
 fi
 version="$(dpkg-query -W -f='${Version}' "$PACKAGE" 2>/dev/null || echo '?')"

@@ -28,6 +28,7 @@ Operations (all through Glance's facade or its driver, never our own code):
     clean      stall_time     clean(stall_time)
     version                   {"glance": version, "python": version}
 """
+import importlib.metadata
 import json
 import os
 import sys
@@ -91,8 +92,7 @@ def _read(cache, image_id):
 def handle(request):
     op = request['op']
     if op == 'version':
-        import pkg_resources  # noqa: F401 (only to report the version below)
-        return {'glance': pkg_resources.get_distribution('glance').version, 'python': sys.version.split()[0]}
+        return {'glance': importlib.metadata.version('glance'), 'python': sys.version.split()[0]}
     cache = _configure(request)
     if op == 'configure':
         return {'driver': type(cache.driver).__module__}

@@ -61,10 +61,11 @@ const DRIVER_NAME = 'sqlite';
  * while a write transaction runs, and no `-wal`/`-shm` file ever sits beside
  * it. A database outside the cache directory (`dbPath`) uses WAL, which is
  * several times faster for small writes on disks with slow `fsync`
- * (docs/adr/0005); `journalMode` overrides the choice. `configure()` moves an existing database to the mode its
- * location asks for; from WAL this checkpoints it and removes its `-wal`/`-shm`
- * files, and it refuses with `BadDriverConfigurationError` when another
- * process keeps the database open in WAL mode for longer than `busyTimeout`.
+ * (docs/adr/0005); `journalMode` overrides the choice. `configure()` puts an
+ * existing database in that mode; leaving WAL checkpoints it and removes its
+ * `-wal`/`-shm` files, and it refuses with `BadDriverConfigurationError` when
+ * another process keeps the database open in WAL mode for longer than
+ * `busyTimeout`.
  *
  * @example
  * ```ts
@@ -270,10 +271,9 @@ async function setJournalMode(db: Database.Database, mode: SqliteJournalMode, bu
       if (Date.now() >= deadline) {
         throw Object.assign(
           new Error(
-            `the database is in ${String(db.pragma('journal_mode', { simple: true })).toUpperCase()} mode and another process ` +
-              `kept it open for ${busyTimeout} ms (an older version of this driver, or a process that opened it while it was in WAL mode), ` +
-              `so it cannot move to the ${mode === 'delete' ? 'rollback journal' : 'WAL'} its location needs. ` +
-              'Stop the other processes that use this cache directory and configure again',
+            `it could not switch to ${mode === 'delete' ? 'the rollback journal' : 'WAL'} (journalMode '${mode}') within ${busyTimeout} ms: ` +
+              'another process keeps the database open in WAL mode (an older version of this driver, or a process that ' +
+              'opened it while it was in WAL mode). Stop the other processes that use this cache directory and configure again',
           ),
           { code: 'SQLITE_BUSY' },
         );

@@ -338,7 +338,7 @@ describe('a database an older version left in WAL mode', () => {
         (e: unknown) => e,
       );
       expect(CacheError.isCacheError(error, ErrorCodes.BAD_DRIVER_CONFIGURATION)).toBe(true);
-      expect((error as Error).message).toMatch(/in WAL mode and another process kept it open for 200 ms/);
+      expect((error as Error).message).toMatch(/could not switch to the rollback journal \(journalMode 'delete'\) within 200 ms: another process keeps the database open in WAL mode/);
       expect((error as Error).message).toMatch(/Stop the other processes that use this cache directory and configure again/);
       expect(existsSync(join(dir, 'cache.db-wal')), "the other process's log is left alone").toBe(true);
     } finally {

@@ -27,21 +27,26 @@ async function populate(driver: CacheDriver): Promise<Map<string, Buffer>> {
   return data;
 }
 
-/** Junk a cache directory can contain besides entries: none of it is an image. */
 /**
  * Puts files that are not entries into the base dir. `cache.db` and
- * `cache.db-wal` are created only when the driver has not made its own (a
- * SQLite driver's live database must not be overwritten).
+ * `cache.db-wal` are created only when the driver has not made its own and
+ * does not reserve the name (a SQLite driver's live database must not be
+ * overwritten, and SQLite opens a `-wal` file it finds beside a database in
+ * rollback-journal mode as that database's log). Returns the junk names
+ * placed: {@link JUNK} without the driver's reserved names.
  */
-async function addJunk(dir: string): Promise<void> {
-  await writeFile(join(dir, 'cache.db'), makeBytes(4096, 99), { flag: 'wx' }).catch(ignoreExists);
-  await writeFile(join(dir, 'cache.db-wal'), makeBytes(512, 98), { flag: 'wx' }).catch(ignoreExists);
+async function addJunk(dir: string, driver: CacheDriver): Promise<string[]> {
+  const own = new Set(driver.reservedNames ?? []);
+  for (const [name, bytes] of [['cache.db', makeBytes(4096, 99)], ['cache.db-wal', makeBytes(512, 98)]] as const) {
+    if (!own.has(name)) await writeFile(join(dir, name), bytes, { flag: 'wx' }).catch(ignoreExists);
+  }
   await writeFile(join(dir, '.lock'), '');
   await writeFile(join(dir, '.probe-x'), 'abc');
   await mkdir(join(dir, 'subdir'));
   await writeFile(join(dir, 'subdir', 'payload'), makeBytes(777, 97));
   await symlink('a', join(dir, 'link'));
   await symlink(join('subdir', 'payload'), join(dir, 'link2'));
+  return JUNK.filter((name) => !own.has(name));
 }
 
 function ignoreExists(error: NodeJS.ErrnoException): void {
@@ -124,7 +129,7 @@ export const listingCases: CaseGroup = {
 
     kit.it('getCachedImages() ignores cache.db, dot-files, sub-directories and symlinks in the cache dir', async ({ driver, dir }) => {
       await populate(driver);
-      await addJunk(dir);
+      await addJunk(dir, driver);
       expect(await listedIds(driver)).toEqual(ENTRIES.map(([id]) => id).sort());
       const lra = await driver.getLeastRecentlyAccessed();
       expect(JUNK).not.toContain(lra?.imageId);
@@ -132,15 +137,15 @@ export const listingCases: CaseGroup = {
 
     kit.it('getCacheSize() counts only real entries, not cache.db, dot-files, sub-directories or symlinks', async ({ driver, dir }) => {
       await populate(driver);
-      await addJunk(dir);
+      await addJunk(dir, driver);
       expect(await driver.getCacheSize()).toBe(ENTRIES.reduce((sum, [, size]) => sum + size, 0));
     });
 
     kit.it('deleteAllCachedImages() deletes and counts only real entries, leaving the junk alone', async ({ driver, dir }) => {
       await populate(driver);
-      await addJunk(dir);
+      const junk = await addJunk(dir, driver);
       const before = await listNames(dir);
-      expect(before).toEqual(expect.arrayContaining([...JUNK, 'incomplete', 'invalid', 'queue']));
+      expect(before).toEqual(expect.arrayContaining([...junk, 'incomplete', 'invalid', 'queue']));
       expect(await driver.deleteAllCachedImages()).toBe(ENTRIES.length);
       expect(await driver.getCachedImages()).toEqual([]);
       expect(await driver.getCacheSize()).toBe(0);
@@ -153,7 +158,7 @@ export const listingCases: CaseGroup = {
 
     kit.it('isCached(id), getImageSize(id), openForRead(id) and deleteCachedImage(id) do not treat a symlink or a directory as an entry', async ({ driver, dir }) => {
       await populate(driver);
-      await addJunk(dir);
+      const junk = await addJunk(dir, driver);
       for (const id of ['link', 'link2', 'subdir']) {
         expect(await driver.isCached(id), `isCached(${id})`).toBe(false);
         expect(await driver.getHitCount(id), `getHitCount(${id})`).toBe(0);
@@ -161,14 +166,14 @@ export const listingCases: CaseGroup = {
         await expectRejects(driver.openForRead(id), ErrorCodes.IMAGE_NOT_CACHED, `openForRead(${id}) must not follow a symlink`);
         await driver.deleteCachedImage(id);
       }
-      expect((await listNames(dir)).filter((name) => JUNK.includes(name)).sort()).toEqual([...JUNK].sort());
+      expect((await listNames(dir)).filter((name) => junk.includes(name)).sort()).toEqual([...junk].sort());
       expect(await isRegularFile(join(dir, 'subdir', 'payload'))).toBe(true);
       expect(await isRegularFile(layout(dir).active('a')), 'the symlink target is untouched').toBe(true);
     });
 
     kit.it('verifyCacheDir(dir) reports the symlinks and the sub-directory, not the driver files', async ({ driver, dir }) => {
       await populate(driver);
-      await addJunk(dir);
+      await addJunk(dir, driver);
       const problems = await verifyCacheDir(dir, { driver });
       expect(problems.map((p) => [p.kind, p.path]).sort()).toEqual(
         [

@@ -128,6 +128,14 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
   readonly capabilities: DriverCapabilities = { xattr: false, atime: false };
   /** What the driver promises; override in a concrete driver (see {@link DriverSupports}). */
   readonly supports: DriverSupports = DEFAULT_DRIVER_SUPPORTS;
+  /**
+   * Open every read with `O_NOATIME` (where the process may: it owns the file
+   * or has CAP_FOWNER), not only raw reads (`countHit: false`). A driver that
+   * ranks by atime and sets it itself when a read completes turns this on, so
+   * that reads which count nothing (a range that stops early, an abandoned
+   * read) do not move atime either.
+   */
+  protected readonly noAtimeReads: boolean = false;
   /** The cache-directory logic this driver composes. */
   protected readonly dir: CacheDirectory;
   readonly #onWarning: (warning: CacheWarning) => void;
@@ -408,7 +416,7 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
     this.guard(id);
     const read = normalizeReadOptions(options);
     const path = this.dir.path(id, 'active');
-    const handle = await openActive(id, path, !read.countHit);
+    const handle = await openActive(id, path, this.noAtimeReads || !read.countHit);
     let file: EntryStat;
     try {
       const info = await handle.stat({ bigint: true }).catch((error: unknown) => {

@@ -4,5 +4,5 @@
  *
  * @packageDocumentation
  */
-export { SqliteDriver, type SqliteDriverOptions } from './sqlite-driver.js';
+export { SqliteDriver, type SqliteDriverOptions, type SqliteJournalMode } from './sqlite-driver.js';
 export { CREATE_LRU_INDEX, CREATE_TABLE, REQUIRED_COLUMNS, type CachedImageRow } from './sqlite-schema.js';

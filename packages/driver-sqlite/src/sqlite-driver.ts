@@ -1,6 +1,6 @@
 import { basename, dirname, join, resolve } from 'node:path';
 import Database from 'better-sqlite3';
-import { BadDriverConfigurationError, CacheStorageError, type ImageId } from '@cache/core';
+import { BadDriverConfigurationError, CacheStorageError, InvalidArgumentError, type ImageId } from '@cache/core';
 import {
   DirectoryCacheDriver,
   fileIdentity,
@@ -26,7 +26,20 @@ export interface SqliteDriverOptions extends DirectoryDriverOptions {
    * @default 5000
    */
   busyTimeout?: number;
+  /**
+   * SQLite's journal. `delete` is the rollback journal Glance's sqlite driver
+   * uses: `<db>-journal` exists only while a write transaction runs. `wal` is
+   * faster for small writes (a hit costs no `fsync`) but keeps `<db>-wal` and
+   * `<db>-shm` beside the database while it is open, which a Glance process
+   * sharing the cache directory counts as images, prunes for and deletes.
+   * Use `wal` in the cache directory only where Glance never runs on it.
+   * @default `delete` when the database is in the cache directory, `wal` when it is elsewhere
+   */
+  journalMode?: SqliteJournalMode;
 }
+
+/** SQLite's journal mode, see {@link SqliteDriverOptions.journalMode}. */
+export type SqliteJournalMode = 'delete' | 'wal';
 
 type Statement = Database.Statement;
 
@@ -36,10 +49,23 @@ const DRIVER_NAME = 'sqlite';
  * Metadata in SQLite, in Glance's `cached_images` table, so a cache directory
  * written by Glance's sqlite driver opens and lists here and the other way round.
  *
- * Fixes over the original: WAL and a busy timeout instead of a retry loop, an
- * index for the LRU query, prepared statements reused, upsert on commit (no
- * stale row after a re-cache), every database error surfaced as a typed
- * error, and `clean()` reconciling rows with files.
+ * Fixes over the original: a busy timeout instead of a retry loop, an index
+ * for the LRU query, prepared statements reused, upsert on commit (no stale
+ * row after a re-cache), every database error surfaced as a typed error, and
+ * `clean()` reconciling rows with files.
+ *
+ * **Journal.** Glance counts every regular file in the cache directory except
+ * the database itself as an image (its size, its prune, its "delete all"), so
+ * a database in the cache directory (the default, shared with Glance) keeps
+ * SQLite's rollback journal, as Glance does: `cache.db-journal` exists only
+ * while a write transaction runs, and no `-wal`/`-shm` file ever sits beside
+ * it. A database outside the cache directory (`dbPath`) uses WAL, which is
+ * several times faster for small writes on disks with slow `fsync`
+ * (docs/adr/0005); `journalMode` overrides the choice. `configure()` puts an
+ * existing database in that mode; leaving WAL checkpoints it and removes its
+ * `-wal`/`-shm` files, and it refuses with `BadDriverConfigurationError` when
+ * another process keeps the database open in WAL mode for longer than
+ * `busyTimeout`.
  *
  * @example
  * ```ts
@@ -53,6 +79,8 @@ export class SqliteDriver extends DirectoryCacheDriver {
   override readonly supports: DriverSupports = { persistent: true, storedChecksum: true, crossProcessHits: 'exact', metadataStore: 'separate' };
   /** Absolute path of the database file. */
   readonly dbPath: string;
+  /** The journal mode `configure()` puts the database in (see {@link SqliteDriverOptions.journalMode}). */
+  readonly journalMode: SqliteJournalMode;
   readonly #busyTimeout: number;
   #db: Database.Database | undefined;
   #statements: Record<keyof typeof SQL, Statement> | undefined;
@@ -64,6 +92,10 @@ export class SqliteDriver extends DirectoryCacheDriver {
     const name = basename(dbPath);
     super(options, inCacheDir ? [name, `${name}-wal`, `${name}-shm`, `${name}-journal`] : []);
     this.dbPath = dbPath;
+    this.journalMode = options.journalMode ?? (inCacheDir ? 'delete' : 'wal');
+    if (this.journalMode !== 'delete' && this.journalMode !== 'wal') {
+      throw new InvalidArgumentError(`journalMode must be 'delete' or 'wal', got ${JSON.stringify(options.journalMode)}`);
+    }
     this.#busyTimeout = options.busyTimeout ?? 5000;
   }
 
@@ -71,7 +103,7 @@ export class SqliteDriver extends DirectoryCacheDriver {
     let db: Database.Database | undefined;
     try {
       db = new Database(this.dbPath, { timeout: this.#busyTimeout });
-      db.pragma('journal_mode = WAL');
+      await setJournalMode(db, this.journalMode, this.#busyTimeout);
       db.pragma('synchronous = NORMAL');
       db.pragma('temp_store = MEMORY');
       db.transaction(() => {
@@ -218,6 +250,39 @@ export class SqliteDriver extends DirectoryCacheDriver {
         })
         .immediate(),
     );
+  }
+}
+
+/**
+ * Puts the database in `mode`. Leaving WAL checkpoints the log into the
+ * database and deletes `-wal` and `-shm`; SQLite refuses it at once
+ * (`SQLITE_BUSY`, without calling the busy handler) while another connection
+ * has the database open in WAL mode, so it is retried every 50 ms for up to
+ * `busyTimeout` ms, and then refused with an error that says what to do.
+ */
+async function setJournalMode(db: Database.Database, mode: SqliteJournalMode, busyTimeout: number): Promise<void> {
+  const deadline = Date.now() + busyTimeout;
+  for (;;) {
+    let current: unknown;
+    try {
+      current = db.pragma(`journal_mode = ${mode.toUpperCase()}`, { simple: true });
+    } catch (error) {
+      if (!((error as { code?: string }).code ?? '').startsWith('SQLITE_BUSY')) throw error;
+      if (Date.now() >= deadline) {
+        throw Object.assign(
+          new Error(
+            `it could not switch to ${mode === 'delete' ? 'the rollback journal' : 'WAL'} (journalMode '${mode}') within ${busyTimeout} ms: ` +
+              'another process keeps the database open in WAL mode (an older version of this driver, or a process that ' +
+              'opened it while it was in WAL mode). Stop the other processes that use this cache directory and configure again',
+          ),
+          { code: 'SQLITE_BUSY' },
+        );
+      }
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      continue;
+    }
+    if (current !== mode) throw new Error(`journal_mode = ${mode.toUpperCase()} left the database in ${String(current)} mode`);
+    return;
   }
 }
 

@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { readdir, readFile, stat, truncate, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -5,7 +6,7 @@ import { Readable } from 'node:stream';
 import Database from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { CacheError, ErrorCodes, ImageCache, type CacheWarning } from '@cache/core';
-import { SqliteDriver } from '../src/index.js';
+import { CREATE_TABLE, SqliteDriver } from '../src/index.js';
 import { glanceCache, glanceConfigure, glanceList, glanceRead } from './glance.js';
 import { readImage, writeImage } from '@cache/conformance';
 import { tempDir } from './helpers.js';
@@ -31,7 +32,7 @@ afterEach(async () => {
 });
 
 describe('schema', () => {
-  it("configure() creates Glance's cached_images table, plus our file_id column and an LRU index, in WAL mode", async () => {
+  it("configure() creates Glance's cached_images table, plus our file_id column and an LRU index, with Glance's rollback journal", async () => {
     await driver();
     const db = new Database(join(dir, 'cache.db'), { readonly: true });
     try {
@@ -49,18 +50,33 @@ describe('schema', () => {
         .prepare('EXPLAIN QUERY PLAN SELECT image_id FROM cached_images ORDER BY last_accessed, last_modified, image_id LIMIT 1')
         .all() as { detail: string }[];
       expect(plan.map((row) => row.detail).join(' ')).toMatch(/USING (COVERING )?INDEX cached_images_lru_idx/);
-      expect(db.pragma('journal_mode', { simple: true })).toBe('wal');
+      expect(db.pragma('journal_mode', { simple: true })).toBe('delete');
     } finally {
       db.close();
     }
   });
 
-  it('the database and its -wal/-shm files are never listed as images, and are reserved ids', async () => {
+  it('no journal file stays beside the database between operations; the database and its journal names are reserved ids', async () => {
     const d = await driver();
+    expect(d.journalMode).toBe('delete');
+    await writeImage(d, 'img', Buffer.from('data'));
+    await readImage(d, 'img');
+    // Glance counts every file in the directory but cache.db as an image: no -wal, -shm or -journal may wait there.
+    expect((await readdir(dir)).sort()).toEqual(['cache.db', 'img', 'incomplete', 'invalid', 'queue']);
+    expect((await d.getCachedImages()).map((i) => i.imageId)).toEqual(['img']);
+    for (const name of ['cache.db', 'cache.db-wal', 'cache.db-shm', 'cache.db-journal']) {
+      await expect(d.isCached(name), name).rejects.toMatchObject({ code: ErrorCodes.INVALID_IMAGE_ID });
+    }
+  });
+
+  it("journalMode: 'wal' puts a database in the cache directory in WAL mode (for directories Glance never uses); other values are refused", async () => {
+    const d = await driver({ journalMode: 'wal' });
     await writeImage(d, 'img', Buffer.from('data'));
     expect(existsSync(join(dir, 'cache.db-wal'))).toBe(true);
-    expect((await d.getCachedImages()).map((i) => i.imageId)).toEqual(['img']);
-    await expect(d.isCached('cache.db-wal')).rejects.toMatchObject({ code: ErrorCodes.INVALID_IMAGE_ID });
+    expect(await d.getCacheSize()).toBe(4);
+    expect(() => new SqliteDriver({ cacheDir: dir, journalMode: 'memory' as 'wal' })).toThrow(
+      expect.objectContaining({ code: ErrorCodes.INVALID_ARGUMENT }),
+    );
   });
 
   it('a custom dbPath name inside the cache directory becomes a reserved name too', async () => {
@@ -258,16 +274,78 @@ describe('database failures are typed errors, never silent wrong answers', () =>
     expect(await d.getHitCount('img')).toBe(1);
   });
 
-  it('a database outside the cache directory works, and the directory holds only images', async () => {
+  it('a database outside the cache directory works, in WAL mode, and the directory holds only images', async () => {
     const { dir: dbDir, cleanup: dbCleanup } = await tempDir('sqlite-db');
     try {
       const d = await driver({ dbPath: join(dbDir, 'meta.db') });
+      expect(d.journalMode).toBe('wal');
       await writeImage(d, 'img', Buffer.from('abc'));
       expect(await readFile(join(dir, 'img'), 'utf8')).toBe('abc');
       expect((await readdir(dir)).sort()).toEqual(['img', 'incomplete', 'invalid', 'queue']);
+      expect((await readdir(dbDir)).sort()).toEqual(['meta.db', 'meta.db-shm', 'meta.db-wal']);
       await d.close();
     } finally {
       await dbCleanup();
     }
+  });
+});
+
+describe('a database an older version left in WAL mode', () => {
+  it('is checkpointed and moved to the rollback journal at configure(): every row kept, -wal and -shm gone', async () => {
+    // An older version (WAL) committed three entries and counted a hit, then was SIGKILLed before any checkpoint.
+    const child = spawnSync(
+      process.execPath,
+      [
+        '--input-type=module',
+        '-e',
+        `import { Readable } from 'node:stream';
+         import { ImageCache } from '@cache/core';
+         import { SqliteDriver } from './dist/index.js';
+         const cache = await ImageCache.open({ driver: new SqliteDriver({ cacheDir: process.argv[1], journalMode: 'wal' }) });
+         for (const id of ['a', 'b', 'c']) await cache.cacheImage(id, Readable.from([Buffer.from(id.repeat(3))]));
+         for await (const _ of await cache.openForRead('b'));
+         process.kill(process.pid, 'SIGKILL');`,
+        dir,
+      ],
+      { cwd: join(import.meta.dirname, '..'), encoding: 'utf8' },
+    );
+    expect(child.signal, child.stderr).toBe('SIGKILL');
+    expect((await stat(join(dir, 'cache.db-wal'))).size, 'the rows are still in the log').toBeGreaterThan(0);
+    expect(existsSync(join(dir, 'cache.db-shm'))).toBe(true);
+    const d = await driver();
+    expect((await readdir(dir)).filter((name) => name.startsWith('cache.db'))).toEqual(['cache.db']);
+    expect((await d.getCachedImages()).map((i) => [i.imageId, i.size, i.hits])).toEqual([
+      ['a', 3, 0],
+      ['b', 3, 1],
+      ['c', 3, 0],
+    ]);
+    const db = new Database(join(dir, 'cache.db'), { readonly: true });
+    try {
+      expect(db.pragma('journal_mode', { simple: true })).toBe('delete');
+    } finally {
+      db.close();
+    }
+  });
+
+  it('configure() waits busyTimeout for another process that keeps it open in WAL mode, then refuses and says what to do', async () => {
+    const other = new Database(join(dir, 'cache.db'));
+    other.pragma('journal_mode = WAL');
+    other.exec(CREATE_TABLE);
+    try {
+      const d = new SqliteDriver({ cacheDir: dir, busyTimeout: 200 });
+      const error = await d.configure().then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(CacheError.isCacheError(error, ErrorCodes.BAD_DRIVER_CONFIGURATION)).toBe(true);
+      expect((error as Error).message).toMatch(/could not switch to the rollback journal \(journalMode 'delete'\) within 200 ms: another process keeps the database open in WAL mode/);
+      expect((error as Error).message).toMatch(/Stop the other processes that use this cache directory and configure again/);
+      expect(existsSync(join(dir, 'cache.db-wal')), "the other process's log is left alone").toBe(true);
+    } finally {
+      other.close();
+    }
+    const d = await driver();
+    expect(d.journalMode).toBe('delete');
+    expect((await readdir(dir)).filter((name) => name.startsWith('cache.db'))).toEqual(['cache.db']);
   });
 });

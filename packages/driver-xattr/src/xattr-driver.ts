@@ -27,20 +27,37 @@ const DRIVER_NAME = 'xattr';
 const LIST_CONCURRENCY = 64;
 
 /**
+ * How much later than our last-access attribute a file's atime must be to
+ * count as a later access (10 ms): more than a kernel timestamp tick (atime
+ * comes from the coarse clock, 1-10 ms) plus the millisecond of our clock, so
+ * the atime of the file's own creation (the commit) never counts as one.
+ */
+export const ATIME_SLACK_NS = 10_000_000n;
+
+/**
  * Metadata in `user.*` extended attributes on the cache files, as Glance's
  * xattr driver keeps it: `user.hits` (decimal text) on every active file and
  * `user.error` on files moved to `invalid/`. No database: a cache file carries
  * its own metadata, and deleting it deletes its metadata.
  *
- * **Recency rule.** Glance ranks entries by atime, which `noatime` never
- * updates and `relatime` updates at most once a day. This driver records its
- * own last access, in nanoseconds, in `user.image_cache.last_accessed_ns` at
- * commit and whenever a read completes, and ranks by that. Only entries that
- * lack it (written by Glance and never read here) fall back to atime. It also
- * sets the file's atime on each completed read, so Glance sees the same order,
- * and keeps the exact commit time in `user.image_cache.committed_ns`.
- * The driver therefore works on `noatime` and `relatime` mounts alike: it
- * needs user xattrs (`capabilities.xattr`), not atime.
+ * **Recency rule.** Glance ranks entries by atime (whole seconds). This
+ * driver records its own last access, in nanoseconds, in
+ * `user.image_cache.last_accessed_ns` at commit and whenever a read completes,
+ * so `noatime` and `relatime` mounts keep an exact order for our reads. An
+ * entry's last access is that attribute, or the file's atime when atime is
+ * later by more than {@link ATIME_SLACK_NS} (a read by Glance, or anything
+ * else that moved atime since our last access), or atime alone when the
+ * attribute is missing (written by Glance and never read here). Our reads
+ * open the file with `O_NOATIME` (where the process may: it owns the file or
+ * has CAP_FOWNER), and a completed read sets atime itself, to the file's
+ * ctime at most, so it never leaves atime after ctime: under `relatime` the
+ * kernel then still updates atime on the next read, Glance's included
+ * (relatime skips the update only while atime is later than both mtime and
+ * ctime and less than a day old). Glance and this driver therefore rank every
+ * read of either side alike, on `noatime` (where neither sees Glance's reads),
+ * `relatime` and `strictatime` mounts; the driver needs user xattrs
+ * (`capabilities.xattr`), not atime. The exact commit time is kept in
+ * `user.image_cache.committed_ns`.
  *
  * **Hits** are a read-modify-write of `user.hits`, serialized per id within a
  * process (no lost hits between concurrent readers of one process); across
@@ -62,6 +79,8 @@ export class XattrDriver extends DirectoryCacheDriver {
   override readonly capabilities: DriverCapabilities = { xattr: true, atime: false };
   /** Attributes live on the file: shared by every process; digests kept; hits are read-modify-writes (best effort across processes). */
   override readonly supports: DriverSupports = { persistent: true, storedChecksum: true, crossProcessHits: 'best-effort', metadataStore: 'files' };
+  /** Our reads leave atime alone; a completed one sets it (see the recency rule). */
+  protected override readonly noAtimeReads = true;
   /** Per-id chains that serialize hit increments within this process. */
   readonly #hitChains = new Map<ImageId, Promise<void>>();
 
@@ -125,28 +144,22 @@ export class XattrDriver extends DirectoryCacheDriver {
   async #incrementHits(id: ImageId, time: number, file: EntryStat): Promise<void> {
     const path = this.dir.path(id, 'active');
     try {
-      // Three round trips instead of five: the reads together (setting
-      // attributes does not change mtime), the count first, then the access time
-      // in both places.
-      const [hits, recordedFor, { mtimeNs }] = await Promise.all([
-        readCount(path),
-        readText(path, XATTR.file),
-        stat(path, { bigint: true }),
-      ]);
-      if (recordedFor !== undefined && !sameFile(recordedFor, file)) {
+      const [hits, recordedFor] = await Promise.all([readCount(path), readText(path, XATTR.file)]);
+      const replaced = recordedFor !== undefined && !sameFile(recordedFor, file);
+      if (replaced) {
         // The file was rewritten in place by someone else: its old count and digest are not its own.
         await removeAttribute(path, XATTR.checksum).catch(ignoreMissing);
         await setAttribute(path, XATTR.file, fileIdentity(file));
         await setAttribute(path, XATTR.committed, nsText(file.mtimeNs));
-        await setAttribute(path, XATTR.hits, '1');
-      } else {
-        await setAttribute(path, XATTR.hits, String(hits + 1));
       }
-      // Keep atime in step for Glance, which ranks by atime; leave mtime (the commit time) as it is.
       await Promise.all([
+        setAttribute(path, XATTR.hits, replaced ? '1' : String(hits + 1)),
         setAttribute(path, XATTR.lastAccessed, secondsToNsText(time)),
-        utimes(path, time, nsToSeconds(mtimeNs)),
       ]);
+      // Setting the attributes moved ctime to the kernel's (coarse) now. Set atime for Glance, which ranks by it,
+      // to no later than that ctime, so relatime still updates it on the next read; leave mtime (the commit time).
+      const { mtimeNs, ctimeNs } = await stat(path, { bigint: true });
+      await utimes(path, Math.min(time, nsToSeconds(ctimeNs - 1000n)), nsToSeconds(mtimeNs));
     } catch (error) {
       // The entry was deleted or pruned while it was being read: nothing to count.
       if (!isErrnoError(error, 'ENOENT')) throw error;
@@ -167,7 +180,7 @@ export class XattrDriver extends DirectoryCacheDriver {
         entry.imageId,
         {
           hits,
-          lastAccessed: accessed === undefined ? entry.atime : nsToSeconds(accessed),
+          lastAccessed: accessed === undefined || entry.atimeNs > accessed + ATIME_SLACK_NS ? entry.atime : nsToSeconds(accessed),
           lastModified: committed === undefined ? entry.mtime : nsToSeconds(committed),
         },
       ] as const;

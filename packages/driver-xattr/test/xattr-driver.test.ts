@@ -2,11 +2,12 @@ import { createHash } from 'node:crypto';
 import { mkdtemp, readdir, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { getAttribute } from 'fs-xattr';
+import { getAttribute, setAttribute } from 'fs-xattr';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { abortWrite, getTestFilesystems, probeFilesystem, readImage, writeImage } from '@cache/conformance';
+import { abortWrite, getTestFilesystems, probeFilesystem, readImage, readPartially, writeImage } from '@cache/conformance';
 import { ImageCache, type CacheWarning } from '@cache/core';
-import { XATTR, XattrDriver } from '../src/index.js';
+import { nsToSeconds } from '@cache/core/driver';
+import { ATIME_SLACK_NS, XATTR, XattrDriver } from '../src/index.js';
 import { glanceCache, glanceGetXattr, glanceList, glanceRead } from './glance.js';
 
 /** Sets a file's atime and leaves its mtime (to the microsecond, all utimes can do). */
@@ -112,6 +113,43 @@ describe.each(filesystems)('xattr driver on $name ($root)', (fs) => {
     expect(await driver.getLeastRecentlyAccessed()).toEqual({ imageId: 'b', size: 1 });
     await readImage(driver, 'b');
     expect(await driver.getLeastRecentlyAccessed()).toEqual({ imageId: 'a', size: 1 });
+  });
+
+  it('an atime later than our last access by more than ATIME_SLACK_NS (a read by Glance or any other program) is the last access', async () => {
+    await writeImage(driver, 'a', bytes('a'));
+    await writeImage(driver, 'b', bytes('b'));
+    // a: last read by us 100 s ago. b: last read by us 200 s ago, then read by another program 50 s ago.
+    const ns = (ago: number) => BigInt(Math.round((Date.now() / 1000 - ago) * 1e6)) * 1000n;
+    await setAttribute(join(dir, 'a'), XATTR.lastAccessed, ns(100).toString());
+    await setAtime(join(dir, 'a'), secondsAgo(100));
+    await setAttribute(join(dir, 'b'), XATTR.lastAccessed, ns(200).toString());
+    await setAtime(join(dir, 'b'), secondsAgo(50));
+    expect(await driver.getLeastRecentlyAccessed()).toEqual({ imageId: 'a', size: 1 });
+    const b = (await driver.getCachedImages()).find((i) => i.imageId === 'b');
+    expect(Math.abs((b?.lastAccessed ?? 0) - secondsAgo(50))).toBeLessThan(1);
+    // Within the slack, atime is the file's own commit or our last access seen through the kernel's coarse clock.
+    const recorded = ns(200);
+    await setAttribute(join(dir, 'b'), XATTR.lastAccessed, recorded.toString());
+    const { mtimeMs } = await stat(join(dir, 'b'));
+    const nearly = recorded + ATIME_SLACK_NS - 1_000_000n;
+    await utimes(join(dir, 'b'), Number(nearly / 1000n) / 1e6, mtimeMs / 1000);
+    expect((await driver.getCachedImages()).find((i) => i.imageId === 'b')?.lastAccessed).toBe(nsToSeconds(recorded));
+    expect(await driver.getLeastRecentlyAccessed()).toEqual({ imageId: 'b', size: 1 });
+  });
+
+  it('our reads leave atime alone (O_NOATIME), partial ones too; a completed read sets it no later than ctime and our attribute', async () => {
+    await writeImage(driver, 'img', Buffer.alloc(1024 * 1024, 3));
+    const path = join(dir, 'img');
+    await setAtime(path, secondsAgo(3 * 86_400)); // so that relatime would update it on any read
+    const before = await stat(path, { bigint: true });
+    expect(await readPartially(driver, 'img', 1)).toBeLessThan(1024 * 1024);
+    expect((await stat(path, { bigint: true })).atimeNs, 'a partial read').toBe(before.atimeNs);
+    await readImage(driver, 'img');
+    const after = await stat(path, { bigint: true });
+    const recorded = BigInt((await getAttribute(path, XATTR.lastAccessed)).toString());
+    expect(after.atimeNs > before.atimeNs, 'a completed read sets atime').toBe(true);
+    expect(after.atimeNs <= after.ctimeNs, `atime ${after.atimeNs} <= ctime ${after.ctimeNs}: relatime still updates it on the next read`).toBe(true);
+    expect(after.atimeNs <= recorded, `atime ${after.atimeNs} <= our last access ${recorded}`).toBe(true);
   });
 
   it('counts every one of 64 concurrent reads (no lost increments within a process)', async () => {

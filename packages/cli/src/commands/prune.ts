@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { formatSize } from '../units.js';
+import { formatSize, formatSizeExact } from '../units.js';
 import type { RegisterCommand } from './types.js';
 
 /** What `prune --json` prints. */
@@ -35,7 +35,7 @@ export const registerPrune: RegisterCommand = (program, ctx) => {
         else {
           ctx.out(
             `pruned ${files} image${files === 1 ? '' : 's'} (${formatSize(bytes)})${evicted.length > 0 ? `: ${evicted.join(', ')}` : ''}; ` +
-              `cache ${formatSize(size)} of ${formatSize(config.maxSize)} budget`,
+              `cache ${formatSize(size)} of ${formatSizeExact(config.maxSize)} budget`,
           );
         }
         if (size > config.maxSize) {

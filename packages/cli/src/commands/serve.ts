@@ -7,7 +7,7 @@ import { DEMO_IMAGES, startDemoOrigin, type DemoOrigin } from '../demo/origin.js
 import { CliErrorCodes, ExitCode, operationalError, usageError } from '../errors.js';
 import { openCacheFromConfig } from '../open-cache.js';
 import { addOriginOptions, describeOriginOptions, openOrigin } from '../origin-options.js';
-import { formatDuration, formatSize } from '../units.js';
+import { formatDuration, formatSize, formatSizeExact } from '../units.js';
 import type { RegisterCommand } from './types.js';
 
 interface ServeOptions {
@@ -119,7 +119,7 @@ export const registerServe: RegisterCommand = (program, ctx) => {
         throw error;
       }
       const auth = config.token === undefined ? '' : ` -H 'authorization: Bearer ${config.token}'`;
-      ctx.err(`image-cache: serving ${config.cacheDir} (${config.driver}, budget ${formatSize(config.maxSize)}) on ${url}`);
+      ctx.err(`image-cache: serving ${config.cacheDir} (${config.driver}, budget ${formatSizeExact(config.maxSize)}) on ${url}`);
       // Header names only: their values (tokens) are never printed.
       ctx.err(`image-cache: origin ${origin === undefined ? '(none: misses are 404)' : `${origin.description}${describeOriginOptions(config)}`}`);
       if (demo) {

@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { type ImageCache } from '@cache/core';
 import type { ResolvedConfig } from '../config.js';
-import { formatSize, formatTime } from '../units.js';
+import { formatSize, formatSizeExact, formatTime } from '../units.js';
 import type { RegisterCommand } from './types.js';
 
 /** What `stats --json` prints. */
@@ -66,7 +66,7 @@ export const registerStats: RegisterCommand = (program, ctx) => {
           ['cache dir', stats.cacheDir],
           ['entries', String(stats.entries)],
           ['total size', `${formatSize(stats.totalSize)} (${stats.totalSize} bytes)`],
-          ['budget', `${formatSize(stats.maxSize)} (${stats.usedPercent}% used)`],
+          ['budget', `${formatSizeExact(stats.maxSize)} (${stats.usedPercent}% used)`],
           ['queued', String(stats.queued)],
           ['incomplete', `${stats.incomplete.count} (${formatSize(stats.incomplete.size)})`],
           ['invalid', `${stats.invalid.count} (${formatSize(stats.invalid.size)})`],

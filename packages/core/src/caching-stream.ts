@@ -1,7 +1,7 @@
 import { createReadStream } from 'node:fs';
 import { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
-import { drainOrClose, openWriterIfCacheable, toBuffer, whenClosed, type ImageSource } from './cache-write.js';
+import { drainOrClose, openWriterIfCacheable, rollBackWhole, toBuffer, whenClosed, type ImageSource } from './cache-write.js';
 import { formatChecksum, type NormalizedChecksum } from './checksum.js';
 import type { CacheDriver, CacheWriter } from './driver.js';
 import { ChecksumMismatchError, ImageBeingCachedError } from './errors.js';
@@ -117,13 +117,21 @@ export class CachingStream extends Readable {
     }
   }
 
-  /** Rolls the cache write back because of a source-side failure and waits until the file is in `invalid/`. */
+  /**
+   * Rolls the cache write back and waits until the file is in `invalid/`: for
+   * a source-side failure (a checksum mismatch included) with every byte
+   * received, for a client that left at once.
+   */
   async #abortCache(error: Error, abortedBy: 'source' | 'client'): Promise<void> {
     const writer = this.#writer;
     this.#writer = undefined;
     if (writer !== undefined) {
-      writer.destroy(error);
-      await whenClosed(writer);
+      // The source's bytes so far (all of them, for a checksum mismatch) go to invalid/ whole; a client that left is cut short.
+      if (abortedBy === 'source') await rollBackWhole(writer, error);
+      else {
+        writer.destroy(error);
+        await whenClosed(writer);
+      }
     }
     this.#finishOutcome({ status: 'aborted', abortedBy, error });
   }

@@ -359,6 +359,48 @@ describe('getCachingStream()', () => {
   });
 });
 
+describe('the copy kept in invalid/ is whole (issue 13)', () => {
+  // 512 KiB in 64 KiB chunks: at the end of the source most of it still sat in the writer's buffer,
+  // and destroy() dropped it (invalid/ kept 64 KiB of 512).
+  const parts = chunks(8, 64 * 1024);
+  const data = Buffer.concat(parts);
+  const wrong = { algorithm: 'sha256', digest: sha256(Buffer.from('something else')) } as const;
+
+  it('cacheImage(): after a checksum mismatch, invalid/<id> has every byte of the download', async () => {
+    const big = await ImageCache.open({ driver, maxSize: 1 << 30 });
+    await expect(big.cacheImage('img', Readable.from(parts), { checksum: wrong })).rejects.toMatchObject({ code: ErrorCodes.CHECKSUM_MISMATCH });
+    expect((await readFile(join(dir, 'invalid', 'img'))).equals(data)).toBe(true);
+    expect(await big.isCached('img')).toBe(false);
+    expect(await readdir(join(dir, 'incomplete'))).toEqual([]);
+  });
+
+  it('getCachingStream(): after a checksum mismatch, invalid/<id> has every byte the client got', async () => {
+    const big = await ImageCache.open({ driver, maxSize: 1 << 30 });
+    const client = sink();
+    const stream = big.getCachingStream('img', Readable.from(parts), { checksum: wrong });
+    await expect(pipeline(stream, client.writable)).rejects.toMatchObject({ code: ErrorCodes.CHECKSUM_MISMATCH });
+    expect(await stream.cacheOutcome).toMatchObject({ status: 'aborted', abortedBy: 'source' });
+    expect(client.data().equals(data)).toBe(true);
+    expect((await readFile(join(dir, 'invalid', 'img'))).equals(data)).toBe(true);
+    expect(await big.isCached('img')).toBe(false);
+  });
+
+  it('getCachingStream(): after a source failure, invalid/<id> has every byte received before it', async () => {
+    const big = await ImageCache.open({ driver, maxSize: 1 << 30 });
+    const stream = big.getCachingStream('img', failingSource(parts, new Error('origin reset')));
+    await expect(pipeline(stream, sink().writable)).rejects.toThrow('origin reset');
+    expect((await readFile(join(dir, 'invalid', 'img'))).equals(data)).toBe(true);
+  });
+
+  it('a client that leaves early still rolls back at once (the partial file is not completed)', async () => {
+    const big = await ImageCache.open({ driver, maxSize: 1 << 30 });
+    const stream = big.getCachingStream('img', Readable.from(chunks(12, 1 << 20)));
+    await new Promise<void>((resolve) => stream.once('data', () => (stream.destroy(), resolve())));
+    expect(await stream.cacheOutcome).toMatchObject({ status: 'aborted', abortedBy: 'client' });
+    expect((await readFile(join(dir, 'invalid', 'img'))).length).toBeLessThan(12 << 20);
+  });
+});
+
 describe('readThrough() single-flight', () => {
   const image = Buffer.concat(chunks(16, 4096));
 

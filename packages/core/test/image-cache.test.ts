@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { readdir, readFile, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -149,6 +149,29 @@ describe('prune()', () => {
     await writeFile(join(dir, 'stray'), Buffer.alloc(6 * 1024));
     expect(await cache.prune()).toEqual({ files: 1, bytes: 6 * 1024 });
     expect(await cache.getCacheSize()).toBe(0);
+  });
+});
+
+describe('prune({ includeInvalid: true })', () => {
+  it('counts invalid/ against the budget and deletes invalid files (oldest first) before evicting any entry', async () => {
+    for (const id of ['a', 'b', 'c']) await write(driver, id, Buffer.alloc(1024));
+    await writeFile(join(dir, 'invalid', 'old-broken'), Buffer.alloc(2048));
+    await utimes(join(dir, 'invalid', 'old-broken'), 1000, 1000);
+    await writeFile(join(dir, 'invalid', 'new-broken'), Buffer.alloc(2048));
+    // 3 KiB active + 4 KiB invalid, budget 5 KiB: the older invalid file goes, no entry does.
+    expect(await cache.prune({ includeInvalid: true })).toEqual({ files: 0, bytes: 0, invalid: { files: 1, bytes: 2048 } });
+    expect(await readdir(join(dir, 'invalid'))).toEqual(['new-broken']);
+    expect((await cache.getCachedImages()).length).toBe(3);
+    // Budget 2 KiB: the other invalid file, then the least recently accessed entry.
+    const small = await ImageCache.open({ driver, maxSize: 2048 });
+    expect(await small.prune({ includeInvalid: true })).toEqual({ files: 1, bytes: 1024, invalid: { files: 1, bytes: 2048 } });
+    expect(await readdir(join(dir, 'invalid'))).toEqual([]);
+  });
+
+  it('without the option, invalid/ is left alone (Glance: active entries only)', async () => {
+    await writeFile(join(dir, 'invalid', 'broken'), Buffer.alloc(64 * 1024));
+    expect(await cache.prune()).toEqual({ files: 0, bytes: 0 });
+    expect(await readdir(join(dir, 'invalid'))).toEqual(['broken']);
   });
 });
 

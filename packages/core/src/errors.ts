@@ -127,7 +127,7 @@ export class ImageBeingCachedError extends CacheError {
     super(
       ErrorCodes.IMAGE_BEING_CACHED,
       `image '${imageId}' is being cached by another writer (${path} exists); serve it from the source ` +
-        `or wait. A stalled file is removed by clean() after the stall time.`,
+        `or wait. If that writer is gone, \`image-cache clean\` removes the stalled file once it is older than the stall time (--stall-time).`,
       { path, cause },
     );
     this.imageId = imageId;

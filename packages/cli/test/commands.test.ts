@@ -215,7 +215,9 @@ for (const { name: driver, skip } of await driverMatrix()) {
           entries: 2,
           totalSize: 1000,
           maxSize: 2000,
-          usedPercent: 50,
+          maxSizeSource: 'flag',
+          usedPercent: 50.1, // (1000 + 2 invalid bytes) / 2000: invalid/ counts against the budget
+          server: null,
           queued: 1,
           incomplete: { count: 1, size: 3 },
           invalid: { count: 1, size: 2 },
@@ -224,7 +226,7 @@ for (const { name: driver, skip } of await driverMatrix()) {
         });
         const text = await run('stats');
         expect(text.stdout).toMatch(/^entries\s+2$/m);
-        expect(text.stdout).toMatch(/^budget\s+10 GiB \(0% used\)$/m);
+        expect(text.stdout).toMatch(/^budget\s+10 GiB \(0% used, invalid\/ included; from the default\)$/m);
         expect(text.stdout).toMatch(/^oldest access\s+\S+Z \(old\)$/m);
       });
     });

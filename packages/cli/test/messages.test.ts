@@ -64,7 +64,7 @@ describe('messages name remedies an operator can run', () => {
       "'Check the database file; if it is damaged, move it aside and run clean() to rebuild it from the files.'",
     ];
     for (const text of bad) {
-      const [{ value }] = literals(text) as [{ value: string }];
+      const value = literals(text)[0]?.value ?? '';
       expect(CALL_REMEDY.test(value) || LOSES_DATA.test(value), text).toBe(true);
     }
   });

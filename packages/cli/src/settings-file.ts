@@ -113,9 +113,9 @@ export function recordSettings(
   };
 }
 
-/** `https://user:secret@host/...` without the `user:secret@`. */
+/** An origin as it may be written to a file others can read: `https://user:secret@host/p?key=v` as `https://host/p?…`. */
 function withoutCredentials(text: string): string {
-  return text.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/@\s]*@/i, '$1');
+  return text.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/@\s]*@/i, '$1').replace(/\?.*$/, '?…');
 }
 
 /** Writes {@link SETTINGS_FILE} in `cacheDir` atomically (a dot-named temp file, then a rename). */

@@ -108,7 +108,7 @@ export const registerStats: RegisterCommand = (program, ctx) => {
           rows.push([
             'server runs',
             `${recordedSettings.driver.value} driver, stall time ${formatDuration(recordedSettings.stallTime.value)}, ` +
-              `prune every ${formatDuration(recordedSettings.pruneInterval.value)}, clean every ${formatDuration(recordedSettings.cleanInterval.value)}, ` +
+              `${every('prune', recordedSettings.pruneInterval.value)}, ${every('clean', recordedSettings.cleanInterval.value)}, ` +
               `management API ${recordedSettings.token.value ? 'with a token' : 'without a token'}, origin ${recordedSettings.origin.value ?? '(none)'}`,
           ]);
           rows.push(['recorded in', server.path]);
@@ -117,3 +117,8 @@ export const registerStats: RegisterCommand = (program, ctx) => {
       });
     });
 };
+
+/** `prune every 5m`, or `prune off` for a disabled worker (interval 0). */
+function every(worker: string, seconds: number): string {
+  return seconds > 0 ? `${worker} every ${formatDuration(seconds)}` : `${worker} off`;
+}

@@ -1,6 +1,17 @@
 #!/usr/bin/env node
 // The `image-cache` binary: runs the CLI on this process and exits with its code.
-import { runCli } from '../dist/index.js';
+let runCli;
+try {
+  ({ runCli } = await import('../dist/index.js'));
+} catch (error) {
+  // From a clone before the first build: say what to run instead of a module-resolution stack.
+  // (Its own dist/ or that of a workspace package it imports; a published install always has them.)
+  if (error?.code === 'ERR_MODULE_NOT_FOUND' && /[\\/]dist[\\/]/.test(String(error.message))) {
+    process.stderr.write('image-cache: the CLI (or a package it uses) is not built yet: run `pnpm build` at the root of the repository first [CLI_NOT_BUILT]\n');
+    process.exit(2);
+  }
+  throw error;
+}
 
 // Ctrl-C once: stop cleanly (prefetch rolls back its partial files); twice: exit at once.
 const controller = new AbortController();

@@ -3,6 +3,7 @@ import { lilconfig } from 'lilconfig';
 import { DEFAULT_MAX_SIZE, DEFAULT_STALL_TIME } from '@cache/core';
 import { CliErrorCodes, usageError } from './errors.js';
 import { parseOriginHeaders, parseOriginToken } from './origin-options.js';
+import type { RecordedServer } from './settings-file.js';
 import { parseBoolean, parseDuration, parseInteger, parseSize } from './units.js';
 
 /** The metadata drivers the CLI can open. */
@@ -14,8 +15,12 @@ export type DriverName = (typeof DRIVERS)[number];
 /** File names searched for, from the working directory upwards, when no config file is named. */
 export const CONFIG_FILE_NAMES: readonly string[] = ['image-cache.config.json', '.image-cacherc.json'];
 
-/** Where a resolved setting came from. */
-export type ConfigSource = 'flag' | 'env' | 'file' | 'default';
+/**
+ * Where a resolved setting came from: a flag, an environment variable, the
+ * config file, the default, or (`serve`) the settings the last
+ * `image-cache serve` on the cache directory recorded (see `settings-file.ts`).
+ */
+export type ConfigSource = 'flag' | 'env' | 'file' | 'default' | 'serve';
 
 /**
  * Settings as given on the command line, unparsed (what commander hands over).
@@ -35,6 +40,9 @@ export interface ConfigFlags {
   host?: string | undefined;
   port?: string | undefined;
   token?: string | undefined;
+  metricsToken?: string | undefined;
+  /** `--insecure-open-management-api` (a switch). */
+  insecureOpenManagementApi?: boolean | string | undefined;
   pruneInterval?: string | undefined;
   cleanInterval?: string | undefined;
   prefetchInterval?: string | undefined;
@@ -85,8 +93,16 @@ export interface ResolvedConfig {
   host: string;
   /** `serve`: port to listen on (0: any free port). @default 8080 */
   port: number;
-  /** `serve`: bearer token guarding the management API; none leaves it open. */
+  /**
+   * `serve`: bearer token guarding the management API; none leaves it open
+   * (on loopback only, unless {@link insecureOpenManagementApi}). Kept as given,
+   * even empty: `serve` refuses an empty or blank one.
+   */
   token: string | undefined;
+  /** `serve`: bearer token of `/metrics` (it also takes {@link token}); none leaves `/metrics` open. Kept as given, as {@link token}. */
+  metricsToken: string | undefined;
+  /** `serve`: allow an open management API (no token) on an address other hosts can reach. @default false */
+  insecureOpenManagementApi: boolean;
   /** `serve`: seconds between prune runs (0 disables). @default 300 */
   pruneInterval: number;
   /** `serve`: seconds between clean runs (0 disables). @default 3600 */
@@ -119,6 +135,11 @@ export interface ResolvedConfig {
   nodeId: string | undefined;
   /** The config file that was read, if any. */
   configFile: string | undefined;
+  /**
+   * The settings `image-cache serve` recorded in the cache directory, when a
+   * command other than `serve` found them (see `applyRecordedSettings`).
+   */
+  recorded?: RecordedServer;
   /** Where each setting came from. */
   sources: Record<SettingName, ConfigSource>;
   /** Problems that did not stop resolution (unknown keys in the config file). */
@@ -138,6 +159,8 @@ export type SettingName =
   | 'host'
   | 'port'
   | 'token'
+  | 'metricsToken'
+  | 'insecureOpenManagementApi'
   | 'pruneInterval'
   | 'cleanInterval'
   | 'prefetchInterval'
@@ -172,6 +195,8 @@ interface Setting<T> {
   path?: boolean;
   /** @default 'scalar': a string or a number */
   file?: FileKind;
+  /** An empty value counts as given (a token: `--token ''` must not mean "no token"). */
+  keepEmpty?: boolean;
 }
 
 /** A parser of strings and numbers as a parser of any {@link RawValue} (the file check keeps the others away). */
@@ -190,7 +215,15 @@ const SETTINGS: { [K in SettingName]: Setting<ResolvedConfig[K]> } = {
   retryDelay: { env: 'IMAGE_CACHE_RETRY_DELAY', flag: '--retry-delay', parse: scalar(parseDuration), fallback: 1 },
   host: { env: 'IMAGE_CACHE_HOST', flag: '--host', parse: scalar(parseText), fallback: '127.0.0.1' },
   port: { env: 'IMAGE_CACHE_PORT', flag: '--port', parse: scalar((v, w) => parseInteger(v, w, 0, 65535)), fallback: 8080 },
-  token: { env: 'IMAGE_CACHE_TOKEN', flag: '--token', parse: scalar(parseText), fallback: undefined },
+  token: { env: 'IMAGE_CACHE_TOKEN', flag: '--token', parse: scalar(parseText), fallback: undefined, keepEmpty: true },
+  metricsToken: { env: 'IMAGE_CACHE_METRICS_TOKEN', flag: '--metrics-token', parse: scalar(parseText), fallback: undefined, keepEmpty: true },
+  insecureOpenManagementApi: {
+    env: 'IMAGE_CACHE_INSECURE_OPEN_MANAGEMENT_API',
+    flag: '--insecure-open-management-api',
+    parse: parseBoolean,
+    fallback: false,
+    file: 'boolean',
+  },
   pruneInterval: { env: 'IMAGE_CACHE_PRUNE_INTERVAL', flag: '--prune-interval', parse: scalar(parseDuration), fallback: 300 },
   cleanInterval: { env: 'IMAGE_CACHE_CLEAN_INTERVAL', flag: '--clean-interval', parse: scalar(parseDuration), fallback: 3600 },
   prefetchInterval: { env: 'IMAGE_CACHE_PREFETCH_INTERVAL', flag: '--prefetch-interval', parse: scalar(parseDuration), fallback: 60 },
@@ -214,7 +247,7 @@ export const CONFIG_ENV = 'IMAGE_CACHE_CONFIG';
  * `IMAGE_CACHE_DIR`, `IMAGE_CACHE_MAX_SIZE`, `IMAGE_CACHE_STALL_TIME`,
  * `IMAGE_CACHE_ORIGIN`, `IMAGE_CACHE_CONCURRENCY`, `IMAGE_CACHE_RETRIES`,
  * `IMAGE_CACHE_RETRY_DELAY`, and for `serve` `IMAGE_CACHE_HOST`, `IMAGE_CACHE_PORT`,
- * `IMAGE_CACHE_TOKEN`, `IMAGE_CACHE_{PRUNE,CLEAN,PREFETCH}_INTERVAL`, `IMAGE_CACHE_SHUTDOWN_TIMEOUT`,
+ * `IMAGE_CACHE_TOKEN`, `IMAGE_CACHE_METRICS_TOKEN`, `IMAGE_CACHE_INSECURE_OPEN_MANAGEMENT_API`, `IMAGE_CACHE_{PRUNE,CLEAN,PREFETCH}_INTERVAL`, `IMAGE_CACHE_SHUTDOWN_TIMEOUT`,
  * `IMAGE_CACHE_READINESS_WINDOW`, for the origin `IMAGE_CACHE_ORIGIN_HEADERS`, `IMAGE_CACHE_ORIGIN_TOKEN`,
  * `IMAGE_CACHE_MANIFEST`, `IMAGE_CACHE_ALLOW_UNVERIFIED`, and for the
  * postgres driver `IMAGE_CACHE_DATABASE_URL`, `IMAGE_CACHE_NODE_ID`), config file, default. A setting
@@ -256,9 +289,9 @@ export async function resolveConfig(options: ResolveConfigOptions = {}): Promise
   const resolveOne = <K extends SettingName>(name: K): ResolvedConfig[K] => {
     const setting = SETTINGS[name] as Setting<ResolvedConfig[K]>;
     const candidates: [ConfigSource, RawValue | undefined, string, string][] = [
-      ['flag', given(flags[setting.flagKey ?? (name as keyof ConfigFlags)]), setting.flag, cwd],
-      ['env', nonEmpty(env[setting.env]), setting.env, cwd],
-      ['file', fileValue(file, name, setting.file ?? 'scalar'), `${name} in ${file?.path ?? ''}`, file === undefined ? cwd : dirname(file.path)],
+      ['flag', given(flags[setting.flagKey ?? (name as keyof ConfigFlags)], setting.keepEmpty), setting.flag, cwd],
+      ['env', setting.keepEmpty === true ? env[setting.env] : nonEmpty(env[setting.env]), setting.env, cwd],
+      ['file', fileValue(file, name, setting.file ?? 'scalar', setting.keepEmpty), `${name} in ${file?.path ?? ''}`, file === undefined ? cwd : dirname(file.path)],
     ];
     for (const [source, raw, what, base] of candidates) {
       if (raw === undefined) continue;
@@ -281,6 +314,8 @@ export async function resolveConfig(options: ResolveConfigOptions = {}): Promise
     host: resolveOne('host'),
     port: resolveOne('port'),
     token: resolveOne('token'),
+    metricsToken: resolveOne('metricsToken'),
+    insecureOpenManagementApi: resolveOne('insecureOpenManagementApi'),
     pruneInterval: resolveOne('pruneInterval'),
     cleanInterval: resolveOne('cleanInterval'),
     prefetchInterval: resolveOne('prefetchInterval'),
@@ -331,10 +366,10 @@ async function loadConfigFile(explicit: string | undefined, cwd: string): Promis
   return { path: result.filepath, config: config as Record<string, unknown> };
 }
 
-function fileValue(file: LoadedFile | undefined, name: SettingName, kind: FileKind): RawValue | undefined {
+function fileValue(file: LoadedFile | undefined, name: SettingName, kind: FileKind, keepEmpty = false): RawValue | undefined {
   const value = file?.config[name];
   if (value === undefined || value === null) return undefined;
-  if (typeof value === 'string') return nonEmpty(value);
+  if (typeof value === 'string') return keepEmpty ? value : nonEmpty(value);
   if (typeof value === 'number') return value;
   if (kind === 'boolean' && typeof value === 'boolean') return value;
   if (kind === 'headers' && typeof value === 'object') {
@@ -353,10 +388,10 @@ function nonEmpty(value: string | undefined): string | undefined {
   return value === undefined || value.trim() === '' ? undefined : value;
 }
 
-/** A flag's value, or undefined when it was not given (an empty string or list counts as not given). */
-function given(value: ConfigFlags[keyof ConfigFlags]): RawValue | undefined {
+/** A flag's value, or undefined when it was not given (an empty string or list counts as not given, unless `keepEmpty`). */
+function given(value: ConfigFlags[keyof ConfigFlags], keepEmpty = false): RawValue | undefined {
   if (Array.isArray(value)) return value.length === 0 ? undefined : value;
-  if (typeof value === 'string') return nonEmpty(value);
+  if (typeof value === 'string') return keepEmpty ? value : nonEmpty(value);
   return value ?? undefined;
 }
 

@@ -4,6 +4,7 @@ import type { Command } from 'commander';
 import { resolveConfig, type ConfigFlags, type ResolvedConfig } from './config.js';
 import { ExitCode } from './errors.js';
 import { openCacheFromConfig } from './open-cache.js';
+import { applyRecordedSettings } from './settings-file.js';
 
 /** Where the CLI reads and writes: the process's streams in `bin/`, anything in tests. */
 export interface CliIO {
@@ -62,10 +63,16 @@ export class CliContext {
     return (this.io.stderr as Writable & { isTTY?: boolean }).isTTY === true;
   }
 
-  /** Resolves the configuration from a command's options (with the globals), the environment and the config file. */
+  /**
+   * Resolves the configuration from a command's options (with the globals),
+   * the environment and the config file; the driver, budget and stall time
+   * left at their defaults come from the settings `image-cache serve`
+   * recorded in the cache directory, when it did.
+   */
   async config(command: Command): Promise<ResolvedConfig> {
     const config = await resolveConfig({ flags: command.optsWithGlobals<ConfigFlags>(), env: this.io.env, cwd: this.io.cwd });
     for (const warning of config.warnings) this.warn(warning);
+    await applyRecordedSettings(config);
     return config;
   }
 

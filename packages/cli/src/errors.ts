@@ -1,4 +1,5 @@
 import { CacheError } from '@cache/core';
+import { permissionAdvice } from '@cache/core/driver';
 
 /** Exit codes of `image-cache`. */
 export const ExitCode = {
@@ -36,6 +37,10 @@ export const CliErrorCodes = {
   CHECKSUM_MANIFEST: 'CLI_CHECKSUM_MANIFEST',
   NOT_FOUND: 'CLI_NOT_FOUND',
   LISTEN: 'CLI_LISTEN',
+  /** An empty, blank or otherwise unusable `--token` / `--metrics-token` (the message never quotes it). */
+  INVALID_TOKEN: 'CLI_INVALID_TOKEN',
+  /** `serve` without a token on an address other hosts can reach, without `--insecure-open-management-api`. */
+  OPEN_MANAGEMENT_API: 'CLI_OPEN_MANAGEMENT_API',
 } as const;
 
 /** One of the values of {@link CliErrorCodes}. */
@@ -88,9 +93,19 @@ export function codeOf(error: unknown): string | undefined {
   return undefined;
 }
 
-/** The one-line message for an error: its message on one line, plus `[code]` when it has one. */
+/**
+ * The one-line message for an error: its message on one line, plus `[code]`
+ * when it has one. A bare permission error of the filesystem (`EACCES`,
+ * `EPERM` with a path, not already explained by a cache error) gets the fix
+ * (`chown`, `chmod`, or run as the owner).
+ */
 export function describeError(error: unknown): string {
-  const message = error instanceof Error ? error.message : String(error);
+  let message = error instanceof Error ? error.message : String(error);
+  const path = (error as NodeJS.ErrnoException | null)?.path;
+  const errno = codeOf(error);
+  if ((errno === 'EACCES' || errno === 'EPERM') && typeof path === 'string' && !CacheError.isCacheError(error) && !(error instanceof CliError)) {
+    message = `${message}. ${permissionAdvice(path)}`;
+  }
   const oneLine = message.replace(/\s*\n\s*/g, ' ').trim();
   const code = codeOf(error);
   return code === undefined ? oneLine : `${oneLine} [${code}]`;

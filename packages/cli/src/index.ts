@@ -20,7 +20,7 @@ export {
 } from './config.js';
 export { openCacheFromConfig, type OpenCacheOptions } from './open-cache.js';
 export { CliError, CliErrorCodes, ExitCode, type CliErrorCode } from './errors.js';
-export { formatSize, parseDuration, parseSize } from './units.js';
+export { formatSize, formatSizeExact, parseDuration, parseSize } from './units.js';
 export { createProgram, VERSION } from './program.js';
 export { CliContext, type CliIO } from './context.js';
 export { COMMANDS, type RegisterCommand } from './commands/index.js';

@@ -94,7 +94,12 @@ export function parseBoolean(value: unknown, what = 'switch'): boolean {
 
 const IEC = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'] as const;
 
-/** Formats bytes for people with binary units: `1.5 MiB`, `512 B`. */
+/**
+ * Formats bytes for people with binary units and three significant digits:
+ * `1.5 MiB`, `293 KiB`, `512 B`. For measured sizes (totals, files, rates);
+ * the text can be off by up to 0.5%. A size someone configured is printed
+ * with {@link formatSizeExact}, which never rounds.
+ */
 export function formatSize(value: number): string {
   let unit = 0;
   let scaled = value;
@@ -105,6 +110,34 @@ export function formatSize(value: number): string {
   // Trailing zeros go only after a decimal point: 200 KiB stays "200", 1.50 becomes "1.5".
   const text = unit === 0 ? String(Math.round(scaled)) : scaled.toFixed(scaled >= 100 ? 0 : scaled >= 10 ? 1 : 2).replace(/(\.\d*?)0+$/, '$1').replace(/\.$/, '');
   return `${text} ${IEC[unit]}`;
+}
+
+/**
+ * Formats a byte size so that {@link parseSize} gives back exactly `value`:
+ * the largest unit in which it is a number with at most two decimals that
+ * parses back to the same bytes (`450 MiB`, `1.5 GiB`, `1500 MiB`), else
+ * plain bytes (`123456789 B`). For configured sizes (a budget): they print
+ * as they were given, not rounded.
+ */
+export function formatSizeExact(value: number): string {
+  if (!Number.isSafeInteger(value) || value < 0) return `${value} B`;
+  for (let unit = IEC.length - 1; unit > 0; unit--) {
+    const scaled = value / 1024 ** unit;
+    if (scaled < 1) continue;
+    for (let decimals = 0; decimals <= 2; decimals++) {
+      const number = scaled.toFixed(decimals);
+      if (parseSizeOrUndefined(`${number}${IEC[unit]}`) === value) return `${number.includes('.') ? number.replace(/0+$/, '').replace(/\.$/, '') : number} ${IEC[unit]}`;
+    }
+  }
+  return `${value} B`;
+}
+
+function parseSizeOrUndefined(text: string): number | undefined {
+  try {
+    return parseSize(text);
+  } catch {
+    return undefined; // rounded up past the largest size (8 PiB)
+  }
 }
 
 /** Formats a duration in seconds for people: `1h`, `30m`, `1.5s`. */

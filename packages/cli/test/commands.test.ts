@@ -151,12 +151,26 @@ for (const { name: driver, skip } of await driverMatrix()) {
         // Access order, oldest first: b, d (never read), a, c.
         const result = await run('prune', '--max-size', '2000', '--json');
         expect(result.code).toBe(0);
-        expect(JSON.parse(result.stdout)).toEqual({ evicted: ['b', 'd'], files: 2, bytes: 2000, size: 2000, maxSize: 2000 });
+        expect(JSON.parse(result.stdout)).toEqual({ evicted: ['b', 'd'], files: 2, bytes: 2000, invalid: { files: 0, bytes: 0 }, size: 2000, maxSize: 2000 });
         expect(await ids()).toEqual(['a', 'c']);
         const text = await run('--max-size', '1.5KB', 'prune');
         expect(text.stdout).toBe('pruned 1 image (1000 B): a; cache 1000 B of 1.5 KiB budget\n');
         expect(await ids()).toEqual(['c']);
         expect((await run('prune', '--max-size', '20GiB')).stdout).toBe('pruned 0 images (0 B); cache 1000 B of 20 GiB budget\n');
+      });
+
+      it('counts invalid/ against the budget and deletes invalid files first (issue 13)', async () => {
+        await withCache(driver, cacheDir, async (cache) => {
+          for (const id of ['a', 'b']) await put(cache, id, Buffer.alloc(1000, id));
+        });
+        await writeFile(join(cacheDir, 'invalid', 'broken'), Buffer.alloc(1500));
+        // 2000 B active + 1500 B invalid, budget 2500 B: the invalid file goes, no image does.
+        const result = await run('prune', '--max-size', '2500', '--json');
+        expect(JSON.parse(result.stdout)).toEqual({ evicted: [], files: 0, bytes: 0, invalid: { files: 1, bytes: 1500 }, size: 2000, maxSize: 2500 });
+        expect(await ids()).toEqual(['a', 'b']);
+        expect(await tree(join(cacheDir, 'invalid'))).toEqual([]);
+        await writeFile(join(cacheDir, 'invalid', 'broken'), Buffer.alloc(1500));
+        expect((await run('prune', '--max-size', '1000')).stdout).toBe('removed 1 invalid file (1.46 KiB), pruned 1 image (1000 B): a; cache 1000 B of 1000 B budget\n');
       });
     });
 
@@ -201,7 +215,9 @@ for (const { name: driver, skip } of await driverMatrix()) {
           entries: 2,
           totalSize: 1000,
           maxSize: 2000,
-          usedPercent: 50,
+          maxSizeSource: 'flag',
+          usedPercent: 50.1, // (1000 + 2 invalid bytes) / 2000: invalid/ counts against the budget
+          server: null,
           queued: 1,
           incomplete: { count: 1, size: 3 },
           invalid: { count: 1, size: 2 },
@@ -210,7 +226,7 @@ for (const { name: driver, skip } of await driverMatrix()) {
         });
         const text = await run('stats');
         expect(text.stdout).toMatch(/^entries\s+2$/m);
-        expect(text.stdout).toMatch(/^budget\s+10 GiB \(0% used\)$/m);
+        expect(text.stdout).toMatch(/^budget\s+10 GiB \(0% used, invalid\/ included; from the default\)$/m);
         expect(text.stdout).toMatch(/^oldest access\s+\S+Z \(old\)$/m);
       });
     });

@@ -11,7 +11,11 @@ const ALLOWED_FS = new Map([
   ['open-cache.ts', 'checks that --cache-dir is a cache directory before opening it (directories only)'],
   ['commands/prefetch.ts', 'checks the --origin-dir directory'],
   ['prefetch/checksums.ts', 'reads a --checksums file'],
+  ['settings-file.ts', "writes and reads serve's own dot-file (.image-cache-settings.json), never an entry"],
 ]);
+
+/** Files that may call `rename` & co. on something that is not a cache file, and what for. */
+const ALLOWED_DIRECT = new Map([['settings-file.ts', 'renames its temp file onto .image-cache-settings.json (atomic replace)']]);
 
 async function sources(): Promise<string[]> {
   const entries = await readdir(src, { recursive: true, withFileTypes: true });
@@ -26,7 +30,7 @@ describe('one door to the cache files', () => {
       const text = await readFile(file, 'utf8');
       if (/\bCacheDirectory\b/.test(text)) offenders.push(`${name}: CacheDirectory`);
       if (/from 'node:fs(\/promises)?'/.test(text) && !ALLOWED_FS.has(name)) offenders.push(`${name}: node:fs`);
-      if (/\b(createReadStream|rename|lstat)\(/.test(text)) offenders.push(`${name}: direct file call`);
+      if (/\b(createReadStream|rename|lstat)\(/.test(text) && !ALLOWED_DIRECT.has(name)) offenders.push(`${name}: direct file call`);
     }
     expect(offenders).toEqual([]);
   });

@@ -91,7 +91,8 @@ describe('image-cache serve', () => {
     child?.kill('SIGTERM');
     expect(await server.exited).toBe(0);
     expect(server.output().stderr).toMatch(/stopped\n$/);
-    expect((await readdir(join(root, '.image-cache-demo'))).sort()).toEqual(['cache.db', id, 'incomplete', 'invalid', 'queue'].sort());
+    // The settings it ran with stay recorded beside the cache (a dot-file: no driver takes it for an image).
+    expect((await readdir(join(root, '.image-cache-demo'))).sort()).toEqual(['.image-cache-settings.json', 'cache.db', id, 'incomplete', 'invalid', 'queue'].sort());
   }, 60_000);
 
   it('with --token, the management API answers 401 without it and 200 with it', async () => {

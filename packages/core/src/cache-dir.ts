@@ -1,6 +1,6 @@
-import { constants as fsConstants, lstat as lstatCallback, unlink as unlinkCallback, type BigIntStats } from 'node:fs';
+import { constants as fsConstants, lstat as lstatCallback, statSync, unlink as unlinkCallback, type BigIntStats } from 'node:fs';
 import { access, mkdir, open, readdir, rename, stat, type FileHandle } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { BadDriverConfigurationError, CacheStorageError, ImageBeingCachedError } from './errors.js';
 import { isValidImageId, type ImageId } from './image-id.js';
 
@@ -94,6 +94,34 @@ export function isErrnoError(error: unknown, ...codes: string[]): error is NodeJ
 }
 
 /**
+ * What to do about a permission problem on `path` (a file or directory of
+ * the cache), for people: who owns it, which user this process is, and the
+ * three fixes (`chown` the directory to the user running the cache, `chmod`
+ * it writable for that user, or run as its owner). `directory` is what to
+ * `chown`/`chmod`: the cache directory when known, else `path`'s directory.
+ * It says plainly that nothing is damaged, so no one moves data aside for it.
+ */
+export function permissionAdvice(path: string, directory: string = dirname(path)): string {
+  const uid = typeof process.getuid === 'function' ? process.getuid() : undefined;
+  let owner = '';
+  for (const candidate of [path, directory]) {
+    try {
+      const info = statSync(candidate);
+      owner = ` (${candidate} belongs to uid ${info.uid}, mode ${(info.mode & 0o7777).toString(8).padStart(4, '0')})`;
+      break;
+    } catch {
+      // missing: try the directory
+    }
+  }
+  const user = uid === undefined ? '<user>' : String(uid);
+  return (
+    `This is a permissions problem, not damage (nothing needs to be moved or rebuilt): this process runs as ${uid === undefined ? 'a user that' : `uid ${uid} and`} ` +
+    `cannot write there${owner}. Fix: \`chown -R ${user} ${directory}\` (the user that runs the cache), ` +
+    `or \`chmod -R u+rwX ${directory}\` (g+rwX for a group that user is in), or run image-cache as the directory's owner`
+  );
+}
+
+/**
  * Wraps an `fs` error as a {@link CacheStorageError} that names the operation,
  * the path and what to do about the most common causes.
  */
@@ -101,13 +129,13 @@ export function storageError(operation: string, path: string, cause: unknown): C
   const code = (cause as NodeJS.ErrnoException | undefined)?.code;
   const hint =
     code === 'ENOSPC' || code === 'EDQUOT'
-      ? ': the filesystem is full; free space or lower the cache size budget and prune'
+      ? '. The filesystem is full: free space, or lower the budget (--max-size) and run `image-cache prune`'
       : code === 'EACCES' || code === 'EPERM'
-        ? ': permission denied; give the process read/write access to the cache directory'
+        ? `. ${permissionAdvice(path)}`
         : code === 'EROFS'
-          ? ': the filesystem is read-only'
+          ? '. The filesystem is read-only: remount it read-write, or point --cache-dir (cacheDir) at a writable filesystem'
           : code === 'EMFILE' || code === 'ENFILE'
-            ? ': too many open files; raise the open-file limit'
+            ? '. Too many open files: raise the open-file limit (ulimit -n)'
             : '';
   const reason = cause instanceof Error ? cause.message : String(cause);
   return new CacheStorageError(`${operation} failed for ${path} (${reason})${hint}`, { path, cause });
@@ -167,12 +195,18 @@ export class CacheDirectory {
         await access(join(this.baseDir, sub), fsConstants.W_OK | fsConstants.X_OK);
       }
     } catch (error) {
-      throw new BadDriverConfigurationError(
-        this.#driverName,
-        `cannot use cache directory ${this.baseDir}: ${(error as Error).message}. ` +
-          'Point cacheDir at a writable directory (it is created if missing).',
-        { path: this.baseDir, cause: error },
-      );
+      const code = (error as NodeJS.ErrnoException).code;
+      const path = (error as NodeJS.ErrnoException).path ?? this.baseDir;
+      const advice =
+        code === 'EACCES' || code === 'EPERM'
+          ? `${permissionAdvice(path, this.baseDir)}.`
+          : code === 'EROFS'
+            ? 'The filesystem is read-only: remount it read-write, or point --cache-dir (cacheDir) at a writable directory.'
+            : 'Point --cache-dir (cacheDir) at a writable directory (it is created if missing).';
+      throw new BadDriverConfigurationError(this.#driverName, `cannot use cache directory ${this.baseDir}: ${(error as Error).message}. ${advice}`, {
+        path: this.baseDir,
+        cause: error,
+      });
     }
   }
 

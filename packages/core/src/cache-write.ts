@@ -58,6 +58,21 @@ export function assertSource(source: unknown, what = 'source must be'): asserts 
   }
 }
 
+/**
+ * Rolls a write back because its source failed or its bytes did not verify:
+ * with `abortOnEnd` when the writer has it (every byte accepted reaches
+ * `invalid/`), else by `destroy(reason)`. Resolves once the writer has closed.
+ */
+export async function rollBackWhole(writer: CacheWriter, reason: Error): Promise<void> {
+  if (typeof writer.abortOnEnd === 'function' && !writer.destroyed && !writer.writableEnded) {
+    writer.abortOnEnd(reason);
+    writer.end();
+  } else {
+    writer.destroy(reason);
+  }
+  await whenClosed(writer);
+}
+
 /** Resolves once the stream has emitted `close` (its destroy work, e.g. a rollback, is done). */
 export function whenClosed(stream: Readable | CacheWriter): Promise<void> {
   if (stream.closed) return Promise.resolve();
@@ -86,7 +101,9 @@ export function toBuffer(chunk: unknown): Buffer {
 
 /**
  * Hashes what passes (on a worker thread for large images, see `ParallelHash`);
- * on flush either records the digest on the writer or fails with `ChecksumMismatchError`.
+ * on flush either records the digest on the writer or fails with
+ * `ChecksumMismatchError` (through the writer when it has `abortOnEnd`, so the
+ * whole download reaches `invalid/`).
  */
 export class VerifyingTransform extends Transform {
   readonly #hash: ParallelHash;
@@ -112,7 +129,15 @@ export class VerifyingTransform extends Transform {
   override _flush(callback: TransformCallback): void {
     this.#hash.digest().then((actual) => {
       if (actual !== this.expected.digest) {
-        callback(new ChecksumMismatchError(this.imageId, this.expected.algorithm, this.expected.digest, actual));
+        const mismatch = new ChecksumMismatchError(this.imageId, this.expected.algorithm, this.expected.digest, actual);
+        if (typeof this.writer.abortOnEnd === 'function') {
+          // The writer gets every byte and then rolls back (the pipeline then fails with the mismatch):
+          // failing here would destroy it with bytes still buffered, and invalid/ would keep a short copy.
+          this.writer.abortOnEnd(mismatch);
+          callback();
+        } else {
+          callback(mismatch);
+        }
         return;
       }
       this.writer.setChecksum(formatChecksum(this.expected));

@@ -1,7 +1,7 @@
 import { createReadStream } from 'node:fs';
 import { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
-import { drainOrClose, openWriterIfCacheable, toBuffer, whenClosed, type ImageSource } from './cache-write.js';
+import { drainOrClose, openWriterIfCacheable, rollBackWhole, toBuffer, whenClosed, type ImageSource } from './cache-write.js';
 import { formatChecksum, type NormalizedChecksum } from './checksum.js';
 import type { CacheDriver, CacheWriter } from './driver.js';
 import { ChecksumMismatchError, ImageBeingCachedError } from './errors.js';
@@ -118,17 +118,29 @@ export class CachingStream extends Readable {
   }
 
   /**
-   * Rolls the cache write back (a source-side failure, or the client left) and waits until the file is in
-   * `invalid/`. Both may happen at once (a server's shutdown aborts the origin request and destroys the client's
-   * connection together): the second call then waits for the rollback the first one started, so that
-   * `cacheOutcome` never settles while the partial file is still in `incomplete/`.
+   * Rolls the cache write back and waits until the file is in `invalid/`: for
+   * a source-side failure (a checksum mismatch included) with every byte
+   * received, for a client that left at once. Both may happen at once (a
+   * server's shutdown aborts the origin request and destroys the client's
+   * connection together): the second call then waits for the rollback the
+   * first one started, so that `cacheOutcome` never settles while the partial
+   * file is still in `incomplete/`.
    */
   async #abortCache(error: Error, abortedBy: 'source' | 'client'): Promise<void> {
     const writer = this.#writer;
     this.#writer = undefined;
-    if (writer !== undefined) writer.destroy(error);
-    const rollingBack = writer ?? this.#lastWriter;
-    if (rollingBack !== undefined && rollingBack.destroyed) await whenClosed(rollingBack);
+    if (writer !== undefined) {
+      // The source's bytes so far (all of them, for a checksum mismatch) go to invalid/ whole; a client that left is cut short.
+      if (abortedBy === 'source') await rollBackWhole(writer, error);
+      else {
+        writer.destroy(error);
+        await whenClosed(writer);
+      }
+    } else {
+      // A rollback another call started (or a commit under way): wait for its file to leave incomplete/.
+      const rollingBack = this.#lastWriter;
+      if (rollingBack !== undefined && (rollingBack.destroyed || rollingBack.writableEnded)) await whenClosed(rollingBack);
+    }
     this.#finishOutcome({ status: 'aborted', abortedBy, error });
   }
 

@@ -10,7 +10,7 @@
  * - {@link CacheDirectory}: the cache-directory logic (paths, exclusive
  *   create, durable commit, listings, queue, reaping) the base class composes.
  * - Small helpers a driver needs: {@link fileIdentity}, {@link metadataMatches},
- *   {@link isErrnoError}, {@link storageError}, {@link mapLimit},
+ *   {@link isErrnoError}, {@link storageError}, {@link permissionAdvice}, {@link mapLimit},
  *   {@link nsToSeconds}, {@link nowSeconds}.
  *
  * The contract types are re-exported from here too, so a driver file needs
@@ -26,6 +26,7 @@ export {
   isErrnoError,
   mapLimit,
   nsToSeconds,
+  permissionAdvice,
   sameFile,
   storageError,
   type EntryStat,

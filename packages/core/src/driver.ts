@@ -197,6 +197,15 @@ export interface CacheWriter extends Writable {
    * to store with the entry at commit. Call before `end()`.
    */
   setChecksum(checksum: string): void;
+  /**
+   * Optional: makes `end()` roll back with `reason` instead of committing,
+   * after writing every byte accepted before it, so the file in `invalid/`
+   * is the whole download (`destroy()` drops what is still buffered). Core
+   * uses it when a write fails verification at its end (a checksum
+   * mismatch) or its source fails; without it, it destroys the writer.
+   * `CacheWriteStream` has it.
+   */
+  abortOnEnd?(reason: Error): void;
 }
 
 /**

@@ -89,6 +89,8 @@ export class BadDriverConfigurationError extends CacheError {
 export class InvalidImageIdError extends CacheError {
   /** The rejected id, as given (possibly not a string). */
   readonly imageId: unknown;
+  /** What is wrong with it, without the id (e.g. `contains '/'`). */
+  readonly reason: string;
   constructor(imageId: unknown, reason: string) {
     super(
       ErrorCodes.INVALID_IMAGE_ID,
@@ -96,6 +98,7 @@ export class InvalidImageIdError extends CacheError {
         `not starting with '.', without '/', '\\' or NUL, and not a reserved name.`,
     );
     this.imageId = imageId;
+    this.reason = reason;
   }
   static isInstance = codeGuard<InvalidImageIdError>(ErrorCodes.INVALID_IMAGE_ID);
 }
@@ -125,7 +128,7 @@ export class ImageBeingCachedError extends CacheError {
     super(
       ErrorCodes.IMAGE_BEING_CACHED,
       `image '${imageId}' is being cached by another writer (${path} exists); serve it from the source ` +
-        `or wait. A stalled file is removed by clean() after the stall time.`,
+        `or wait. If that writer is gone, \`image-cache clean\` removes the stalled file once it is older than the stall time (--stall-time).`,
       { path, cause },
     );
     this.imageId = imageId;
@@ -232,10 +235,17 @@ export class OriginError extends CacheError {
   readonly imageId: string;
   /** The origin's HTTP status, when it answered with one (404 when a directory origin lacks the file). */
   readonly status: number | undefined;
-  constructor(imageId: string, message: string, options: CacheErrorOptions & { status?: number } = {}) {
+  /**
+   * The origin's `Retry-After` (delay-seconds or an HTTP-date, as it sent it)
+   * with an error status such as 503 or 429: when to try again. A server in
+   * front of the origin passes it on.
+   */
+  readonly retryAfter: string | undefined;
+  constructor(imageId: string, message: string, options: CacheErrorOptions & { status?: number; retryAfter?: string } = {}) {
     super(ErrorCodes.ORIGIN, `origin failed for image '${imageId}': ${message}`, options);
     this.imageId = imageId;
     this.status = options.status;
+    this.retryAfter = options.retryAfter;
   }
   /** True when the origin said it does not have the image. */
   get notFound(): boolean {

@@ -48,8 +48,23 @@ export interface ImageCacheOptions {
 
 /** What `prune()` evicted. */
 export interface PruneResult {
+  /** Active entries evicted. */
   files: number;
+  /** Their bytes. */
   bytes: number;
+  /** With {@link PruneOptions.includeInvalid}: the files deleted from `invalid/` (before any entry was evicted). */
+  invalid?: { files: number; bytes: number };
+}
+
+/** Options of {@link ImageCache.prune}. */
+export interface PruneOptions {
+  /**
+   * Count the files in `invalid/` (failed and quarantined writes, otherwise
+   * kept until the next `clean()`) against the budget, and delete them,
+   * oldest first, before evicting any entry. Glance's prune (the default)
+   * counts active entries only. @default false
+   */
+  includeInvalid?: boolean;
 }
 
 /**
@@ -321,12 +336,25 @@ export class ImageCache {
   /**
    * Evicts least recently accessed entries (ties: older commit, then id) until
    * the cache is within `maxSize`. One listing, one sort, one pass: it stops
-   * when the budget is met or nothing is left, never loops.
+   * when the budget is met or nothing is left, never loops. With
+   * `includeInvalid`, `invalid/` counts too and its files go first.
    */
-  async prune(): Promise<PruneResult> {
-    const images = await this.driver.getCachedImages();
-    let size = images.reduce((sum, image) => sum + image.size, 0);
-    const result: PruneResult = { files: 0, bytes: 0 };
+  async prune(options: PruneOptions = {}): Promise<PruneResult> {
+    const includeInvalid = options?.includeInvalid === true;
+    const [images, invalid] = await Promise.all([this.driver.getCachedImages(), includeInvalid ? this.#files.list('invalid') : []]);
+    let size = images.reduce((sum, image) => sum + image.size, 0) + invalid.reduce((sum, file) => sum + file.size, 0);
+    const result: PruneResult = includeInvalid ? { files: 0, bytes: 0, invalid: { files: 0, bytes: 0 } } : { files: 0, bytes: 0 };
+    if (size <= this.maxSize) return result;
+    // Failed and quarantined writes go first, oldest first: they are nobody's cache hits.
+    invalid.sort((a, b) => (a.mtimeNs < b.mtimeNs ? -1 : a.mtimeNs > b.mtimeNs ? 1 : a.imageId < b.imageId ? -1 : 1));
+    for (const file of invalid) {
+      if (size <= this.maxSize) break;
+      size -= file.size;
+      if (await this.#files.remove(file.imageId, 'invalid')) {
+        (result.invalid as { files: number; bytes: number }).files += 1;
+        (result.invalid as { files: number; bytes: number }).bytes += file.size;
+      }
+    }
     if (size <= this.maxSize) return result;
     images.sort(compareByRecency);
     const victims: CachedImage[] = [];

@@ -43,7 +43,7 @@ export {
   type ChecksumAlgorithm,
   type NormalizedChecksum,
 } from './checksum.js';
-export { DEFAULT_MAX_SIZE, ImageCache, type ImageCacheOptions, type PruneResult } from './image-cache.js';
+export { DEFAULT_MAX_SIZE, ImageCache, type ImageCacheOptions, type PruneOptions, type PruneResult } from './image-cache.js';
 export { CachingStream, type CachingOutcome } from './caching-stream.js';
 export type { CacheImageOptions, ImageSource } from './cache-write.js';
 export type { FetchedImage, ReadThroughOptions, ReadThroughResult } from './read-through.js';

@@ -76,6 +76,8 @@ export class CacheWriteStream extends Writable implements CacheWriter {
   #inFlightAt: { at: number }[] = [];
   /** Bytes from offset 0 that are in the file (every write below them has completed). */
   #inFile = 0;
+  /** Set by {@link abortOnEnd}: `_final` rolls back with it instead of committing. */
+  #abortReason: Error | undefined;
 
   readonly #path: string;
 
@@ -107,6 +109,17 @@ export class CacheWriteStream extends Writable implements CacheWriter {
 
   setChecksum(checksum: string): void {
     this.#checksum = checksum;
+  }
+
+  /**
+   * Makes the end of the write a rollback: `end()` still writes every byte
+   * accepted before it (the stream's own buffer and the write-behind queue,
+   * which `destroy()` would drop), then the file moves to `invalid/` whole and
+   * the stream fails with `reason`. For a write that failed verification
+   * after its last byte: the copy kept for inspection is the whole download.
+   */
+  abortOnEnd(reason: Error): void {
+    this.#abortReason = reason;
   }
 
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
@@ -241,6 +254,14 @@ export class CacheWriteStream extends Writable implements CacheWriter {
         return;
       }
       this.#settled = true;
+      const abort = this.#abortReason;
+      if (abort !== undefined) {
+        this.#lifecycle.rollback(this.#handle, abort).then(
+          () => callback(abort),
+          () => callback(abort),
+        );
+        return;
+      }
       this.#lifecycle.commit(this.#handle, this.#checksum).then(() => callback(), callback);
     }, callback);
   }

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { readdir, readFile, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -150,6 +150,29 @@ describe('prune()', () => {
     await writeFile(join(dir, 'stray'), Buffer.alloc(6 * 1024));
     expect(await cache.prune()).toEqual({ files: 1, bytes: 6 * 1024 });
     expect(await cache.getCacheSize()).toBe(0);
+  });
+});
+
+describe('prune({ includeInvalid: true })', () => {
+  it('counts invalid/ against the budget and deletes invalid files (oldest first) before evicting any entry', async () => {
+    for (const id of ['a', 'b', 'c']) await write(driver, id, Buffer.alloc(1024));
+    await writeFile(join(dir, 'invalid', 'old-broken'), Buffer.alloc(2048));
+    await utimes(join(dir, 'invalid', 'old-broken'), 1000, 1000);
+    await writeFile(join(dir, 'invalid', 'new-broken'), Buffer.alloc(2048));
+    // 3 KiB active + 4 KiB invalid, budget 5 KiB: the older invalid file goes, no entry does.
+    expect(await cache.prune({ includeInvalid: true })).toEqual({ files: 0, bytes: 0, invalid: { files: 1, bytes: 2048 } });
+    expect(await readdir(join(dir, 'invalid'))).toEqual(['new-broken']);
+    expect((await cache.getCachedImages()).length).toBe(3);
+    // Budget 2 KiB: the other invalid file, then the least recently accessed entry.
+    const small = await ImageCache.open({ driver, maxSize: 2048 });
+    expect(await small.prune({ includeInvalid: true })).toEqual({ files: 1, bytes: 1024, invalid: { files: 1, bytes: 2048 } });
+    expect(await readdir(join(dir, 'invalid'))).toEqual([]);
+  });
+
+  it('without the option, invalid/ is left alone (Glance: active entries only)', async () => {
+    await writeFile(join(dir, 'invalid', 'broken'), Buffer.alloc(64 * 1024));
+    expect(await cache.prune()).toEqual({ files: 0, bytes: 0 });
+    expect(await readdir(join(dir, 'invalid'))).toEqual(['broken']);
   });
 });
 
@@ -371,6 +394,48 @@ describe('getCachingStream()', () => {
     expect(() => cache.getCachingStream('a', Readable.from([]), { checksum: 'nope' })).toThrowError(
       expect.objectContaining({ code: ErrorCodes.INVALID_ARGUMENT }),
     );
+  });
+});
+
+describe('the copy kept in invalid/ is whole (issue 13)', () => {
+  // 512 KiB in 64 KiB chunks: at the end of the source most of it still sat in the writer's buffer,
+  // and destroy() dropped it (invalid/ kept 64 KiB of 512).
+  const parts = chunks(8, 64 * 1024);
+  const data = Buffer.concat(parts);
+  const wrong = { algorithm: 'sha256', digest: sha256(Buffer.from('something else')) } as const;
+
+  it('cacheImage(): after a checksum mismatch, invalid/<id> has every byte of the download', async () => {
+    const big = await ImageCache.open({ driver, maxSize: 1 << 30 });
+    await expect(big.cacheImage('img', Readable.from(parts), { checksum: wrong })).rejects.toMatchObject({ code: ErrorCodes.CHECKSUM_MISMATCH });
+    expect((await readFile(join(dir, 'invalid', 'img'))).equals(data)).toBe(true);
+    expect(await big.isCached('img')).toBe(false);
+    expect(await readdir(join(dir, 'incomplete'))).toEqual([]);
+  });
+
+  it('getCachingStream(): after a checksum mismatch, invalid/<id> has every byte the client got', async () => {
+    const big = await ImageCache.open({ driver, maxSize: 1 << 30 });
+    const client = sink();
+    const stream = big.getCachingStream('img', Readable.from(parts), { checksum: wrong });
+    await expect(pipeline(stream, client.writable)).rejects.toMatchObject({ code: ErrorCodes.CHECKSUM_MISMATCH });
+    expect(await stream.cacheOutcome).toMatchObject({ status: 'aborted', abortedBy: 'source' });
+    expect(client.data().equals(data)).toBe(true);
+    expect((await readFile(join(dir, 'invalid', 'img'))).equals(data)).toBe(true);
+    expect(await big.isCached('img')).toBe(false);
+  });
+
+  it('getCachingStream(): after a source failure, invalid/<id> has every byte received before it', async () => {
+    const big = await ImageCache.open({ driver, maxSize: 1 << 30 });
+    const stream = big.getCachingStream('img', failingSource(parts, new Error('origin reset')));
+    await expect(pipeline(stream, sink().writable)).rejects.toThrow('origin reset');
+    expect((await readFile(join(dir, 'invalid', 'img'))).equals(data)).toBe(true);
+  });
+
+  it('a client that leaves early still rolls back at once (the partial file is not completed)', async () => {
+    const big = await ImageCache.open({ driver, maxSize: 1 << 30 });
+    const stream = big.getCachingStream('img', Readable.from(chunks(12, 1 << 20)));
+    await new Promise<void>((resolve) => stream.once('data', () => (stream.destroy(), resolve())));
+    expect(await stream.cacheOutcome).toMatchObject({ status: 'aborted', abortedBy: 'client' });
+    expect((await readFile(join(dir, 'invalid', 'img'))).length).toBeLessThan(12 << 20);
   });
 });
 

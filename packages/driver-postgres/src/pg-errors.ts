@@ -51,7 +51,7 @@ function advice(kind: PgFailureKind, target: string, statementTimeoutMillis: num
         `PostgreSQL at ${target} is unreachable: start it or fix the connection string, then retry ` +
         '(if the server is up and this was a timeout, all poolSize connections may have stayed busy: raise poolSize). ' +
         'Cached files are still served from this node meanwhile (hits are not counted); ' +
-        'run clean() once the database is back to reconcile its rows with the files.'
+        'run `image-cache clean` once the database is back to reconcile its rows with the files.'
       );
     case 'timeout':
       return (
@@ -68,7 +68,8 @@ function advice(kind: PgFailureKind, target: string, statementTimeoutMillis: num
     case 'schema':
       return (
         `The cache tables on ${target} are missing or not at the version this driver needs: ` +
-        'call configure() to run the migrations, and make sure every node uses the same database and search_path.'
+        'run any image-cache command on this node with a role allowed to migrate (opening the cache runs the migrations), e.g. `image-cache stats`, ' +
+        'and make sure every node uses the same database and search_path.'
       );
     default:
       return `See the PostgreSQL server log of ${target} for details.`;

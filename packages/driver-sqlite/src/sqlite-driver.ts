@@ -1,9 +1,10 @@
-import { basename, dirname, join, resolve } from 'node:path';
+import { basename, dirname, resolve } from 'node:path';
 import Database from 'better-sqlite3';
 import { BadDriverConfigurationError, CacheStorageError, InvalidArgumentError, type ImageId } from '@cache/core';
 import {
   DirectoryCacheDriver,
   fileIdentity,
+  permissionAdvice,
   type CommitInfo,
   type DirectoryDriverOptions,
   type DriverSupports,
@@ -286,20 +287,38 @@ async function setJournalMode(db: Database.Database, mode: SqliteJournalMode, bu
   }
 }
 
-function describeRecovery(error: unknown, dbPath: string): string {
+/**
+ * What to do about a database error, for people. Permission problems (every
+ * `SQLITE_READONLY*`, `SQLITE_CANTOPEN*`, `SQLITE_PERM`, `SQLITE_AUTH`, and
+ * `EACCES`/`EPERM`) are named as such with the fix; nothing here advises
+ * moving the database aside unless it is corrupt, since that loses every
+ * hit count and stored digest. Remedies are commands an operator can run.
+ */
+export function describeRecovery(error: unknown, dbPath: string): string {
   const code = (error as { code?: string } | undefined)?.code ?? '';
-  if (code === 'SQLITE_NOTADB' || code === 'SQLITE_CORRUPT' || code.startsWith('SQLITE_CORRUPT')) {
-    return `The database is corrupt: stop the cache, move ${dbPath} (with its -wal/-shm files) out of the cache directory and start again; ` +
-      'clean() then rebuilds the table from the cached files (hit counts restart at 0).';
+  const directory = dirname(dbPath);
+  if (code === 'SQLITE_NOTADB' || code.startsWith('SQLITE_CORRUPT')) {
+    return (
+      `The database is corrupt. Stop the cache; \`sqlite3 ${dbPath} .recover\` may save its rows. Otherwise move ${dbPath} ` +
+      '(with its -wal/-shm files) out of the cache directory, keeping them, and run `image-cache clean`: it rebuilds the table ' +
+      'from the cached files (hit counts restart at 0 and stored digests are lost; the images stay).'
+    );
   }
-  if (code === 'SQLITE_BUSY' || code.startsWith('SQLITE_BUSY') || code === 'SQLITE_LOCKED') {
+  if (code.startsWith('SQLITE_BUSY') || code.startsWith('SQLITE_LOCKED')) {
     return 'Another process holds a lock on the database for longer than busyTimeout; retry, or raise busyTimeout.';
   }
-  if (code === 'SQLITE_READONLY' || code === 'SQLITE_CANTOPEN' || code === 'SQLITE_PERM') {
-    return `Give the process read/write access to ${dbPath} and its directory ${join(dirname(dbPath))}.`;
+  if (
+    code.startsWith('SQLITE_READONLY') ||
+    code.startsWith('SQLITE_CANTOPEN') ||
+    code === 'SQLITE_PERM' ||
+    code === 'SQLITE_AUTH' ||
+    code === 'EACCES' ||
+    code === 'EPERM'
+  ) {
+    return `${permissionAdvice(dbPath, directory)} (the database, its journal files (-journal, -wal, -shm) and ${directory} itself must be writable).`;
   }
-  if (code === 'SQLITE_FULL' || code === 'SQLITE_IOERR' || code.startsWith('SQLITE_IOERR')) {
+  if (code === 'SQLITE_FULL' || code.startsWith('SQLITE_IOERR')) {
     return 'The filesystem failed or is full; free space and retry.';
   }
-  return 'Check the database file; if it is damaged, move it aside and run clean() to rebuild it from the files.';
+  return `Nothing was changed; retry, and if it happens again check ${dbPath} with \`sqlite3 ${dbPath} 'PRAGMA integrity_check'\` before touching it (the table holds every hit count and stored digest).`;
 }

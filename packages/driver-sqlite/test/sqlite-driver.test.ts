@@ -7,6 +7,7 @@ import Database from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { CacheError, ErrorCodes, ImageCache, type CacheWarning } from '@cache/core';
 import { CREATE_TABLE, SqliteDriver } from '../src/index.js';
+import { describeRecovery } from '../src/sqlite-driver.js';
 import { glanceCache, glanceConfigure, glanceList, glanceRead } from './glance.js';
 import { readImage, writeImage } from '@cache/conformance';
 import { tempDir } from './helpers.js';
@@ -347,5 +348,30 @@ describe('a database an older version left in WAL mode', () => {
     const d = await driver();
     expect(d.journalMode).toBe('delete');
     expect((await readdir(dir)).filter((name) => name.startsWith('cache.db'))).toEqual(['cache.db']);
+describe('describeRecovery: honest advice (issue 13)', () => {
+  const dbPath = '/var/cache/images/cache.db';
+  it.each(['SQLITE_READONLY', 'SQLITE_READONLY_DIRECTORY', 'SQLITE_READONLY_DBMOVED', 'SQLITE_READONLY_CANTINIT', 'SQLITE_CANTOPEN', 'SQLITE_CANTOPEN_ISDIR', 'SQLITE_PERM', 'EACCES'])(
+    '%s is a permissions problem with chown/chmod, not "move it aside"',
+    (code) => {
+      const advice = describeRecovery(Object.assign(new Error('attempt to write a readonly database'), { code }), dbPath);
+      expect(advice).toMatch(/permissions problem, not damage/);
+      expect(advice).toContain('`chown -R ');
+      expect(advice).toContain(' /var/cache/images`');
+      expect(advice).not.toMatch(/aside|clean\(\)/);
+    },
+  );
+
+  it('an unknown failure advises checking, never moving the database (that loses hits and digests)', () => {
+    const advice = describeRecovery(Object.assign(new Error('disk I/O'), { code: 'SQLITE_MISMATCH' }), dbPath);
+    expect(advice).toMatch(/PRAGMA integrity_check/);
+    expect(advice).not.toMatch(/\bmove\b|aside|clean/);
+  });
+
+  it('corruption: keep the files, try .recover, and `image-cache clean` rebuilds the table (saying what is lost)', () => {
+    const advice = describeRecovery(Object.assign(new Error('file is not a database'), { code: 'SQLITE_NOTADB' }), dbPath);
+    expect(advice).toMatch(/\.recover/);
+    expect(advice).toMatch(/`image-cache clean`/);
+    expect(advice).toMatch(/hit counts restart at 0 and stored digests are lost/);
+    expect(advice).not.toMatch(/clean\(\)/);
   });
 });

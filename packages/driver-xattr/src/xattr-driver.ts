@@ -9,6 +9,7 @@ import {
   isErrnoError,
   mapLimit,
   nsToSeconds,
+  permissionAdvice,
   sameFile,
   type CommitInfo,
   type DirectoryDriverOptions,
@@ -265,7 +266,7 @@ function probeAdvice(cacheDir: string, error: unknown): string {
     );
   }
   if (code === 'EACCES' || code === 'EPERM') {
-    return `no permission to set user extended attributes in ${cacheDir} (${detail}): check the directory's owner and mode.`;
+    return `no permission to set user extended attributes in ${cacheDir} (${detail}). ${permissionAdvice(cacheDir, cacheDir)}.`;
   }
   if (code === 'ENOSPC' || code === 'EDQUOT') {
     return `no space for extended attributes in ${cacheDir} (${detail}): free space on the filesystem.`;

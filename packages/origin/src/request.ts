@@ -52,8 +52,10 @@ export async function openGet(url: string, id: ImageId, settings: RequestSetting
   if (!response.ok || response.body === null) {
     release();
     await response.body?.cancel().catch(() => undefined);
+    const retryAfter = parseRetryAfter(response.headers.get('retry-after'));
     throw new OriginError(id, `GET ${url} answered ${response.status} ${response.statusText}`.trimEnd(), {
       status: response.status,
+      ...(retryAfter === undefined ? {} : { retryAfter }),
     });
   }
   return { response, release };
@@ -71,6 +73,17 @@ export async function getText(url: string, id: ImageId, settings: RequestSetting
   } finally {
     release();
   }
+}
+
+/**
+ * A `Retry-After` value worth passing on (RFC 9110 10.2.3): delay-seconds
+ * (at most 9 digits) or an HTTP-date, trimmed; anything else is dropped.
+ */
+export function parseRetryAfter(value: string | null): string | undefined {
+  const text = value?.trim();
+  if (text === undefined || text === '' || text.length > 64) return undefined;
+  if (/^\d{1,9}$/.test(text)) return text;
+  return /^[A-Za-z]{3}, \d{2} [A-Za-z]{3} \d{4} \d{2}:\d{2}:\d{2} GMT$/.test(text) && !Number.isNaN(Date.parse(text)) ? text : undefined;
 }
 
 export function describeCause(cause: unknown): string {

@@ -94,6 +94,32 @@ describe('HttpOrigin against a real HTTP server', () => {
     expect(error.message).toMatch(/answered 500/);
   });
 
+  it.each([
+    ['120', '120'],
+    [' 7 ', '7'],
+    ['Wed, 21 Oct 2026 07:28:00 GMT', 'Wed, 21 Oct 2026 07:28:00 GMT'],
+    ['soon', undefined],
+    ['-5', undefined],
+    ['1234567890', undefined],
+  ])('503 with Retry-After %j: OriginError.retryAfter is %j (passed on by a server in front)', async (header, expected) => {
+    origin.handler = (_request, response) => {
+      response.writeHead(503, { 'retry-after': header });
+      response.end();
+    };
+    const error = (await rejection(new HttpOrigin(`${origin.url}/{id}`).open('x'))) as OriginError;
+    expect(error.status).toBe(503);
+    expect(error.retryAfter).toBe(expected);
+  });
+
+  it('an error status without Retry-After has retryAfter undefined', async () => {
+    origin.handler = (_request, response) => {
+      response.writeHead(429);
+      response.end();
+    };
+    const error = (await rejection(new HttpOrigin(`${origin.url}/{id}`).open('x'))) as OriginError;
+    expect([error.status, error.retryAfter]).toEqual([429, undefined]);
+  });
+
   it('a refused connection rejects with OriginError without status', async () => {
     const closed = new TestOrigin();
     await closed.start();

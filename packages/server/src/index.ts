@@ -10,5 +10,6 @@
 export { createCacheServer, type CacheServer, type ListenOptions } from './server.js';
 export { DEFAULTS, type CacheServerOptions } from './options.js';
 export { METRIC_NAMES, errorLabel, type ByteSource, type PrefetchOutcome, type WorkerName, type WorkerRunResult } from './metrics.js';
-export { HttpError, statusFor, type ErrorBody } from './http-errors.js';
+export { HttpError, MAX_ECHO, MAX_MESSAGE, errorBody, errorHeaders, publicMessage, statusFor, type ErrorBody } from './http-errors.js';
+export { isLoopbackHost } from './listen.js';
 export { toGlanceRecord, type GlanceCachedImage } from './routes/management.js';

@@ -16,11 +16,25 @@ export interface CacheServerOptions {
   origin?: Origin;
   /**
    * Bearer token guarding the management API (`/v2/...`). Without one the
-   * management API is open: only do that on a trusted network.
+   * management API is open, and `listen()` accepts only loopback addresses
+   * (see {@link insecureOpenManagementApi}).
    */
   token?: string;
   /** Also require the token on `/metrics`. @default false */
   protectMetrics?: boolean;
+  /**
+   * Bearer token of `/metrics` (for a Prometheus scraper): `/metrics` then
+   * takes this token or the management token. Without it, `/metrics` is open
+   * (or needs the management token, with {@link protectMetrics}).
+   */
+  metricsToken?: string;
+  /**
+   * Allow `listen()` on an address other hosts can reach (not loopback)
+   * without a `token`, leaving the management API open to them: anyone who
+   * can connect can delete every cached image. Without it, `listen()`
+   * refuses. @default false
+   */
+  insecureOpenManagementApi?: boolean;
   /** How often the pruner runs; 0 disables it. @default 300000 (5 min) */
   pruneInterval?: number;
   /** How often the cleaner runs (with the cache's stall time); 0 disables it. @default 3600000 (1 h) */
@@ -68,6 +82,8 @@ export interface ResolvedOptions {
   origin: Origin | undefined;
   token: string | undefined;
   protectMetrics: boolean;
+  metricsToken: string | undefined;
+  insecureOpenManagementApi: boolean;
   pruneInterval: number;
   cleanInterval: number;
   prefetchInterval: number;
@@ -106,14 +122,19 @@ export function resolveOptions(options: CacheServerOptions): ResolvedOptions {
   if (origin !== undefined && (typeof origin !== 'object' || origin === null || typeof origin.open !== 'function')) {
     throw new InvalidArgumentError('options.origin must be an Origin (e.g. from createOrigin()) with an open(id) method');
   }
-  if (token !== undefined && (typeof token !== 'string' || !/^[\x21-\x7e]+$/.test(token))) {
-    throw new InvalidArgumentError('options.token must be a non-empty string of visible ASCII characters (no spaces)');
+  for (const name of ['token', 'metricsToken'] as const) {
+    const value = options[name];
+    if (value !== undefined && (typeof value !== 'string' || !/^[\x21-\x7e]+$/.test(value))) {
+      throw new InvalidArgumentError(`options.${name} must be a non-empty string of visible ASCII characters (no spaces)`);
+    }
   }
   return {
     cache,
     origin,
     token,
     protectMetrics: flag(options, 'protectMetrics', false),
+    metricsToken: options.metricsToken,
+    insecureOpenManagementApi: flag(options, 'insecureOpenManagementApi', false),
     pruneInterval: milliseconds(options, 'pruneInterval', DEFAULTS.pruneInterval, true),
     cleanInterval: milliseconds(options, 'cleanInterval', DEFAULTS.cleanInterval, true),
     prefetchInterval: milliseconds(options, 'prefetchInterval', DEFAULTS.prefetchInterval, true),

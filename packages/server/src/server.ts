@@ -1,9 +1,10 @@
 import { setMaxListeners } from 'node:events';
 import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify';
 import type { Registry } from 'prom-client';
-import { bearerGuard } from './auth.js';
+import { bearerGuard, metricsGuard } from './auth.js';
 import type { ServerContext } from './context.js';
-import { HttpError, errorBody, statusFor } from './http-errors.js';
+import { HttpError, answerFrameworkError, errorBody, errorHeaders, publicMessage, routeNotFound, statusFor } from './http-errors.js';
+import { assertListenAllowed, boundUrl } from './listen.js';
 import { ServerMetrics, errorLabel } from './metrics.js';
 import { resolveOptions, type CacheServerOptions } from './options.js';
 import { Readiness } from './readiness.js';
@@ -26,7 +27,12 @@ export interface CacheServer {
   readonly app: FastifyInstance;
   /** This server's own Prometheus registry (what `/metrics` exposes). */
   readonly registry: Registry;
-  /** Starts listening; resolves to the base URL, e.g. `http://127.0.0.1:41234`. */
+  /**
+   * Starts listening; resolves to the URL of the bound address, e.g.
+   * `http://127.0.0.1:41234` or `http://0.0.0.0:8080`. Rejects with
+   * `InvalidArgumentError` for an address other hosts can reach while the
+   * management API has no token (unless `insecureOpenManagementApi`).
+   */
   listen(options?: ListenOptions): Promise<string>;
   /**
    * Stops the workers, stops accepting connections, and answers `503` with
@@ -69,6 +75,7 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
     logger: config.logger,
     // Image ids may be up to 255 bytes (more once percent-encoded); longer ones get a 400, not a 404.
     routerOptions: { maxParamLength: 1024 },
+    frameworkErrors: answerFrameworkError,
     // Requests arriving during shutdown (on an open keep-alive connection) get the 503 of the hook below, with Retry-After.
     return503OnClosing: false,
   });
@@ -156,7 +163,7 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
   installErrorHandling(app, metrics);
   const guard = config.token === undefined ? undefined : bearerGuard(config.token);
 
-  app.get('/healthz', async (_request, reply) => {
+  app.get('/healthz', async (request, reply) => {
     try {
       const size = await cache.getCacheSize();
       // Liveness: 200 while the process serves; `status` tells whether it is also ready (see /readyz, which probes).
@@ -164,7 +171,8 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
       return { status, driver: cache.driver.name, size, max_size: cache.maxSize };
     } catch (error) {
       metrics.countError(error);
-      return reply.code(503).send({ status: 'unavailable', code: errorLabel(error, 503), message: (error as Error).message });
+      request.log.error({ err: error }, 'healthz failed');
+      return reply.code(503).send({ status: 'unavailable', code: errorLabel(error, 503), message: publicMessage(error, 503) });
     }
   });
 
@@ -174,7 +182,8 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
     return reply.code(503).send(report);
   });
 
-  app.get('/metrics', { onRequest: config.protectMetrics && guard !== undefined ? guard : [] }, async (_request, reply) => {
+  const metricsAuth = metricsGuard(config);
+  app.get('/metrics', { onRequest: metricsAuth ?? [] }, async (_request, reply) => {
     const text = await metrics.registry.metrics();
     return reply.type(metrics.registry.contentType).send(text);
   });
@@ -195,7 +204,9 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
     app,
     registry: metrics.registry,
     async listen({ host = '127.0.0.1', port = 0 }: ListenOptions = {}) {
-      return app.listen({ host, port });
+      await assertListenAllowed(host, config);
+      await app.listen({ host, port });
+      return boundUrl(app.server);
     },
     close() {
       closing ??= (async () => {
@@ -237,15 +248,18 @@ function installErrorHandling(app: FastifyInstance, metrics: ServerMetrics): voi
   app.setErrorHandler((error, request, reply) => {
     const status = statusFor(error);
     for (const name of IMAGE_HEADERS) reply.removeHeader(name);
-    if (error instanceof HttpError) reply.headers(error.headers);
+    reply.headers(errorHeaders(error));
+    const body = errorBody(error, status);
+    // The body's message is short and says nothing internal (origin URLs, paths): the whole error goes to the log.
     if (status >= 500) request.log.error({ err: error }, 'request failed');
+    else if (error instanceof Error && body.message !== error.message) request.log.info({ err: error }, 'request refused');
     counted.add(request);
     metrics.countError(error, status);
-    return reply.code(status).send(errorBody(error, status));
+    return reply.code(status).send(body);
   });
 
   app.setNotFoundHandler(async (request) => {
-    throw new HttpError(404, 'ROUTE_NOT_FOUND', `no route ${request.method} ${request.url.split('?')[0]}`);
+    throw routeNotFound(request.method, request.url);
   });
 
   app.addHook('onResponse', async (request, reply) => {

@@ -102,11 +102,16 @@ export class PeriodicWorker {
   }
 }
 
-/** Prunes under `serial` and counts the evictions. */
+/**
+ * Prunes under `serial` and counts the evictions. `invalid/` counts against
+ * the budget: its files (failed and quarantined writes) are deleted first,
+ * counted as cleaned `invalid` files.
+ */
 export async function runPrune(cache: ImageCache, serial: Serial, metrics: ServerMetrics): Promise<PruneResult> {
-  const result = await serial.run(() => cache.prune());
+  const result = await serial.run(() => cache.prune({ includeInvalid: true }));
   metrics.prunedFiles.inc(result.files);
   metrics.prunedBytes.inc(result.bytes);
+  if (result.invalid !== undefined) metrics.cleanedFiles.inc({ kind: 'invalid' }, result.invalid.files);
   return result;
 }
 

@@ -49,7 +49,7 @@ export type OriginBehaviour =
   | { kind: 'stall'; data: Buffer; after: number }
   /** Sends nothing, not even the headers, until the connection is closed. */
   | { kind: 'silent' }
-  | { kind: 'status'; status: number };
+  | { kind: 'status'; status: number; headers?: Record<string, string> };
 
 /** A real HTTP origin on 127.0.0.1 serving `/images/<id>`, counting requests per id. */
 export class TestOrigin {
@@ -94,7 +94,7 @@ export class TestOrigin {
     const behaviour = this.images.get(id) ?? { kind: 'status', status: 404 };
     switch (behaviour.kind) {
       case 'status':
-        res.writeHead(behaviour.status, { 'content-type': 'text/plain' });
+        res.writeHead(behaviour.status, { 'content-type': 'text/plain', ...behaviour.headers });
         res.end(`status ${behaviour.status}`);
         return;
       case 'ok': {

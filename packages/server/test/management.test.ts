@@ -1,4 +1,4 @@
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -121,6 +121,19 @@ describe('management API (Glance /v2/cache shapes)', () => {
     expect((await h.cache.getCachedImages()).map((image) => image.imageId)).toEqual(['p3', 'p4']);
     const again = await fetch(`${h.url}/v2/cache/prune`, { method: 'POST', headers: auth });
     expect(await again.json()).toEqual({ total_files_pruned: 0, total_bytes_pruned: 0 });
+  });
+
+  it('POST /v2/cache/prune counts invalid/ against the budget and deletes invalid files first (issue 13)', async () => {
+    await h.close();
+    h = await startHarness({ token: TOKEN, maxSize: 2500 });
+    for (const id of ['p1', 'p2']) await put(h, id);
+    await writeFile(`${h.cacheDir}/invalid/broken`, Buffer.alloc(1500));
+    const response = await fetch(`${h.url}/v2/cache/prune`, { method: 'POST', headers: auth });
+    expect(await response.json()).toEqual({ total_files_pruned: 1, total_bytes_pruned: 1500 });
+    expect(await readdir(`${h.cacheDir}/invalid`)).toEqual([]);
+    expect((await h.cache.getCachedImages()).map((image) => image.imageId)).toEqual(['p1', 'p2']);
+    const metrics = await (await fetch(`${h.url}/metrics`)).text();
+    expect(metrics).toMatch(/^image_cache_cleaned_files_total\{kind="invalid"\} 1$/m);
   });
 
   it('POST /v2/cache/clean removes invalid files (200, empty body)', async () => {

@@ -13,14 +13,14 @@ describe('/metrics', () => {
   it('exact counts after known traffic', async () => {
     const a = imageBytes('a', 4000);
     h.origin.images.set('a', { kind: 'ok', data: a });
-    h.origin.images.set('down', { kind: 'status', status: 503 });
+    h.origin.images.set('down', { kind: 'status', status: 500 });
 
     // 1 miss (4000 bytes from origin), then 2 hits (8000 bytes from cache), 1 range hit (10 bytes).
     expect((await fetch(`${h.url}/images/a`)).status).toBe(200);
     await waitFor(() => h.cache.isCached('a'));
     for (let i = 0; i < 2; i++) await (await fetch(`${h.url}/images/a`)).arrayBuffer();
     expect((await rawRequest(`${h.url}/images/a`, { headers: { range: 'bytes=0-9' } })).status).toBe(206);
-    // Errors: origin 404 (miss), origin 503 -> 502 (miss), invalid id (400), unknown route (404).
+    // Errors: origin 404 (miss), origin 500 -> 502 (miss), invalid id (400), unknown route (404).
     expect((await fetch(`${h.url}/images/nope`)).status).toBe(404);
     expect((await fetch(`${h.url}/images/down`)).status).toBe(502);
     expect((await fetch(`${h.url}/images/.bad`)).status).toBe(400);

@@ -1,13 +1,14 @@
 import { join } from 'node:path';
 import type { Command } from 'commander';
 import type { Origin } from '@cache/origin';
-import { createCacheServer } from '@cache/server';
-import { resolveConfig, type ConfigFlags } from '../config.js';
+import { createCacheServer, isLoopbackHost } from '@cache/server';
+import { resolveConfig, type ConfigFlags, type ResolvedConfig } from '../config.js';
 import { DEMO_IMAGES, startDemoOrigin, type DemoOrigin } from '../demo/origin.js';
 import { CliErrorCodes, ExitCode, operationalError, usageError } from '../errors.js';
 import { openCacheFromConfig } from '../open-cache.js';
 import { addOriginOptions, describeOriginOptions, openOrigin } from '../origin-options.js';
-import { formatDuration, formatSize } from '../units.js';
+import { recordSettings, writeRecordedSettings } from '../settings-file.js';
+import { formatDuration, formatSize, formatSizeExact } from '../units.js';
 import type { RegisterCommand } from './types.js';
 
 interface ServeOptions {
@@ -38,7 +39,12 @@ export const registerServe: RegisterCommand = (program, ctx) => {
     .option('--port <port>', 'port to listen on, 0 for any free port (env IMAGE_CACHE_PORT; default 8080)')
     .option('--origin <url-or-dir>', 'where misses are fetched from: URL template with {id}, glance+https://host:9292, or a directory (env IMAGE_CACHE_ORIGIN)');
   addOriginOptions(cmd)
-    .option('--token <token>', 'bearer token required by the management API /v2/cache (env IMAGE_CACHE_TOKEN; default: open)')
+    .option('--token <token>', 'bearer token required by the management API /v2 (env IMAGE_CACHE_TOKEN; without one the API is open, so serve then listens on loopback only)')
+    .option('--metrics-token <token>', 'bearer token required by /metrics, e.g. for a Prometheus scraper; /metrics also takes --token (env IMAGE_CACHE_METRICS_TOKEN; default: open)')
+    .option(
+      '--insecure-open-management-api',
+      'allow serving the management API without a token on an address other hosts can reach: anyone who can connect may delete the cache (env IMAGE_CACHE_INSECURE_OPEN_MANAGEMENT_API)',
+    )
     .option('--stall-time <duration>', 'age at which the cleaner deletes an incomplete file (default 1d)')
     .option('--prune-interval <duration>', 'time between prune runs, 0 disables (default 5m)')
     .option('--clean-interval <duration>', 'time between clean runs, 0 disables (default 1h)')
@@ -58,8 +64,23 @@ export const registerServe: RegisterCommand = (program, ctx) => {
         requireCacheDir: !demo,
       });
       for (const warning of config.warnings) ctx.warn(warning);
+      assertTokens(config);
+      // Refused before anything is opened: an open management API lets anyone who can connect delete the cache.
+      const loopback = await isLoopbackHost(config.host);
+      if (config.token === undefined && !config.insecureOpenManagementApi && !loopback) {
+        throw usageError(
+          CliErrorCodes.OPEN_MANAGEMENT_API,
+          `refusing to serve on ${config.host} without a token: the management API (/v2: delete, prune, queue) would be open to every host ` +
+            'that can reach it. Set --token (IMAGE_CACHE_TOKEN), listen on loopback (--host 127.0.0.1), or, on a network you trust, ' +
+            'pass --insecure-open-management-api',
+        );
+      }
       if (config.cacheDir === '') config.cacheDir = join(ctx.io.cwd, DEMO_CACHE_DIR);
-      if (demo && config.sources.maxSize === 'default') config.maxSize = DEMO_MAX_SIZE;
+      const demoDefaults = new Set<'maxSize'>();
+      if (demo && config.sources.maxSize === 'default') {
+        config.maxSize = DEMO_MAX_SIZE;
+        demoDefaults.add('maxSize');
+      }
       const shutdownTimeout = Math.round(config.shutdownTimeout * 1000);
       if (shutdownTimeout > MAX_SHUTDOWN_TIMEOUT) {
         throw usageError(CliErrorCodes.INVALID_DURATION, `invalid shutdown timeout ${formatDuration(config.shutdownTimeout)}: at most 24 days`);
@@ -94,6 +115,8 @@ export const registerServe: RegisterCommand = (program, ctx) => {
           cache,
           ...(origin === undefined ? {} : { origin }),
           ...(config.token === undefined ? {} : { token: config.token }),
+          ...(config.metricsToken === undefined ? {} : { metricsToken: config.metricsToken }),
+          insecureOpenManagementApi: config.insecureOpenManagementApi,
           pruneInterval: seconds(config.pruneInterval),
           cleanInterval: seconds(config.cleanInterval),
           prefetchInterval: seconds(config.prefetchInterval),
@@ -125,7 +148,23 @@ export const registerServe: RegisterCommand = (program, ctx) => {
         throw error;
       }
       const auth = config.token === undefined ? '' : ` -H 'authorization: Bearer ${config.token}'`;
-      ctx.err(`image-cache: serving ${config.cacheDir} (${config.driver}, budget ${formatSize(config.maxSize)}) on ${url}`);
+      const metricsAuth = config.metricsToken === undefined ? auth : ` -H 'authorization: Bearer ${config.metricsToken}'`;
+      // Recorded before the startup lines: once they are out, `image-cache stats` shows the settings.
+      try {
+        const port = Number(new URL(url).port);
+        await writeRecordedSettings(config.cacheDir, recordSettings(config, { url, port, origin: origin?.description, demoDefaults }));
+      } catch (error) {
+        ctx.warn(`could not record the server's settings in ${config.cacheDir}: ${(error as Error).message}; \`image-cache stats\` will not show them`);
+      }
+      if (config.token === undefined) {
+        ctx.warn(
+          loopback
+            ? 'the management API (/v2: delete, prune, queue) has no token: any user or process on this host can use it; set --token (IMAGE_CACHE_TOKEN) to guard it'
+            : `the management API (/v2: delete, prune, queue) has no token and is open to every host that can reach ${url} (--insecure-open-management-api)`,
+        );
+      }
+      // The bound address (`--host 0.0.0.0` is reported as such, not as 127.0.0.1).
+      ctx.err(`image-cache: serving ${config.cacheDir} (${config.driver}, budget ${formatSizeExact(config.maxSize)}) on ${url}`);
       // Header names only: their values (tokens) are never printed.
       ctx.err(`image-cache: origin ${origin === undefined ? '(none: misses are 404)' : `${origin.description}${describeOriginOptions(config)}`}`);
       if (demo) {
@@ -138,7 +177,7 @@ export const registerServe: RegisterCommand = (program, ctx) => {
         ctx.out(`  curl -s -r 0-15 ${url}/images/${first} | od -A d -t x1             # a range`);
         ctx.out(`  curl -s${auth} ${url}/v2/cache | head -c 600; echo                 # management API: cached and queued`);
         ctx.out(`  curl -s -X PUT${auth} ${url}/v2/cache/${ids[2] ?? first}            # queue one for the prefetcher`);
-        ctx.out(`  curl -s ${url}/metrics | grep '^image_cache_'                        # Prometheus metrics`);
+        ctx.out(`  curl -s${config.metricsToken === undefined ? '' : metricsAuth} ${url}/metrics | grep '^image_cache_'                        # Prometheus metrics`);
         ctx.out(`  curl -s ${url}/healthz`);
         ctx.out(`Press Ctrl-C to stop (downloads already streaming get up to ${formatDuration(config.shutdownTimeout)} to finish).`);
       } else {
@@ -159,3 +198,30 @@ export const registerServe: RegisterCommand = (program, ctx) => {
       ctx.exitCode = ExitCode.OK;
     });
 };
+
+/**
+ * Refuses an empty or unusable token (`--token ''`, `IMAGE_CACHE_TOKEN=` set
+ * but empty, a blank one): leaving the management API open must be a choice,
+ * never a typo. The message names where the token came from, never the token.
+ */
+function assertTokens(config: ResolvedConfig): void {
+  const where = {
+    token: { flag: '--token', env: 'IMAGE_CACHE_TOKEN' },
+    metricsToken: { flag: '--metrics-token', env: 'IMAGE_CACHE_METRICS_TOKEN' },
+  } as const;
+  for (const name of ['token', 'metricsToken'] as const) {
+    const value = config[name];
+    if (value === undefined) continue;
+    const source = config.sources[name];
+    const what = source === 'flag' ? where[name].flag : source === 'env' ? where[name].env : `${name} in ${config.configFile ?? 'the config file'}`;
+    if (value.trim() === '') {
+      throw usageError(
+        CliErrorCodes.INVALID_TOKEN,
+        `${what} is empty: give a token (visible ASCII characters, e.g. from \`openssl rand -hex 32\`)${name === 'token' ? ', or leave it out to serve the management API without one (on loopback only)' : ', or leave it out'}`,
+      );
+    }
+    if (!/^[\x21-\x7e]+$/.test(value)) {
+      throw usageError(CliErrorCodes.INVALID_TOKEN, `${what} must be visible ASCII characters without spaces (e.g. from \`openssl rand -hex 32\`)`);
+    }
+  }
+}

@@ -1,7 +1,8 @@
 import type { Command } from 'commander';
 import { type ImageCache } from '@cache/core';
-import type { ResolvedConfig } from '../config.js';
-import { formatSize, formatTime } from '../units.js';
+import type { ConfigSource, ResolvedConfig } from '../config.js';
+import { describeServer, describeSource, type RecordedSettings } from '../settings-file.js';
+import { formatDuration, formatSize, formatSizeExact, formatTime } from '../units.js';
 import type { RegisterCommand } from './types.js';
 
 /** What `stats --json` prints. */
@@ -11,17 +12,24 @@ export interface CacheStats {
   entries: number;
   totalSize: number;
   maxSize: number;
-  /** totalSize / maxSize, in percent (one decimal). */
+  /** Where {@link maxSize} came from (`serve`: the settings `image-cache serve` recorded in the directory). */
+  maxSizeSource: ConfigSource;
+  /** (totalSize + invalid.size) / maxSize, in percent (one decimal): files in `invalid/` count against the budget. */
   usedPercent: number;
   queued: number;
   incomplete: { count: number; size: number };
   invalid: { count: number; size: number };
   oldestAccess: { imageId: string; lastAccessed: number } | null;
   newestAccess: { imageId: string; lastAccessed: number } | null;
+  /**
+   * The settings the last `image-cache serve` on this directory runs (or ran)
+   * with, from its settings file, or null when none was recorded.
+   */
+  server: { file: string; running: boolean | null; pid: number; url: string; startedAt: string; settings: RecordedSettings['settings'] } | null;
 }
 
 /** Gathers {@link CacheStats} with one listing of each part of the cache directory. */
-export async function cacheStats(cache: ImageCache, config: Pick<ResolvedConfig, 'maxSize'>): Promise<CacheStats> {
+export async function cacheStats(cache: ImageCache, config: Pick<ResolvedConfig, 'maxSize' | 'sources' | 'recorded'>): Promise<CacheStats> {
   const [images, queued, incomplete, invalid] = await Promise.all([
     cache.getCachedImages(),
     cache.getQueuedImages(),
@@ -29,6 +37,9 @@ export async function cacheStats(cache: ImageCache, config: Pick<ResolvedConfig,
     cache.listFiles('invalid'),
   ]);
   const totalSize = images.reduce((sum, image) => sum + image.size, 0);
+  const invalidSize = invalid.reduce((sum, entry) => sum + entry.size, 0);
+  const used = totalSize + invalidSize;
+  const recorded = config.recorded;
   const byAccess = [...images].sort((a, b) => a.lastAccessed - b.lastAccessed || (a.imageId < b.imageId ? -1 : 1));
   const oldest = byAccess[0];
   const newest = byAccess.at(-1);
@@ -38,20 +49,36 @@ export async function cacheStats(cache: ImageCache, config: Pick<ResolvedConfig,
     entries: images.length,
     totalSize,
     maxSize: config.maxSize,
-    usedPercent: config.maxSize > 0 ? Math.round((totalSize / config.maxSize) * 1000) / 10 : totalSize > 0 ? Infinity : 0,
+    maxSizeSource: config.sources.maxSize,
+    usedPercent: config.maxSize > 0 ? Math.round((used / config.maxSize) * 1000) / 10 : used > 0 ? Infinity : 0,
     queued: queued.length,
     incomplete: { count: incomplete.length, size: incomplete.reduce((sum, entry) => sum + entry.size, 0) },
-    invalid: { count: invalid.length, size: invalid.reduce((sum, entry) => sum + entry.size, 0) },
+    invalid: { count: invalid.length, size: invalidSize },
     oldestAccess: oldest === undefined ? null : { imageId: oldest.imageId, lastAccessed: oldest.lastAccessed },
     newestAccess: newest === undefined ? null : { imageId: newest.imageId, lastAccessed: newest.lastAccessed },
+    server:
+      recorded === undefined
+        ? null
+        : {
+            file: recorded.path,
+            running: recorded.running ?? null,
+            pid: recorded.record.pid,
+            url: recorded.record.url,
+            startedAt: recorded.record.startedAt,
+            settings: recorded.record.settings,
+          },
   };
 }
 
-/** `image-cache stats [--json]`: entries, sizes, budget, queue, incomplete and invalid counts, access range. */
+/**
+ * `image-cache stats [--json]`: entries, sizes, budget (and where it came
+ * from), queue, incomplete and invalid counts, access range, and the settings
+ * the last `image-cache serve` on the directory recorded.
+ */
 export const registerStats: RegisterCommand = (program, ctx) => {
   program
     .command('stats')
-    .description('summarize the cache: entries, total size, budget, queue, incomplete/invalid files, oldest/newest access')
+    .description("summarize the cache: entries, total size, budget, queue, incomplete/invalid files, oldest/newest access, and the settings of the server on it")
     .option('--json', 'print JSON')
     .action(async (options: { json?: boolean }, command: Command) => {
       await ctx.withCache(command, { mustExist: true }, async (cache, config) => {
@@ -66,14 +93,32 @@ export const registerStats: RegisterCommand = (program, ctx) => {
           ['cache dir', stats.cacheDir],
           ['entries', String(stats.entries)],
           ['total size', `${formatSize(stats.totalSize)} (${stats.totalSize} bytes)`],
-          ['budget', `${formatSize(stats.maxSize)} (${stats.usedPercent}% used)`],
+          ['budget', `${formatSizeExact(stats.maxSize)} (${stats.usedPercent}% used, invalid/ included; from ${describeSource(config, 'maxSize')})`],
           ['queued', String(stats.queued)],
           ['incomplete', `${stats.incomplete.count} (${formatSize(stats.incomplete.size)})`],
           ['invalid', `${stats.invalid.count} (${formatSize(stats.invalid.size)})`],
           ['oldest access', access(stats.oldestAccess)],
           ['newest access', access(stats.newestAccess)],
         ];
+        const server = config.recorded;
+        if (server !== undefined) {
+          const recordedSettings = server.record.settings;
+          rows.push(['server', `image-cache serve ${describeServer(server)}`]);
+          if (config.sources.maxSize !== 'serve') rows.push(['server budget', `${formatSizeExact(recordedSettings.maxSize.value)} (${recordedSettings.maxSize.source})`]);
+          rows.push([
+            'server runs',
+            `${recordedSettings.driver.value} driver, stall time ${formatDuration(recordedSettings.stallTime.value)}, ` +
+              `${every('prune', recordedSettings.pruneInterval.value)}, ${every('clean', recordedSettings.cleanInterval.value)}, ` +
+              `management API ${recordedSettings.token.value ? 'with a token' : 'without a token'}, origin ${recordedSettings.origin.value ?? '(none)'}`,
+          ]);
+          rows.push(['recorded in', server.path]);
+        }
         for (const [key, value] of rows) ctx.out(`${key.padEnd(14)}${value}`);
       });
     });
 };
+
+/** `prune every 5m`, or `prune off` for a disabled worker (interval 0). */
+function every(worker: string, seconds: number): string {
+  return seconds > 0 ? `${worker} every ${formatDuration(seconds)}` : `${worker} off`;
+}

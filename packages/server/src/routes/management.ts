@@ -102,8 +102,9 @@ export async function managementRoutes(scope: FastifyInstance, context: ServerCo
   methodNotAllowed(scope, '/cache/clean', ['POST']);
 
   scope.post('/cache/prune', async () => {
-    const { files, bytes } = await runPrune(cache, context.pruneSerial, context.metrics);
-    return { total_files_pruned: files, total_bytes_pruned: bytes };
+    const { files, bytes, invalid } = await runPrune(cache, context.pruneSerial, context.metrics);
+    // Files deleted from invalid/ (they count against the budget) are part of what was pruned.
+    return { total_files_pruned: files + (invalid?.files ?? 0), total_bytes_pruned: bytes + (invalid?.bytes ?? 0) };
   });
   methodNotAllowed(scope, '/cache/prune', ['POST']);
 

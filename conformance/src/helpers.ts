@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
-import { lstat, readdir, readlink, stat } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { lstat, open, readdir, readlink, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable, type Stream, type Writable } from 'node:stream';
 import { finished, pipeline } from 'node:stream/promises';
@@ -263,4 +264,28 @@ export async function listNames(dir: string): Promise<string[]> {
 /** Size of a file in bytes (following symlinks). */
 export async function fileSize(path: string): Promise<number> {
   return (await stat(path)).size;
+}
+
+/**
+ * Reads a cache file the way the kit inspects one: without moving its atime
+ * (`O_NOATIME`, which Linux allows the file's owner and root; elsewhere, or
+ * when refused, a plain read). A driver that takes reads by others into its
+ * recency from atime (as Glance's xattr driver does) must not see the kit's
+ * own checks as accesses.
+ */
+export async function inspectFile(path: string): Promise<Buffer> {
+  const noAtime = (constants as { O_NOATIME?: number }).O_NOATIME;
+  if (noAtime === undefined) return readFile(path);
+  let handle;
+  try {
+    handle = await open(path, constants.O_RDONLY | noAtime);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'EPERM') return readFile(path);
+    throw error;
+  }
+  try {
+    return await handle.readFile();
+  } finally {
+    await handle.close();
+  }
 }

@@ -94,6 +94,7 @@ export {
   dumpTree,
   endWrite,
   failingSource,
+  inspectFile,
   makeBytes,
   readImage,
   readPartially,

@@ -62,8 +62,17 @@ async function setUp(prefix: string): Promise<string> {
   return join(work, 'cache');
 }
 
+/**
+ * This file is about the write-ahead log and what a crash leaves of it, so its
+ * drivers run in WAL mode (`journalMode: 'wal'`), as a database outside the
+ * cache directory does by default (ADR 0005). In the rollback-journal mode a
+ * database in the cache directory gets, another process's exclusive lock also
+ * blocks listings; that mode's own tests are in packages/driver-sqlite.
+ */
+const JOURNAL = { journalMode: 'wal' } as const;
+
 async function open(cacheDir: string, options: { busyTimeout?: number; onWarning?: (w: CacheWarning) => void } = {}): Promise<SqliteDriver> {
-  const driver = new SqliteDriver({ cacheDir, ...options });
+  const driver = new SqliteDriver({ cacheDir, ...JOURNAL, ...options });
   await driver.configure();
   drivers.push(driver);
   return driver;
@@ -121,7 +130,7 @@ function expectTypedStorageError(outcome: unknown, what: string): void {
   expect((outcome as CacheError).message, `${what}: the message says how to recover`).toMatch(/move .*cache\.db .*out of the cache directory/);
 }
 
-describe(`sqlite: a damaged or locked cache.db on ${target.fs.name} (${target.fs.root})`, () => {
+describe(`sqlite (WAL): a damaged or locked cache.db on ${target.fs.name} (${target.fs.root})`, () => {
   for (const variant of ['every byte', 'every byte after the 100-byte header'] as const) {
     it(`cache.db overwritten with random bytes (${variant}) while the driver is open: listing, hit count and commit reject with a typed error; no active file without a row`, async () => {
       const cacheDir = await setUp('overwrite');
@@ -150,7 +159,7 @@ describe(`sqlite: a damaged or locked cache.db on ${target.fs.name} (${target.fs
 
       // And a new driver refuses to configure, saying how to recover.
       await driver.close();
-      const reopened = new SqliteDriver({ cacheDir });
+      const reopened = new SqliteDriver({ cacheDir, ...JOURNAL });
       const refusal = await outcomeOf(reopened.configure());
       expect((refusal as CacheError).code).toBe('CACHE_BAD_DRIVER_CONFIGURATION');
       expect((refusal as Error).message).toMatch(/move .*cache\.db .*out of the cache directory/);
@@ -290,7 +299,7 @@ describe(`sqlite: a damaged or locked cache.db on ${target.fs.name} (${target.fs
     // The damage: cache.db is garbage.
     checkpoint(cacheDir);
     await writeFile(join(cacheDir, 'cache.db'), randomBytes((await stat(join(cacheDir, 'cache.db'))).size));
-    const refused = new SqliteDriver({ cacheDir });
+    const refused = new SqliteDriver({ cacheDir, ...JOURNAL });
     const refusal = await outcomeOf(refused.configure());
     expect((refusal as CacheError).code).toBe('CACHE_BAD_DRIVER_CONFIGURATION');
     expect((refusal as Error).message).toMatch(/move .*cache\.db \(with its -wal\/-shm files\) out of the cache directory/);

@@ -1,9 +1,8 @@
 import { createHash } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { ImageCache } from '@cache/core';
 import { expect } from 'vitest';
-import { abortWrite, chunked, drain, endWrite, failingSource, makeBytes, readImage, sha256, whenClosed, writeChunk, writeImage } from '../helpers.js';
+import { abortWrite, chunked, drain, endWrite, failingSource, makeBytes, readImage, sha256, whenClosed, writeChunk, writeImage, inspectFile } from '../helpers.js';
 import type { CaseGroup } from '../kit.js';
 import { verifyCacheDir } from '../verify.js';
 import { ErrorCodes, expectRejects, layout, whereOnDisk } from './common.js';
@@ -34,7 +33,7 @@ export const checksumCases: CaseGroup = {
       const cache = await ImageCache.open({ driver });
       expect(await cache.cacheImage('img', source(data), { checksum: { algorithm: 'sha256', digest: sha256(data) } })).toBe(true);
       expect(await whereOnDisk(dir, 'img')).toEqual(['active']);
-      expect((await readFile(layout(dir).active('img'))).equals(data)).toBe(true);
+      expect((await inspectFile(layout(dir).active('img'))).equals(data)).toBe(true);
       expect(await driver.getImageSize('img')).toBe(SIZE);
       expect(await verifyCacheDir(dir, { driver })).toEqual([]);
     });
@@ -77,7 +76,7 @@ export const checksumCases: CaseGroup = {
       expect(ended).toBe(true);
       expect(got.equals(data), 'the client got every byte exactly once').toBe(true);
       expect(await whereOnDisk(dir, 'img')).toEqual(['active']);
-      expect((await readFile(layout(dir).active('img'))).equals(data)).toBe(true);
+      expect((await inspectFile(layout(dir).active('img'))).equals(data)).toBe(true);
     });
 
     kit.it('ImageCache.getCachingStream(id, source, { checksum }) with a matching sha256 commits when the stream ends', async ({ driver, dir }) => {
@@ -145,7 +144,7 @@ export const checksumCases: CaseGroup = {
       expect(got.equals(data)).toBe(true);
       expect(await whereOnDisk(dir, 'img')).toEqual(['incomplete']);
       await endWrite(other, otherData.subarray(100));
-      expect((await readFile(layout(dir).active('img'))).equals(otherData), 'the other writer commits its own bytes').toBe(true);
+      expect((await inspectFile(layout(dir).active('img'))).equals(otherData), 'the other writer commits its own bytes').toBe(true);
     });
 
     kit.it('ImageCache.getCachingStream(id) of a cached id passes the source through and leaves the entry alone', async ({ driver }) => {

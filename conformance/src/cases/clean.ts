@@ -1,9 +1,9 @@
-import { readFile, utimes, writeFile } from 'node:fs/promises';
+import { utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { expect } from 'vitest';
-import { abortWrite, endWrite, makeBytes, writeChunk, writeImage } from '../helpers.js';
+import { abortWrite, endWrite, makeBytes, writeChunk, writeImage, inspectFile } from '../helpers.js';
 import type { CaseGroup } from '../kit.js';
 import { ErrorCodes, expectRejects, layout, namesIn, whereOnDisk } from './common.js';
 
@@ -72,7 +72,7 @@ export const cleanCases: CaseGroup = {
       expect(await namesIn(dir, 'incomplete')).toEqual(['live']);
       await pipeline(Readable.from([data.subarray(20_000)]), writer);
       expect(await whereOnDisk(dir, 'live')).toEqual(['active']);
-      expect((await readFile(layout(dir).active('live'))).equals(data)).toBe(true);
+      expect((await inspectFile(layout(dir).active('live'))).equals(data)).toBe(true);
       expect(await driver.isCached('live')).toBe(true);
     });
 

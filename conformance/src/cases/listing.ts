@@ -1,8 +1,8 @@
-import { mkdir, readFile, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { CacheDriver } from '@cache/core';
 import { expect } from 'vitest';
-import { isRegularFile, listNames, makeBytes, readImage, snapshotTree, writeImage } from '../helpers.js';
+import { isRegularFile, listNames, makeBytes, readImage, snapshotTree, writeImage, inspectFile } from '../helpers.js';
 import type { CaseGroup } from '../kit.js';
 import { verifyCacheDir } from '../verify.js';
 import { ErrorCodes, expectFails, expectEpochSecondsBetween, expectRejects, layout, listedIds, nowSeconds } from './common.js';
@@ -90,7 +90,7 @@ export const listingCases: CaseGroup = {
       await populate(driver);
       for (const [id, size] of ENTRIES) {
         expect(await driver.getImageSize(id), `getImageSize(${id})`).toBe(size);
-        expect((await readFile(layout(dir).active(id))).length, `file ${id}`).toBe(size);
+        expect((await inspectFile(layout(dir).active(id))).length, `file ${id}`).toBe(size);
       }
     });
 

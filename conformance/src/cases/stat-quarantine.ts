@@ -1,8 +1,8 @@
-import { readdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { readdir, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ImageCache, type CacheDriver } from '@cache/core';
 import { expect } from 'vitest';
-import { makeBytes, writeImage } from '../helpers.js';
+import { makeBytes, writeImage, inspectFile } from '../helpers.js';
 import type { CaseGroup } from '../kit.js';
 import { readTimes, reopen, writeVerified } from './shared.js';
 
@@ -69,7 +69,7 @@ export const statQuarantineCases: CaseGroup = {
       expect(await driver.isCached('img')).toBe(false);
       expect((await driver.getCachedImages()).map((image) => image.imageId)).toEqual(['other']);
       expect(await driver.getHitCount('img')).toBe(0);
-      expect((await readFile(join(dir, 'invalid', 'img'))).equals(data), 'the quarantined bytes are kept in invalid/ for inspection').toBe(true);
+      expect((await inspectFile(join(dir, 'invalid', 'img'))).equals(data), 'the quarantined bytes are kept in invalid/ for inspection').toBe(true);
       expect(await cache.quarantine('img', { reason: 'again' }), 'nothing left to quarantine').toBe(false);
       await writeImage(driver, 'img', makeBytes(1500, 37));
       expect(await driver.getHitCount('img')).toBe(0);

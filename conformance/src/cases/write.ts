@@ -1,8 +1,7 @@
-import { readFile } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { expect } from 'vitest';
-import { abortWrite, chunked, endWrite, failingSource, makeBytes, readImage, rejectionOf, whenClosed, writeChunk, writeImage } from '../helpers.js';
+import { abortWrite, chunked, endWrite, failingSource, makeBytes, readImage, rejectionOf, whenClosed, writeChunk, writeImage, inspectFile } from '../helpers.js';
 import type { CaseGroup } from '../kit.js';
 import { verifyCacheDir } from '../verify.js';
 import { ErrorCodes, expectRejects, layout, listedIds, namesIn, whereOnDisk } from './common.js';
@@ -25,7 +24,7 @@ export const writeCases: CaseGroup = {
       expect(writer.imageId).toBe('img');
       await pipeline(Readable.from(chunked(data, 10_000)), writer);
       expect(writer.bytesWritten).toBe(data.length);
-      expect((await readFile(at.active('img'))).equals(data), 'the active file has exactly the written bytes').toBe(true);
+      expect((await inspectFile(at.active('img'))).equals(data), 'the active file has exactly the written bytes').toBe(true);
       expect(await whereOnDisk(dir, 'img')).toEqual(['active']);
       expect(await namesIn(dir, 'incomplete')).toEqual([]);
       expect(await namesIn(dir, 'invalid')).toEqual([]);
@@ -58,7 +57,7 @@ export const writeCases: CaseGroup = {
       await expectRejects(driver.openForRead('img'), ErrorCodes.IMAGE_NOT_CACHED, 'openForRead during the write');
       await endWrite(writer, makeBytes(100));
       expect(await whereOnDisk(dir, 'img')).toEqual(['active']);
-      expect((await readFile(at.active('img'))).length).toBe(5100);
+      expect((await inspectFile(at.active('img'))).length).toBe(5100);
       expect(await driver.isBeingCached('img')).toBe(false);
     });
 
@@ -127,7 +126,7 @@ export const writeCases: CaseGroup = {
       await expectRejects(driver.openForWrite('img'), ErrorCodes.IMAGE_BEING_CACHED, 'second openForWrite(img)');
       await expectRejects(driver.openForWrite('img'), ErrorCodes.IMAGE_BEING_CACHED, 'third openForWrite(img)');
       await pipeline(Readable.from(chunked(firstData.subarray(1000), 7000)), first);
-      expect((await readFile(layout(dir).active('img'))).equals(firstData), 'the first writer bytes are intact').toBe(true);
+      expect((await inspectFile(layout(dir).active('img'))).equals(firstData), 'the first writer bytes are intact').toBe(true);
       expect(await whereOnDisk(dir, 'img')).toEqual(['active']);
       expect(await driver.getImageSize('img')).toBe(firstData.length);
     });
@@ -138,7 +137,7 @@ export const writeCases: CaseGroup = {
       await abortWrite(first, new Error('gave up'));
       const data = makeBytes(1234, 5);
       await writeImage(driver, 'img', data);
-      expect((await readFile(layout(dir).active('img'))).equals(data)).toBe(true);
+      expect((await inspectFile(layout(dir).active('img'))).equals(data)).toBe(true);
     });
 
     kit.it('openForWrite(id) on a cached id replaces the entry when it commits; readers see the old bytes until then', async ({ driver }) => {
@@ -166,7 +165,7 @@ export const writeCases: CaseGroup = {
       writer.write(makeBytes(3000, 2));
       await abortWrite(writer, new Error('rewrite failed'));
       expect(await whereOnDisk(dir, 'img')).toEqual(['active', 'invalid']);
-      expect((await readFile(layout(dir).active('img'))).equals(v1)).toBe(true);
+      expect((await inspectFile(layout(dir).active('img'))).equals(v1)).toBe(true);
       expect(await driver.isCached('img')).toBe(true);
       expect(await driver.getHitCount('img'), 'the hits of the committed entry survive a failed rewrite').toBe(2);
       expect(await driver.getCachedImages()).toEqual([before]);

@@ -1,7 +1,7 @@
 // Fills whose fetch announces what the origin said (size, digest, cache: false), and fills stopped early
 // (abort(), FillOptions.signal). Real files in a temp directory, the real MemoryDriver.
 import { createHash } from 'node:crypto';
-import { readdir } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -139,6 +139,8 @@ describe('fetch() announces what the origin said', () => {
     const outcome = await fill.done;
     expect(outcome.status === 'failed' && ChecksumMismatchError.isInstance(outcome.error)).toBe(true);
     await expectRolledBack('img');
+    // The copy kept in invalid/ for inspection is the whole download, not what the writer had flushed when it failed.
+    expect((await readFile(join(dir, 'invalid', 'img'))).equals(image)).toBe(true);
   });
 
   it('a malformed announcement is the origin\'s failure', async () => {

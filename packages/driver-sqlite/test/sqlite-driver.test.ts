@@ -348,6 +348,9 @@ describe('a database an older version left in WAL mode', () => {
     const d = await driver();
     expect(d.journalMode).toBe('delete');
     expect((await readdir(dir)).filter((name) => name.startsWith('cache.db'))).toEqual(['cache.db']);
+  });
+});
+
 describe('describeRecovery: honest advice (issue 13)', () => {
   const dbPath = '/var/cache/images/cache.db';
   it.each(['SQLITE_READONLY', 'SQLITE_READONLY_DIRECTORY', 'SQLITE_READONLY_DBMOVED', 'SQLITE_READONLY_CANTINIT', 'SQLITE_CANTOPEN', 'SQLITE_CANTOPEN_ISDIR', 'SQLITE_PERM', 'EACCES'])(

@@ -8,7 +8,7 @@ import { formatChecksum, normalizeChecksum, type Checksum, type NormalizedChecks
 import type { CacheDriver, CacheWriter } from '../driver.js';
 import { ChecksumMismatchError, FillAbandonedError, FillAbortedError, InvalidArgumentError, OriginError } from '../errors.js';
 import { assertImageId, type ImageId } from '../image-id.js';
-import { assertSource, drainOrClose, toBuffer, whenClosed } from '../cache-write.js';
+import { assertSource, drainOrClose, rollBackWhole, toBuffer, whenClosed } from '../cache-write.js';
 import { ParallelHash } from '../parallel-hash.js';
 import type { FetchedImage } from '../read-through.js';
 import { failureFromMessage, FollowerLink, type Announcement, type FillMessage } from './lock.js';
@@ -676,9 +676,16 @@ export class Fill extends EventEmitter {
         controller.abort(error);
         if (iterable instanceof Readable) iterable.destroy();
         else void Promise.resolve(iterator.return?.()).catch(() => undefined);
-        if (!writer.destroyed) writer.destroy(error);
-        // The rollback (incomplete/ -> invalid/) is done when the writer closes.
-        whenClosed(writer).then(() => settle({ ok: false, error, source: fromSource }));
+        // The rollback (incomplete/ -> invalid/) is done when the writer closes. After a failure of the source (a
+        // digest or length mismatch, a cut) the copy kept in invalid/ holds every byte received, for inspection;
+        // after a failure of the cache, or an abort, the writer is destroyed at once.
+        let rolledBack: Promise<void>;
+        if (fromSource) rolledBack = rollBackWhole(writer, error);
+        else {
+          if (!writer.destroyed) writer.destroy(error);
+          rolledBack = whenClosed(writer);
+        }
+        void rolledBack.then(() => settle({ ok: false, error, source: fromSource }));
       },
     };
     this.#attempt = attempt;

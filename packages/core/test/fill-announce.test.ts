@@ -14,10 +14,9 @@ import {
   OriginError,
   type Fill,
   type FillAnnouncement,
-  type FillRole,
 } from '../src/index.js';
 import { collect, tempDir } from './helpers.js';
-import { collector, controlledSource, failureOf, imageBytes, split, whenWritten } from './fill-helpers.js';
+import { collector, controlledSource, failureOf, imageBytes, split, whenRole, whenWritten } from './fill-helpers.js';
 
 const C = 64 * 1024;
 const sha256 = (data: Buffer) => createHash('sha256').update(data).digest('hex');
@@ -46,18 +45,6 @@ async function secondCache(): Promise<ImageCache> {
   const other = await ImageCache.open({ driver: new MemoryDriver({ cacheDir: dir }) });
   others.push(other);
   return other;
-}
-
-function whenRole(fill: Fill, role: FillRole): Promise<void> {
-  if (fill.role === role) return Promise.resolve();
-  return new Promise((resolve) => {
-    const check = (now: FillRole) => {
-      if (now !== role) return;
-      fill.off('role', check);
-      resolve();
-    };
-    fill.on('role', check);
-  });
 }
 
 async function expectRolledBack(id: string): Promise<void> {

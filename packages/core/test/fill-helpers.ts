@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { Readable } from 'node:stream';
-import type { Fill } from '../src/index.js';
+import type { Fill, FillRole } from '../src/index.js';
 
 /**
  * A source the test drives: `push(chunk)` makes one chunk available,
@@ -142,4 +142,17 @@ export function split(data: Buffer, size: number): Buffer[] {
   const chunks: Buffer[] = [];
   for (let offset = 0; offset < data.length; offset += size) chunks.push(data.subarray(offset, offset + size));
   return chunks;
+}
+
+/** Resolves once `fill` has `role` (at once when it has it already). */
+export function whenRole(fill: Fill, role: FillRole): Promise<void> {
+  if (fill.role === role) return Promise.resolve();
+  return new Promise((resolve) => {
+    const check = (now: FillRole) => {
+      if (now !== role) return;
+      fill.off('role', check);
+      resolve();
+    };
+    fill.on('role', check);
+  });
 }

@@ -12,10 +12,9 @@ import {
   MemoryDriver,
   OriginError,
   type Fill,
-  type FillRole,
 } from '../src/index.js';
 import { collect, tempDir } from './helpers.js';
-import { collector, controlledSource, failureOf, imageBytes, split, whenWritten } from './fill-helpers.js';
+import { collector, controlledSource, failureOf, imageBytes, split, whenRole, whenWritten } from './fill-helpers.js';
 
 const C = 64 * 1024;
 
@@ -32,18 +31,6 @@ afterEach(async () => {
   await cache.close();
   await cleanup();
 });
-
-function whenRole(fill: Fill, role: FillRole): Promise<void> {
-  if (fill.role === role) return Promise.resolve();
-  return new Promise((resolve) => {
-    const check = (now: FillRole) => {
-      if (now !== role) return;
-      fill.off('role', check);
-      resolve();
-    };
-    fill.on('role', check);
-  });
-}
 
 /** A fetch that counts its calls and returns the given source. */
 function counting(make: () => Readable | AsyncIterable<Uint8Array>) {

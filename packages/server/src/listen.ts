@@ -35,10 +35,10 @@ export async function assertListenAllowed(host: string, options: { token: string
   );
 }
 
-/** The URL of the address `server` is bound to (`http://0.0.0.0:8080`, `http://[::]:8080`), as opposed to a guess. */
-export function boundUrl(server: Server): string {
+/** The URL of the address `server` is bound to (`http://0.0.0.0:8080`, `https://[::]:8080`), as opposed to a guess. */
+export function boundUrl(server: Server, protocol: 'http' | 'https' = 'http'): string {
   const address = server.address() as AddressInfo | string | null;
   if (address === null || typeof address === 'string') throw new Error(`the server is not listening on a TCP port (${String(address)})`);
   const host = address.family === 'IPv6' || address.address.includes(':') ? `[${address.address}]` : address.address;
-  return `http://${host}:${address.port}`;
+  return `${protocol}://${host}:${address.port}`;
 }

@@ -1,6 +1,23 @@
 import { InvalidArgumentError, type ImageCache } from '@cache/core';
 import type { Origin } from '@cache/origin';
 import type { FastifyServerOptions } from 'fastify';
+import type { AccessLogDestination } from './access-log.js';
+
+/** TLS material of {@link CacheServerOptions.https} (PEM), as `node:https` takes it. */
+export interface HttpsOptions {
+  /** The certificate chain (PEM). */
+  cert: string | Buffer;
+  /** The private key (PEM). */
+  key: string | Buffer;
+}
+
+/** A per-client rate limit ({@link CacheServerOptions.rateLimit}). */
+export interface RateLimitOptions {
+  /** Requests a client (an IP address) may make per window. */
+  max: number;
+  /** The window, in milliseconds. */
+  timeWindow: number;
+}
 
 /** Options of {@link createCacheServer}. Intervals and timeouts are milliseconds. */
 export interface CacheServerOptions {
@@ -74,6 +91,24 @@ export interface CacheServerOptions {
   closeCache?: boolean;
   /** Fastify's logger: `true`, `false` or pino options. @default false */
   logger?: FastifyServerOptions['logger'];
+  /**
+   * An access log: one pino JSON line per request when its response ends
+   * (`id`, `cache`: HIT / MISS / FILL-WAIT, `status`, `bytes`, `range`, `ms`,
+   * `method`, `client`, `url`, `complete`). `true` writes to stdout, a string
+   * appends to that file, a pino destination gets the lines.
+   * @default undefined: none
+   */
+  accessLog?: AccessLogDestination | false | undefined;
+  /** Serve HTTPS with this certificate and key (passed to fastify's `https`). @default undefined: plain HTTP */
+  https?: HttpsOptions | undefined;
+  /** Connections accepted at once (`server.maxConnections`); more are closed at once. @default undefined: no limit */
+  maxConnections?: number | undefined;
+  /**
+   * Per-client (IP) rate limit of `/images` and the management API
+   * (@fastify/rate-limit): over it, 429 with `Retry-After`. `/healthz`,
+   * `/readyz` and `/metrics` are not limited. @default undefined: off
+   */
+  rateLimit?: RateLimitOptions | undefined;
 }
 
 /** {@link CacheServerOptions} with every default applied. */
@@ -94,6 +129,10 @@ export interface ResolvedOptions {
   readinessWindow: number;
   closeCache: boolean;
   logger: FastifyServerOptions['logger'];
+  accessLog: AccessLogDestination | undefined;
+  https: HttpsOptions | undefined;
+  maxConnections: number | undefined;
+  rateLimit: RateLimitOptions | undefined;
 }
 
 /** The defaults of {@link CacheServerOptions}. */
@@ -145,7 +184,36 @@ export function resolveOptions(options: CacheServerOptions): ResolvedOptions {
     readinessWindow: milliseconds(options, 'readinessWindow', DEFAULTS.readinessWindow, false),
     closeCache: flag(options, 'closeCache', false),
     logger: options.logger ?? false,
+    accessLog: accessLogOption(options.accessLog),
+    https: httpsOption(options.https),
+    maxConnections: options.maxConnections === undefined ? undefined : positiveInteger(options, 'maxConnections', 1),
+    rateLimit: rateLimitOption(options.rateLimit),
   };
+}
+
+function accessLogOption(value: unknown): AccessLogDestination | undefined {
+  if (value === undefined || value === false) return undefined;
+  if (value === true || (typeof value === 'string' && value !== '')) return value;
+  if (typeof value === 'object' && value !== null && typeof (value as { write?: unknown }).write === 'function') return value as AccessLogDestination;
+  throw new InvalidArgumentError(`options.accessLog must be true (stdout), a file path, or a stream with write(), got ${String(value)}`);
+}
+
+function httpsOption(value: unknown): HttpsOptions | undefined {
+  if (value === undefined) return undefined;
+  const pem = (part: unknown) => (typeof part === 'string' && part !== '') || (Buffer.isBuffer(part) && part.length > 0);
+  if (typeof value !== 'object' || value === null || !pem((value as HttpsOptions).cert) || !pem((value as HttpsOptions).key)) {
+    throw new InvalidArgumentError('options.https must be { cert, key }: both PEM strings or Buffers');
+  }
+  return { cert: (value as HttpsOptions).cert, key: (value as HttpsOptions).key };
+}
+
+function rateLimitOption(value: unknown): RateLimitOptions | undefined {
+  if (value === undefined) return undefined;
+  const { max, timeWindow } = (value ?? {}) as Partial<RateLimitOptions>;
+  if (typeof max !== 'number' || !Number.isInteger(max) || max < 1 || typeof timeWindow !== 'number' || !Number.isInteger(timeWindow) || timeWindow < 1 || timeWindow > MAX_TIMER) {
+    throw new InvalidArgumentError(`options.rateLimit must be { max: integer >= 1, timeWindow: milliseconds >= 1 and <= ${MAX_TIMER} }`);
+  }
+  return { max, timeWindow };
 }
 
 function milliseconds(options: CacheServerOptions, name: keyof CacheServerOptions, fallback: number, timer: boolean): number {

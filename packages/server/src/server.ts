@@ -1,6 +1,8 @@
 import { setMaxListeners } from 'node:events';
+import rateLimit from '@fastify/rate-limit';
 import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify';
 import type { Registry } from 'prom-client';
+import { accessLogger, installAccessLog } from './access-log.js';
 import { bearerGuard, metricsGuard } from './auth.js';
 import type { ServerContext } from './context.js';
 import { HttpError, answerFrameworkError, errorBody, errorHeaders, publicMessage, routeNotFound, statusFor } from './http-errors.js';
@@ -71,14 +73,19 @@ const IMAGE_HEADERS = ['etag', 'last-modified', 'accept-ranges', 'content-range'
 export async function createCacheServer(options: CacheServerOptions): Promise<CacheServer> {
   const config = resolveOptions(options);
   const { cache, origin } = config;
+  // With `https`, fastify builds an https.Server: the instance is typed as the plain one (the routes see the same request and reply).
   const app = Fastify({
+    ...(config.https === undefined ? {} : { https: config.https }),
     logger: config.logger,
     // Image ids may be up to 255 bytes (more once percent-encoded); longer ones get a 400, not a 404.
     routerOptions: { maxParamLength: 1024 },
     frameworkErrors: answerFrameworkError,
     // Requests arriving during shutdown (on an open keep-alive connection) get the 503 of the hook below, with Retry-After.
     return503OnClosing: false,
-  });
+  }) as unknown as FastifyInstance;
+  if (config.maxConnections !== undefined) app.server.maxConnections = config.maxConnections;
+  const accessLog = config.accessLog === undefined ? undefined : accessLogger(config.accessLog);
+  if (accessLog !== undefined) installAccessLog(app, accessLog);
   const readiness = new Readiness(config.readinessWindow);
   const metrics = new ServerMetrics(
     cache,
@@ -188,6 +195,15 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
     return reply.type(metrics.registry.contentType).send(text);
   });
 
+  // After the probes and /metrics: the rate limit applies to the routes registered from here on (images, /v2).
+  if (config.rateLimit !== undefined) {
+    await app.register(rateLimit, {
+      max: config.rateLimit.max,
+      timeWindow: config.rateLimit.timeWindow,
+      errorResponseBuilder: (_request, { after, ttl }) =>
+        new HttpError(429, 'TOO_MANY_REQUESTS', `rate limit exceeded; retry in ${after}`, { 'retry-after': String(Math.max(1, Math.ceil(ttl / 1000))) }),
+    });
+  }
   await app.register(async (scope) => imageRoutes(scope, context));
   await app.register(
     async (scope) => {
@@ -206,7 +222,7 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
     async listen({ host = '127.0.0.1', port = 0 }: ListenOptions = {}) {
       await assertListenAllowed(host, config);
       await app.listen({ host, port });
-      return boundUrl(app.server);
+      return boundUrl(app.server, config.https === undefined ? 'http' : 'https');
     },
     close() {
       closing ??= (async () => {
@@ -235,6 +251,7 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
         // Handlers still settling and fills ending: committing, or rolling back to invalid/ (never left in incomplete/).
         while (pending.size > 0) await Promise.all(pending);
         if (config.closeCache) await cache.close();
+        accessLog?.flush();
       })();
       return closing;
     },

@@ -15,6 +15,7 @@ import parseRange from 'range-parser';
 import type { ServerContext } from '../context.js';
 import { digestEtag, ifRangeAllows, isNotModified, statEntry, type EntryInfo } from '../entry.js';
 import { originFill, untilVerdict } from '../fill.js';
+import { markFillWait } from '../access-log.js';
 import { HttpError } from '../http-errors.js';
 import type { ByteSource } from '../metrics.js';
 import { responseBody } from '../response-body.js';
@@ -153,6 +154,7 @@ async function serveMiss(context: ServerContext, request: ImageRequest, reply: F
   if (request.method === 'HEAD') return serveHeadMiss(context, reply, id);
 
   // Every client of a miss is a reader of the id's one fill (started, joined, or followed in another process).
+  const joined = fills.running(id) !== undefined;
   const fill = fills.fill(id);
   // Until its reader is open, this request counts as a reader: a fill is never abandoned (fillAbandonAfter)
   // while a client waits for the origin's headers. The placeholder reads nothing.
@@ -166,6 +168,9 @@ async function serveMiss(context: ServerContext, request: ImageRequest, reply: F
       metrics.misses.inc();
       reply.header('x-cache', 'MISS');
       throw error;
+    } finally {
+      // The access log's FILL-WAIT: another request of this process, or another process, started this fill.
+      if (joined || fill.role === 'follower') markFillWait(request);
     }
     if (announcement === undefined) {
       const outcome = await fill.done;

@@ -1,0 +1,102 @@
+import type { ServerResponse } from 'node:http';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { pino, type DestinationStream, type Logger } from 'pino';
+
+/**
+ * Where the access log goes: `true` for stdout, a file path (appended to,
+ * created if missing), or a pino destination (any `{ write(line) }`).
+ */
+export type AccessLogDestination = true | string | DestinationStream;
+
+/**
+ * How an image request was served: from the cache (`HIT`), from a fill this
+ * request started (`MISS`), from a fill another request or process had
+ * started (`FILL-WAIT`). `PEER` is reserved for a later peer-to-peer fetch.
+ */
+export type CacheStatus = 'HIT' | 'MISS' | 'FILL-WAIT' | 'PEER';
+
+/** One line of the access log (besides pino's `level`, `time` and `msg`). */
+export interface AccessLogEntry {
+  /** The image id of `/images/:id`, else `null`. */
+  id: string | null;
+  /** How an image request was served (see {@link CacheStatus}); `null` for other routes or before the cache was asked. */
+  cache: CacheStatus | null;
+  status: number;
+  /** Body bytes handed to the connection (headers not counted). */
+  bytes: number;
+  /** The request's `Range` header, or `null`. */
+  range: string | null;
+  /** Milliseconds from the request's arrival to the end of its response. */
+  ms: number;
+  method: string;
+  /** The client's IP address. */
+  client: string;
+  /** The path and query. */
+  url: string;
+  /** False when the response ended before its last byte (the client left, or the body was cut). */
+  complete: boolean;
+}
+
+/** Requests of a miss that joined a fill another request (or process) had started. */
+const joinedFills = new WeakSet<FastifyRequest>();
+
+/** Marks `request` as having joined a fill it did not start: its access log says `FILL-WAIT`, not `MISS`. */
+export function markFillWait(request: FastifyRequest): void {
+  joinedFills.add(request);
+}
+
+/** The pino logger of the access log, writing to `destination` (synchronously: no line is lost when the process exits). */
+export function accessLogger(destination: AccessLogDestination): Logger {
+  const stream = destination === true ? pino.destination({ dest: 1, sync: true }) : typeof destination === 'string' ? pino.destination({ dest: destination, sync: true, append: true, mkdir: true }) : destination;
+  return pino({ base: null, timestamp: pino.stdTimeFunctions.isoTime, formatters: { level: (label) => ({ level: label }) } }, stream);
+}
+
+/**
+ * Writes one {@link AccessLogEntry} per request to `logger` once its
+ * response has ended: finished, or closed early (`complete: false`).
+ */
+export function installAccessLog(app: FastifyInstance, logger: Logger): void {
+  app.addHook('onRequest', async (request, reply) => {
+    const raw = reply.raw;
+    const counter = countBodyBytes(raw);
+    raw.once('close', () => {
+      // Fastify keeps its headers until it writes them (with writeHead, which leaves the raw response's own map empty).
+      const header = reply.getHeader('x-cache') ?? raw.getHeader('x-cache');
+      const xCache = typeof header === 'string' ? header : undefined;
+      const params = request.params as { id?: unknown } | undefined;
+      const entry: AccessLogEntry = {
+        id: request.routeOptions.url === '/images/:id' && typeof params?.id === 'string' ? params.id : null,
+        cache: xCache === 'MISS' && joinedFills.has(request) ? 'FILL-WAIT' : xCache === 'HIT' || xCache === 'MISS' ? xCache : null,
+        status: raw.statusCode,
+        bytes: counter(),
+        range: typeof request.headers.range === 'string' ? request.headers.range : null,
+        ms: Math.round(reply.elapsedTime * 1000) / 1000,
+        method: request.method,
+        client: request.ip,
+        url: request.url,
+        complete: raw.writableFinished,
+      };
+      logger.info(entry, 'request');
+    });
+  });
+}
+
+/** Counts the body bytes written to `response` (a HEAD response's body is never sent, so it counts 0). */
+function countBodyBytes(response: ServerResponse): () => number {
+  let bytes = 0;
+  const count = (chunk: unknown, encoding: unknown) => {
+    if (typeof chunk === 'string') bytes += Buffer.byteLength(chunk, typeof encoding === 'string' ? (encoding as BufferEncoding) : 'utf8');
+    else if (chunk instanceof Uint8Array) bytes += chunk.byteLength;
+  };
+  const write = response.write;
+  const end = response.end;
+  response.write = function (this: ServerResponse, chunk: unknown, ...rest: unknown[]) {
+    count(chunk, rest[0]);
+    return (write as (...args: unknown[]) => boolean).call(this, chunk, ...rest);
+  } as ServerResponse['write'];
+  response.end = function (this: ServerResponse, chunk?: unknown, ...rest: unknown[]) {
+    if (typeof chunk !== 'function') count(chunk, rest[0]);
+    return (end as (...args: unknown[]) => ServerResponse).call(this, chunk, ...rest);
+  } as ServerResponse['end'];
+  return () => (response.req.method === 'HEAD' ? 0 : bytes);
+}

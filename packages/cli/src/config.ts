@@ -49,6 +49,12 @@ export interface ConfigFlags {
   shutdownTimeout?: string | undefined;
   readinessWindow?: string | undefined;
   fillAbandonAfter?: string | undefined;
+  /** `--access-log [path]`: `true` when given without a path. */
+  accessLog?: boolean | string | undefined;
+  tlsCert?: string | undefined;
+  tlsKey?: string | undefined;
+  maxConnections?: string | undefined;
+  rateLimit?: string | undefined;
   databaseUrl?: string | undefined;
   nodeId?: string | undefined;
   /** `--origin-header`, repeatable: `Name: value` each. */
@@ -118,6 +124,16 @@ export interface ResolvedConfig {
    * stopped and rolled back; `undefined`: never, a fill always finishes.
    */
   fillAbandonAfter: number | undefined;
+  /** `serve`: the access log: `true` for stdout, else an absolute file path; `undefined`: none. */
+  accessLog: true | string | undefined;
+  /** `serve`: PEM certificate file for HTTPS (absolute); with {@link tlsKey} or not at all. */
+  tlsCert: string | undefined;
+  /** `serve`: PEM private key file for HTTPS (absolute). */
+  tlsKey: string | undefined;
+  /** `serve`: connections accepted at once; `undefined`: no limit. */
+  maxConnections: number | undefined;
+  /** `serve`: requests per client IP per window (`window` in seconds); `undefined`: no limit. */
+  rateLimit: RateLimit | undefined;
   /**
    * Headers sent with every origin request (the image, Glance's image record, an `http(s)` manifest),
    * by name as given. Secret: never printed (only the names are). @default {}
@@ -167,6 +183,11 @@ export type SettingName =
   | 'shutdownTimeout'
   | 'readinessWindow'
   | 'fillAbandonAfter'
+  | 'accessLog'
+  | 'tlsCert'
+  | 'tlsKey'
+  | 'maxConnections'
+  | 'rateLimit'
   | 'databaseUrl'
   | 'nodeId'
   | 'originHeaders'
@@ -230,6 +251,11 @@ const SETTINGS: { [K in SettingName]: Setting<ResolvedConfig[K]> } = {
   shutdownTimeout: { env: 'IMAGE_CACHE_SHUTDOWN_TIMEOUT', flag: '--shutdown-timeout', parse: scalar(parseDuration), fallback: 10 },
   readinessWindow: { env: 'IMAGE_CACHE_READINESS_WINDOW', flag: '--readiness-window', parse: scalar(parseDuration), fallback: 30 },
   fillAbandonAfter: { env: 'IMAGE_CACHE_FILL_ABANDON_AFTER', flag: '--fill-abandon-after', parse: scalar(parseDuration), fallback: undefined },
+  accessLog: { env: 'IMAGE_CACHE_ACCESS_LOG', flag: '--access-log', parse: parseAccessLog, fallback: undefined, path: true, file: 'boolean' },
+  tlsCert: { env: 'IMAGE_CACHE_TLS_CERT', flag: '--tls-cert', parse: scalar(parseText), fallback: undefined, path: true },
+  tlsKey: { env: 'IMAGE_CACHE_TLS_KEY', flag: '--tls-key', parse: scalar(parseText), fallback: undefined, path: true },
+  maxConnections: { env: 'IMAGE_CACHE_MAX_CONNECTIONS', flag: '--max-connections', parse: scalar((v, w) => parseInteger(v, w, 1, 1_000_000)), fallback: undefined },
+  rateLimit: { env: 'IMAGE_CACHE_RATE_LIMIT', flag: '--rate-limit', parse: scalar(parseRateLimit), fallback: undefined },
   databaseUrl: { env: 'IMAGE_CACHE_DATABASE_URL', flag: '--database-url', parse: scalar(parseText), fallback: undefined },
   nodeId: { env: 'IMAGE_CACHE_NODE_ID', flag: '--node-id', parse: scalar(parseText), fallback: undefined },
   originHeaders: { env: 'IMAGE_CACHE_ORIGIN_HEADERS', flag: '--origin-header', flagKey: 'originHeader', parse: parseOriginHeaders, fallback: Object.freeze({}), file: 'headers' },
@@ -248,7 +274,8 @@ export const CONFIG_ENV = 'IMAGE_CACHE_CONFIG';
  * `IMAGE_CACHE_ORIGIN`, `IMAGE_CACHE_CONCURRENCY`, `IMAGE_CACHE_RETRIES`,
  * `IMAGE_CACHE_RETRY_DELAY`, and for `serve` `IMAGE_CACHE_HOST`, `IMAGE_CACHE_PORT`,
  * `IMAGE_CACHE_TOKEN`, `IMAGE_CACHE_METRICS_TOKEN`, `IMAGE_CACHE_INSECURE_OPEN_MANAGEMENT_API`, `IMAGE_CACHE_{PRUNE,CLEAN,PREFETCH}_INTERVAL`, `IMAGE_CACHE_SHUTDOWN_TIMEOUT`,
- * `IMAGE_CACHE_READINESS_WINDOW`, for the origin `IMAGE_CACHE_ORIGIN_HEADERS`, `IMAGE_CACHE_ORIGIN_TOKEN`,
+ * `IMAGE_CACHE_READINESS_WINDOW`, `IMAGE_CACHE_ACCESS_LOG`, `IMAGE_CACHE_TLS_{CERT,KEY}`, `IMAGE_CACHE_MAX_CONNECTIONS`,
+ * `IMAGE_CACHE_RATE_LIMIT`, for the origin `IMAGE_CACHE_ORIGIN_HEADERS`, `IMAGE_CACHE_ORIGIN_TOKEN`,
  * `IMAGE_CACHE_MANIFEST`, `IMAGE_CACHE_ALLOW_UNVERIFIED`, and for the
  * postgres driver `IMAGE_CACHE_DATABASE_URL`, `IMAGE_CACHE_NODE_ID`), config file, default. A setting
  * comes whole from one place: `--origin-header`s replace the headers of the environment and the file. The config file is
@@ -322,6 +349,11 @@ export async function resolveConfig(options: ResolveConfigOptions = {}): Promise
     shutdownTimeout: resolveOne('shutdownTimeout'),
     readinessWindow: resolveOne('readinessWindow'),
     fillAbandonAfter: resolveOne('fillAbandonAfter'),
+    accessLog: resolveOne('accessLog'),
+    tlsCert: resolveOne('tlsCert'),
+    tlsKey: resolveOne('tlsKey'),
+    maxConnections: resolveOne('maxConnections'),
+    rateLimit: resolveOne('rateLimit'),
     databaseUrl: resolveOne('databaseUrl') ?? nonEmpty(env['DATABASE_URL']), // the libpq-style fallback
     nodeId: resolveOne('nodeId'),
     originHeaders: resolveOne('originHeaders'),
@@ -409,4 +441,35 @@ function parseDriver(value: string | number, what: string): DriverName {
 function resolvePath(value: string, base: string): string {
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(value)) return value;
   return isAbsolute(value) ? value : resolve(base, value);
+}
+
+/** A per-client rate limit: `max` requests per `window` seconds. */
+export interface RateLimit {
+  max: number;
+  window: number;
+}
+
+/** `--rate-limit <n>/<duration>`: `100/1m`, `10/1s`, `5/30` (seconds). */
+function parseRateLimit(value: string | number, what: string): RateLimit {
+  const match = /^\s*(\d+)\s*\/\s*(\S+)\s*$/.exec(String(value));
+  if (match === null) {
+    throw usageError(CliErrorCodes.INVALID_NUMBER, `invalid ${what} ${JSON.stringify(String(value))}: use <requests>/<duration>, e.g. 100/1m`);
+  }
+  const max = parseInteger(match[1] as string, `${what} request count`, 1, 1_000_000_000);
+  const window = parseDuration(match[2] as string, `${what} window`);
+  if (window < 0.001 || window > (2 ** 31 - 1) / 1000) {
+    throw usageError(CliErrorCodes.INVALID_DURATION, `invalid ${what} window ${JSON.stringify(match[2])}: from 1ms to 24 days`);
+  }
+  return { max, window };
+}
+
+/** `--access-log [path]`: a switch (stdout) or a path; `-` or `stdout` is stdout too, a false word turns it off. */
+function parseAccessLog(value: RawValue, what: string): true | string | undefined {
+  if (value === true) return true;
+  if (value === false) return undefined;
+  const text = String(value).trim();
+  if (text === '-' || text.toLowerCase() === 'stdout' || /^(true|1|yes|on)$/i.test(text)) return true;
+  if (/^(false|0|no|off)$/i.test(text)) return undefined;
+  if (text === '') throw usageError(CliErrorCodes.USAGE, `invalid ${what}: give a file path, or nothing for stdout`);
+  return text;
 }

@@ -39,6 +39,8 @@ export const CliErrorCodes = {
   LISTEN: 'CLI_LISTEN',
   /** An empty, blank or otherwise unusable `--token` / `--metrics-token` (the message never quotes it). */
   INVALID_TOKEN: 'CLI_INVALID_TOKEN',
+  /** `--tls-cert` without `--tls-key` or the other way round, or a certificate or key file that cannot be read. */
+  TLS: 'CLI_TLS',
   /** `serve` without a token on an address other hosts can reach, without `--insecure-open-management-api`. */
   OPEN_MANAGEMENT_API: 'CLI_OPEN_MANAGEMENT_API',
 } as const;

@@ -165,7 +165,7 @@ export function startServe(argv: string[], options: { cwd: string; env?: Record<
   const url = new Promise<string>((resolve, reject) => {
     onOutput = () => {
       // Its startup lines: `serving <dir> (...) on <url>`, then `origin <...>`.
-      const match = /serving .* on (http:\/\/\S+)\n(?:.*\n)*?image-cache: origin .*\n/.exec(stderr);
+      const match = /serving .* on (https?:\/\/\S+)\n(?:.*\n)*?image-cache: origin .*\n/.exec(stderr);
       if (match?.[1] !== undefined) resolve(match[1]);
     };
     void exited.then((code) => reject(new Error(`serve exited (${code}) before listening: ${stderr}`)));

@@ -1,3 +1,4 @@
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Command } from 'commander';
 import type { Origin } from '@cache/origin';
@@ -55,6 +56,11 @@ export const registerServe: RegisterCommand = (program, ctx) => {
     .option('--concurrency <n>', 'queued images the prefetch worker fetches at once (default 4)')
     .option('--demo', `try it out: start a demo origin, cache into ./${DEMO_CACHE_DIR} unless a cache dir is configured`)
     .option('--log', 'log every request (JSON lines on stdout)')
+    .option('--access-log [path]', 'access log: one JSON line per request (image id, HIT/MISS/FILL-WAIT, status, bytes, range, ms) to the file, or stdout without one (env IMAGE_CACHE_ACCESS_LOG)')
+    .option('--tls-cert <file>', 'serve HTTPS with this PEM certificate (chain); needs --tls-key (env IMAGE_CACHE_TLS_CERT)')
+    .option('--tls-key <file>', 'the PEM private key of --tls-cert (env IMAGE_CACHE_TLS_KEY)')
+    .option('--max-connections <n>', 'connections accepted at once; more are closed at once (env IMAGE_CACHE_MAX_CONNECTIONS; default: no limit)')
+    .option('--rate-limit <n/duration>', 'per client IP: at most n requests to /images and /v2 per duration, e.g. 100/1m; over it 429 with Retry-After (env IMAGE_CACHE_RATE_LIMIT; default off)')
     .action(async (options: ServeOptions, command: Command) => {
       const demo = options.demo === true;
       const config = await resolveConfig({
@@ -92,6 +98,8 @@ export const registerServe: RegisterCommand = (program, ctx) => {
         throw usageError(CliErrorCodes.INVALID_DURATION, `invalid fill abandon time ${formatDuration(config.fillAbandonAfter ?? 0)}: at most 24 days`);
       }
 
+      const https = await readTls(config);
+
       let demoOrigin: DemoOrigin | undefined;
       let origin: Origin | undefined;
       const warn = (message: string) => ctx.warn(message);
@@ -126,6 +134,10 @@ export const registerServe: RegisterCommand = (program, ctx) => {
           ...(fillAbandonAfter === undefined ? {} : { fillAbandonAfter }),
           closeCache: true,
           logger: options.log === true,
+          ...(config.accessLog === undefined ? {} : { accessLog: config.accessLog }),
+          ...(https === undefined ? {} : { https }),
+          ...(config.maxConnections === undefined ? {} : { maxConnections: config.maxConnections }),
+          ...(config.rateLimit === undefined ? {} : { rateLimit: { max: config.rateLimit.max, timeWindow: Math.max(1, Math.round(config.rateLimit.window * 1000)) } }),
         });
       } catch (error) {
         await cache.close().catch(() => undefined);
@@ -198,6 +210,27 @@ export const registerServe: RegisterCommand = (program, ctx) => {
       ctx.exitCode = ExitCode.OK;
     });
 };
+
+/**
+ * The certificate and key of `--tls-cert` / `--tls-key`: both or neither (a
+ * `CLI_TLS` usage error otherwise), read before anything is opened; a file
+ * that cannot be read is a `CLI_TLS` error naming its path.
+ */
+async function readTls(config: ResolvedConfig): Promise<{ cert: Buffer; key: Buffer } | undefined> {
+  const { tlsCert, tlsKey } = config;
+  if (tlsCert === undefined && tlsKey === undefined) return undefined;
+  if (tlsCert === undefined || tlsKey === undefined) {
+    throw usageError(CliErrorCodes.TLS, `${tlsCert === undefined ? '--tls-key' : '--tls-cert'} needs ${tlsCert === undefined ? '--tls-cert' : '--tls-key'} too: give both (PEM files) for HTTPS, or neither`);
+  }
+  const read = async (path: string, what: string) => {
+    try {
+      return await readFile(path);
+    } catch (error) {
+      throw operationalError(CliErrorCodes.TLS, `cannot read the TLS ${what} ${path}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
+    }
+  };
+  return { cert: await read(tlsCert, 'certificate'), key: await read(tlsKey, 'key') };
+}
 
 /**
  * Refuses an empty or unusable token (`--token ''`, `IMAGE_CACHE_TOKEN=` set

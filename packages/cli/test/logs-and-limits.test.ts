@@ -188,6 +188,11 @@ describe('serve --tls-cert/--tls-key', () => {
     const unreadable = await bin(['serve', '--port', '0', '--cache-dir', cacheDir, '--tls-cert', missing, '--tls-key', join(root, 'key.pem')]);
     expect(unreadable.code).toBe(1);
     expect(unreadable.stderr).toContain(`cannot read the TLS certificate ${missing}: ENOENT`);
+    await writeFile(join(root, 'junk.pem'), 'not a certificate');
+    const junk = await bin(['serve', '--port', '0', '--cache-dir', cacheDir, '--tls-cert', join(root, 'junk.pem'), '--tls-key', join(root, 'junk.pem')]);
+    expect(junk.code).toBe(1);
+    expect(junk.stderr).toContain(`cannot use the TLS certificate ${join(root, 'junk.pem')}`);
+    expect(junk.stderr).toContain('[CLI_TLS]');
   }, 30_000);
 });
 

@@ -9,6 +9,7 @@ import { promisify } from 'node:util';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { AccessLogEntry } from '../src/index.js';
 import { imageBytes, rawRequest, startHarness, waitFor, type Harness } from './helpers.js';
+import { ClientOrigin, Gate, randomImage, startDownload, startServe, stopAll } from './process-helpers.js';
 
 const MiB = 1024 * 1024;
 
@@ -137,6 +138,38 @@ describe('access log', () => {
   it('refuses a bad accessLog option', async () => {
     await expect(startHarness({ accessLog: 42 as never })).rejects.toThrow(/options.accessLog/);
   });
+});
+
+describe('access log across processes', () => {
+  it('a process that follows another process\'s fill logs FILL-WAIT; the owner logs MISS (serve --access-log, two processes, one cache directory)', async () => {
+    const cacheDir = await mkdtemp(join(tmpdir(), 'access-log-procs-'));
+    const origin = await ClientOrigin.start();
+    try {
+      const id = 'shared-log';
+      const data = randomImage(2 * MiB + 11);
+      const gate = new Gate();
+      origin.images.set(id, { data, head: 64 * 1024, gate });
+      const [a, b] = await Promise.all([0, 1].map(() => startServe({ cacheDir, origin: origin.template, args: ['--access-log'] })));
+      if (a === undefined || b === undefined) throw new Error('two processes');
+      const owner = startDownload(`${a.url}/images/${id}`);
+      await origin.whenRequested(id);
+      await owner.firstBytes;
+      const follower = startDownload(`${b.url}/images/${id}`);
+      await follower.firstBytes;
+      gate.open();
+      expect(await owner.done).toMatchObject({ status: 200, complete: true, bytes: data.length });
+      expect(await follower.done).toMatchObject({ status: 200, complete: true, bytes: data.length });
+      expect(origin.count(id)).toBe(1);
+      const lines = (text: string) => text.split('\n').filter((line) => line.startsWith('{')).map((line) => JSON.parse(line) as Line);
+      await waitFor(() => lines(a.output().stdout).length >= 1 && lines(b.output().stdout).length >= 1, 10_000, 'a line from each');
+      expect(lines(a.output().stdout)[0]).toMatchObject({ id, cache: 'MISS', status: 200, bytes: data.length, complete: true });
+      expect(lines(b.output().stdout)[0]).toMatchObject({ id, cache: 'FILL-WAIT', status: 200, bytes: data.length, complete: true });
+    } finally {
+      await stopAll();
+      await origin.close();
+      await rm(cacheDir, { recursive: true, force: true });
+    }
+  }, 60_000);
 });
 
 describe('TLS', () => {

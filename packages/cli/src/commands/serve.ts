@@ -142,6 +142,10 @@ export const registerServe: RegisterCommand = (program, ctx) => {
       } catch (error) {
         await cache.close().catch(() => undefined);
         await demoOrigin?.close();
+        // Files that are not a PEM certificate and key, or a key that is not the certificate's: OpenSSL's reason.
+        if (https !== undefined && /^ERR_OSSL/.test(String((error as NodeJS.ErrnoException).code))) {
+          throw operationalError(CliErrorCodes.TLS, `cannot use the TLS certificate ${config.tlsCert ?? ''} with the key ${config.tlsKey ?? ''}: ${(error as Error).message}`);
+        }
         throw error;
       }
       let url: string;

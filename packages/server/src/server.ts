@@ -31,7 +31,8 @@ export interface CacheServer {
   readonly registry: Registry;
   /**
    * Starts listening; resolves to the URL of the bound address, e.g.
-   * `http://127.0.0.1:41234` or `http://0.0.0.0:8080`. Rejects with
+   * `http://127.0.0.1:41234` or `http://0.0.0.0:8080` (`https://` with the
+   * `https` option). Rejects with
    * `InvalidArgumentError` for an address other hosts can reach while the
    * management API has no token (unless `insecureOpenManagementApi`).
    */

@@ -7,11 +7,21 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { promisify } from 'node:util';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { AccessLogEntry } from '../src/index.js';
-import { imageBytes, rawRequest, startHarness, waitFor, type Harness } from './helpers.js';
+import { createCacheServer, type AccessLogEntry, type CacheServerOptions } from '../src/index.js';
+import { imageBytes, openCache, rawRequest, startHarness, waitFor, type Harness } from './helpers.js';
 import { ClientOrigin, Gate, randomImage, startDownload, startServe, stopAll } from './process-helpers.js';
 
 const MiB = 1024 * 1024;
+
+/** Expects createCacheServer to refuse `options` with a message matching `message` (nothing left open). */
+async function expectRefused(options: Partial<CacheServerOptions>, message: RegExp): Promise<void> {
+  const { cache, cleanup } = await openCache();
+  try {
+    await expect(createCacheServer({ cache, ...options })).rejects.toThrow(message);
+  } finally {
+    await cleanup();
+  }
+}
 
 type Line = AccessLogEntry & { level: string; time: string; msg: string };
 
@@ -136,7 +146,7 @@ describe('access log', () => {
   });
 
   it('refuses a bad accessLog option', async () => {
-    await expect(startHarness({ accessLog: 42 as never })).rejects.toThrow(/options.accessLog/);
+    await expectRefused({ accessLog: 42 as never }, /options.accessLog/);
   });
 });
 
@@ -201,11 +211,17 @@ describe('TLS', () => {
   });
 
   it('refuses https without a key', async () => {
-    await expect(startHarness({ https: { cert: 'x' } as never })).rejects.toThrow(/options.https/);
+    await expectRefused({ https: { cert: 'x' } as never }, /options.https/);
   });
 });
 
 describe('limits', () => {
+  it('refuses a bad maxConnections or rateLimit', async () => {
+    await expectRefused({ maxConnections: 0 }, /options.maxConnections must be an integer >= 1/);
+    await expectRefused({ rateLimit: { max: 0, timeWindow: 1000 } }, /options.rateLimit/);
+    await expectRefused({ rateLimit: { max: 5 } as never }, /options.rateLimit/);
+  });
+
   it('maxConnections: the connection past the limit is closed without an answer; the others are served', async () => {
     const h = await startHarness({ maxConnections: 2 });
     const sockets: Socket[] = [];

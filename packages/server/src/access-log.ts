@@ -45,10 +45,28 @@ export function markFillWait(request: FastifyRequest): void {
   joinedFills.add(request);
 }
 
+/** The access log's logger, and how to close it. */
+export interface AccessLog {
+  logger: Logger;
+  /** Flushes; closes the file this module opened (never stdout, never a destination the caller gave). */
+  close(): void;
+}
+
 /** The pino logger of the access log, writing to `destination` (synchronously: no line is lost when the process exits). */
-export function accessLogger(destination: AccessLogDestination): Logger {
-  const stream = destination === true ? pino.destination({ dest: 1, sync: true }) : typeof destination === 'string' ? pino.destination({ dest: destination, sync: true, append: true, mkdir: true }) : destination;
-  return pino({ base: null, timestamp: pino.stdTimeFunctions.isoTime, formatters: { level: (label) => ({ level: label }) } }, stream);
+export function accessLogger(destination: AccessLogDestination): AccessLog {
+  const file = typeof destination === 'string' ? pino.destination({ dest: destination, sync: true, append: true, mkdir: true }) : undefined;
+  const stream = destination === true ? pino.destination({ dest: 1, sync: true }) : (file ?? (destination as DestinationStream));
+  const logger = pino({ base: null, timestamp: pino.stdTimeFunctions.isoTime, formatters: { level: (label) => ({ level: label }) } }, stream);
+  let closed = false;
+  return {
+    logger,
+    close() {
+      if (closed) return;
+      closed = true;
+      if (destination === true || file !== undefined) logger.flush();
+      file?.end();
+    },
+  };
 }
 
 /**
@@ -76,7 +94,12 @@ export function installAccessLog(app: FastifyInstance, logger: Logger): void {
         url: request.url,
         complete: raw.writableFinished,
       };
-      logger.info(entry, 'request');
+      try {
+        logger.info(entry, 'request');
+      } catch (error) {
+        // A line after close() (its file is closed) or a destination that throws: the response is over either way.
+        app.log.warn({ err: error }, 'access log line not written');
+      }
     });
   });
 }

@@ -86,7 +86,7 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
   }) as unknown as FastifyInstance;
   if (config.maxConnections !== undefined) app.server.maxConnections = config.maxConnections;
   const accessLog = config.accessLog === undefined ? undefined : accessLogger(config.accessLog);
-  if (accessLog !== undefined) installAccessLog(app, accessLog);
+  if (accessLog !== undefined) installAccessLog(app, accessLog.logger);
   const readiness = new Readiness(config.readinessWindow);
   const metrics = new ServerMetrics(
     cache,
@@ -252,7 +252,7 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
         // Handlers still settling and fills ending: committing, or rolling back to invalid/ (never left in incomplete/).
         while (pending.size > 0) await Promise.all(pending);
         if (config.closeCache) await cache.close();
-        accessLog?.flush();
+        accessLog?.close();
       })();
       return closing;
     },

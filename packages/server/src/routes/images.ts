@@ -12,10 +12,10 @@ import {
 import type { Origin } from '@cache/origin';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import parseRange from 'range-parser';
+import { markFillWait } from '../access-log.js';
 import type { ServerContext } from '../context.js';
 import { digestEtag, ifRangeAllows, isNotModified, statEntry, type EntryInfo } from '../entry.js';
 import { originFill, untilVerdict } from '../fill.js';
-import { markFillWait } from '../access-log.js';
 import { HttpError } from '../http-errors.js';
 import type { ByteSource } from '../metrics.js';
 import { responseBody } from '../response-body.js';

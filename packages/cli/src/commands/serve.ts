@@ -188,13 +188,15 @@ export const registerServe: RegisterCommand = (program, ctx) => {
         const first = ids[0] ?? '';
         ctx.out(`Demo images: ${ids.map((id) => `${id} (${formatSize(DEMO_IMAGES[id] ?? 0)})`).join(', ')}`);
         ctx.out('Try:');
-        ctx.out(`  curl -o /dev/null -w '%{http_code} %{size_download} bytes in %{time_total}s\\n' ${url}/images/${first}   # miss: from the origin, cached on the way`);
-        ctx.out(`  curl -o /dev/null -w '%{http_code} %{size_download} bytes in %{time_total}s\\n' ${url}/images/${first}   # hit: from the cache`);
-        ctx.out(`  curl -s -r 0-15 ${url}/images/${first} | od -A d -t x1             # a range`);
-        ctx.out(`  curl -s${auth} ${url}/v2/cache | head -c 600; echo                 # management API: cached and queued`);
-        ctx.out(`  curl -s -X PUT${auth} ${url}/v2/cache/${ids[2] ?? first}            # queue one for the prefetcher`);
-        ctx.out(`  curl -s${config.metricsToken === undefined ? '' : metricsAuth} ${url}/metrics | grep '^image_cache_'                        # Prometheus metrics`);
-        ctx.out(`  curl -s ${url}/healthz`);
+        // A certificate of one's own (self-signed, most likely, for a demo) is not in curl's trust store.
+        const curl = url.startsWith('https:') ? 'curl -k' : 'curl';
+        ctx.out(`  ${curl} -o /dev/null -w '%{http_code} %{size_download} bytes in %{time_total}s\\n' ${url}/images/${first}   # miss: from the origin, cached on the way`);
+        ctx.out(`  ${curl} -o /dev/null -w '%{http_code} %{size_download} bytes in %{time_total}s\\n' ${url}/images/${first}   # hit: from the cache`);
+        ctx.out(`  ${curl} -s -r 0-15 ${url}/images/${first} | od -A d -t x1             # a range`);
+        ctx.out(`  ${curl} -s${auth} ${url}/v2/cache | head -c 600; echo                 # management API: cached and queued`);
+        ctx.out(`  ${curl} -s -X PUT${auth} ${url}/v2/cache/${ids[2] ?? first}            # queue one for the prefetcher`);
+        ctx.out(`  ${curl} -s${config.metricsToken === undefined ? '' : metricsAuth} ${url}/metrics | grep '^image_cache_'                        # Prometheus metrics`);
+        ctx.out(`  ${curl} -s ${url}/healthz`);
         ctx.out(`Press Ctrl-C to stop (downloads already streaming get up to ${formatDuration(config.shutdownTimeout)} to finish).`);
       } else {
         ctx.out(`listening on ${url}`);

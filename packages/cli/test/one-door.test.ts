@@ -12,6 +12,7 @@ const ALLOWED_FS = new Map([
   ['commands/prefetch.ts', 'checks the --origin-dir directory'],
   ['prefetch/checksums.ts', 'reads a --checksums file'],
   ['settings-file.ts', "writes and reads serve's own dot-file (.image-cache-settings.json), never an entry"],
+  ['commands/serve.ts', 'reads the --tls-cert and --tls-key files'],
 ]);
 
 /** Files that may call `rename` & co. on something that is not a cache file, and what for. */

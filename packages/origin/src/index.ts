@@ -15,7 +15,7 @@ import { HttpOrigin, type HttpOriginOptions } from './http.js';
 import type { Origin } from './origin.js';
 
 export { OriginError } from '@cache/core';
-export { OriginLengthError } from './errors.js';
+export { OriginLengthError, OriginTimeoutError, type OriginTimeout } from './errors.js';
 export {
   expectedChecksum,
   type DigestAlgorithm,

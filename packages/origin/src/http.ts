@@ -86,6 +86,16 @@ export interface HttpOriginOptions {
 
 const ID_PLACEHOLDER = '{id}';
 
+/** The defaults of {@link HttpOriginOptions}' timeouts and retries, in milliseconds (`totalTimeout`: none). */
+export const HTTP_ORIGIN_DEFAULTS: Readonly<{
+  headersTimeout: number;
+  bodyIdleTimeout: number;
+  totalTimeout: undefined;
+  retries: number;
+  retryDelay: number;
+  maxRetryDelay: number;
+}> = Object.freeze({ headersTimeout: 30_000, bodyIdleTimeout: 30_000, totalTimeout: undefined, retries: 2, retryDelay: 250, maxRetryDelay: 10_000 });
+
 /** Validated {@link HttpOriginOptions}. */
 export interface ResolvedHttpOptions {
   headers: Record<string, string>;
@@ -103,16 +113,16 @@ export interface ResolvedHttpOptions {
 
 /** Validates the options shared by HTTP origins; `InvalidArgumentError` for a bad one. */
 export function resolveHttpOptions(options: HttpOriginOptions): ResolvedHttpOptions {
-  const headersTimeout = options.headersTimeout ?? options.timeout ?? 30_000;
+  const headersTimeout = options.headersTimeout ?? options.timeout ?? HTTP_ORIGIN_DEFAULTS.headersTimeout;
   milliseconds(headersTimeout, options.headersTimeout === undefined && options.timeout !== undefined ? 'timeout' : 'headersTimeout', false);
-  const bodyIdleTimeout = milliseconds(options.bodyIdleTimeout ?? 30_000, 'bodyIdleTimeout', true);
+  const bodyIdleTimeout = milliseconds(options.bodyIdleTimeout ?? HTTP_ORIGIN_DEFAULTS.bodyIdleTimeout, 'bodyIdleTimeout', true);
   const totalTimeout = milliseconds(options.totalTimeout ?? 0, 'totalTimeout', true);
-  const retries = options.retries ?? 2;
+  const retries = options.retries ?? HTTP_ORIGIN_DEFAULTS.retries;
   if (typeof retries !== 'number' || !Number.isSafeInteger(retries) || retries < 0 || retries > 100) {
     throw new InvalidArgumentError(`origin retries must be a whole number from 0 to 100, got ${String(retries)}`);
   }
-  const retryDelay = milliseconds(options.retryDelay ?? 250, 'retryDelay', true) ?? 0;
-  const maxRetryDelay = milliseconds(options.maxRetryDelay ?? 10_000, 'maxRetryDelay', true) ?? 0;
+  const retryDelay = milliseconds(options.retryDelay ?? HTTP_ORIGIN_DEFAULTS.retryDelay, 'retryDelay', true) ?? 0;
+  const maxRetryDelay = milliseconds(options.maxRetryDelay ?? HTTP_ORIGIN_DEFAULTS.maxRetryDelay, 'maxRetryDelay', true) ?? 0;
   if (maxRetryDelay < retryDelay) {
     throw new InvalidArgumentError(`origin maxRetryDelay (${maxRetryDelay} ms) must not be below retryDelay (${retryDelay} ms)`);
   }

@@ -27,7 +27,7 @@ export {
 } from './expected.js';
 export type { OriginImage } from './image.js';
 export type { Origin, OriginOpenOptions } from './origin.js';
-export { HttpOrigin, type HttpOriginOptions } from './http.js';
+export { HTTP_ORIGIN_DEFAULTS, HttpOrigin, type HttpOriginOptions } from './http.js';
 export { GlanceOrigin, type GlanceOriginOptions } from './glance.js';
 export { DirectoryOrigin, type DirectoryOriginOptions } from './directory.js';
 export { ChecksumManifest } from './manifest.js';

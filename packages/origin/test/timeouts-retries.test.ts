@@ -73,9 +73,9 @@ describe('HttpOrigin: the body idle timeout and the total timeout', () => {
   it('a consumer that stops reading is not an idle origin: the whole body arrives', async () => {
     const big = Buffer.alloc(8 * 1024 * 1024, 7);
     origin.handler = (_request, response) => answer(response, big);
-    const image = await new HttpOrigin(`${origin.url}/{id}`, { bodyIdleTimeout: 100 }).open('big');
+    const image = await new HttpOrigin(`${origin.url}/{id}`, { bodyIdleTimeout: 300 }).open('big');
     // Nobody reads for several idle timeouts: the buffers fill, the origin is held back by backpressure.
-    await sleep(500);
+    await sleep(1200);
     expect((await collect(image.stream)).equals(big)).toBe(true);
   });
 
@@ -99,7 +99,7 @@ describe('HttpOrigin: the body idle timeout and the total timeout', () => {
       }, 20);
       response.on('close', () => clearInterval(drip));
     };
-    const image = await new HttpOrigin(`${origin.url}/{id}`, { bodyIdleTimeout: 200, totalTimeout: 300, retries: 3 }).open('drip');
+    const image = await new HttpOrigin(`${origin.url}/{id}`, { bodyIdleTimeout: 10_000, totalTimeout: 300, retries: 3 }).open('drip');
     const error = (await rejection(collect(image.stream))) as OriginTimeoutError;
     expect(OriginTimeoutError.isInstance(error)).toBe(true);
     expect(error.timeout).toBe('total');
@@ -159,7 +159,7 @@ describe('HttpOrigin: retries before the first byte', () => {
       if (index === 0) origin.held.push(response);
       else answer(response);
     };
-    const image = await new HttpOrigin(`${origin.url}/{id}`, { headersTimeout: 150, retries: 1, retryDelay: 1 }).open('img');
+    const image = await new HttpOrigin(`${origin.url}/{id}`, { headersTimeout: 300, retries: 1, retryDelay: 1 }).open('img');
     expect((await collect(image.stream)).equals(data)).toBe(true);
     expect(origin.requests).toHaveLength(2);
   });

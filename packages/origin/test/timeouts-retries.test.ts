@@ -71,11 +71,16 @@ describe('HttpOrigin: the body idle timeout and the total timeout', () => {
   });
 
   it('a consumer that stops reading is not an idle origin: the whole body arrives', async () => {
-    const big = Buffer.alloc(8 * 1024 * 1024, 7);
-    origin.handler = (_request, response) => answer(response, big);
+    const big = Buffer.alloc(48 * 1024 * 1024, 7);
+    let sent = false;
+    origin.handler = (_request, response) => {
+      response.on('finish', () => (sent = true));
+      answer(response, big);
+    };
     const image = await new HttpOrigin(`${origin.url}/{id}`, { bodyIdleTimeout: 300 }).open('big');
     // Nobody reads for several idle timeouts: the buffers fill, the origin is held back by backpressure.
     await sleep(1200);
+    expect(sent).toBe(false); // the origin could not send it all: the pause really held it back
     expect((await collect(image.stream)).equals(big)).toBe(true);
   });
 

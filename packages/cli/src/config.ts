@@ -1,6 +1,7 @@
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { lilconfig } from 'lilconfig';
 import { DEFAULT_MAX_SIZE, DEFAULT_STALL_TIME } from '@cache/core';
+import { HTTP_ORIGIN_DEFAULTS } from '@cache/origin';
 import { CliErrorCodes, usageError } from './errors.js';
 import { parseOriginHeaders, parseOriginToken } from './origin-options.js';
 import type { RecordedServer } from './settings-file.js';
@@ -63,6 +64,11 @@ export interface ConfigFlags {
   manifest?: string | undefined;
   /** `--allow-unverified` (a switch). */
   allowUnverified?: boolean | string | undefined;
+  originHeadersTimeout?: string | undefined;
+  originIdleTimeout?: string | undefined;
+  originTotalTimeout?: string | undefined;
+  originRetries?: string | undefined;
+  originRetryDelay?: string | undefined;
 }
 
 /** Options of {@link resolveConfig}. */
@@ -145,6 +151,20 @@ export interface ResolvedConfig {
   manifest: string | undefined;
   /** Cache close-delimited origin bodies that announce no length or digest (nothing can tell a cut from the end). @default false */
   allowUnverified: boolean;
+  /** Seconds an HTTP origin gets to send the response headers of each request (for a Glance record or a manifest, the whole answer). @default 30 */
+  originHeadersTimeout: number;
+  /** Seconds without any body byte from an HTTP origin after which the download fails (0: off). @default 30 */
+  originIdleTimeout: number;
+  /** Seconds for a whole origin request, retries and body included (0 or `undefined`: no limit). @default undefined */
+  originTotalTimeout: number | undefined;
+  /**
+   * Retries of an HTTP origin request that failed before any byte of the image
+   * (no connection, headers timeout, 5xx, 429); never a 404, never once bytes
+   * flowed. Per request, inside each of `prefetch`'s whole-image attempts ({@link retries}). @default 2
+   */
+  originRetries: number;
+  /** Seconds before the first origin retry, doubled per further one with jitter (capped at 10 s, or this). @default 0.25 */
+  originRetryDelay: number;
   /** `postgres` driver: connection string; without one the driver reads `DATABASE_URL`. */
   databaseUrl: string | undefined;
   /** `postgres` driver: this node's identity; the driver's default is `<hostname>:<cache dir>`. */
@@ -193,7 +213,12 @@ export type SettingName =
   | 'originHeaders'
   | 'originToken'
   | 'manifest'
-  | 'allowUnverified';
+  | 'allowUnverified'
+  | 'originHeadersTimeout'
+  | 'originIdleTimeout'
+  | 'originTotalTimeout'
+  | 'originRetries'
+  | 'originRetryDelay';
 
 /**
  * A setting's value before parsing: a flag's or variable's text, a config
@@ -262,7 +287,45 @@ const SETTINGS: { [K in SettingName]: Setting<ResolvedConfig[K]> } = {
   originToken: { env: 'IMAGE_CACHE_ORIGIN_TOKEN', flag: '--origin-token', parse: scalar(parseOriginToken), fallback: undefined },
   manifest: { env: 'IMAGE_CACHE_MANIFEST', flag: '--manifest', parse: scalar(parseText), fallback: undefined, path: true },
   allowUnverified: { env: 'IMAGE_CACHE_ALLOW_UNVERIFIED', flag: '--allow-unverified', parse: parseBoolean, fallback: false, file: 'boolean' },
+  originHeadersTimeout: {
+    env: 'IMAGE_CACHE_ORIGIN_HEADERS_TIMEOUT',
+    flag: '--origin-headers-timeout',
+    parse: scalar((v, w) => parseTimeout(v, w, false) ?? 0),
+    fallback: HTTP_ORIGIN_DEFAULTS.headersTimeout / 1000,
+  },
+  originIdleTimeout: {
+    env: 'IMAGE_CACHE_ORIGIN_IDLE_TIMEOUT',
+    flag: '--origin-idle-timeout',
+    parse: scalar((v, w) => parseTimeout(v, w, true) ?? 0),
+    fallback: HTTP_ORIGIN_DEFAULTS.bodyIdleTimeout / 1000,
+  },
+  originTotalTimeout: { env: 'IMAGE_CACHE_ORIGIN_TOTAL_TIMEOUT', flag: '--origin-total-timeout', parse: scalar((v, w) => parseTimeout(v, w, true)), fallback: undefined },
+  originRetries: { env: 'IMAGE_CACHE_ORIGIN_RETRIES', flag: '--origin-retries', parse: scalar((v, w) => parseInteger(v, w, 0, 100)), fallback: HTTP_ORIGIN_DEFAULTS.retries },
+  originRetryDelay: {
+    env: 'IMAGE_CACHE_ORIGIN_RETRY_DELAY',
+    flag: '--origin-retry-delay',
+    parse: scalar((v, w) => parseTimeout(v, w, true) ?? 0),
+    fallback: HTTP_ORIGIN_DEFAULTS.retryDelay / 1000,
+  },
 };
+
+/** Longest origin timeout or delay a timer can hold, in seconds (about 24.8 days). */
+const MAX_ORIGIN_SECONDS = (2 ** 31 - 1) / 1000;
+
+/**
+ * An origin timeout or delay in seconds, as {@link parseDuration} reads it, at
+ * most 24 days; 0 means off (`undefined`) when `zeroOff`, and is refused otherwise.
+ */
+function parseTimeout(value: string | number, what: string, zeroOff: boolean): number | undefined {
+  const seconds = parseDuration(value, what);
+  if ((seconds === 0 && !zeroOff) || seconds > MAX_ORIGIN_SECONDS || (seconds > 0 && seconds < 0.001)) {
+    throw usageError(
+      CliErrorCodes.INVALID_DURATION,
+      `invalid ${what} ${JSON.stringify(String(value))}: use a duration from 1ms${zeroOff ? ' (or 0 for none)' : ''} to 24 days, such as 500ms, 30s, 5m`,
+    );
+  }
+  return seconds === 0 ? undefined : seconds;
+}
 
 /** Environment variable naming the config file (after `--config`, before the search). */
 export const CONFIG_ENV = 'IMAGE_CACHE_CONFIG';
@@ -276,7 +339,8 @@ export const CONFIG_ENV = 'IMAGE_CACHE_CONFIG';
  * `IMAGE_CACHE_TOKEN`, `IMAGE_CACHE_METRICS_TOKEN`, `IMAGE_CACHE_INSECURE_OPEN_MANAGEMENT_API`, `IMAGE_CACHE_{PRUNE,CLEAN,PREFETCH}_INTERVAL`, `IMAGE_CACHE_SHUTDOWN_TIMEOUT`,
  * `IMAGE_CACHE_READINESS_WINDOW`, `IMAGE_CACHE_ACCESS_LOG`, `IMAGE_CACHE_TLS_{CERT,KEY}`, `IMAGE_CACHE_MAX_CONNECTIONS`,
  * `IMAGE_CACHE_RATE_LIMIT`, for the origin `IMAGE_CACHE_ORIGIN_HEADERS`, `IMAGE_CACHE_ORIGIN_TOKEN`,
- * `IMAGE_CACHE_MANIFEST`, `IMAGE_CACHE_ALLOW_UNVERIFIED`, and for the
+ * `IMAGE_CACHE_MANIFEST`, `IMAGE_CACHE_ALLOW_UNVERIFIED`, `IMAGE_CACHE_ORIGIN_{HEADERS,IDLE,TOTAL}_TIMEOUT`,
+ * `IMAGE_CACHE_ORIGIN_RETRIES`, `IMAGE_CACHE_ORIGIN_RETRY_DELAY`, and for the
  * postgres driver `IMAGE_CACHE_DATABASE_URL`, `IMAGE_CACHE_NODE_ID`), config file, default. A setting
  * comes whole from one place: `--origin-header`s replace the headers of the environment and the file. The config file is
  * `flags.config`, else `$IMAGE_CACHE_CONFIG`, else the first
@@ -360,6 +424,11 @@ export async function resolveConfig(options: ResolveConfigOptions = {}): Promise
     originToken: resolveOne('originToken'),
     manifest: resolveOne('manifest'),
     allowUnverified: resolveOne('allowUnverified'),
+    originHeadersTimeout: resolveOne('originHeadersTimeout'),
+    originIdleTimeout: resolveOne('originIdleTimeout'),
+    originTotalTimeout: resolveOne('originTotalTimeout'),
+    originRetries: resolveOne('originRetries'),
+    originRetryDelay: resolveOne('originRetryDelay'),
     configFile: file?.path,
     sources,
     warnings,

@@ -1,7 +1,8 @@
-import { createOrigin, DirectoryOrigin, type CreateOriginOptions, type Origin } from '@cache/origin';
+import { createOrigin, DirectoryOrigin, HTTP_ORIGIN_DEFAULTS, type CreateOriginOptions, type Origin } from '@cache/origin';
 import type { Command } from 'commander';
 import type { RawValue, ResolvedConfig } from './config.js';
 import { CliErrorCodes, usageError } from './errors.js';
+import { formatDuration } from './units.js';
 
 /** RFC 9110 `token`: what a header name is made of. */
 const HEADER_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
@@ -147,7 +148,9 @@ export function parseOriginToken(value: string | number, what = 'origin token'):
 /**
  * Adds the options of every command that opens an origin (`serve`,
  * `prefetch`): `--origin-header` (repeatable), `--origin-token`, `--manifest`,
- * `--allow-unverified`.
+ * `--allow-unverified`, and the HTTP origin's timeouts and retries
+ * (`--origin-headers-timeout`, `--origin-idle-timeout`,
+ * `--origin-total-timeout`, `--origin-retries`, `--origin-retry-delay`).
  */
 export function addOriginOptions(command: Command): Command {
   return command
@@ -158,11 +161,43 @@ export function addOriginOptions(command: Command): Command {
     )
     .option('--origin-token <token>', `sent to the origin as ${ORIGIN_TOKEN_HEADER} (a Keystone token for glance+https:// origins; env IMAGE_CACHE_ORIGIN_TOKEN)`)
     .option('--manifest <path-or-url>', "the origin's checksum manifest (sha256sum format), read at every origin request; digests are verified (env IMAGE_CACHE_MANIFEST)")
-    .option('--allow-unverified', 'cache close-delimited origin bodies that announce no length or digest (default: served, not cached; env IMAGE_CACHE_ALLOW_UNVERIFIED)');
+    .option('--allow-unverified', 'cache close-delimited origin bodies that announce no length or digest (default: served, not cached; env IMAGE_CACHE_ALLOW_UNVERIFIED)')
+    .option('--origin-headers-timeout <duration>', 'how long an HTTP origin may take to send the response headers, per request (env IMAGE_CACHE_ORIGIN_HEADERS_TIMEOUT; default 30s)')
+    .option(
+      '--origin-idle-timeout <duration>',
+      'fail a download when the origin sends no byte for this long; 0 turns it off (env IMAGE_CACHE_ORIGIN_IDLE_TIMEOUT; default 30s)',
+    )
+    .option(
+      '--origin-total-timeout <duration>',
+      'limit on a whole origin download, retries included; mind the largest image on the slowest link (env IMAGE_CACHE_ORIGIN_TOTAL_TIMEOUT; default: none)',
+    )
+    .option(
+      '--origin-retries <n>',
+      'retries of one origin request that failed before the first byte (no connection, headers timeout, 5xx, 429; never a 404, never once bytes flowed), ' +
+        'honouring Retry-After up to 10s (env IMAGE_CACHE_ORIGIN_RETRIES; default 2)',
+    )
+    .option('--origin-retry-delay <duration>', 'wait before the first origin retry, doubled for each further one, with jitter, capped at 10s (env IMAGE_CACHE_ORIGIN_RETRY_DELAY; default 250ms)');
 }
 
 /** The settings an origin is opened with. */
-export type OriginSettings = Pick<ResolvedConfig, 'originHeaders' | 'originToken' | 'manifest' | 'allowUnverified'>;
+export type OriginSettings = Pick<ResolvedConfig, 'originHeaders' | 'originToken' | 'manifest' | 'allowUnverified'> &
+  Partial<Pick<ResolvedConfig, 'originHeadersTimeout' | 'originIdleTimeout' | 'originTotalTimeout' | 'originRetries' | 'originRetryDelay'>>;
+
+/** The configured timeouts and retries as `createOrigin` options (ms); those not given are left to its defaults. */
+function timingOptions(settings: OriginSettings): CreateOriginOptions {
+  const ms = (seconds: number) => Math.round(seconds * 1000);
+  const options: CreateOriginOptions = {};
+  if (settings.originHeadersTimeout !== undefined) options.headersTimeout = ms(settings.originHeadersTimeout);
+  if (settings.originIdleTimeout !== undefined) options.bodyIdleTimeout = ms(settings.originIdleTimeout);
+  if (settings.originTotalTimeout !== undefined) options.totalTimeout = ms(settings.originTotalTimeout);
+  if (settings.originRetries !== undefined) options.retries = settings.originRetries;
+  if (settings.originRetryDelay !== undefined) {
+    options.retryDelay = ms(settings.originRetryDelay);
+    // A first delay above the default cap raises the cap with it.
+    options.maxRetryDelay = Math.max(HTTP_ORIGIN_DEFAULTS.maxRetryDelay, options.retryDelay);
+  }
+  return options;
+}
 
 /** The request headers for the origin: the configured ones, and the token as `X-Auth-Token` (over one among them). */
 export function originRequestHeaders(settings: Pick<OriginSettings, 'originHeaders' | 'originToken'>): Record<string, string> {
@@ -181,6 +216,7 @@ export function originOptions(settings: OriginSettings): CreateOriginOptions {
     ...(Object.keys(headers).length === 0 ? {} : { headers }),
     ...(settings.manifest === undefined ? {} : { manifest: settings.manifest }),
     ...(settings.allowUnverified ? { allowUnverified: true } : {}),
+    ...timingOptions(settings),
   };
 }
 
@@ -195,15 +231,30 @@ export function openOrigin(spec: string, settings: OriginSettings, warn: (messag
     const ignored = [
       ...(Object.keys(originRequestHeaders(settings)).length > 0 ? ['origin headers (--origin-header, --origin-token)'] : []),
       ...(settings.allowUnverified ? ['--allow-unverified'] : []),
+      ...(timingChanged(settings) ? ['origin timeouts and retries'] : []),
     ];
     if (ignored.length > 0) warn(`${ignored.join(' and ')} have no effect on a directory origin (${origin.directory})`);
   }
   return origin;
 }
 
+/** Whether a timeout or retry setting differs from `@cache/origin`'s default. */
+function timingChanged(settings: OriginSettings): boolean {
+  const d = HTTP_ORIGIN_DEFAULTS;
+  const differs = (value: number | undefined, fallback: number | undefined) => value !== undefined && Math.round(value * 1000) !== fallback;
+  return (
+    differs(settings.originHeadersTimeout, d.headersTimeout) ||
+    differs(settings.originIdleTimeout, d.bodyIdleTimeout) ||
+    differs(settings.originTotalTimeout, d.totalTimeout) ||
+    (settings.originRetries !== undefined && settings.originRetries !== d.retries) ||
+    differs(settings.originRetryDelay, d.retryDelay)
+  );
+}
+
 /**
  * What the origin is opened with, for a startup line: header names (never
- * their values), the manifest, unverified fills; '' when nothing is set.
+ * their values), the manifest, unverified fills, timeouts and retries when
+ * not the defaults; '' when nothing is set.
  */
 export function describeOriginOptions(settings: OriginSettings): string {
   const names = Object.keys(originRequestHeaders(settings));
@@ -211,6 +262,22 @@ export function describeOriginOptions(settings: OriginSettings): string {
     ...(names.length === 0 ? [] : [`headers ${names.join(', ')} (values not shown)`]),
     ...(settings.manifest === undefined ? [] : [`manifest ${settings.manifest}`]),
     ...(settings.allowUnverified ? ['unverified fills allowed'] : []),
+    ...(timingChanged(settings) ? [describeTiming(settings)] : []),
   ];
   return parts.length === 0 ? '' : ` (${parts.join('; ')})`;
+}
+
+/** `timeouts: headers 30s, idle off, total none; 2 retries after 250ms`. */
+function describeTiming(settings: OriginSettings): string {
+  const d = HTTP_ORIGIN_DEFAULTS;
+  const show = (seconds: number | undefined, fallback: number | undefined, none: string) => {
+    const value = seconds ?? (fallback === undefined ? undefined : fallback / 1000);
+    return value === undefined || value === 0 ? none : formatDuration(value);
+  };
+  const retries = settings.originRetries ?? d.retries;
+  return (
+    `timeouts: headers ${show(settings.originHeadersTimeout, d.headersTimeout, 'none')}, idle ${show(settings.originIdleTimeout, d.bodyIdleTimeout, 'off')}, ` +
+    `total ${show(settings.originTotalTimeout, d.totalTimeout, 'none')}; ` +
+    (retries === 0 ? 'no retries' : `${retries} ${retries === 1 ? 'retry' : 'retries'} after ${show(settings.originRetryDelay, d.retryDelay, '0ms')}`)
+  );
 }

@@ -173,7 +173,8 @@ for (const { name: driver, skip } of await driverMatrix()) {
 
     it('from HTTP: retries 5xx with backoff, never retries a 404, and one failure does not stop the rest', async () => {
       await run('queue', 'good-1', 'flaky-1', 'broken-1', 'missing-1', 'good-2');
-      const result = await run('prefetch', '--origin', origin.url, '--retries', '3', '--retry-delay', '10ms', '--json');
+      // --origin-retries 0: only the whole-image attempts retry, so the origin's counts are theirs.
+      const result = await run('prefetch', '--origin', origin.url, '--retries', '3', '--retry-delay', '10ms', '--origin-retries', '0', '--json');
       expect(result.code).toBe(1);
       const report = JSON.parse(result.stdout) as {
         results: { imageId: string; status: string; attempts: number; error?: { code: string; status: number } }[];

@@ -32,3 +32,34 @@ export class OriginLengthError extends OriginError {
   static override isInstance = (error: unknown): error is OriginLengthError =>
     OriginError.isInstance(error) && (error as unknown as Record<symbol, unknown>)[MARKER] === true;
 }
+
+const TIMEOUT_MARKER = Symbol.for('@cache/origin.OriginTimeoutError');
+
+/** Which of an HTTP origin's timeouts ran out; see {@link OriginTimeoutError}. */
+export type OriginTimeout = 'headers' | 'body-idle' | 'total';
+
+/**
+ * An HTTP origin request that ran out of time: `headers` (no response
+ * headers within `headersTimeout`, or for a small text answer such as a
+ * Glance record, no complete answer), `body-idle` (no body byte for
+ * `bodyIdleTimeout` while the cache was waiting for one) or `total` (the
+ * whole `open()` and body, retries included, took longer than
+ * `totalTimeout`). An {@link OriginError} without a `status`.
+ */
+export class OriginTimeoutError extends OriginError {
+  /** Which timeout ran out. */
+  readonly timeout: OriginTimeout;
+  /** Its value, in milliseconds. */
+  readonly timeoutMs: number;
+
+  constructor(imageId: ImageId, message: string, details: { timeout: OriginTimeout; timeoutMs: number }) {
+    super(imageId, message);
+    this.timeout = details.timeout;
+    this.timeoutMs = details.timeoutMs;
+    Object.defineProperty(this, TIMEOUT_MARKER, { value: true });
+  }
+
+  /** True for an `OriginTimeoutError` (from any copy of this package). */
+  static override isInstance = (error: unknown): error is OriginTimeoutError =>
+    OriginError.isInstance(error) && (error as unknown as Record<symbol, unknown>)[TIMEOUT_MARKER] === true;
+}

@@ -1,6 +1,6 @@
 import { InvalidArgumentError, OriginError, assertImageId, type ImageId } from '@cache/core';
 import { digestAlgorithm, hexDigest, type ExpectedDigest, type LengthAnnouncement } from './expected.js';
-import { assertHttpUrl, openHttpImage, resolveHttpOptions, type HttpOriginOptions, type ResolvedHttpOptions } from './http.js';
+import { assertHttpUrl, openHttpImage, openScope, resolveHttpOptions, type HttpOriginOptions, type ResolvedHttpOptions } from './http.js';
 import type { OriginImage } from './image.js';
 import type { Origin, OriginOpenOptions } from './origin.js';
 import { getText, type RequestSettings } from './request.js';
@@ -61,8 +61,19 @@ export class GlanceOrigin implements Origin {
 
   async open(id: ImageId, options: OriginOpenOptions = {}): Promise<OriginImage> {
     const url = this.recordUrl(id);
-    const settings: RequestSettings = { headers: this.#options.headers, timeout: this.#options.timeout, signal: options.signal };
     options.signal?.throwIfAborted();
+    const scope = openScope(id, `GET ${url}/file`, this.#options, options.signal);
+    try {
+      const image = await this.#open(id, url, scope.settings);
+      image.stream.once('close', scope.release);
+      return image;
+    } catch (error) {
+      scope.release();
+      throw error;
+    }
+  }
+
+  async #open(id: ImageId, url: string, settings: RequestSettings): Promise<OriginImage> {
     const fromManifest = await this.#options.manifest?.digestFor(id, settings);
     const record = parseRecord(id, url, await getText(url, id, settings));
     if (record.status !== 'active') {
@@ -79,7 +90,7 @@ export class GlanceOrigin implements Origin {
     const md5 = hexDigest('md5', record.checksum);
     if (md5 !== undefined) digests.push({ algorithm: 'md5', hex: md5, source: 'glance' });
     return openHttpImage(
-      { id, url: `${url}/file`, lengths, digests, allowUnverified: this.#options.allowUnverified, signal: options.signal },
+      { id, url: `${url}/file`, lengths, digests, allowUnverified: this.#options.allowUnverified, signal: settings.signal },
       settings,
     );
   }

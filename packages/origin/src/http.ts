@@ -1,5 +1,3 @@
-import { Readable } from 'node:stream';
-import type { ReadableStream as WebReadableStream } from 'node:stream/web';
 import { InvalidArgumentError, assertImageId, type ImageId } from '@cache/core';
 import {
   parseContentMd5,
@@ -13,6 +11,7 @@ import {
 } from './expected.js';
 import { CHUNK_SIZE, originImage, type OriginImage } from './image.js';
 import { ChecksumManifest } from './manifest.js';
+import { OriginTimeoutError } from './errors.js';
 import { lowerCaseKeys, openGet, type RequestSettings } from './request.js';
 import type { Origin, OriginOpenOptions } from './origin.js';
 
@@ -24,8 +23,52 @@ export interface HttpOriginOptions {
    * `x-auth-token`. Names are case-insensitive.
    */
   headers?: Record<string, string>;
-  /** Milliseconds to wait for the response headers (a long body is fine). @default 30000 */
+  /**
+   * Milliseconds to wait for the response headers of each attempt (a long
+   * body is fine); for the small text answers (a Glance image record, an
+   * `http(s)` manifest), for the whole answer. Running out is an
+   * {@link OriginTimeoutError} (`headers`), retried like a failed connection.
+   * @default 30000
+   */
+  headersTimeout?: number;
+  /** The former name of {@link headersTimeout}; `headersTimeout` wins when both are given. @deprecated use `headersTimeout` */
   timeout?: number;
+  /**
+   * Milliseconds without any body byte, while the cache is waiting for one,
+   * after which the image stream fails with an {@link OriginTimeoutError}
+   * (`body-idle`) and the connection is dropped. A consumer that stops
+   * reading (backpressure) does not count. `0` turns it off. @default 30000
+   */
+  bodyIdleTimeout?: number;
+  /**
+   * Milliseconds for a whole `open()` and its body: retries, their waits,
+   * the metadata and manifest requests and every body byte. Running out fails
+   * `open()` or the stream with an {@link OriginTimeoutError} (`total`). Think
+   * of the largest image over the slowest link before setting one.
+   * `0` or `undefined`: no limit. @default undefined
+   */
+  totalTimeout?: number;
+  /**
+   * Retries of a request that failed before any byte of its answer was taken:
+   * no connection, a reset, the headers timeout, a 5xx or 429 answer. Never a
+   * 404 (or another 4xx), never once body bytes have flowed: a body that
+   * breaks off fails the stream, and the caller decides. Applies to every
+   * request (the image, a Glance record, an `http(s)` manifest). @default 2
+   */
+  retries?: number;
+  /**
+   * Milliseconds before the first retry; each further one waits twice as
+   * long, capped at {@link maxRetryDelay}, and every wait is between half
+   * and all of that (jitter). An answer's `Retry-After` is waited for when
+   * longer. @default 250
+   */
+  retryDelay?: number;
+  /**
+   * The longest wait before a retry. An answer whose `Retry-After` asks for
+   * longer is not retried: its `OriginError` (with `retryAfter`) is thrown
+   * at once, for a server to pass on. @default 10000
+   */
+  maxRetryDelay?: number;
   /**
    * A checksum manifest (`sha256sum` format: `<hex>  <name>` lines) as a file
    * path or an `http(s)` URL, read at every `open()`. The digest it gives an
@@ -43,19 +86,45 @@ export interface HttpOriginOptions {
 
 const ID_PLACEHOLDER = '{id}';
 
+/** The defaults of {@link HttpOriginOptions}' timeouts and retries, in milliseconds (`totalTimeout`: none). */
+export const HTTP_ORIGIN_DEFAULTS: Readonly<{
+  headersTimeout: number;
+  bodyIdleTimeout: number;
+  totalTimeout: undefined;
+  retries: number;
+  retryDelay: number;
+  maxRetryDelay: number;
+}> = Object.freeze({ headersTimeout: 30_000, bodyIdleTimeout: 30_000, totalTimeout: undefined, retries: 2, retryDelay: 250, maxRetryDelay: 10_000 });
+
 /** Validated {@link HttpOriginOptions}. */
 export interface ResolvedHttpOptions {
   headers: Record<string, string>;
-  timeout: number;
+  headersTimeout: number;
+  /** `undefined`: off. */
+  bodyIdleTimeout: number | undefined;
+  /** `undefined`: no limit. */
+  totalTimeout: number | undefined;
+  retries: number;
+  retryDelay: number;
+  maxRetryDelay: number;
   manifest: ChecksumManifest | undefined;
   allowUnverified: boolean;
 }
 
 /** Validates the options shared by HTTP origins; `InvalidArgumentError` for a bad one. */
 export function resolveHttpOptions(options: HttpOriginOptions): ResolvedHttpOptions {
-  const timeout = options.timeout ?? 30_000;
-  if (typeof timeout !== 'number' || !Number.isFinite(timeout) || timeout <= 0) {
-    throw new InvalidArgumentError(`origin timeout must be a number of ms > 0, got ${String(timeout)}`);
+  const headersTimeout = options.headersTimeout ?? options.timeout ?? HTTP_ORIGIN_DEFAULTS.headersTimeout;
+  milliseconds(headersTimeout, options.headersTimeout === undefined && options.timeout !== undefined ? 'timeout' : 'headersTimeout', false);
+  const bodyIdleTimeout = milliseconds(options.bodyIdleTimeout ?? HTTP_ORIGIN_DEFAULTS.bodyIdleTimeout, 'bodyIdleTimeout', true);
+  const totalTimeout = milliseconds(options.totalTimeout ?? 0, 'totalTimeout', true);
+  const retries = options.retries ?? HTTP_ORIGIN_DEFAULTS.retries;
+  if (typeof retries !== 'number' || !Number.isSafeInteger(retries) || retries < 0 || retries > 100) {
+    throw new InvalidArgumentError(`origin retries must be a whole number from 0 to 100, got ${String(retries)}`);
+  }
+  const retryDelay = milliseconds(options.retryDelay ?? HTTP_ORIGIN_DEFAULTS.retryDelay, 'retryDelay', true) ?? 0;
+  const maxRetryDelay = milliseconds(options.maxRetryDelay ?? HTTP_ORIGIN_DEFAULTS.maxRetryDelay, 'maxRetryDelay', true) ?? 0;
+  if (maxRetryDelay < retryDelay) {
+    throw new InvalidArgumentError(`origin maxRetryDelay (${maxRetryDelay} ms) must not be below retryDelay (${retryDelay} ms)`);
   }
   const allowUnverified = options.allowUnverified ?? false;
   if (typeof allowUnverified !== 'boolean') {
@@ -64,9 +133,65 @@ export function resolveHttpOptions(options: HttpOriginOptions): ResolvedHttpOpti
   return {
     // Identity unless the caller insists otherwise: a compressed body's Content-Length is not the image size.
     headers: { 'accept-encoding': 'identity', ...lowerCaseKeys(options.headers ?? {}) },
-    timeout,
+    headersTimeout,
+    bodyIdleTimeout,
+    totalTimeout,
+    retries,
+    retryDelay,
+    maxRetryDelay,
     manifest: options.manifest === undefined ? undefined : new ChecksumManifest(options.manifest),
     allowUnverified,
+  };
+}
+
+/** Longest delay a Node timer holds (about 24.8 days). */
+const MAX_TIMER = 2 ** 31 - 1;
+
+/** Checks a number of milliseconds: > 0 (or 0, meaning off, when `zeroOff`: then `undefined`); at most {@link MAX_TIMER}. */
+function milliseconds(value: unknown, name: string, zeroOff: boolean): number | undefined {
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < 0 || (value === 0 && !zeroOff) || value > MAX_TIMER) {
+    throw new InvalidArgumentError(`origin ${name} must be a number of ms ${zeroOff ? '>= 0' : '> 0'} and at most ${MAX_TIMER}, got ${String(value)}`);
+  }
+  return value === 0 ? undefined : value;
+}
+
+/** The request settings of one `open()`, and the signal that carries its total timeout. */
+export interface OpenScope {
+  settings: RequestSettings;
+  /** Clears the total timeout; call once the body is done with or `open()` failed. */
+  release: () => void;
+}
+
+/**
+ * Request settings for one `open()`: the options, and a signal that aborts
+ * with the caller's reason, or with an {@link OriginTimeoutError} (`total`)
+ * when `totalTimeout` runs out.
+ */
+export function openScope(id: ImageId, what: string, options: ResolvedHttpOptions, signal: AbortSignal | undefined): OpenScope {
+  const base: RequestSettings = {
+    headers: options.headers,
+    timeout: options.headersTimeout,
+    bodyIdleTimeout: options.bodyIdleTimeout,
+    retries: options.retries,
+    retryDelay: options.retryDelay,
+    maxRetryDelay: options.maxRetryDelay,
+    signal,
+  };
+  const total = options.totalTimeout;
+  if (total === undefined) return { settings: base, release: () => undefined };
+  const controller = new AbortController();
+  const onAbort = () => controller.abort(signal?.reason);
+  if (signal?.aborted === true) onAbort();
+  else signal?.addEventListener('abort', onAbort, { once: true });
+  const timer = setTimeout(() => {
+    controller.abort(new OriginTimeoutError(id, `${what}: not complete within ${total} ms (total timeout)`, { timeout: 'total', timeoutMs: total }));
+  }, total);
+  return {
+    settings: { ...base, signal: controller.signal },
+    release: () => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
+    },
   };
 }
 
@@ -103,7 +228,8 @@ export interface ResponseContext {
  */
 export async function openHttpImage(context: ResponseContext, settings: RequestSettings): Promise<OriginImage> {
   const { id, url } = context;
-  const { response, release } = await openGet(url, id, settings);
+  const opened = await openGet(url, id, settings);
+  const { response, release } = opened;
   const headers = response.headers;
   const encoding = headers.get('content-encoding');
   const encoded = encoding !== null && encoding.trim().toLowerCase() !== 'identity';
@@ -131,7 +257,7 @@ export async function openHttpImage(context: ResponseContext, settings: RequestS
   const framed = contentLength !== null || /\bchunked\b/i.test(headers.get('transfer-encoding') ?? '');
   const verification: Verification =
     expected.digest !== undefined ? 'digest' : expected.length !== undefined ? 'length' : framed ? 'framing' : 'none';
-  const body = Readable.fromWeb(response.body as unknown as WebReadableStream<Uint8Array>, { highWaterMark: CHUNK_SIZE });
+  const body = opened.body(CHUNK_SIZE);
   const image = originImage(body, {
     id,
     what: `GET ${url}`,
@@ -189,19 +315,27 @@ export class HttpOrigin implements Origin {
 
   async open(id: ImageId, options: OriginOpenOptions = {}): Promise<OriginImage> {
     const url = this.urlFor(id);
-    const settings: RequestSettings = { headers: this.#options.headers, timeout: this.#options.timeout, signal: options.signal };
     options.signal?.throwIfAborted();
-    const fromManifest = await this.#options.manifest?.digestFor(id, settings);
-    return openHttpImage(
-      {
-        id,
-        url,
-        lengths: [],
-        digests: fromManifest === undefined ? [] : [fromManifest],
-        allowUnverified: this.#options.allowUnverified,
-        signal: options.signal,
-      },
-      settings,
-    );
+    const scope = openScope(id, `GET ${url}`, this.#options, options.signal);
+    try {
+      const { settings } = scope;
+      const fromManifest = await this.#options.manifest?.digestFor(id, settings);
+      const image = await openHttpImage(
+        {
+          id,
+          url,
+          lengths: [],
+          digests: fromManifest === undefined ? [] : [fromManifest],
+          allowUnverified: this.#options.allowUnverified,
+          signal: settings.signal,
+        },
+        settings,
+      );
+      image.stream.once('close', scope.release);
+      return image;
+    } catch (error) {
+      scope.release();
+      throw error;
+    }
   }
 }

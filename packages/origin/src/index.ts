@@ -15,7 +15,7 @@ import { HttpOrigin, type HttpOriginOptions } from './http.js';
 import type { Origin } from './origin.js';
 
 export { OriginError } from '@cache/core';
-export { OriginLengthError } from './errors.js';
+export { OriginLengthError, OriginTimeoutError, type OriginTimeout } from './errors.js';
 export {
   expectedChecksum,
   type DigestAlgorithm,
@@ -27,7 +27,7 @@ export {
 } from './expected.js';
 export type { OriginImage } from './image.js';
 export type { Origin, OriginOpenOptions } from './origin.js';
-export { HttpOrigin, type HttpOriginOptions } from './http.js';
+export { HTTP_ORIGIN_DEFAULTS, HttpOrigin, type HttpOriginOptions } from './http.js';
 export { GlanceOrigin, type GlanceOriginOptions } from './glance.js';
 export { DirectoryOrigin, type DirectoryOriginOptions } from './directory.js';
 export { ChecksumManifest } from './manifest.js';

@@ -213,7 +213,7 @@ describe('GlanceOrigin against a Glance-shaped API', () => {
     });
     await stalled.start();
     try {
-      const error = (await rejection(new GlanceOrigin(stalled.url, { timeout: 150 }).open('img'))) as OriginError;
+      const error = (await rejection(new GlanceOrigin(stalled.url, { timeout: 150, retries: 0 }).open('img'))) as OriginError;
       expect(OriginError.isInstance(error)).toBe(true);
       expect(error.status).toBeUndefined();
       expect(error.message).toMatch(/no complete answer within 150 ms/);

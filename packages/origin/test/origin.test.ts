@@ -87,7 +87,7 @@ describe('HttpOrigin against a real HTTP server', () => {
       response.writeHead(500);
       response.end();
     };
-    const error = (await rejection(new HttpOrigin(`${origin.url}/{id}`).open('x'))) as OriginError;
+    const error = (await rejection(new HttpOrigin(`${origin.url}/{id}`, { retries: 0 }).open('x'))) as OriginError;
     expect(OriginError.isInstance(error)).toBe(true);
     expect(error.status).toBe(500);
     expect(error.notFound).toBe(false);
@@ -106,7 +106,7 @@ describe('HttpOrigin against a real HTTP server', () => {
       response.writeHead(503, { 'retry-after': header });
       response.end();
     };
-    const error = (await rejection(new HttpOrigin(`${origin.url}/{id}`).open('x'))) as OriginError;
+    const error = (await rejection(new HttpOrigin(`${origin.url}/{id}`, { retries: 0 }).open('x'))) as OriginError;
     expect(error.status).toBe(503);
     expect(error.retryAfter).toBe(expected);
   });
@@ -116,7 +116,7 @@ describe('HttpOrigin against a real HTTP server', () => {
       response.writeHead(429);
       response.end();
     };
-    const error = (await rejection(new HttpOrigin(`${origin.url}/{id}`).open('x'))) as OriginError;
+    const error = (await rejection(new HttpOrigin(`${origin.url}/{id}`, { retries: 0 }).open('x'))) as OriginError;
     expect([error.status, error.retryAfter]).toEqual([429, undefined]);
   });
 
@@ -125,7 +125,7 @@ describe('HttpOrigin against a real HTTP server', () => {
     await closed.start();
     const url = closed.url;
     await closed.stop();
-    const error = (await rejection(new HttpOrigin(`${url}/{id}`).open('x'))) as OriginError;
+    const error = (await rejection(new HttpOrigin(`${url}/{id}`, { retries: 0 }).open('x'))) as OriginError;
     expect(OriginError.isInstance(error)).toBe(true);
     expect(error.status).toBeUndefined();
   });
@@ -167,7 +167,7 @@ describe('HttpOrigin against a real HTTP server', () => {
     const pending: ServerResponse[] = [];
     origin.handler = (_request, response) => void pending.push(response);
     // The server never answers: only the timeout can end this.
-    const error = (await rejection(new HttpOrigin(`${origin.url}/{id}`, { timeout: 150 }).open('slow'))) as OriginError;
+    const error = (await rejection(new HttpOrigin(`${origin.url}/{id}`, { timeout: 150, retries: 0 }).open('slow'))) as OriginError;
     expect(OriginError.isInstance(error)).toBe(true);
     expect(error.status).toBeUndefined();
     expect(error.message).toMatch(/no response headers within 150 ms/);

@@ -11,6 +11,7 @@ import {
   InvalidImageIdError,
   OriginError,
 } from '@cache/core';
+import { OriginTimeoutError } from '@cache/origin';
 
 /** The JSON body of every error response (fastify's own error shape, plus `code`). */
 export interface ErrorBody {
@@ -91,13 +92,15 @@ const ORIGIN_BUSY = new Set([429, 503]);
 /**
  * The HTTP status for an error:
  * invalid id or argument 400; not cached (and no origin) 404; origin 404 → 404;
- * origin 503 or 429 (busy) → 503; any other origin failure, or a checksum mismatch at the source, 502;
+ * origin 503 or 429 (busy) → 503; an origin that ran out of time (`OriginTimeoutError`) 504;
+ * any other origin failure, or a checksum mismatch at the source, 502;
  * another writer holding the id 409; a fetch aborted by shutdown, or a fill aborted or abandoned, 503; errors that carry a 4xx/5xx `statusCode`
  * (fastify's, {@link HttpError}) keep it; anything else 500.
  */
 export function statusFor(error: unknown): number {
   if (InvalidImageIdError.isInstance(error) || InvalidArgumentError.isInstance(error)) return 400;
   if (ImageNotCachedError.isInstance(error)) return 404;
+  if (OriginTimeoutError.isInstance(error)) return 504;
   if (OriginError.isInstance(error)) return error.notFound ? 404 : error.status !== undefined && ORIGIN_BUSY.has(error.status) ? 503 : 502;
   if (ChecksumMismatchError.isInstance(error)) return 502;
   if (ImageBeingCachedError.isInstance(error)) return 409;
@@ -134,6 +137,10 @@ function describeForClient(error: unknown, status: number): string {
     return `invalid image id ${echo(error.imageId)}: ${error.reason}; an id is one path segment of at most 255 bytes, not starting with '.'`;
   }
   if (ImageNotCachedError.isInstance(error)) return `image ${echo(error.imageId)} is not cached`;
+  if (OriginTimeoutError.isInstance(error)) {
+    const which = { headers: 'did not start answering', 'body-idle': 'went silent', total: 'did not finish' }[error.timeout];
+    return `the origin ${which} in time for image ${echo(error.imageId)} (${error.timeout} timeout, ${error.timeoutMs} ms)`;
+  }
   if (OriginError.isInstance(error)) {
     const id = echo(error.imageId);
     if (error.notFound) return `the origin does not have image ${id}`;

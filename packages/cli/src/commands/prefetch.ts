@@ -26,8 +26,12 @@ export const registerPrefetch: RegisterCommand = (program, ctx) => {
     .option('--origin <url-or-dir>', 'URL template with {id} (https://origin/images/{id}), glance+https://host:9292, or a directory (env IMAGE_CACHE_ORIGIN)');
   addOriginOptions(cmd)
     .option('--concurrency <n>', 'images fetched at once (env IMAGE_CACHE_CONCURRENCY; default 4)')
-    .option('--retries <n>', 'retries per image after a failed attempt; 404s and checksum mismatches are not retried (default 3)')
-    .option('--retry-delay <duration>', 'wait before the first retry, doubled for each further one (default 1s)')
+    .option(
+      '--retries <n>',
+      'whole-image attempts: retries of an image whose attempt failed, e.g. its download broke off mid-body; 404s and checksum mismatches are not retried. ' +
+        'Within each attempt, --origin-retries retries the origin request itself before its first byte (default 3)',
+    )
+    .option('--retry-delay <duration>', 'wait before the first whole-image retry, doubled for each further one (default 1s)')
     .option('--checksums <file>', 'expected digests, "<hex>  <id>" per line (md5sum/sha256sum/sha512sum output), read once; wins over --manifest')
     .option('--no-progress', 'no progress bars even on a terminal (one line per image instead)')
     .option('--json', 'print a JSON report instead of the summary line')

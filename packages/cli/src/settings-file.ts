@@ -1,6 +1,7 @@
 import { readFile, rename, unlink, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
+import { redactUrl } from '@cache/origin';
 import type { ConfigSource, DriverName, ResolvedConfig } from './config.js';
 import { DRIVERS } from './config.js';
 
@@ -97,7 +98,7 @@ export function recordSettings(
       stallTime: setting('stallTime', config.stallTime),
       host: setting('host', config.host),
       port: { value: details.port, source: source('port') },
-      origin: { value: details.origin === undefined ? null : withoutCredentials(details.origin), source: config.origin === undefined && details.origin !== undefined ? 'demo' : source('origin') },
+      origin: { value: details.origin === undefined ? null : redactUrl(details.origin), source: config.origin === undefined && details.origin !== undefined ? 'demo' : source('origin') },
       token: setting('token', config.token !== undefined),
       metricsToken: setting('metricsToken', config.metricsToken !== undefined),
       insecureOpenManagementApi: setting('insecureOpenManagementApi', config.insecureOpenManagementApi),
@@ -113,10 +114,6 @@ export function recordSettings(
   };
 }
 
-/** An origin as it may be written to a file others can read: `https://user:secret@host/p?key=v` as `https://host/p?…`. */
-function withoutCredentials(text: string): string {
-  return text.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/@\s]*@/i, '$1').replace(/\?.*$/, '?…');
-}
 
 /** Writes {@link SETTINGS_FILE} in `cacheDir` atomically (a dot-named temp file, then a rename). */
 export async function writeRecordedSettings(cacheDir: string, record: RecordedSettings): Promise<string> {

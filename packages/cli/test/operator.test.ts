@@ -133,11 +133,14 @@ describe('serve records its settings; stats shows them', () => {
     const server = serve(['--cache-dir', cacheDir, '--max-size', '450MiB', '--token', 'never-written', '--stall-time', '2h', '--origin', origin]);
     const url = await server.url;
     expect(server.output().stderr).toContain(`serving ${cacheDir} (sqlite, budget 450 MiB) on ${url}`);
+    // The startup lines show the origin without its credentials or its query's values.
+    expect(server.output().stderr).toContain('origin http://127.0.0.1:9/images/{id}?sig=…');
+    expect(server.output().stderr).not.toMatch(/s3cret|sig=abc/);
 
     const text = await readFile(join(cacheDir, SETTINGS_FILE), 'utf8');
     expect(text).not.toMatch(/never-written|s3cret|sig=abc/);
     const record = JSON.parse(text) as RecordedSettings;
-    expect(record).toMatchObject({ writtenBy: 'image-cache serve', url, settings: { maxSize: { value: 450 * 1024 ** 2, source: 'flag' }, token: { value: true }, origin: { value: 'http://127.0.0.1:9/images/{id}?…', source: 'flag' } } });
+    expect(record).toMatchObject({ writtenBy: 'image-cache serve', url, settings: { maxSize: { value: 450 * 1024 ** 2, source: 'flag' }, token: { value: true }, origin: { value: 'http://127.0.0.1:9/images/{id}?sig=…', source: 'flag' } } });
     // A dot-file: no driver takes it for an image.
     expect((await bin(['--cache-dir', cacheDir, 'list', '--json'], { cwd: root })).stdout.trim()).toBe('[]');
 
@@ -145,7 +148,7 @@ describe('serve records its settings; stats shows them', () => {
     expect(stats.code).toBe(0);
     expect(stats.stdout).toMatch(new RegExp(`^budget\\s+450 MiB \\(0% used, invalid/ included; from image-cache serve, as recorded in ${cacheDir}/\\.image-cache-settings\\.json\\)$`, 'm'));
     expect(stats.stdout).toMatch(new RegExp(`^server\\s+image-cache serve pid \\d+ on ${url.replace(/\./g, '\\.')}, started \\S+Z \\(running\\)$`, 'm'));
-    expect(stats.stdout).toMatch(/^server runs\s+sqlite driver, stall time 2h, prune off, clean off, management API with a token, origin http:\/\/127\.0\.0\.1:9\/images\/\{id\}\?…$/m);
+    expect(stats.stdout).toMatch(/^server runs\s+sqlite driver, stall time 2h, prune off, clean off, management API with a token, origin http:\/\/127\.0\.0\.1:9\/images\/\{id\}\?sig=…$/m);
     const json = JSON.parse((await bin(['--cache-dir', cacheDir, 'stats', '--json'], { cwd: root })).stdout) as Record<string, unknown>;
     expect(json).toMatchObject({ maxSize: 450 * 1024 ** 2, maxSizeSource: 'serve', server: { running: true, url } });
 

@@ -4,6 +4,7 @@ import { assertHttpUrl, openHttpImage, openScope, resolveHttpOptions, type HttpO
 import type { OriginImage } from './image.js';
 import type { Origin, OriginOpenOptions } from './origin.js';
 import { getText, type RequestSettings } from './request.js';
+import { redactUrl } from './redact.js';
 
 /** Options of {@link GlanceOrigin}: those of an HTTP origin. Put the Keystone token in `headers['x-auth-token']`. */
 export type GlanceOriginOptions = HttpOriginOptions;
@@ -49,7 +50,7 @@ export class GlanceOrigin implements Origin {
     }
     assertHttpUrl(endpoint, 'Glance endpoint');
     this.endpoint = endpoint.replace(/\/+$/, '');
-    this.description = `glance ${this.endpoint}`;
+    this.description = `glance ${redactUrl(this.endpoint)}`;
     this.#options = resolveHttpOptions(options);
   }
 

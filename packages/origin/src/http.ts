@@ -14,6 +14,7 @@ import { ChecksumManifest } from './manifest.js';
 import { OriginTimeoutError } from './errors.js';
 import { lowerCaseKeys, openGet, type RequestSettings } from './request.js';
 import type { Origin, OriginOpenOptions } from './origin.js';
+import { redactUrl } from './redact.js';
 
 /** Options shared by the HTTP origins ({@link HttpOrigin}, `GlanceOrigin`). */
 export interface HttpOriginOptions {
@@ -302,7 +303,7 @@ export class HttpOrigin implements Origin {
       throw new InvalidArgumentError(`an HTTP origin needs a URL template containing ${ID_PLACEHOLDER}, got ${JSON.stringify(template)}`);
     }
     assertHttpUrl(template.replaceAll(ID_PLACEHOLDER, 'x'), 'origin');
-    this.description = template;
+    this.description = redactUrl(template);
     this.#template = template;
     this.#options = resolveHttpOptions(options);
   }

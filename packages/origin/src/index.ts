@@ -31,6 +31,7 @@ export { HTTP_ORIGIN_DEFAULTS, HttpOrigin, type HttpOriginOptions } from './http
 export { GlanceOrigin, type GlanceOriginOptions } from './glance.js';
 export { DirectoryOrigin, type DirectoryOriginOptions } from './directory.js';
 export { ChecksumManifest } from './manifest.js';
+export { redactUrl } from './redact.js';
 
 /** Options of {@link createOrigin}: those of the HTTP origins; a directory origin uses only `manifest`. */
 export type CreateOriginOptions = HttpOriginOptions;

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { InvalidArgumentError, InvalidImageIdError } from '@cache/core';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
-import { DirectoryOrigin, HttpOrigin, OriginError, createOrigin } from '../src/index.js';
+import { DirectoryOrigin, HttpOrigin, OriginError, createOrigin, redactUrl } from '../src/index.js';
 import { LoopbackServer, collect, rejection, type Handler } from './helpers.js';
 
 /** A real HTTP server on 127.0.0.1 whose behaviour each test sets. */
@@ -353,5 +353,21 @@ describe('createOrigin', () => {
     for (const spec of ['', '   ', 's3://bucket/{id}', 'http://h/images', 'file://remote-host/srv']) {
       expect(() => createOrigin(spec)).toThrow(InvalidArgumentError);
     }
+  });
+});
+
+describe('redactUrl and origin descriptions (what startup lines and logs show)', () => {
+  it('drops user-info credentials and query values, keeping the parameters that hold {id}', () => {
+    expect(redactUrl('https://user:secret@images.example/v2/{id}/file')).toBe('https://images.example/v2/{id}/file');
+    expect(redactUrl('https://images.example/get?id={id}&sig=abc&exp=1#frag')).toBe('https://images.example/get?id={id}&sig=…&exp=…');
+    expect(redactUrl('https://images.example/images/{id}')).toBe('https://images.example/images/{id}');
+    expect(redactUrl('/srv/images')).toBe('/srv/images');
+  });
+
+  it('an HTTP and a Glance origin describe themselves without secrets', () => {
+    const http = createOrigin('https://user:secret@images.example/images/{id}?token=t0k');
+    expect(http.description).toBe('https://images.example/images/{id}?token=…');
+    const glance = createOrigin('glance+https://admin:pw@glance.example:9292');
+    expect(glance.description).not.toMatch(/admin|pw@/);
   });
 });

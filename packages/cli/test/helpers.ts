@@ -141,6 +141,8 @@ export interface ServeProcess {
   output: () => { stdout: string; stderr: string };
   /** SIGKILL unless it has exited; safe to call twice. */
   kill: () => void;
+  /** Sends `signal` (e.g. SIGTERM for a graceful stop) unless it has exited. */
+  signal: (signal: NodeJS.Signals) => void;
 }
 
 /** Starts `image-cache <argv...>` (argv includes `serve`) and watches its stderr for the listening URL. */
@@ -171,12 +173,14 @@ export function startServe(argv: string[], options: { cwd: string; env?: Record<
     void exited.then((code) => reject(new Error(`serve exited (${code}) before listening: ${stderr}`)));
   });
   url.catch(() => undefined);
+  const signal = (name: NodeJS.Signals) => {
+    if (proc.exitCode === null && proc.signalCode === null) proc.kill(name);
+  };
   return {
     url,
     exited,
     output: () => ({ stdout, stderr }),
-    kill: () => {
-      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
-    },
+    kill: () => signal('SIGKILL'),
+    signal,
   };
 }

@@ -1,5 +1,4 @@
 // `image-cache serve` and `prefetch` with the origin's timeouts and retries: the real binary in front of a real HTTP origin.
-import { spawn, type ChildProcess } from 'node:child_process';
 import { readdir } from 'node:fs/promises';
 import { createServer, request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -7,45 +6,26 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { originOptions } from '../src/origin-options.js';
 import { resolveConfig } from '../src/config.js';
-import { BIN, bin, cli, tempDir, withCache } from './helpers.js';
+import { bin, cli, startServe, tempDir, withCache, type ServeProcess } from './helpers.js';
 
 let root: string;
 let cleanup: () => Promise<void>;
-let child: ChildProcess | undefined;
+/** The serve processes a test started. */
+const servers: ServeProcess[] = [];
 
 beforeEach(async () => {
   ({ dir: root, cleanup } = await tempDir('origin-timeouts'));
 });
 afterEach(async () => {
-  if (child !== undefined && child.exitCode === null) child.kill('SIGKILL');
-  child = undefined;
+  for (const server of servers.splice(0)) server.kill();
   await cleanup();
 });
 
-/** Starts `image-cache serve ...` and resolves once it printed its URL. */
-function serve(args: string[]) {
-  const proc = spawn(process.execPath, [BIN, 'serve', '--port', '0', ...args], {
-    cwd: root,
-    env: { PATH: process.env['PATH'] ?? '' },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  child = proc;
-  let stderr = '';
-  proc.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-  const exited = new Promise<number | null>((resolve) => proc.on('exit', (code) => resolve(code)));
-  const url = new Promise<string>((resolve, reject) => {
-    const timer = setInterval(() => {
-      const match = /serving .* on (http:\/\/127\.0\.0\.1:\d+)/.exec(stderr);
-      if (match?.[1] !== undefined) {
-        clearInterval(timer);
-        resolve(match[1]);
-      } else if (proc.exitCode !== null) {
-        clearInterval(timer);
-        reject(new Error(`serve exited ${proc.exitCode}: ${stderr}`));
-      }
-    }, 25);
-  });
-  return { url, exited, stderr: () => stderr };
+/** Starts `image-cache serve --port 0 ...` in the test's directory (killed after the test). */
+function serve(args: string[]): ServeProcess {
+  const server = startServe(['serve', '--port', '0', ...args], { cwd: root });
+  servers.push(server);
+  return server;
 }
 
 /** A real origin on 127.0.0.1; `handle` gets each request's number (0 for the first). */
@@ -86,8 +66,8 @@ describe('image-cache serve with origin retries and timeouts', () => {
       expect(Buffer.from(await response.arrayBuffer()).equals(image)).toBe(true);
       expect(origin.requests()).toBe(3);
       // The startup line says how the origin is opened (the delay is not the default).
-      expect(server.stderr()).toMatch(/origin http:\/\/127\.0\.0\.1:\d+\/images\/\{id\} \(timeouts: headers 30s, idle 30s, total none; 2 retries after 10ms\)/);
-      child?.kill('SIGTERM');
+      expect(server.output().stderr).toMatch(/origin http:\/\/127\.0\.0\.1:\d+\/images\/\{id\} \(timeouts: headers 30s, idle 30s, total none; 2 retries after 10ms\)/);
+      server.signal('SIGTERM');
       expect(await server.exited).toBe(0);
       expect(await withCache('sqlite', cacheDir, (cache) => cache.isCached('flaky'))).toBe(true);
     } finally {
@@ -118,7 +98,7 @@ describe('image-cache serve with origin retries and timeouts', () => {
       expect(outcome.complete).toBe(false); // cut, not a short success
       expect(outcome.received).toBeLessThan(size);
       expect(origin.requests()).toBe(1); // bytes had flowed: not retried
-      child?.kill('SIGTERM');
+      server.signal('SIGTERM');
       expect(await server.exited).toBe(0);
       expect(await readdir(join(cacheDir, 'incomplete'))).toEqual([]);
       expect(await withCache('sqlite', cacheDir, (cache) => cache.isCached('silent'))).toBe(false);

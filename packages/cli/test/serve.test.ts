@@ -1,5 +1,4 @@
 // `image-cache serve`: the real binary, a real demo origin and real HTTP clients.
-import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { readdir } from 'node:fs/promises';
 import { createServer, request as httpRequest } from 'node:http';
@@ -7,47 +6,26 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { DEMO_IMAGES, demoImageDigest } from '../src/demo/origin.js';
-import { BIN, bin, tempDir, withCache } from './helpers.js';
+import { bin, startServe, tempDir, withCache, type ServeProcess } from './helpers.js';
 
 let root: string;
 let cleanup: () => Promise<void>;
-let child: ChildProcess | undefined;
+/** The serve processes a test started. */
+const servers: ServeProcess[] = [];
 
 beforeEach(async () => {
   ({ dir: root, cleanup } = await tempDir('serve'));
 });
 afterEach(async () => {
-  if (child !== undefined && child.exitCode === null) child.kill('SIGKILL');
-  child = undefined;
+  for (const server of servers.splice(0)) server.kill();
   await cleanup();
 });
 
-/** Starts `image-cache serve ...` and resolves once it printed its URL. */
-function serve(args: string[], env: Record<string, string> = {}) {
-  const proc = spawn(process.execPath, [BIN, 'serve', '--port', '0', ...args], {
-    cwd: root,
-    env: { PATH: process.env['PATH'] ?? '', ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  child = proc;
-  let stdout = '';
-  let stderr = '';
-  proc.stdout?.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-  proc.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-  const exited = new Promise<number | null>((resolve) => proc.on('exit', (code) => resolve(code)));
-  const url = new Promise<string>((resolve, reject) => {
-    const timer = setInterval(() => {
-      const match = /serving .* on (http:\/\/127\.0\.0\.1:\d+)/.exec(stderr);
-      if (match?.[1] !== undefined) {
-        clearInterval(timer);
-        resolve(match[1]);
-      } else if (proc.exitCode !== null) {
-        clearInterval(timer);
-        reject(new Error(`serve exited ${proc.exitCode}: ${stderr}`));
-      }
-    }, 25);
-  });
-  return { url, exited, output: () => ({ stdout, stderr }) };
+/** Starts `image-cache serve --port 0 ...` in the test's directory (killed after the test). */
+function serve(args: string[], env: Record<string, string> = {}): ServeProcess {
+  const server = startServe(['serve', '--port', '0', ...args], { cwd: root, env });
+  servers.push(server);
+  return server;
 }
 
 async function sha256Of(response: Response): Promise<{ digest: string; bytes: number }> {
@@ -88,7 +66,7 @@ describe('image-cache serve', () => {
     expect(stdout).toContain(`${url}/images/${id}`);
     expect(stdout).toContain(`${url}/metrics`);
 
-    child?.kill('SIGTERM');
+    server.signal('SIGTERM');
     expect(await server.exited).toBe(0);
     expect(server.output().stderr).toMatch(/stopped\n$/);
     // The settings it ran with stay recorded beside the cache (a dot-file: no driver takes it for an image).
@@ -102,7 +80,7 @@ describe('image-cache serve', () => {
     const ok = await fetch(`${url}/v2/cache`, { headers: { authorization: 'Bearer s3cret' } });
     expect(ok.status).toBe(200);
     expect(await ok.json()).toEqual({ cached_images: [], queued_images: [] });
-    child?.kill('SIGINT');
+    server.signal('SIGINT');
     expect(await server.exited).toBe(0);
   }, 60_000);
 
@@ -148,7 +126,7 @@ describe('image-cache serve --shutdown-timeout', () => {
         req.on('error', reject);
         req.end();
       });
-      child?.kill('SIGTERM');
+      server.signal('SIGTERM');
       // The process ends only because the 300ms timeout cut the stalled response (the default would be 10s).
       expect(await server.exited).toBe(0);
       expect(server.output().stderr).toContain('responses already streaming get up to 300ms to finish');
@@ -187,7 +165,7 @@ describe('image-cache serve --shutdown-timeout', () => {
         req.end();
       });
       expect(await readdir(join(cacheDir, 'incomplete'))).toEqual(['stuck']); // being filled right now
-      child?.kill('SIGTERM');
+      server.signal('SIGTERM');
       expect(await server.exited).toBe(0);
       expect(await closed).toBe(false); // cut: the download never completed
       // Once the process has exited, the partial file is in invalid/: never left in incomplete/, never active.
@@ -231,7 +209,7 @@ describe('image-cache serve --shutdown-timeout', () => {
       // The fill was rolled back: its partial file is in invalid/, nothing is active or left in incomplete/.
       await waitUntil(async () => (await readdir(join(cacheDir, 'invalid'))).includes('left'));
       expect(await readdir(join(cacheDir, 'incomplete'))).toEqual([]);
-      child?.kill('SIGTERM');
+      server.signal('SIGTERM');
       expect(await server.exited).toBe(0);
       expect(await withCache('sqlite', cacheDir, (cache) => cache.isCached('left'))).toBe(false);
     } finally {

@@ -32,6 +32,22 @@ afterEach(async () => {
   await cleanup();
 });
 
+/**
+ * A caching stream of `img` (4 chunks of a 4-chunk image, from a source the
+ * test drives) whose client has received the first chunk: the host's write
+ * lock of `img` is held by a writer that is not a fill.
+ */
+async function cachingStreamUnderWay(seed: string) {
+  const image = imageBytes(seed, 4 * C);
+  const chunks = split(image, C);
+  const source = controlledSource();
+  const client = cache.getCachingStream('img', source.iterable);
+  const clientBytes = collector(client);
+  source.push(chunks[0] as Buffer);
+  await clientBytes.until(C);
+  return { image, chunks, source, client, clientBytes };
+}
+
 /** A fetch that counts its calls and returns the given source. */
 function counting(make: () => Readable | AsyncIterable<Uint8Array>) {
   let calls = 0;
@@ -348,13 +364,7 @@ describe('fill() and the other writers share the host lock', () => {
   });
 
   it('a fill started while getCachingStream caches the id follows it: its readers get the bytes, the origin is read once', async () => {
-    const image = imageBytes('follow-stream', 4 * C);
-    const chunks = split(image, C);
-    const source = controlledSource();
-    const client = cache.getCachingStream('img', source.iterable);
-    const clientBytes = collector(client);
-    source.push(chunks[0] as Buffer);
-    await clientBytes.until(C);
+    const { image, chunks, source, client, clientBytes } = await cachingStreamUnderWay('follow-stream');
 
     const origin = counting(() => Readable.from([Buffer.from('never')]));
     const fill = cache.fill('img', { fetch: origin.fetch });
@@ -370,13 +380,7 @@ describe('fill() and the other writers share the host lock', () => {
   });
 
   it('readThrough while a caching stream of the host writes the id: it reads that write as a fill, without a second fetch', async () => {
-    const image = imageBytes('through-stream', 4 * C);
-    const chunks = split(image, C);
-    const source = controlledSource();
-    const client = cache.getCachingStream('img', source.iterable);
-    const clientBytes = collector(client);
-    source.push(chunks[0] as Buffer);
-    await clientBytes.until(C);
+    const { image, chunks, source } = await cachingStreamUnderWay('through-stream');
 
     const origin = counting(() => Readable.from([Buffer.from('never')]));
     // Not a flight of readThrough and not a fill: only the host lock tells that the id is being written.
@@ -392,13 +396,7 @@ describe('fill() and the other writers share the host lock', () => {
   });
 
   it('a fill following a caching stream whose client leaves takes over and fetches itself', async () => {
-    const image = imageBytes('takeover-local', 4 * C);
-    const chunks = split(image, C);
-    const source = controlledSource();
-    const client = cache.getCachingStream('img', source.iterable);
-    const clientBytes = collector(client);
-    source.push(chunks[0] as Buffer);
-    await clientBytes.until(C);
+    const { image, client } = await cachingStreamUnderWay('takeover-local');
 
     const origin = counting(() => Readable.from(split(image, C)));
     const fill = cache.fill('img', { fetch: origin.fetch });

@@ -16,7 +16,7 @@ import {
   type FillAnnouncement,
 } from '../src/index.js';
 import { collect, tempDir } from './helpers.js';
-import { collector, controlledSource, failureOf, imageBytes, split, whenRole, whenWritten } from './fill-helpers.js';
+import { collector, controlledSource, failureOf, imageBytes, split, expectRolledBack, whenRole, whenWritten } from './fill-helpers.js';
 
 const C = 64 * 1024;
 const sha256 = (data: Buffer) => createHash('sha256').update(data).digest('hex');
@@ -45,12 +45,6 @@ async function secondCache(): Promise<ImageCache> {
   const other = await ImageCache.open({ driver: new MemoryDriver({ cacheDir: dir }) });
   others.push(other);
   return other;
-}
-
-async function expectRolledBack(id: string): Promise<void> {
-  expect(await cache.isCached(id)).toBe(false);
-  expect(await readdir(join(dir, 'incomplete'))).toEqual([]);
-  expect(await readdir(join(dir, 'invalid'))).toEqual([id]);
 }
 
 describe('fetch() announces what the origin said', () => {
@@ -111,7 +105,7 @@ describe('fetch() announces what the origin said', () => {
     expect(OriginError.isInstance(error)).toBe(true);
     expect(error.message).toContain(message);
     expect((await fill.done).status).toBe('failed');
-    await expectRolledBack('img');
+    await expectRolledBack(cache, dir, 'img');
   });
 
   it('a body that does not match the announced digest fails with ChecksumMismatchError; nothing is committed', async () => {
@@ -125,7 +119,7 @@ describe('fetch() announces what the origin said', () => {
     expect(reader.finished).toBe(false);
     const outcome = await fill.done;
     expect(outcome.status === 'failed' && ChecksumMismatchError.isInstance(outcome.error)).toBe(true);
-    await expectRolledBack('img');
+    await expectRolledBack(cache, dir, 'img');
     // The copy kept in invalid/ for inspection is the whole download, not what the writer had flushed when it failed.
     expect((await readFile(join(dir, 'invalid', 'img'))).equals(image)).toBe(true);
   });
@@ -161,7 +155,7 @@ describe('fetch() announces what the origin said', () => {
     // Readers opened after the end still get the whole image, and a range of it.
     expect((await collect(fill.openReader())).equals(image)).toBe(true);
     expect((await collect(fill.openReader({ start: C, end: 2 * C - 1 }))).equals(image.subarray(C, 2 * C))).toBe(true);
-    await expectRolledBack('img');
+    await expectRolledBack(cache, dir, 'img');
 
     const again = cache.fill('img', { fetch: () => Readable.from(split(image, C)) });
     expect(again).not.toBe(fill);
@@ -174,7 +168,7 @@ describe('fetch() announces what the origin said', () => {
     const fill = cache.fill('img', { fetch: () => ({ source: Readable.from(split(image, C)), size: 3 * C, cache: false }) });
     expect(OriginError.isInstance(await failureOf(fill.openReader()))).toBe(true);
     expect((await fill.done).status).toBe('failed');
-    await expectRolledBack('img');
+    await expectRolledBack(cache, dir, 'img');
   });
 
   it('whenAnnounced() resolves undefined when the fill fails before the origin answers, or finds the entry cached', async () => {
@@ -251,7 +245,7 @@ describe('followers learn the announcement from the owner', () => {
     expect((await reader.ended).equals(image)).toBe(true);
     expect(await follower.done).toEqual({ status: 'uncached', size: image.length, checksum: undefined, via: 'followed' });
     expect(await owner.done).toMatchObject({ status: 'uncached', via: 'fetched' });
-    await expectRolledBack('img');
+    await expectRolledBack(cache, dir, 'img');
   });
 });
 
@@ -280,7 +274,7 @@ describe('stopping a fill early', () => {
     expect((await below.ended).equals(image.subarray(0, 2 * C))).toBe(true);
     await expect(whole.ended).rejects.toBe(reason);
     expect(whole.bytes().equals(image.subarray(0, 2 * C))).toBe(true);
-    await expectRolledBack('img');
+    await expectRolledBack(cache, dir, 'img');
 
     fill.abort(new Error('again')); // after the end: no effect
     expect(fill.outcome).toEqual({ status: 'failed', error: reason });
@@ -324,7 +318,7 @@ describe('stopping a fill early', () => {
     const reason = new Error('client asked to stop');
     controller.abort(reason);
     expect(await fill.done).toEqual({ status: 'failed', error: reason });
-    await expectRolledBack('img');
+    await expectRolledBack(cache, dir, 'img');
 
     let called = false;
     const aborted = cache.fill('other', {

@@ -1,6 +1,9 @@
 import { createHash } from 'node:crypto';
+import { readdir } from 'node:fs/promises';
+import { join } from 'node:path';
 import type { Readable } from 'node:stream';
-import type { Fill, FillRole } from '../src/index.js';
+import { expect } from 'vitest';
+import type { Fill, FillRole, ImageCache } from '../src/index.js';
 
 /**
  * A source the test drives: `push(chunk)` makes one chunk available,
@@ -155,4 +158,11 @@ export function whenRole(fill: Fill, role: FillRole): Promise<void> {
     };
     fill.on('role', check);
   });
+}
+
+/** Asserts that `id` of `cache` (in `dir`) was rolled back: not cached, nothing in incomplete/, its partial file alone in invalid/. */
+export async function expectRolledBack(cache: ImageCache, dir: string, id: string): Promise<void> {
+  expect(await cache.isCached(id)).toBe(false);
+  expect(await readdir(join(dir, 'incomplete'))).toEqual([]);
+  expect(await readdir(join(dir, 'invalid'))).toEqual([id]);
 }

@@ -14,7 +14,7 @@ import {
   type Fill,
 } from '../src/index.js';
 import { collect, tempDir } from './helpers.js';
-import { collector, controlledSource, failureOf, imageBytes, split, whenRole, whenWritten } from './fill-helpers.js';
+import { collector, controlledSource, failureOf, imageBytes, split, expectRolledBack, whenRole, whenWritten } from './fill-helpers.js';
 
 const C = 64 * 1024;
 
@@ -60,12 +60,6 @@ function counting(make: () => Readable | AsyncIterable<Uint8Array>) {
       return make();
     },
   };
-}
-
-async function expectRolledBack(id: string): Promise<void> {
-  expect(await cache.isCached(id)).toBe(false);
-  expect(await readdir(join(dir, 'incomplete'))).toEqual([]);
-  expect(await readdir(join(dir, 'invalid'))).toEqual([id]);
 }
 
 describe('fill(): readers follow the file as it grows', () => {
@@ -238,7 +232,7 @@ describe('fill(): readers follow the file as it grows', () => {
     // A reader opened after the failure still reads what was written (from invalid/), then gets the error.
     expect((await collector(fill.openReader({ start: C, end: 2 * C - 1 })).ended).equals(chunks[1] as Buffer)).toBe(true);
     expect(await failureOf(fill.openReader({ start: 3 * C }))).toBe(error);
-    await expectRolledBack('img');
+    await expectRolledBack(cache, dir, 'img');
   });
 
   it('a checksum mismatch fails every reader that reaches the end with ChecksumMismatchError; a match is stored', async () => {
@@ -251,7 +245,7 @@ describe('fill(): readers follow the file as it grows', () => {
     for (const reader of readers) expect(ChecksumMismatchError.isInstance(await failureOf(reader))).toBe(true);
     const outcome = await bad.done;
     expect(outcome.status === 'failed' && outcome.error.name).toBe('ChecksumMismatchError');
-    await expectRolledBack('bad');
+    await expectRolledBack(cache, dir, 'bad');
 
     const digest = createHash('sha256').update(image).digest('hex');
     const good = cache.fill('good', { fetch: () => Readable.from(split(image, C)), checksum: { algorithm: 'sha256', digest } });
@@ -266,7 +260,7 @@ describe('fill(): readers follow the file as it grows', () => {
     const error = await failureOf(fill.openReader());
     expect(OriginError.isInstance(error)).toBe(true);
     expect(error.message).toContain(`ended after ${3 * C} of the expected ${4 * C} bytes`);
-    await expectRolledBack('img');
+    await expectRolledBack(cache, dir, 'img');
   });
 
   it('one fill per id per process: fill() while it runs returns the same fill; the origin is read once', async () => {
@@ -311,7 +305,7 @@ describe('fill(): readers follow the file as it grows', () => {
     reader.destroy();
     const outcome = await fill.done;
     expect(outcome.status === 'failed' && FillAbandonedError.isInstance(outcome.error)).toBe(true);
-    await expectRolledBack('img');
+    await expectRolledBack(cache, dir, 'img');
   });
 
   it('abandonAfter: a fill nobody reads aborts the signal given to fetch()', async () => {

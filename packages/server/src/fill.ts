@@ -17,13 +17,6 @@ export interface OriginFill {
    * stored (`"<algorithm>:<hex>"`), for the miss response; `undefined` without a digest.
    */
   etag: string | undefined;
-  /**
-   * False for bytes nothing can verify (a close-delimited body without a
-   * digest, from an origin without `allowUnverified`): they are passed on to
-   * the clients and not cached. An origin that does not say (`cacheable`
-   * absent) is trusted, as before origins reported it.
-   */
-  cacheable: boolean;
 }
 
 /**
@@ -34,7 +27,6 @@ export interface OriginFill {
  * unverifiable body is read but not cached.
  */
 export function originFill(id: ImageId, image: OriginImage): OriginFill {
-  const cacheable = image.cacheable !== false;
   let checksum;
   try {
     checksum = normalizeChecksum(expectedChecksum(image));
@@ -47,10 +39,11 @@ export function originFill(id: ImageId, image: OriginImage): OriginFill {
       source: image.stream,
       ...(checksum === undefined ? {} : { checksum }),
       ...(image.size === undefined ? {} : { size: image.size }),
-      cache: cacheable,
+      // False for bytes nothing can verify (a close-delimited body without a digest, from an origin without
+      // allowUnverified): read by the clients, not cached. An origin that does not say is trusted.
+      cache: image.cacheable !== false,
     },
     etag: checksum === undefined ? undefined : digestEtag(checksum),
-    cacheable,
   };
 }
 

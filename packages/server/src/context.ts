@@ -3,6 +3,7 @@ import type { Origin } from '@cache/origin';
 import type { ServerFills } from './fill.js';
 import type { ServerMetrics } from './metrics.js';
 import type { Readiness } from './readiness.js';
+import type { ClusterStatusSource } from './status.js';
 import type { PeriodicWorker, Serial } from './workers.js';
 
 /** What the routes share with the server. */
@@ -28,6 +29,11 @@ export interface ServerContext {
   drainSignal: AbortSignal;
   /** The 503 `SHUTTING_DOWN` error (with `Retry-After`) for a request refused by shutdown. */
   shuttingDown(): Error;
+  /**
+   * The nodes of the cluster this node belongs to, for the status page;
+   * `undefined` when this server is on its own (the page shows this node only).
+   */
+  cluster: ClusterStatusSource | undefined;
   /** Registers work that `close()` must wait for (request handlers, fills ending or being rolled back). */
   track(work: Promise<unknown>): void;
 }

@@ -78,6 +78,11 @@ export class ServerFills {
     return this.#fills.size;
   }
 
+  /** The fills running now, in the order they started (for the status page). */
+  list(): Fill[] {
+    return [...this.#fills.values()];
+  }
+
   /** The running fill of `id` that this server knows of, if any (no origin request, no lock). */
   running(id: ImageId): Fill | undefined {
     return this.#fills.get(id);

@@ -13,4 +13,13 @@ export { type AccessLogDestination, type AccessLogEntry, type CacheStatus } from
 export { METRIC_NAMES, errorLabel, type ByteSource, type PrefetchOutcome, type WorkerName, type WorkerRunResult } from './metrics.js';
 export { HttpError, MAX_ECHO, MAX_MESSAGE, errorBody, errorHeaders, publicMessage, statusFor, type ErrorBody } from './http-errors.js';
 export { isLoopbackHost } from './listen.js';
+export {
+  STATUS_TOP_IMAGES,
+  clusterStatusFromDriver,
+  type ClusterNodeStatus,
+  type ClusterStatusSource,
+  type FillStatus,
+  type NodeHealth,
+  type StatusReport,
+} from './status.js';
 export { toGlanceRecord, type GlanceCachedImage } from './routes/management.js';

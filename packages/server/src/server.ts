@@ -13,6 +13,8 @@ import { Readiness } from './readiness.js';
 import { ServerFills } from './fill.js';
 import { imageRoutes } from './routes/images.js';
 import { managementRoutes } from './routes/management.js';
+import { statusPageRoutes, statusRoutes } from './routes/status.js';
+import { clusterStatusFromDriver } from './status.js';
 import { PeriodicWorker, Serial, runClean, runPrefetch, runPrune } from './workers.js';
 
 /** Options of {@link CacheServer.listen}. */
@@ -59,7 +61,8 @@ const IMAGE_HEADERS = ['etag', 'last-modified', 'accept-ranges', 'content-range'
 /**
  * Builds the HTTP read-through cache server: `GET`/`HEAD /images/:id`, the
  * Glance-shaped management API under `/v2` (bearer-token guarded when a
- * token is set), `/healthz` (liveness), `/readyz` (readiness) and `/metrics`, and the prune, clean and
+ * token is set), `/healthz` (liveness), `/readyz` (readiness), `/metrics`, the
+ * status page (`/status`, its data at `/v2/status`), and the prune, clean and
  * prefetch workers (started at once; their timers do not keep the process
  * alive). Call `listen()` to accept connections.
  *
@@ -162,6 +165,7 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
     cleanSerial,
     prefetcher,
     prefetchOnQueue: config.prefetchOnQueue,
+    cluster: clusterStatusFromDriver(cache.driver),
     shutdownSignal: shutdown.signal,
     drainSignal: draining.signal,
     shuttingDown,
@@ -196,7 +200,10 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
     return reply.type(metrics.registry.contentType).send(text);
   });
 
-  // After the probes and /metrics: the rate limit applies to the routes registered from here on (images, /v2).
+  // The status page's files (no data: it reads /v2/status with the management token), not rate limited.
+  await statusPageRoutes(app);
+
+  // After the probes, /metrics and the status page's files: the rate limit applies to the routes registered from here on (images, /v2).
   if (config.rateLimit !== undefined) {
     await app.register(rateLimit, {
       max: config.rateLimit.max,
@@ -210,6 +217,7 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
     async (scope) => {
       if (guard !== undefined) scope.addHook('onRequest', guard);
       await managementRoutes(scope, context);
+      await statusRoutes(scope, context);
     },
     { prefix: '/v2' },
   );

@@ -1,0 +1,209 @@
+import type { CacheDriver, FillRole, ImageId } from '@cache/core';
+import type { ServerContext } from './context.js';
+import { publicMessage } from './http-errors.js';
+import { errorLabel } from './metrics.js';
+
+/** How many images {@link StatusReport.topImages} lists (the most hit first). */
+export const STATUS_TOP_IMAGES = 10;
+
+/** Health of a cluster node as the status page shows it. */
+export type NodeHealth = 'up' | 'down' | 'unknown';
+
+/** One node of the cluster, as a {@link ClusterStatusSource} reports it. */
+export interface ClusterNodeStatus {
+  /** The node's identity (e.g. `web-3:/var/cache/images`, the postgres driver's `nodeId`). */
+  id: string;
+  /** The URL the node serves on, when it advertises one. */
+  url: string | null;
+  /** Whether this is the node answering. */
+  self: boolean;
+  /** `up` (heartbeat recent), `down` (heartbeat too old), `unknown` (no heartbeat recorded). */
+  health: NodeHealth;
+  /** The node's last heartbeat, epoch seconds; `null` when none is recorded. */
+  lastSeen: number | null;
+  /** Images the node holds, when known. */
+  images: number | null;
+  /** Bytes the node holds, when known. */
+  bytes: number | null;
+}
+
+/**
+ * Where the status page reads the cluster's nodes from. A server on its own
+ * has none (the page shows this node only). The server derives one from
+ * its driver ({@link clusterStatusFromDriver}); a cluster layer with
+ * heartbeats provides its own.
+ */
+export interface ClusterStatusSource {
+  /** Every node known to the cluster, this one included. */
+  nodes(): Promise<ClusterNodeStatus[]>;
+}
+
+/** One fill running on this node (a miss or a prefetch being fetched, or followed from another process). */
+export interface FillStatus {
+  /** The image id. */
+  id: ImageId;
+  /** Bytes in the cache file so far. */
+  written: number;
+  /** The size the origin announced; `null` until it answers, or when it sent none (chunked). */
+  expectedSize: number | null;
+  /** `owner` (this process fetches), `follower` (another process does), `pending` (deciding). */
+  role: FillRole;
+  /** Clients of this process reading it now. */
+  readers: number;
+}
+
+/** The body of `GET /v2/status`, which the status page polls. */
+export interface StatusReport {
+  /** When this report was made (ISO 8601). */
+  generatedAt: string;
+  node: {
+    /** The metadata driver's name (`sqlite`, `xattr`, `postgres`, ...). */
+    driver: string;
+    /** The node's identity in a cluster (the postgres driver's `nodeId`), else `null`. */
+    nodeId: string | null;
+    pid: number;
+    /** Seconds since the process started. */
+    uptimeSeconds: number;
+  };
+  cache: {
+    /** Bytes in active entries. */
+    bytes: number;
+    /** The byte budget prune enforces. */
+    maxBytes: number;
+    /** Active entries. */
+    images: number;
+    /** Images queued for prefetch. */
+    queued: number;
+  };
+  /** Image responses of this process since it started (the `image_cache_hits_total`/`misses_total` counters). */
+  requests: {
+    hits: number;
+    misses: number;
+    /** `hits / (hits + misses)`, `null` before the first image response. */
+    hitRatio: number | null;
+    /** Image bytes sent, by where they came from. */
+    servedBytes: { cache: number; origin: number };
+  };
+  /** The {@link STATUS_TOP_IMAGES} most hit entries (hits recorded by the driver, all time), most hit first. */
+  topImages: { id: ImageId; hits: number; size: number; lastAccessed: number }[];
+  /** Fills running now. */
+  fills: FillStatus[];
+  /**
+   * The cluster's nodes; `null` when this server is on its own. When the
+   * source failed, `nodes` is empty and `error` says why (code and short message).
+   */
+  cluster: { nodes: ClusterNodeStatus[]; error: { code: string; message: string } | null } | null;
+}
+
+/** A driver that can list the nodes of its cluster itself (with heartbeats). */
+interface NodesDriver {
+  getClusterNodes(): Promise<ClusterNodeStatus[]>;
+}
+
+/** A driver that lists the images of every node (`@cache/driver-postgres`'s `getClusterImages`). */
+interface ClusterImagesDriver {
+  readonly nodeId: string;
+  getClusterImages(): Promise<{ nodes: string[]; size: number }[]>;
+}
+
+/**
+ * The cluster source a driver offers, if any: its own `getClusterNodes()`
+ * when it has one, else the nodes named by `getClusterImages()` (those
+ * holding at least one image, with their counts and bytes; health `up` for
+ * this node and `unknown` for the others, as no heartbeat is recorded), else
+ * `undefined` (a node on its own: sqlite, xattr).
+ */
+export function clusterStatusFromDriver(driver: CacheDriver): ClusterStatusSource | undefined {
+  const candidate = driver as CacheDriver & Partial<NodesDriver> & Partial<ClusterImagesDriver>;
+  if (typeof candidate.getClusterNodes === 'function') {
+    const nodes = candidate.getClusterNodes.bind(candidate);
+    return { nodes };
+  }
+  if (typeof candidate.getClusterImages === 'function' && typeof candidate.nodeId === 'string') {
+    const self = candidate.nodeId;
+    const images = candidate.getClusterImages.bind(candidate);
+    return {
+      async nodes() {
+        const held = new Map<string, { images: number; bytes: number }>([[self, { images: 0, bytes: 0 }]]);
+        for (const image of await images()) {
+          for (const node of image.nodes) {
+            const totals = held.get(node) ?? { images: 0, bytes: 0 };
+            totals.images += 1;
+            totals.bytes += image.size;
+            held.set(node, totals);
+          }
+        }
+        return [...held].map(([id, totals]) => ({
+          id,
+          url: null,
+          self: id === self,
+          health: id === self ? 'up' : 'unknown',
+          lastSeen: null,
+          images: totals.images,
+          bytes: totals.bytes,
+        }));
+      },
+    };
+  }
+  return undefined;
+}
+
+async function counterTotal(counter: { get(): Promise<{ values: { value: number; labels: Record<string, unknown> }[] }> }, label?: [string, string]): Promise<number> {
+  const { values } = await counter.get();
+  return values.filter((v) => label === undefined || v.labels[label[0]] === label[1]).reduce((sum, v) => sum + v.value, 0);
+}
+
+/** Builds the {@link StatusReport} of this node (reads the driver: size, listing, queue). */
+export async function buildStatus(context: ServerContext): Promise<StatusReport> {
+  const { cache, metrics, fills, cluster } = context;
+  const [bytes, images, queued, hits, misses, fromCache, fromOrigin, clusterReport] = await Promise.all([
+    cache.getCacheSize(),
+    cache.getCachedImages(),
+    cache.getQueuedImages(),
+    counterTotal(metrics.hits),
+    counterTotal(metrics.misses),
+    counterTotal(metrics.servedBytes, ['source', 'cache']),
+    counterTotal(metrics.servedBytes, ['source', 'origin']),
+    clusterStatus(cluster, context),
+  ]);
+  const driver = cache.driver as CacheDriver & { nodeId?: unknown };
+  return {
+    generatedAt: new Date().toISOString(),
+    node: {
+      driver: cache.driver.name,
+      nodeId: typeof driver.nodeId === 'string' ? driver.nodeId : null,
+      pid: process.pid,
+      uptimeSeconds: Math.round(process.uptime()),
+    },
+    cache: { bytes, maxBytes: cache.maxSize, images: images.length, queued: queued.length },
+    requests: {
+      hits,
+      misses,
+      hitRatio: hits + misses === 0 ? null : hits / (hits + misses),
+      servedBytes: { cache: fromCache, origin: fromOrigin },
+    },
+    topImages: [...images]
+      .sort((a, b) => b.hits - a.hits || b.lastAccessed - a.lastAccessed || (a.imageId < b.imageId ? -1 : 1))
+      .slice(0, STATUS_TOP_IMAGES)
+      .map((image) => ({ id: image.imageId, hits: image.hits, size: image.size, lastAccessed: image.lastAccessed })),
+    fills: (fills?.list() ?? []).map((fill) => ({
+      id: fill.imageId,
+      written: fill.written,
+      expectedSize: fill.expectedSize ?? null,
+      role: fill.role,
+      readers: fill.readers,
+    })),
+    cluster: clusterReport,
+  };
+}
+
+async function clusterStatus(source: ClusterStatusSource | undefined, context: ServerContext): Promise<StatusReport['cluster']> {
+  if (source === undefined) return null;
+  try {
+    return { nodes: await source.nodes(), error: null };
+  } catch (error) {
+    // The rest of the page still renders; the whole error is counted (and reaches readiness).
+    context.metrics.countError(error);
+    return { nodes: [], error: { code: errorLabel(error, 503), message: publicMessage(error, 503) } };
+  }
+}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # scripts/install-chromium.sh: makes Debian's headless-capable Chromium
 # (/usr/bin/chromium) available for the status page's browser test
-# (packages/server/test/status-page.browser.test.ts, driven by playwright-core).
+# (packages/server/test/status-page.test.ts, driven by playwright-core).
 #
 # Idempotent: when /usr/bin/chromium runs (`chromium --version`) it does
 # nothing. Otherwise, as root with apt-get, it runs

@@ -10,6 +10,7 @@ const ASSETS = [
   { file: 'index.html', url: '/status', type: 'text/html; charset=utf-8' },
   { file: 'status.js', url: '/status-assets/status.js', type: 'text/javascript; charset=utf-8' },
   { file: 'status.css', url: '/status-assets/status.css', type: 'text/css; charset=utf-8' },
+  { file: 'favicon.svg', url: '/status-assets/favicon.svg', type: 'image/svg+xml' },
 ] as const;
 
 /**

@@ -1,10 +1,7 @@
-import { readFile } from 'node:fs/promises';
 import type { FastifyInstance } from 'fastify';
 import type { ServerContext } from '../context.js';
+import { readStatusPageFile } from '../status-assets.js';
 import { buildStatus } from '../status.js';
-
-/** Where the page's files are: `status-page/` of the package (beside `src/` and `dist/`, shipped in `files`). */
-const PAGE_DIR = new URL('../../status-page/', import.meta.url);
 
 const ASSETS = [
   { file: 'index.html', url: '/status', type: 'text/html; charset=utf-8' },
@@ -35,7 +32,7 @@ const PAGE_HEADERS = {
  */
 export async function statusPageRoutes(app: FastifyInstance): Promise<void> {
   for (const asset of ASSETS) {
-    const body = await readFile(new URL(asset.file, PAGE_DIR));
+    const body = await readStatusPageFile(asset.file);
     app.get(asset.url, async (_request, reply) => reply.headers(PAGE_HEADERS).type(asset.type).send(body));
   }
   app.get('/', async (_request, reply) => reply.redirect('status', 302));

@@ -7,7 +7,8 @@ import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
-import { afterAll, describe, expect, inject, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { startTestPostgres, TestPostgresUnavailableError, type TestPostgres } from '@cache/postgres-testing';
 import type { StatusReport } from '../src/index.js';
 import { parseMetrics, waitFor } from './helpers.js';
 import { ClientOrigin, Gate, randomImage, sha256, startDownload, startServe, stopAll } from './process-helpers.js';
@@ -29,14 +30,69 @@ const TOKEN = 'page-token';
 const MiB = 1024 * 1024;
 
 const missing = inject('chromiumMissing');
+
+// A real PostgreSQL of this file's own (@cache/postgres-testing), for the cluster case.
+let pg: TestPostgres | undefined;
+let pgSkip: string | undefined;
+if (missing === '') {
+  try {
+    pg = await startTestPostgres();
+  } catch (error) {
+    if (!(error instanceof TestPostgresUnavailableError)) throw error;
+    pgSkip = error.reason;
+  }
+}
+afterAll(async () => void (await pg?.stop()));
+const pgSuffix = pgSkip === undefined ? '' : ` [skipped: ${pgSkip}]`;
 const browserIt = missing === '' ? it : it.skip;
 const suffix = missing === '' ? '' : ` [skipped: chromium is not available: ${missing}]`;
+const pgIt = missing === '' && pgSkip === undefined ? it : it.skip;
 
 const cleanups: (() => Promise<unknown>)[] = [];
 afterAll(async () => {
   await stopAll();
   for (const cleanup of cleanups.reverse()) await cleanup();
 });
+
+/** One browser (a fresh profile in a temp dir) for the file's tests. */
+let browser: BrowserContext;
+beforeAll(async () => {
+  if (missing !== '') return;
+  const userDataDir = await mkdtemp(join(tmpdir(), 'server-status-chromium-'));
+  cleanups.push(() => rm(userDataDir, { recursive: true, force: true }));
+  browser = await chromium.launchPersistentContext(userDataDir, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: CHROMIUM_FLAGS,
+    viewport: { width: 1200, height: 900 },
+  });
+  cleanups.push(() => browser.close());
+}, 120_000);
+
+/** A new page that records what goes wrong in it: page errors, console errors, failed requests (but the expected 401s). */
+async function openPage(): Promise<{ page: Page; problems: string[] }> {
+  const page = await browser.newPage();
+  // Generous, for a loaded machine: the page polls every 2 s; this only guards against a page that never gets there.
+  page.setDefaultTimeout(60_000);
+  const problems: string[] = [];
+  page.on('pageerror', (error) => problems.push(`page error: ${error.message}`));
+  page.on('console', (message) => {
+    // Chromium logs every failed fetch: the 401s the page asks for a token on are expected.
+    if (message.type() === 'error' && !message.text().includes('status of 401')) problems.push(`console: ${message.text()}`);
+  });
+  page.on('response', (response) => {
+    const expected = response.status() === 401 && new URL(response.url()).pathname === '/v2/status';
+    if (response.status() >= 400 && !expected) problems.push(`${response.status()} for ${response.url()}`);
+  });
+  return { page, problems };
+}
+
+/** Logs in on the page's token form. */
+async function logIn(page: Page, token: string): Promise<void> {
+  await page.locator('body[data-state="login"]').waitFor();
+  await page.locator('#token').fill(token);
+  await page.locator('#login button[type="submit"]').click();
+}
 
 async function statusJson(url: string): Promise<StatusReport> {
   const response = await fetch(`${url}/v2/status`, { headers: { authorization: `Bearer ${TOKEN}` } });
@@ -83,40 +139,28 @@ describe('the status page in headless Chromium', () => {
         await response.arrayBuffer();
       }
       const download = startDownload(`${serve.url}/images/ubuntu-24.04`);
-      await waitFor(async () => (await statusJson(serve.url)).fills[0]?.written === 2 * MiB, 60_000, "ubuntu's fill has its first 2 MiB");
+      // Settled before the page loads: the fill holds at 2 MiB, and the driver has recorded the 3 hits (it may do so
+      // just after a response's last byte).
+      await waitFor(
+        async () => {
+          const report = await statusJson(serve.url);
+          return report.fills[0]?.written === 2 * MiB && report.topImages.map((image) => image.hits).join() === '2,1';
+        },
+        60_000,
+        "ubuntu's fill has its first 2 MiB, and the hits are recorded",
+      );
 
-      const userDataDir = await mkdtemp(join(tmpdir(), 'server-status-chromium-'));
-      cleanups.push(() => rm(userDataDir, { recursive: true, force: true }));
-      const browser: BrowserContext = await chromium.launchPersistentContext(userDataDir, {
-        executablePath: CHROMIUM,
-        headless: true,
-        args: CHROMIUM_FLAGS,
-        viewport: { width: 1200, height: 900 },
-      });
-      cleanups.push(() => browser.close());
-      const page = await browser.newPage();
-      const problems: string[] = [];
-      page.on('pageerror', (error) => problems.push(`page error: ${error.message}`));
-      page.on('console', (message) => {
-        // Chromium logs every failed fetch: the 401s the page asks for a token on are expected (checked below).
-        if (message.type() === 'error' && !message.text().includes('status of 401')) problems.push(`console: ${message.text()}`);
-      });
-      page.on('response', (response) => {
-        const expected = response.status() === 401 && new URL(response.url()).pathname === '/v2/status';
-        if (response.status() >= 400 && !expected) problems.push(`${response.status()} for ${response.url()}`);
-      });
+      const { page, problems } = await openPage();
 
       // `/` redirects to the page; the server has a token, so the page asks for it.
       await page.goto(`${serve.url}/`);
       expect(page.url()).toBe(`${serve.url}/status`);
       await page.locator('body[data-state="login"]').waitFor();
       expect(await page.locator('#content').isHidden()).toBe(true);
-      await page.locator('#token').fill('not-the-token');
-      await page.locator('#login button[type="submit"]').click();
+      await logIn(page, 'not-the-token');
       await page.locator('#login-error', { hasText: 'That token was refused.' }).waitFor();
       expect(await page.locator('#content').isHidden()).toBe(true);
-      await page.locator('#token').fill(TOKEN);
-      await page.locator('#login button[type="submit"]').click();
+      await logIn(page, TOKEN);
       await page.locator('body[data-state="ok"]').waitFor();
       const fill = page.locator('#fills li[data-id="ubuntu-24.04"]');
       await fill.waitFor();
@@ -168,6 +212,66 @@ describe('the status page in headless Chromium', () => {
       await page.locator('#no-fills').waitFor({ state: 'visible' });
       await page.locator('#top-images tbody tr[data-id="ubuntu-24.04"]').waitFor();
       expect(await page.locator('#fills li').count()).toBe(0);
+      expect(problems).toEqual([]);
+    },
+    180_000,
+  );
+
+  pgIt(
+    `lists the cluster's nodes: two image-cache serve processes on one PostgreSQL, each page marks itself${suffix}${pgSuffix}`,
+    async () => {
+      const server = await (pg as TestPostgres).startServer('status-page');
+      const databaseUrl = await server.createDatabase('status_page');
+      const origin = await ClientOrigin.start();
+      cleanups.push(() => origin.close());
+      origin.images.set('shared', { data: randomImage(2 * MiB) });
+      origin.images.set('only-a', { data: randomImage(512 * 1024) });
+      const nodes = [];
+      for (const name of ['node-a', 'node-b']) {
+        const cacheDir = await mkdtemp(join(tmpdir(), `server-status-${name}-`));
+        cleanups.push(() => rm(cacheDir, { recursive: true, force: true }));
+        const args = ['--token', TOKEN, '--driver', 'postgres', '--database-url', databaseUrl, '--node-id', name];
+        nodes.push(await startServe({ cacheDir, origin: origin.template, args }));
+      }
+      const [a, b] = nodes as [Awaited<ReturnType<typeof startServe>>, Awaited<ReturnType<typeof startServe>>];
+      for (const [node, id] of [[a, 'shared'], [a, 'only-a'], [b, 'shared']] as const) {
+        const response = await fetch(`${node.url}/images/${id}`);
+        expect(response.status).toBe(200);
+        await response.arrayBuffer();
+      }
+
+      // Every node's rows are in the database before the page loads.
+      await waitFor(
+        async () => (await statusJson(a.url)).cluster?.nodes.map((node) => `${node.id}:${node.images}`).sort().join() === 'node-a:2,node-b:1',
+        60_000,
+        'both nodes have their images recorded',
+      );
+      const { page, problems } = await openPage();
+      await page.goto(`${a.url}/status`);
+      await logIn(page, TOKEN);
+      await page.locator('#nodes tbody tr[data-id="node-b"]').waitFor();
+      const report = await statusJson(a.url);
+      expect(report.node).toMatchObject({ driver: 'postgres', nodeId: 'node-a' });
+      const rows = await page
+        .locator('#nodes tbody tr')
+        .evaluateAll((trs) => trs.map((tr) => [tr.getAttribute('data-id'), tr.getAttribute('data-health'), ...[...tr.querySelectorAll('td')].map((td) => td.textContent)]));
+      expect(rows.sort()).toEqual([
+        ['node-a', 'up', 'node-a (this node)', 'up', '–', '2', '2.5 MiB', '–'],
+        ['node-b', 'unknown', 'node-b', 'unknown', '–', '1', '2 MiB', '–'],
+      ]);
+      expect(report.cluster?.nodes.map((node) => [node.id, node.health, node.images, node.bytes]).sort()).toEqual([
+        ['node-a', 'up', 2, 2.5 * MiB],
+        ['node-b', 'unknown', 1, 2 * MiB],
+      ]);
+      expect(await page.locator('#cluster-none').isHidden()).toBe(true);
+      expect(await text(page, '#node')).toContain('node-a · driver postgres');
+      await page.screenshot({ path: join(RESULTS_DIR, 'status-page-cluster.png'), fullPage: true });
+      console.info(`status page screenshot (two nodes on PostgreSQL): ${join(RESULTS_DIR, 'status-page-cluster.png')}`);
+
+      // node-b's own page (another origin: the token is asked for again) marks node-b as this node.
+      await page.goto(`${b.url}/status`);
+      await logIn(page, TOKEN);
+      await page.locator('#nodes tbody tr[data-id="node-b"] td', { hasText: 'node-b (this node)' }).waitFor();
       expect(problems).toEqual([]);
     },
     180_000,

@@ -213,6 +213,13 @@ describe('the status page in headless Chromium', () => {
       await page.locator('#top-images tbody tr[data-id="ubuntu-24.04"]').waitFor();
       expect(await page.locator('#fills li').count()).toBe(0);
       expect(problems).toEqual([]);
+
+      // The server goes away: the page keeps the last figures, says it cannot read the status, and keeps trying.
+      serve.child.kill('SIGKILL');
+      await serve.exited;
+      await page.locator('body[data-state="stale"]').waitFor();
+      expect(await text(page, '#error')).toMatch(/^Could not read the status \(.+\); retrying\.$/);
+      expect(await page.locator('#content').isVisible()).toBe(true);
     },
     180_000,
   );

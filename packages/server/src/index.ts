@@ -13,4 +13,12 @@ export { type AccessLogDestination, type AccessLogEntry, type CacheStatus } from
 export { METRIC_NAMES, errorLabel, type ByteSource, type PrefetchOutcome, type WorkerName, type WorkerRunResult } from './metrics.js';
 export { HttpError, MAX_ECHO, MAX_MESSAGE, errorBody, errorHeaders, publicMessage, statusFor, type ErrorBody } from './http-errors.js';
 export { isLoopbackHost } from './listen.js';
+export {
+  PEER_HEADER,
+  defaultAdvertiseUrl,
+  type ClusterDirectory,
+  type ClusterOptions,
+  type ClusterStatusInfo,
+  type PeerCopyInfo,
+} from './cluster.js';
 export { toGlanceRecord, type GlanceCachedImage } from './routes/management.js';

@@ -10,6 +10,7 @@ import { assertListenAllowed, boundUrl } from './listen.js';
 import { ServerMetrics, errorLabel } from './metrics.js';
 import { resolveOptions, type CacheServerOptions } from './options.js';
 import { Readiness } from './readiness.js';
+import { ClusterMember } from './cluster.js';
 import { ServerFills } from './fill.js';
 import { imageRoutes } from './routes/images.js';
 import { managementRoutes } from './routes/management.js';
@@ -115,6 +116,7 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
     pending.add(settled);
     void settled.then(() => pending.delete(settled));
   };
+  const cluster = config.cluster === undefined ? undefined : new ClusterMember(config.cluster, app.log, metrics);
   const fills =
     origin === undefined
       ? undefined
@@ -125,6 +127,7 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
           log: app.log,
           abandonAfter: config.fillAbandonAfter === undefined ? undefined : config.fillAbandonAfter / 1000,
           track,
+          cluster,
         });
   // From the start of close(), any request that reaches the server (a keep-alive connection's next request) is refused
   // with the same 503 as the requests waiting then: Retry-After and Connection: close.
@@ -157,6 +160,7 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
     origin,
     fills,
     metrics,
+    cluster,
     readiness,
     pruneSerial,
     cleanSerial,
@@ -223,11 +227,14 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
     async listen({ host = '127.0.0.1', port = 0 }: ListenOptions = {}) {
       await assertListenAllowed(host, config);
       await app.listen({ host, port });
-      return boundUrl(app.server, config.https === undefined ? 'http' : 'https');
+      const url = boundUrl(app.server, config.https === undefined ? 'http' : 'https');
+      await cluster?.start(url);
+      return url;
     },
     close() {
       closing ??= (async () => {
-        await Promise.all(workers.map((worker) => worker.stop()));
+        // Peers stop asking this node at once (a failure is logged: they skip it once its heartbeat expires).
+        await Promise.all([...workers.map((worker) => worker.stop()), cluster?.stop()]);
         // Requests still waiting for their status line (a fill's origin headers) get a 503 now, new ones too.
         draining.abort(shuttingDown());
         // Nobody streams from these: stop them now (rolled back), so that their origin requests end too.

@@ -168,6 +168,10 @@ export class ClusterMember {
   /** Whether the last heartbeat failed (a failure is logged once, then its recovery). */
   #failing = false;
   #beat: Promise<void> | undefined;
+  /** The peer each running peer fill of this process reads from, by image id. */
+  readonly #reading = new Map<ImageId, string>();
+  /** Peer copies that failed (a digest mismatch, a cut body): `<nodeId>\n<imageId>`, skipped by later fetches of this process. */
+  readonly #distrusted = new Set<string>();
 
   constructor(options: ResolvedCluster, log: FastifyBaseLogger, metrics: ServerMetrics) {
     this.#options = options;
@@ -231,6 +235,20 @@ export class ClusterMember {
   }
 
   /**
+   * Tells how the fill of `id` that read from a peer ended: a failure (its
+   * digest did not match, its body was cut) makes this process skip that
+   * peer's copy of `id` from now on, so the next miss reads another peer or
+   * the origin instead of the same bad copy.
+   */
+  fillEnded(id: ImageId, failed: Error | undefined): void {
+    const peer = this.#reading.get(id);
+    this.#reading.delete(id);
+    if (peer === undefined || failed === undefined) return;
+    this.#distrusted.add(`${peer}\n${id}`);
+    this.#log.warn({ err: failed, imageId: id, peer }, 'the copy fetched from a peer failed; that copy is skipped from now on');
+  }
+
+  /**
    * The image from a live peer that holds it, verified against the digest
    * that peer recorded (the fill checks it while caching: a mismatch fails
    * the fill and nothing is committed), or `undefined` when no peer could
@@ -249,6 +267,10 @@ export class ClusterMember {
     for (const copy of copies) {
       signal.throwIfAborted();
       const checksum = parseStoredChecksum(copy.checksum);
+      if (this.#distrusted.has(`${copy.nodeId}\n${id}`)) {
+        this.#log.info({ imageId: id, peer: copy.nodeId }, 'peer copy skipped: an earlier fetch of it failed');
+        continue;
+      }
       if (checksum === undefined && !allowUnverified) {
         this.#log.info({ imageId: id, peer: copy.nodeId }, 'peer copy skipped: it has no recorded digest to verify it against (allowUnverified is off)');
         continue;
@@ -266,6 +288,7 @@ export class ClusterMember {
           throw new Error(`the peer sent ${image.size} bytes where it recorded ${copy.size}`);
         }
         this.#metrics.peerFetches.inc({ result: 'ok' });
+        this.#reading.set(id, copy.nodeId);
         this.#log.info({ imageId: id, peer: copy.nodeId, url: copy.url }, 'miss: fetching the image from a peer');
         return {
           source: image.stream,

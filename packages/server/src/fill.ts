@@ -130,6 +130,7 @@ export class ServerFills {
     });
     const done = fill.done.then((outcome) => {
       if (this.#fills.get(id) === fill) {
+        if (this.#sources.get(id) === 'peer') cluster?.fillEnded(id, outcome.status === 'failed' ? outcome.error : undefined);
         this.#fills.delete(id);
         this.#sources.delete(id);
       }

@@ -130,6 +130,31 @@ async function metric(url: string, line: RegExp): Promise<number> {
   return Number(line.exec(text)?.[1] ?? 0);
 }
 
+describe('cluster flags: bad input is a usage error before anything is opened', () => {
+  const base = (dir: string) => ['--driver', 'postgres', '--database-url', 'postgresql://127.0.0.1:1/nowhere', '--cache-dir', dir];
+  it('an expiry not longer than the heartbeat interval, an advertised URL that is not http(s); list --cluster and nodes on another driver', async () => {
+    const { dir, cleanup: done } = await tempDir('cluster-flags');
+    try {
+      const expiry = await cli([...base(dir), '--heartbeat-expiry', '10s', 'serve', '--port', '0', '--heartbeat-interval', '10s'], { env: {} });
+      expect(expiry.code).toBe(2);
+      expect(expiry.stderr).toContain('--heartbeat-expiry (10s) must be longer than --heartbeat-interval (10s)');
+      expect(expiry.stderr).toContain('CLI_INVALID_DURATION');
+      const url = await cli([...base(dir), 'serve', '--port', '0', '--advertise-url', 'ftp://node-a'], { env: {} });
+      expect(url.code).toBe(2);
+      expect(url.stderr).toContain('use an http(s) URL other nodes can reach');
+      const zero = await cli([...base(dir), 'serve', '--port', '0', '--peer-timeout', '0'], { env: {} });
+      expect(zero.code).toBe(2);
+      for (const argv of [['list', '--cluster'], ['nodes'], ['nodes', 'forget', 'x']]) {
+        const other = await cli(['--cache-dir', dir, ...argv], { env: {} });
+        expect(other.code, argv.join(' ')).toBe(2);
+        expect(other.stderr).toContain('needs the postgres driver');
+      }
+    } finally {
+      await done();
+    }
+  });
+});
+
 describe(`image-cache serve as a cluster on one PostgreSQL${unavailable === undefined ? '' : ` [skipped: ${unavailable}]`}`, () => {
   if (unavailable !== undefined) {
     it.skip(`three nodes share their images [skipped: ${unavailable}]`, () => undefined);

@@ -217,8 +217,7 @@ export const registerServe: RegisterCommand = (program, ctx) => {
       }
       // The bound address (`--host 0.0.0.0` is reported as such, not as 127.0.0.1).
       ctx.err(`image-cache: serving ${config.cacheDir} (${config.driver}, budget ${formatSizeExact(config.maxSize)}) on ${url}`);
-      // Header names only: their values (tokens) are never printed.
-      ctx.err(`image-cache: origin ${origin === undefined ? '(none: misses are 404)' : `${origin.description}${describeOriginOptions(config)}`}`);
+      // Before the origin line, which ends the startup lines.
       if (clustered) {
         const nodeId = (cache.driver as unknown as ClusterDirectory).nodeId;
         ctx.err(
@@ -226,6 +225,8 @@ export const registerServe: RegisterCommand = (program, ctx) => {
             `(heartbeat every ${formatDuration(config.heartbeatInterval)}, dead after ${formatDuration(config.heartbeatExpiry)}); misses are fetched from live peers holding the image before the origin`,
         );
       }
+      // Header names only: their values (tokens) are never printed.
+      ctx.err(`image-cache: origin ${origin === undefined ? '(none: misses are 404)' : `${origin.description}${describeOriginOptions(config)}`}`);
       if (demo) {
         const ids = Object.keys(DEMO_IMAGES);
         const first = ids[0] ?? '';

@@ -58,6 +58,10 @@ export interface ConfigFlags {
   rateLimit?: string | undefined;
   databaseUrl?: string | undefined;
   nodeId?: string | undefined;
+  advertiseUrl?: string | undefined;
+  heartbeatInterval?: string | undefined;
+  heartbeatExpiry?: string | undefined;
+  peerTimeout?: string | undefined;
   /** `--origin-header`, repeatable: `Name: value` each. */
   originHeader?: string[] | undefined;
   originToken?: string | undefined;
@@ -169,6 +173,17 @@ export interface ResolvedConfig {
   databaseUrl: string | undefined;
   /** `postgres` driver: this node's identity; the driver's default is `<hostname>:<cache dir>`. */
   nodeId: string | undefined;
+  /**
+   * `serve` on the postgres driver: the URL peers fetch this node's images from (`<url>/images/<id>`).
+   * @default the bound URL; on a wildcard address (0.0.0.0, ::) `http(s)://<hostname>:<port>`
+   */
+  advertiseUrl: string | undefined;
+  /** `serve` on the postgres driver: seconds between heartbeats. @default 10 */
+  heartbeatInterval: number;
+  /** postgres driver: seconds after its last heartbeat a node counts as dead (skipped by peers, listed `dead`). @default 30 */
+  heartbeatExpiry: number;
+  /** `serve` on the postgres driver: seconds a peer gets to send its response headers before the next peer or the origin is tried. @default 5 */
+  peerTimeout: number;
   /** The config file that was read, if any. */
   configFile: string | undefined;
   /**
@@ -210,6 +225,10 @@ export type SettingName =
   | 'rateLimit'
   | 'databaseUrl'
   | 'nodeId'
+  | 'advertiseUrl'
+  | 'heartbeatInterval'
+  | 'heartbeatExpiry'
+  | 'peerTimeout'
   | 'originHeaders'
   | 'originToken'
   | 'manifest'
@@ -283,6 +302,10 @@ const SETTINGS: { [K in SettingName]: Setting<ResolvedConfig[K]> } = {
   rateLimit: { env: 'IMAGE_CACHE_RATE_LIMIT', flag: '--rate-limit', parse: scalar(parseRateLimit), fallback: undefined },
   databaseUrl: { env: 'IMAGE_CACHE_DATABASE_URL', flag: '--database-url', parse: scalar(parseText), fallback: undefined },
   nodeId: { env: 'IMAGE_CACHE_NODE_ID', flag: '--node-id', parse: scalar(parseText), fallback: undefined },
+  advertiseUrl: { env: 'IMAGE_CACHE_ADVERTISE_URL', flag: '--advertise-url', parse: scalar(parseHttpUrl), fallback: undefined },
+  heartbeatInterval: { env: 'IMAGE_CACHE_HEARTBEAT_INTERVAL', flag: '--heartbeat-interval', parse: scalar((v, w) => parseTimeout(v, w, false) ?? 0), fallback: 10 },
+  heartbeatExpiry: { env: 'IMAGE_CACHE_HEARTBEAT_EXPIRY', flag: '--heartbeat-expiry', parse: scalar((v, w) => parseTimeout(v, w, false) ?? 0), fallback: 30 },
+  peerTimeout: { env: 'IMAGE_CACHE_PEER_TIMEOUT', flag: '--peer-timeout', parse: scalar((v, w) => parseTimeout(v, w, false) ?? 0), fallback: 5 },
   originHeaders: { env: 'IMAGE_CACHE_ORIGIN_HEADERS', flag: '--origin-header', flagKey: 'originHeader', parse: parseOriginHeaders, fallback: Object.freeze({}), file: 'headers' },
   originToken: { env: 'IMAGE_CACHE_ORIGIN_TOKEN', flag: '--origin-token', parse: scalar(parseOriginToken), fallback: undefined },
   manifest: { env: 'IMAGE_CACHE_MANIFEST', flag: '--manifest', parse: scalar(parseText), fallback: undefined, path: true },
@@ -308,6 +331,21 @@ const SETTINGS: { [K in SettingName]: Setting<ResolvedConfig[K]> } = {
     fallback: HTTP_ORIGIN_DEFAULTS.retryDelay / 1000,
   },
 };
+
+/** An http(s) URL with a host (`--advertise-url`), without a trailing slash. */
+function parseHttpUrl(value: string | number, what: string): string {
+  const text = String(value).trim();
+  let url: URL | undefined;
+  try {
+    url = new URL(text);
+  } catch {
+    url = undefined;
+  }
+  if (url === undefined || (url.protocol !== 'http:' && url.protocol !== 'https:') || url.hostname === '') {
+    throw usageError(CliErrorCodes.USAGE, `invalid ${what} ${JSON.stringify(text.slice(0, 64))}: use an http(s) URL other nodes can reach, such as http://node-a.example:8080`);
+  }
+  return text.replace(/\/+$/, '');
+}
 
 /** Longest origin timeout or delay a timer can hold, in seconds (about 24.8 days). */
 const MAX_ORIGIN_SECONDS = (2 ** 31 - 1) / 1000;
@@ -420,6 +458,10 @@ export async function resolveConfig(options: ResolveConfigOptions = {}): Promise
     rateLimit: resolveOne('rateLimit'),
     databaseUrl: resolveOne('databaseUrl') ?? nonEmpty(env['DATABASE_URL']), // the libpq-style fallback
     nodeId: resolveOne('nodeId'),
+    advertiseUrl: resolveOne('advertiseUrl'),
+    heartbeatInterval: resolveOne('heartbeatInterval'),
+    heartbeatExpiry: resolveOne('heartbeatExpiry'),
+    peerTimeout: resolveOne('peerTimeout'),
     originHeaders: resolveOne('originHeaders'),
     originToken: resolveOne('originToken'),
     manifest: resolveOne('manifest'),

@@ -1,6 +1,7 @@
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ImageCache, SUBDIRECTORIES, type CacheDriver, type CacheWarning } from '@cache/core';
+import type { PostgresConnectionEvent } from '@cache/driver-postgres';
 import type { DriverName, ResolvedConfig } from './config.js';
 import { CliError, CliErrorCodes, codeOf, ExitCode, operationalError } from './errors.js';
 
@@ -15,6 +16,12 @@ export interface OpenCacheOptions {
   mustExist?: boolean;
   /** Receives the driver's non-fatal warnings. @default process.emitWarning */
   onWarning?: (warning: CacheWarning) => void;
+  /**
+   * postgres driver: open even while the database is unreachable, serving
+   * the local files and reconnecting in the background (the driver's
+   * `startWhileUnavailable`); each attempt is reported here. For `serve`.
+   */
+  onPostgresConnection?: (event: PostgresConnectionEvent) => void;
 }
 
 /**
@@ -31,11 +38,11 @@ export interface OpenCacheOptions {
  * ```
  */
 export async function openCacheFromConfig(
-  config: Pick<ResolvedConfig, 'driver' | 'cacheDir' | 'maxSize' | 'stallTime'> & Partial<Pick<ResolvedConfig, 'databaseUrl' | 'nodeId'>>,
+  config: Pick<ResolvedConfig, 'driver' | 'cacheDir' | 'maxSize' | 'stallTime'> & Partial<Pick<ResolvedConfig, 'databaseUrl' | 'nodeId' | 'heartbeatExpiry'>>,
   options: OpenCacheOptions = {},
 ): Promise<ImageCache> {
   if (options.mustExist === true) await assertCacheDirectory(config.cacheDir);
-  const driver = await createDriver(config, options.onWarning);
+  const driver = await createDriver(config, options.onWarning, options.onPostgresConnection);
   try {
     return await ImageCache.open({ driver, maxSize: config.maxSize, stallTime: config.stallTime });
   } catch (error) {
@@ -45,8 +52,9 @@ export async function openCacheFromConfig(
 }
 
 async function createDriver(
-  config: Pick<ResolvedConfig, 'driver' | 'cacheDir'> & Partial<Pick<ResolvedConfig, 'databaseUrl' | 'nodeId'>>,
+  config: Pick<ResolvedConfig, 'driver' | 'cacheDir'> & Partial<Pick<ResolvedConfig, 'databaseUrl' | 'nodeId' | 'heartbeatExpiry'>>,
   onWarning: ((warning: CacheWarning) => void) | undefined,
+  onConnection: ((event: PostgresConnectionEvent) => void) | undefined,
 ): Promise<CacheDriver> {
   const options = { cacheDir: config.cacheDir, ...(onWarning === undefined ? {} : { onWarning }) };
   switch (config.driver) {
@@ -64,6 +72,8 @@ async function createDriver(
         ...options,
         ...(config.databaseUrl === undefined ? {} : { connectionString: config.databaseUrl }),
         ...(config.nodeId === undefined ? {} : { nodeId: config.nodeId }),
+        ...(config.heartbeatExpiry === undefined ? {} : { heartbeatExpiryMillis: Math.max(1, Math.round(config.heartbeatExpiry * 1000)) }),
+        ...(onConnection === undefined ? {} : { startWhileUnavailable: true, onConnection }),
       });
     }
   }

@@ -20,6 +20,7 @@ export function createProgram(ctx: CliContext, extra: readonly RegisterCommand[]
     .option('--driver <name>', 'metadata driver: sqlite, xattr or postgres (env IMAGE_CACHE_DRIVER; default sqlite)')
     .option('--database-url <url>', 'postgres driver: connection string (env IMAGE_CACHE_DATABASE_URL, else DATABASE_URL)')
     .option('--node-id <id>', 'postgres driver: this node\'s identity (env IMAGE_CACHE_NODE_ID; default <hostname>:<cache dir>)')
+    .option('--heartbeat-expiry <duration>', 'postgres driver: a node whose last heartbeat is older is dead: skipped by its peers, listed as dead (env IMAGE_CACHE_HEARTBEAT_EXPIRY; default 30s)')
     .option('--cache-dir <dir>', 'the cache directory (env IMAGE_CACHE_DIR; required)')
     .option('--config <file>', 'config file (env IMAGE_CACHE_CONFIG; default: image-cache.config.json or .image-cacherc.json, searched upwards)')
     .option('--max-size <size>', 'cache budget for prune, e.g. 20GiB, 500MB (powers of 1024; env IMAGE_CACHE_MAX_SIZE; default 10GiB)')

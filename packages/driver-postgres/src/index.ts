@@ -9,6 +9,12 @@ export {
   PostgresDriver,
   defaultNodeId,
   type ClusterImage,
+  type ClusterImageCopies,
+  type ClusterNode,
+  type ClusterStatus,
+  type NodeHealth,
+  type PeerCopy,
+  type PostgresConnectionEvent,
   type PostgresDriverOptions,
 } from './postgres-driver.js';
 export { importSqliteCache, type ImportSqliteCacheOptions } from './import.js';

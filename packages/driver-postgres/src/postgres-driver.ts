@@ -1,7 +1,7 @@
 import { hostname } from 'node:os';
 import { resolve } from 'node:path';
 import pg from 'pg';
-import { CacheStorageError, InvalidArgumentError, type ImageId } from '@cache/core';
+import { CacheStorageError, InvalidArgumentError, type CacheError, type ImageId } from '@cache/core';
 import {
   DirectoryCacheDriver,
   compareIds,
@@ -64,6 +64,109 @@ export interface PostgresDriverOptions extends DirectoryDriverOptions {
    * @default 2000
    */
   unavailableBackoffMillis?: number;
+  /**
+   * Let `configure()` succeed while the database is unreachable (refused,
+   * timed out): the node then serves its local files (reads work, hits are
+   * dropped with a warning, commits fail and roll back, cluster queries fail)
+   * and connects in the background, with exponential backoff from
+   * {@link reconnectDelayMillis} to {@link reconnectMaxDelayMillis}, until it
+   * has migrated the schema and registered the node; every attempt is
+   * reported to {@link onConnection}. Permanent problems (authentication, a
+   * missing database) still reject `configure()` when the server answers.
+   * @default false: `configure()` rejects with `CacheStorageError`
+   */
+  startWhileUnavailable?: boolean;
+  /** First delay (ms) between background connection attempts ({@link startWhileUnavailable}); doubled per attempt. @default 500 */
+  reconnectDelayMillis?: number;
+  /** Longest delay (ms) between background connection attempts. @default 30000 */
+  reconnectMaxDelayMillis?: number;
+  /**
+   * Receives the background connection attempts of {@link startWhileUnavailable}:
+   * each failure (with the delay before the next attempt) and the success.
+   * @default failures go to `process.emitWarning`
+   */
+  onConnection?: (event: PostgresConnectionEvent) => void;
+  /**
+   * How long (ms) after its last heartbeat ({@link PostgresDriver.heartbeat})
+   * a node still counts as alive: peers skip it afterwards, and listings
+   * report it `dead`. Give it about three heartbeat intervals.
+   * @default 30000
+   */
+  heartbeatExpiryMillis?: number;
+}
+
+/** A background connection attempt of {@link PostgresDriverOptions.startWhileUnavailable}. */
+export type PostgresConnectionEvent =
+  | {
+      /** The attempt failed; the next one follows in `retryInMillis`. */
+      state: 'unavailable';
+      /** 1 for the attempt of `configure()`. */
+      attempt: number;
+      retryInMillis: number;
+      error: CacheError;
+    }
+  | {
+      /** Connected, schema migrated, node registered: the driver works normally from now on. */
+      state: 'connected';
+      attempt: number;
+    };
+
+/**
+ * A node's health in the cluster: `alive` (heartbeat within the expiry),
+ * `dead` (heartbeat expired: crashed, or cut off), `stopped` (it said goodbye
+ * on shutdown), `unknown` (never sent a heartbeat: a node used by the CLI
+ * only, or a server of an older version).
+ */
+export type NodeHealth = 'alive' | 'dead' | 'stopped' | 'unknown';
+
+/** One node of the cluster, from {@link PostgresDriver.getClusterStatus}. */
+export interface ClusterNode {
+  /** Its identity (`nodeId`). */
+  nodeId: string;
+  /** The URL it advertised (where peers fetch from), when it ever sent a heartbeat. */
+  url: string | undefined;
+  health: NodeHealth;
+  /** Its last heartbeat, epoch seconds. */
+  lastHeartbeat: number | undefined;
+  /** When it started serving (its first heartbeat after a start), epoch seconds. */
+  startedAt: number | undefined;
+  /** Images it holds, their bytes and hits. */
+  images: number;
+  bytes: number;
+  hits: number;
+  /** Whether it is the node of this driver. */
+  self: boolean;
+}
+
+/** A copy of an image a live peer holds, from {@link PostgresDriver.getPeerCopies}. */
+export interface PeerCopy {
+  /** The peer's identity. */
+  nodeId: string;
+  /** The URL it advertised; its copy is `GET <url>/images/<id>`. */
+  url: string;
+  /** The digest the peer verified when it cached the copy (`sha256:<hex>` or md5 hex), if any. */
+  checksum: string | undefined;
+  /** Size in bytes, as the peer recorded it. */
+  size: number;
+}
+
+/** One image across the cluster and its copies, from {@link PostgresDriver.getClusterStatus}. */
+export interface ClusterImageCopies {
+  imageId: ImageId;
+  /** Largest recorded size of a copy, in bytes. */
+  size: number;
+  /** Completed reads, summed over the copies. */
+  hits: number;
+  /** One per node holding it, sorted by node id. */
+  copies: { nodeId: string; health: NodeHealth; size: number; hits: number; lastAccessed: number; checksum: string | undefined }[];
+}
+
+/** The cluster seen from the shared database: every node, and every image with its copies. */
+export interface ClusterStatus {
+  /** Sorted by node id. */
+  nodes: ClusterNode[];
+  /** Sorted by image id. */
+  images: ClusterImageCopies[];
 }
 
 /** One image across the cluster, from {@link PostgresDriver.getClusterImages}. */
@@ -140,6 +243,13 @@ export class PostgresDriver extends DirectoryCacheDriver {
   #failedAt = 0;
   #lastFailure: unknown;
   #migration: MigrationResult | undefined;
+  readonly #startWhileUnavailable: boolean;
+  readonly #reconnectDelay: number;
+  readonly #reconnectMaxDelay: number;
+  readonly #onConnection: ((event: PostgresConnectionEvent) => void) | undefined;
+  readonly #heartbeatExpiry: number;
+  #reconnectTimer: NodeJS.Timeout | undefined;
+  #reconnectAttempt = 0;
 
   /**
    * @param options - cache directory, database and node identity.
@@ -165,6 +275,28 @@ export class PostgresDriver extends DirectoryCacheDriver {
     this.#connectionTimeout = positive('connectionTimeoutMillis', options.connectionTimeoutMillis, 5000);
     this.#statementTimeout = positive('statementTimeoutMillis', options.statementTimeoutMillis, 10_000);
     this.#backoff = positive('unavailableBackoffMillis', options.unavailableBackoffMillis, 2000, true);
+    this.#startWhileUnavailable = options.startWhileUnavailable === true;
+    this.#reconnectDelay = positive('reconnectDelayMillis', options.reconnectDelayMillis, 500);
+    this.#reconnectMaxDelay = positive('reconnectMaxDelayMillis', options.reconnectMaxDelayMillis, 30_000);
+    this.#heartbeatExpiry = positive('heartbeatExpiryMillis', options.heartbeatExpiryMillis, 30_000);
+    if (options.onConnection !== undefined && typeof options.onConnection !== 'function') {
+      throw new InvalidArgumentError('onConnection must be a function');
+    }
+    this.#onConnection = options.onConnection;
+  }
+
+  /**
+   * Whether the node is registered in the database: true after a
+   * `configure()` that reached it; with `startWhileUnavailable`, false
+   * until a background attempt succeeds.
+   */
+  get connected(): boolean {
+    return this.#nodeRef !== undefined;
+  }
+
+  /** How long (ms) a node counts as alive after its last heartbeat (`heartbeatExpiryMillis`). */
+  get heartbeatExpiryMillis(): number {
+    return this.#heartbeatExpiry;
   }
 
   // ---- lifecycle --------------------------------------------------------------------
@@ -187,28 +319,77 @@ export class PostgresDriver extends DirectoryCacheDriver {
     // this is not a sign that the database is down: nothing else to do.
     pool.on('error', () => undefined);
     try {
-      const client = await pool.connect();
-      // A checked-out client reports a dropped connection on itself (between statements).
-      let broken: Error | undefined;
-      const onError = (error: Error) => {
-        broken = error;
-      };
-      client.on('error', onError);
-      try {
-        this.#migration = await runMigrations(client);
-        this.#nodeRef = await registerNode(client, this.nodeId);
-      } catch (error) {
-        broken ??= error as Error;
-        throw error;
-      } finally {
-        client.removeListener('error', onError);
-        client.release(broken);
-      }
+      await this.#connectAndRegister(pool);
       this.#pool = pool;
       this.#noteSuccess();
     } catch (error) {
+      const kind = classifyPgError(error);
+      if (this.#startWhileUnavailable && (kind === 'unavailable' || kind === 'timeout')) {
+        // Serve the local files now; connect, migrate and register in the background.
+        this.#pool = pool;
+        this.#noteFailure(error);
+        this.#scheduleReconnect(pool, 1, toCacheError(error, this.#context('configure (connect, migrate the schema, register the node)')));
+        return;
+      }
       await pool.end().catch(() => undefined);
       throw toCacheError(error, this.#context('configure (connect, migrate the schema, register the node)', true));
+    }
+  }
+
+  /** Connects one client, migrates the schema and registers this node. */
+  async #connectAndRegister(pool: pg.Pool): Promise<void> {
+    const client = await pool.connect();
+    // A checked-out client reports a dropped connection on itself (between statements).
+    let broken: Error | undefined;
+    const onError = (error: Error) => {
+      broken = error;
+    };
+    client.on('error', onError);
+    try {
+      this.#migration = await runMigrations(client);
+      this.#nodeRef = await registerNode(client, this.nodeId);
+    } catch (error) {
+      broken ??= error as Error;
+      throw error;
+    } finally {
+      client.removeListener('error', onError);
+      client.release(broken);
+    }
+  }
+
+  /** Reports a failed connection attempt and schedules the next one (exponential backoff, capped). */
+  #scheduleReconnect(pool: pg.Pool, attempt: number, error: CacheError): void {
+    const retryInMillis = Math.min(this.#reconnectMaxDelay, this.#reconnectDelay * 2 ** Math.min(attempt - 1, 30));
+    this.#reconnectAttempt = attempt;
+    this.#report({ state: 'unavailable', attempt, retryInMillis, error });
+    this.#reconnectTimer = setTimeout(() => void this.#reconnect(pool, attempt + 1), retryInMillis);
+    this.#reconnectTimer.unref();
+  }
+
+  async #reconnect(pool: pg.Pool, attempt: number): Promise<void> {
+    this.#reconnectTimer = undefined;
+    if (this.#pool !== pool) return; // closed meanwhile
+    try {
+      await this.#connectAndRegister(pool);
+    } catch (error) {
+      if (this.#pool !== pool) return;
+      this.#noteFailure(error);
+      this.#scheduleReconnect(pool, attempt, toCacheError(error, this.#context('connect, migrate the schema, register the node')));
+      return;
+    }
+    if (this.#pool !== pool) return;
+    this.#noteSuccess();
+    this.#report({ state: 'connected', attempt });
+  }
+
+  #report(event: PostgresConnectionEvent): void {
+    try {
+      if (this.#onConnection !== undefined) this.#onConnection(event);
+      else if (event.state === 'unavailable') {
+        process.emitWarning(`${event.error.message} (attempt ${event.attempt}; next in ${event.retryInMillis} ms)`, { code: 'CACHE_METADATA_UNAVAILABLE' });
+      }
+    } catch {
+      // A listener that throws must not stop the reconnection.
     }
   }
 
@@ -216,6 +397,8 @@ export class PostgresDriver extends DirectoryCacheDriver {
     const pool = this.#pool;
     this.#pool = undefined;
     this.#nodeRef = undefined;
+    clearTimeout(this.#reconnectTimer);
+    this.#reconnectTimer = undefined;
     if (pool === undefined) return;
     // end() waits for every connection to say goodbye; a server that vanished
     // without closing its sockets must not make close() hang.
@@ -280,6 +463,7 @@ export class PostgresDriver extends DirectoryCacheDriver {
     client?: Queryable,
   ): Promise<pg.QueryResult<R>> {
     const db: Queryable = client ?? this.#openPool(operation);
+    if (this.#nodeRef === undefined) throw this.#notRegistered(operation);
     for (let attempt = 0; ; attempt++) {
       try {
         const result = await db.query<R>(text, [this.#nodeRef, ...values]);
@@ -298,6 +482,16 @@ export class PostgresDriver extends DirectoryCacheDriver {
         throw toCacheError(error, this.#context(operation));
       }
     }
+  }
+
+  /** The error of a call that needs this node's row while it is not registered yet ({@link PostgresDriverOptions.startWhileUnavailable}). */
+  #notRegistered(operation: string): CacheStorageError {
+    const reason = this.#lastFailure instanceof Error ? ` (${this.#lastFailure.message})` : '';
+    return new CacheStorageError(
+      `[${this.name}] [node ${this.nodeId}] ${operation}: not connected: PostgreSQL at ${this.target} was unreachable when the node started${reason}; ` +
+        `the local cache is served meanwhile and the driver keeps reconnecting in the background (attempt ${this.#reconnectAttempt}). Bring the database back.`,
+      { cause: this.#lastFailure },
+    );
   }
 
   /** Runs one statement that is not about this node's rows. */
@@ -368,6 +562,7 @@ export class PostgresDriver extends DirectoryCacheDriver {
    * warning hook (`CACHE_HIT_NOT_RECORDED`), never thrown at the reader.
    */
   protected async recordHit(id: ImageId, time: number, file: EntryStat): Promise<void> {
+    if (this.#nodeRef === undefined) throw this.#notRegistered(`hit of '${id}' dropped`);
     const now = Date.now();
     if (now < this.#unavailableUntil) {
       const reason = this.#lastFailure instanceof Error ? this.#lastFailure.message : String(this.#lastFailure);
@@ -525,6 +720,102 @@ export class PostgresDriver extends DirectoryCacheDriver {
         size: Number(row.size),
       }))
       .sort((a, b) => compareIds(a.imageId, b.imageId));
+  }
+
+  /**
+   * Says that this node serves at `url` (its advertised URL, where peers
+   * fetch its images: `GET <url>/images/<id>`) and is alive now. Call it
+   * every few seconds (well within `heartbeatExpiryMillis`); a server does.
+   * Registers the node again if its row was forgotten meanwhile.
+   *
+   * @throws CacheStorageError while the database is unreachable (or before the node is registered).
+   */
+  async heartbeat(url: string): Promise<void> {
+    this.guardOpen();
+    if (typeof url !== 'string' || !/^https?:\/\/[^\s]+$/i.test(url)) {
+      throw new InvalidArgumentError(`the advertised URL must be an http(s) URL, got ${JSON.stringify(url)}`);
+    }
+    await this.#nodeQuery('send a heartbeat', SQL.heartbeat, [url.replace(/\/+$/, '')]);
+  }
+
+  /** Marks this node `stopped` (a graceful shutdown): peers stop asking it at once, without waiting for the expiry. */
+  async leave(): Promise<void> {
+    this.guardOpen();
+    await this.#nodeQuery('mark the node stopped', SQL.leave, []);
+  }
+
+  /**
+   * The live peers (heartbeat within `heartbeatExpiryMillis`, not stopped,
+   * with an advertised URL; never this node) that hold `id`, in random order
+   * (so that fetches spread over the copies). Works before this node is
+   * registered. Validates the id.
+   */
+  async getPeerCopies(id: ImageId): Promise<PeerCopy[]> {
+    this.guard(id);
+    const result = await this.#query<{ node_id: string; advertise_url: string; checksum: string | null; size: string }>(
+      `list the peers holding '${id}'`,
+      SQL.peerCopies,
+      [this.nodeId, id, this.#heartbeatExpiry],
+    );
+    return result.rows.map((row) => ({ nodeId: row.node_id, url: row.advertise_url, checksum: row.checksum ?? undefined, size: Number(row.size) }));
+  }
+
+  /**
+   * The whole cluster: every registered node with its health, advertised
+   * URL and totals, and every cached image with the nodes holding it (size,
+   * hits, last access and health of each copy).
+   */
+  async getClusterStatus(): Promise<ClusterStatus> {
+    this.guardOpen();
+    const nodeRows = await this.#query<{
+      node_id: string;
+      advertise_url: string | null;
+      state: string | null;
+      heartbeat_us: string | null;
+      started_us: string | null;
+      fresh: boolean | null;
+      images: string;
+      bytes: string;
+      hits: string;
+    }>('list the nodes of the cluster', SQL.clusterNodes, [this.#heartbeatExpiry]);
+    const copyRows = await this.#query<{ image_id: string; node_id: string; size: string; hits: string; checksum: string | null; last_accessed_us: string }>(
+      'list the images of the cluster',
+      SQL.clusterCopies,
+      [],
+    );
+    const nodes: ClusterNode[] = nodeRows.rows
+      .map((row) => ({
+        nodeId: row.node_id,
+        url: row.advertise_url ?? undefined,
+        health: (row.state === null ? 'unknown' : row.state === 'stopped' ? 'stopped' : row.fresh === true ? 'alive' : 'dead') as NodeHealth,
+        lastHeartbeat: row.heartbeat_us === null ? undefined : fromMicros(row.heartbeat_us),
+        startedAt: row.started_us === null ? undefined : fromMicros(row.started_us),
+        images: Number(row.images),
+        bytes: Number(row.bytes),
+        hits: Number(row.hits),
+        self: row.node_id === this.nodeId,
+      }))
+      .sort((a, b) => compareIds(a.nodeId, b.nodeId));
+    const health = new Map(nodes.map((node) => [node.nodeId, node.health]));
+    const images = new Map<string, ClusterImageCopies>();
+    for (const row of copyRows.rows) {
+      let image = images.get(row.image_id);
+      if (image === undefined) images.set(row.image_id, (image = { imageId: row.image_id, size: 0, hits: 0, copies: [] }));
+      const size = Number(row.size);
+      const hits = Number(row.hits);
+      image.size = Math.max(image.size, size);
+      image.hits += hits;
+      image.copies.push({
+        nodeId: row.node_id,
+        health: health.get(row.node_id) ?? 'unknown',
+        size,
+        hits,
+        lastAccessed: fromMicros(row.last_accessed_us),
+        checksum: row.checksum ?? undefined,
+      });
+    }
+    for (const image of images.values()) image.copies.sort((a, b) => compareIds(a.nodeId, b.nodeId));
+    return { nodes, images: [...images.values()].sort((a, b) => compareIds(a.imageId, b.imageId)) };
   }
 
   /**

@@ -87,6 +87,18 @@ ALTER TABLE cached_images
     name: 'file identity of each row (a file replaced under its id does not inherit hits or digest)',
     sql: `ALTER TABLE cached_images ADD COLUMN file_id text NULL;`,
   },
+  {
+    version: 4,
+    name: 'cache_nodes: each serving node advertises its URL and a heartbeat',
+    sql: `
+CREATE TABLE cache_nodes (
+  node_reference_id  bigint PRIMARY KEY REFERENCES node_reference (node_reference_id) ON DELETE CASCADE,
+  advertise_url      text NULL,
+  state              text NOT NULL DEFAULT 'up' CHECK (state IN ('up', 'stopped')),
+  started_at         timestamptz NOT NULL DEFAULT now(),
+  heartbeat_at       timestamptz NOT NULL DEFAULT now()
+);`,
+  },
 ]);
 
 /** The schema version this driver needs (the last migration's). */
@@ -173,6 +185,38 @@ export const SQL = {
            MAX(c.size) AS size
     FROM cached_images c JOIN node_reference n USING (node_reference_id)
     GROUP BY c.image_id`,
+  heartbeat: `
+    INSERT INTO cache_nodes (node_reference_id, advertise_url, state, started_at, heartbeat_at)
+    VALUES ($1, $2, 'up', now(), now())
+    ON CONFLICT (node_reference_id) DO UPDATE SET
+      advertise_url = EXCLUDED.advertise_url, heartbeat_at = now(),
+      started_at = CASE WHEN cache_nodes.state = 'up' THEN cache_nodes.started_at ELSE now() END,
+      state = 'up'`,
+  leave: `UPDATE cache_nodes SET state = 'stopped', heartbeat_at = now() WHERE node_reference_id = $1`,
+  // $1: this node's identity (works before it is registered), $2: the image, $3: heartbeat expiry in ms.
+  peerCopies: `
+    SELECT n.node_reference_url AS node_id, h.advertise_url, c.checksum, c.size
+    FROM cached_images c
+    JOIN node_reference n USING (node_reference_id)
+    JOIN cache_nodes h USING (node_reference_id)
+    WHERE c.image_id = $2 AND n.node_reference_url <> $1 AND h.state = 'up' AND h.advertise_url IS NOT NULL
+      AND h.heartbeat_at > now() - $3 * interval '1 millisecond'
+    ORDER BY random()`,
+  // $1: heartbeat expiry in ms.
+  clusterNodes: `
+    SELECT n.node_reference_url AS node_id, h.advertise_url, h.state,
+           ${epochMicros('h.heartbeat_at')} AS heartbeat_us,
+           ${epochMicros('h.started_at')} AS started_us,
+           (h.heartbeat_at > now() - $1 * interval '1 millisecond') AS fresh,
+           count(c.id) AS images, COALESCE(SUM(c.size), 0)::bigint AS bytes, COALESCE(SUM(c.hits), 0)::bigint AS hits
+    FROM node_reference n
+    LEFT JOIN cache_nodes h USING (node_reference_id)
+    LEFT JOIN cached_images c USING (node_reference_id)
+    GROUP BY n.node_reference_id, n.node_reference_url, h.advertise_url, h.state, h.heartbeat_at, h.started_at`,
+  clusterCopies: `
+    SELECT c.image_id, n.node_reference_url AS node_id, c.size, c.hits, c.checksum,
+           ${epochMicros('c.last_accessed')} AS last_accessed_us
+    FROM cached_images c JOIN node_reference n USING (node_reference_id)`,
 } as const;
 
 /** A row of `cached_images` as the driver reads it (bigints arrive as strings). */

@@ -66,7 +66,7 @@ describe('schema and migrations', () => {
     ]);
     const versions = await sql<{ version: number }>(url, 'SELECT version FROM cache_schema_migrations ORDER BY version');
     expect(versions.map((v) => v.version)).toEqual(MIGRATIONS.map((m) => m.version));
-    expect(SCHEMA_VERSION).toBe(3);
+    expect(SCHEMA_VERSION).toBe(4);
   });
 
   pgIt('the LRU query of one node is served by the (node, last_accessed, last_modified, image_id) index', async () => {
@@ -91,10 +91,10 @@ describe('schema and migrations', () => {
     opened.push(...drivers);
     await Promise.all(drivers.map((d) => d.configure()));
     const applied = drivers.map((d) => d.getMigrationState()?.applied ?? []);
-    expect(applied.filter((a) => a.length > 0)).toEqual([[1, 2, 3]]);
+    expect(applied.filter((a) => a.length > 0)).toEqual([[1, 2, 3, 4]]);
     expect(drivers.every((d) => d.getMigrationState()?.to === SCHEMA_VERSION)).toBe(true);
     const versions = await sql<{ version: number }>(url, 'SELECT version FROM cache_schema_migrations ORDER BY version');
-    expect(versions.map((v) => v.version)).toEqual([1, 2, 3]);
+    expect(versions.map((v) => v.version)).toEqual([1, 2, 3, 4]);
     const nodes = await sql<{ n: string }>(url, 'SELECT count(*) AS n FROM node_reference');
     expect(Number(nodes[0]?.n)).toBe(8);
   });

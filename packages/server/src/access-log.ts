@@ -11,7 +11,8 @@ export type AccessLogDestination = true | string | DestinationStream;
 /**
  * How an image request was served: from the cache (`HIT`), from a fill this
  * request started (`MISS`), from a fill another request or process had
- * started (`FILL-WAIT`). `PEER` is reserved for a later peer-to-peer fetch.
+ * started (`FILL-WAIT`), from a fill this request started that reads a peer
+ * node's copy instead of the origin (`PEER`, cluster nodes only).
  */
 export type CacheStatus = 'HIT' | 'MISS' | 'FILL-WAIT' | 'PEER';
 
@@ -39,6 +40,14 @@ export interface AccessLogEntry {
 
 /** Requests of a miss that joined a fill another request (or process) had started. */
 const joinedFills = new WeakSet<FastifyRequest>();
+
+/** Requests of a miss served from a fill that reads from a peer node. */
+const peerFills = new WeakSet<FastifyRequest>();
+
+/** Marks `request` as served from a peer node's copy: its access log says `PEER` (unless it joined a fill: `FILL-WAIT`). */
+export function markPeer(request: FastifyRequest): void {
+  peerFills.add(request);
+}
 
 /** Marks `request` as having joined a fill it did not start: its access log says `FILL-WAIT`, not `MISS`. */
 export function markFillWait(request: FastifyRequest): void {
@@ -84,7 +93,8 @@ export function installAccessLog(app: FastifyInstance, logger: Logger): void {
       const params = request.params as { id?: unknown } | undefined;
       const entry: AccessLogEntry = {
         id: request.routeOptions.url === '/images/:id' && typeof params?.id === 'string' ? params.id : null,
-        cache: xCache === 'MISS' && joinedFills.has(request) ? 'FILL-WAIT' : xCache === 'HIT' || xCache === 'MISS' ? xCache : null,
+        cache:
+          xCache === 'MISS' && joinedFills.has(request) ? 'FILL-WAIT' : xCache === 'MISS' && peerFills.has(request) ? 'PEER' : xCache === 'HIT' || xCache === 'MISS' ? xCache : null,
         status: raw.statusCode,
         bytes: counter(),
         range: typeof request.headers.range === 'string' ? request.headers.range : null,

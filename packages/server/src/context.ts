@@ -1,5 +1,6 @@
 import type { ImageCache } from '@cache/core';
 import type { Origin } from '@cache/origin';
+import type { ClusterMember } from './cluster.js';
 import type { ServerFills } from './fill.js';
 import type { ServerMetrics } from './metrics.js';
 import type { Readiness } from './readiness.js';
@@ -13,6 +14,8 @@ export interface ServerContext {
   /** The fills of misses and prefetches (one per id), when there is an origin. */
   fills: ServerFills | undefined;
   metrics: ServerMetrics;
+  /** This server as a node of a cluster (`options.cluster`), if it is one. */
+  cluster: ClusterMember | undefined;
   /** Recent failures, for `/readyz`. */
   readiness: Readiness;
   /** Orders prunes (worker and API). */
@@ -33,7 +36,7 @@ export interface ServerContext {
    * The nodes of the cluster this node belongs to, for the status page;
    * `undefined` when this server is on its own (the page shows this node only).
    */
-  cluster: ClusterStatusSource | undefined;
+  clusterNodes: ClusterStatusSource | undefined;
   /** Registers work that `close()` must wait for (request handlers, fills ending or being rolled back). */
   track(work: Promise<unknown>): void;
 }

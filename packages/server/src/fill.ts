@@ -3,6 +3,7 @@ import { OriginError, normalizeChecksum, type FetchedFill, type Fill, type Image
 import { expectedChecksum, type Origin, type OriginImage } from '@cache/origin';
 import type { FastifyBaseLogger } from 'fastify';
 import { digestEtag } from './entry.js';
+import type { ClusterMember } from './cluster.js';
 import type { ServerMetrics } from './metrics.js';
 
 /** How the server fills the cache from one opened origin image. */
@@ -57,6 +58,8 @@ export interface ServerFillsOptions {
   abandonAfter: number | undefined;
   /** Registers a fill's `done` as work `close()` waits for. */
   track: (work: Promise<unknown>) => void;
+  /** The cluster this server is a node of: a fill asks the live peers holding the image before the origin. */
+  cluster?: ClusterMember | undefined;
 }
 
 /**
@@ -68,6 +71,8 @@ export interface ServerFillsOptions {
 export class ServerFills {
   readonly #options: ServerFillsOptions;
   readonly #fills = new Map<ImageId, Fill>();
+  /** Where each running fill of this process reads from, once its fetch has chosen. */
+  readonly #sources = new Map<ImageId, 'peer' | 'origin'>();
 
   constructor(options: ServerFillsOptions) {
     this.#options = options;
@@ -88,16 +93,34 @@ export class ServerFills {
     return this.#fills.get(id);
   }
 
+  /** Where the running fill of `id` reads from (a peer node or the origin); undefined before it has chosen, or for a fill of another process. */
+  source(id: ImageId): 'peer' | 'origin' | undefined {
+    return this.#sources.get(id);
+  }
+
   /**
-   * Starts the fill of `id` from the origin, or joins the one running in
+   * Starts the fill of `id` from a live peer holding it (when this server
+   * is a cluster node) or else from the origin, or joins the one running in
    * this process (or follows another process's fill of it: core decides).
    */
   fill(id: ImageId): Fill {
-    const { cache, origin, metrics, log, abandonAfter, track } = this.#options;
+    const { cache, origin, metrics, log, abandonAfter, track, cluster } = this.#options;
     const fill = cache.fill(id, {
       fetch: async ({ signal }) => {
+        const fromPeer = await cluster?.fetch(id, signal);
+        if (fromPeer !== undefined) {
+          this.#sources.set(id, 'peer');
+          return fromPeer;
+        }
+        this.#sources.set(id, 'origin');
         metrics.originFetches.inc();
-        return originFill(id, await origin.open(id, { signal })).fetched;
+        const { fetched } = originFill(id, await origin.open(id, { signal }));
+        if (cluster !== undefined && !cluster.connected) {
+          // No entry can be committed before the node has reached its database: the clients get the bytes, the cache does not.
+          log.warn({ imageId: id }, 'not caching: the metadata database has not been reached since the start; serving the origin\'s bytes uncached');
+          return { ...fetched, cache: false };
+        }
+        return fetched;
       },
       ...(abandonAfter === undefined ? {} : { abandonAfter }),
     });
@@ -111,7 +134,11 @@ export class ServerFills {
       }
     });
     const done = fill.done.then((outcome) => {
-      if (this.#fills.get(id) === fill) this.#fills.delete(id);
+      if (this.#fills.get(id) === fill) {
+        if (this.#sources.get(id) === 'peer') cluster?.fillEnded(id, outcome.status === 'failed' ? outcome.error : undefined);
+        this.#fills.delete(id);
+        this.#sources.delete(id);
+      }
       metrics.fillsInProgress.dec();
       if (outcome.status === 'failed') log.warn({ err: outcome.error, imageId: id }, 'fill failed; nothing was cached');
     });

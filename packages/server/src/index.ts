@@ -22,4 +22,12 @@ export {
   type NodeHealth,
   type StatusReport,
 } from './status.js';
+export {
+  PEER_HEADER,
+  defaultAdvertiseUrl,
+  type ClusterDirectory,
+  type ClusterOptions,
+  type ClusterStatusInfo,
+  type PeerCopyInfo,
+} from './cluster.js';
 export { toGlanceRecord, type GlanceCachedImage } from './routes/management.js';

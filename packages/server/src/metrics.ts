@@ -2,7 +2,7 @@ import { CacheError, type ImageCache } from '@cache/core';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 
 /** Where the bytes of an image response came from (label `source`). */
-export type ByteSource = 'cache' | 'origin';
+export type ByteSource = 'cache' | 'origin' | 'peer';
 
 /** How one prefetch of a queued id ended (label `outcome`). */
 export type PrefetchOutcome = 'cached' | 'already_cached' | 'not_found' | 'not_cached' | 'failed';
@@ -20,6 +20,7 @@ export const METRIC_NAMES = {
   misses: 'image_cache_misses_total',
   servedBytes: 'image_cache_served_bytes_total',
   originFetches: 'image_cache_origin_fetches_total',
+  peerFetches: 'image_cache_peer_fetches_total',
   prunedFiles: 'image_cache_pruned_files_total',
   prunedBytes: 'image_cache_pruned_bytes_total',
   cleanedFiles: 'image_cache_cleaned_files_total',
@@ -53,6 +54,7 @@ export class ServerMetrics {
   readonly misses: Counter;
   readonly servedBytes: Counter<'source'>;
   readonly originFetches: Counter;
+  readonly peerFetches: Counter<'result'>;
   readonly prunedFiles: Counter;
   readonly prunedBytes: Counter;
   readonly cleanedFiles: Counter<'kind'>;
@@ -93,6 +95,12 @@ export class ServerMetrics {
     this.originFetches = new Counter({
       name: METRIC_NAMES.originFetches,
       help: 'Requests made to the origin (one per fill, whatever the number of its readers; HEAD misses).',
+      registers,
+    });
+    this.peerFetches = new Counter({
+      name: METRIC_NAMES.peerFetches,
+      help: 'Misses fetched from a peer node of the cluster (result ok) and peer requests that failed before the body (result failed: the next peer or the origin was tried).',
+      labelNames: ['result'],
       registers,
     });
     this.prunedFiles = new Counter({ name: METRIC_NAMES.prunedFiles, help: 'Entries evicted by prune.', registers });

@@ -2,6 +2,7 @@ import { InvalidArgumentError, type ImageCache } from '@cache/core';
 import type { Origin } from '@cache/origin';
 import type { FastifyServerOptions } from 'fastify';
 import type { AccessLogDestination } from './access-log.js';
+import { resolveCluster, type ClusterOptions, type ResolvedCluster } from './cluster.js';
 
 /** TLS material of {@link CacheServerOptions.https} (PEM), as `node:https` takes it. */
 export interface HttpsOptions {
@@ -109,6 +110,17 @@ export interface CacheServerOptions {
    * `/readyz` and `/metrics` are not limited. @default undefined: off
    */
   rateLimit?: RateLimitOptions | undefined;
+  /**
+   * Make this server one node of a cluster that shares its images (with
+   * `@cache/driver-postgres`: `{ directory: cache.driver }`). The node
+   * advertises its URL and a heartbeat in the shared database; a miss is
+   * fetched from a live peer that holds the image (verified by the digest
+   * that peer recorded) before the origin; `GET /v2/cache/cluster` lists
+   * every node and which images each holds. Requests carrying the peer
+   * header (`x-image-cache-peer`) are answered from this node's files only.
+   * @default undefined: a standalone server
+   */
+  cluster?: ClusterOptions | undefined;
 }
 
 /** {@link CacheServerOptions} with every default applied. */
@@ -133,6 +145,7 @@ export interface ResolvedOptions {
   https: HttpsOptions | undefined;
   maxConnections: number | undefined;
   rateLimit: RateLimitOptions | undefined;
+  cluster: ResolvedCluster | undefined;
 }
 
 /** The defaults of {@link CacheServerOptions}. */
@@ -188,6 +201,7 @@ export function resolveOptions(options: CacheServerOptions): ResolvedOptions {
     https: httpsOption(options.https),
     maxConnections: options.maxConnections === undefined ? undefined : positiveInteger(options, 'maxConnections', 1),
     rateLimit: rateLimitOption(options.rateLimit),
+    cluster: resolveCluster(options.cluster),
   };
 }
 

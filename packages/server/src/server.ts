@@ -10,11 +10,12 @@ import { assertListenAllowed, boundUrl } from './listen.js';
 import { ServerMetrics, errorLabel } from './metrics.js';
 import { resolveOptions, type CacheServerOptions } from './options.js';
 import { Readiness } from './readiness.js';
+import { ClusterMember } from './cluster.js';
 import { ServerFills } from './fill.js';
 import { imageRoutes } from './routes/images.js';
 import { managementRoutes } from './routes/management.js';
 import { statusPageRoutes, statusRoutes } from './routes/status.js';
-import { clusterStatusFromDriver } from './status.js';
+import { clusterStatusFromDirectory, clusterStatusFromDriver } from './status.js';
 import { PeriodicWorker, Serial, runClean, runPrefetch, runPrune } from './workers.js';
 
 /** Options of {@link CacheServer.listen}. */
@@ -118,6 +119,7 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
     pending.add(settled);
     void settled.then(() => pending.delete(settled));
   };
+  const cluster = config.cluster === undefined ? undefined : new ClusterMember(config.cluster, app.log, metrics);
   const fills =
     origin === undefined
       ? undefined
@@ -128,6 +130,7 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
           log: app.log,
           abandonAfter: config.fillAbandonAfter === undefined ? undefined : config.fillAbandonAfter / 1000,
           track,
+          cluster,
         });
   // From the start of close(), any request that reaches the server (a keep-alive connection's next request) is refused
   // with the same 503 as the requests waiting then: Retry-After and Connection: close.
@@ -160,12 +163,13 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
     origin,
     fills,
     metrics,
+    cluster,
     readiness,
     pruneSerial,
     cleanSerial,
     prefetcher,
     prefetchOnQueue: config.prefetchOnQueue,
-    cluster: clusterStatusFromDriver(cache.driver),
+    clusterNodes: cluster === undefined ? clusterStatusFromDriver(cache.driver) : clusterStatusFromDirectory(cluster.directory),
     shutdownSignal: shutdown.signal,
     drainSignal: draining.signal,
     shuttingDown,
@@ -231,11 +235,14 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
     async listen({ host = '127.0.0.1', port = 0 }: ListenOptions = {}) {
       await assertListenAllowed(host, config);
       await app.listen({ host, port });
-      return boundUrl(app.server, config.https === undefined ? 'http' : 'https');
+      const url = boundUrl(app.server, config.https === undefined ? 'http' : 'https');
+      await cluster?.start(url);
+      return url;
     },
     close() {
       closing ??= (async () => {
-        await Promise.all(workers.map((worker) => worker.stop()));
+        // Peers stop asking this node at once (a failure is logged: they skip it once its heartbeat expires).
+        await Promise.all([...workers.map((worker) => worker.stop()), cluster?.stop()]);
         // Requests still waiting for their status line (a fill's origin headers) get a 503 now, new ones too.
         draining.abort(shuttingDown());
         // Nobody streams from these: stop them now (rolled back), so that their origin requests end too.

@@ -1,5 +1,6 @@
 import type { CacheDriver, FillRole, ImageId } from '@cache/core';
 import type { ServerContext } from './context.js';
+import type { ClusterDirectory } from './cluster.js';
 import { publicMessage } from './http-errors.js';
 import { errorLabel } from './metrics.js';
 
@@ -7,7 +8,7 @@ import { errorLabel } from './metrics.js';
 export const STATUS_TOP_IMAGES = 10;
 
 /** Health of a cluster node as the status page shows it. */
-export type NodeHealth = 'up' | 'down' | 'unknown';
+export type NodeHealth = 'alive' | 'dead' | 'stopped' | 'unknown';
 
 /** One node of the cluster, as a {@link ClusterStatusSource} reports it. */
 export interface ClusterNodeStatus {
@@ -17,7 +18,7 @@ export interface ClusterNodeStatus {
   url: string | null;
   /** Whether this is the node answering. */
   self: boolean;
-  /** `up` (heartbeat recent), `down` (heartbeat too old), `unknown` (no heartbeat recorded). */
+  /** `alive` (heartbeat within the expiry), `dead` (heartbeat expired), `stopped` (said goodbye on shutdown), `unknown` (no heartbeat recorded). */
   health: NodeHealth;
   /** The node's last heartbeat, epoch seconds; `null` when none is recorded. */
   lastSeen: number | null;
@@ -109,7 +110,7 @@ interface ClusterImagesDriver {
 /**
  * The cluster source a driver offers, if any: its own `getClusterNodes()`
  * when it has one, else the nodes named by `getClusterImages()` (those
- * holding at least one image, with their counts and bytes; health `up` for
+ * holding at least one image, with their counts and bytes; health `alive` for
  * this node and `unknown` for the others, as no heartbeat is recorded), else
  * `undefined` (a node on its own: sqlite, xattr).
  */
@@ -137,7 +138,7 @@ export function clusterStatusFromDriver(driver: CacheDriver): ClusterStatusSourc
           id,
           url: null,
           self: id === self,
-          health: id === self ? 'up' : 'unknown',
+          health: id === self ? 'alive' : 'unknown',
           lastSeen: null,
           images: totals.images,
           bytes: totals.bytes,
@@ -148,6 +149,28 @@ export function clusterStatusFromDriver(driver: CacheDriver): ClusterStatusSourc
   return undefined;
 }
 
+/**
+ * The cluster source of a server that is a node of a cluster
+ * (the `cluster` option of `createCacheServer`): every registered node with its
+ * advertised URL, heartbeat health and holdings, from the shared directory.
+ */
+export function clusterStatusFromDirectory(directory: ClusterDirectory): ClusterStatusSource {
+  return {
+    async nodes() {
+      const { nodes } = await directory.getClusterStatus();
+      return nodes.map((node) => ({
+        id: node.nodeId,
+        url: node.url ?? null,
+        self: node.self,
+        health: (['alive', 'dead', 'stopped'].includes(node.health) ? node.health : 'unknown') as NodeHealth,
+        lastSeen: node.lastHeartbeat ?? null,
+        images: node.images,
+        bytes: node.bytes,
+      }));
+    },
+  };
+}
+
 async function counterTotal(counter: { get(): Promise<{ values: { value: number; labels: Record<string, unknown> }[] }> }, label?: [string, string]): Promise<number> {
   const { values } = await counter.get();
   return values.filter((v) => label === undefined || v.labels[label[0]] === label[1]).reduce((sum, v) => sum + v.value, 0);
@@ -155,7 +178,7 @@ async function counterTotal(counter: { get(): Promise<{ values: { value: number;
 
 /** Builds the {@link StatusReport} of this node (reads the driver: size, listing, queue). */
 export async function buildStatus(context: ServerContext): Promise<StatusReport> {
-  const { cache, metrics, fills, cluster } = context;
+  const { cache, metrics, fills, clusterNodes } = context;
   const [bytes, images, queued, hits, misses, fromCache, fromOrigin, clusterReport] = await Promise.all([
     cache.getCacheSize(),
     cache.getCachedImages(),
@@ -164,7 +187,7 @@ export async function buildStatus(context: ServerContext): Promise<StatusReport>
     counterTotal(metrics.misses),
     counterTotal(metrics.servedBytes, ['source', 'cache']),
     counterTotal(metrics.servedBytes, ['source', 'origin']),
-    clusterStatus(cluster, context),
+    clusterStatus(clusterNodes, context),
   ]);
   const driver = cache.driver as CacheDriver & { nodeId?: unknown };
   return {

@@ -174,8 +174,8 @@ describe('the cluster section', () => {
 
   it("shows the nodes a driver's getClusterNodes() lists; a failing one leaves the rest of the report and says why", async () => {
     const nodes: ClusterNodeStatus[] = [
-      { id: 'n1', url: 'http://10.0.0.1:8080', self: true, health: 'up', lastSeen: 1_800_000_000, images: 2, bytes: 100 },
-      { id: 'n2', url: 'http://10.0.0.2:8080', self: false, health: 'down', lastSeen: 1_799_999_000, images: 1, bytes: 50 },
+      { id: 'n1', url: 'http://10.0.0.1:8080', self: true, health: 'alive', lastSeen: 1_800_000_000, images: 2, bytes: 100 },
+      { id: 'n2', url: 'http://10.0.0.2:8080', self: false, health: 'dead', lastSeen: 1_799_999_000, images: 1, bytes: 50 },
     ];
     const ok = await serverWith(async () => nodes);
     try {
@@ -222,7 +222,7 @@ describe('the cluster section', () => {
       expect(report.node).toMatchObject({ driver: 'postgres', nodeId: 'node-a' });
       expect(report.cluster?.error).toBeNull();
       expect(report.cluster?.nodes.sort((x, y) => x.id.localeCompare(y.id))).toEqual([
-        { id: 'node-a', url: null, self: true, health: 'up', lastSeen: null, images: 2, bytes: 1300 },
+        { id: 'node-a', url: null, self: true, health: 'alive', lastSeen: null, images: 2, bytes: 1300 },
         { id: 'node-b', url: null, self: false, health: 'unknown', lastSeen: null, images: 1, bytes: 1000 },
       ]);
     } finally {

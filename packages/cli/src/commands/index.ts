@@ -4,6 +4,7 @@ import { registerDequeue } from './dequeue.js';
 import { registerImportSqlite } from './import-sqlite.js';
 import { registerInfo } from './info.js';
 import { registerList } from './list.js';
+import { registerNodes } from './nodes.js';
 import { registerPrefetch } from './prefetch.js';
 import { registerPrune } from './prune.js';
 import { registerQueue } from './queue.js';
@@ -31,4 +32,5 @@ export const COMMANDS: readonly RegisterCommand[] = [
   registerVerify,
   registerServe,
   registerImportSqlite,
+  registerNodes,
 ];

@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Command } from 'commander';
 import type { Origin } from '@cache/origin';
-import { createCacheServer, isLoopbackHost } from '@cache/server';
+import { createCacheServer, defaultAdvertiseUrl, isLoopbackHost, type ClusterDirectory } from '@cache/server';
 import { resolveConfig, type ConfigFlags, type ResolvedConfig } from '../config.js';
 import { DEMO_IMAGES, startDemoOrigin, type DemoOrigin } from '../demo/origin.js';
 import { CliErrorCodes, ExitCode, operationalError, usageError } from '../errors.js';
@@ -53,6 +53,9 @@ export const registerServe: RegisterCommand = (program, ctx) => {
     .option('--shutdown-timeout <duration>', 'on SIGINT/SIGTERM, how long responses already streaming may run before they are cut (default 10s)')
     .option('--readiness-window <duration>', 'how long a failure (metadata store, full disk, origin) keeps /readyz at 503 (env IMAGE_CACHE_READINESS_WINDOW; default 30s)')
     .option('--fill-abandon-after <duration>', 'stop and roll back a download nobody has read for this long (env IMAGE_CACHE_FILL_ABANDON_AFTER; default: never, a download always finishes)')
+    .option('--advertise-url <url>', 'postgres driver: the URL other nodes fetch this node\'s images from (env IMAGE_CACHE_ADVERTISE_URL; default the bound address, a wildcard one replaced by the host name)')
+    .option('--heartbeat-interval <duration>', 'postgres driver: how often this node tells the cluster it is alive (env IMAGE_CACHE_HEARTBEAT_INTERVAL; default 10s; keep it well under --heartbeat-expiry)')
+    .option('--peer-timeout <duration>', 'postgres driver: how long a peer gets to start answering before the next peer or the origin is tried (env IMAGE_CACHE_PEER_TIMEOUT; default 5s)')
     .option('--concurrency <n>', 'queued images the prefetch worker fetches at once (default 4)')
     .option('--demo', `try it out: start a demo origin, cache into ./${DEMO_CACHE_DIR} unless a cache dir is configured`)
     .option('--log', 'log every request (JSON lines on stdout)')
@@ -99,6 +102,14 @@ export const registerServe: RegisterCommand = (program, ctx) => {
       }
 
       const https = await readTls(config);
+      const clustered = config.driver === 'postgres';
+      if (clustered && config.heartbeatExpiry <= config.heartbeatInterval) {
+        throw usageError(
+          CliErrorCodes.INVALID_DURATION,
+          `--heartbeat-expiry (${formatDuration(config.heartbeatExpiry)}) must be longer than --heartbeat-interval (${formatDuration(config.heartbeatInterval)}), ` +
+            'or live nodes count as dead between two heartbeats; about 3 intervals is right',
+        );
+      }
 
       let demoOrigin: DemoOrigin | undefined;
       let origin: Origin | undefined;
@@ -115,6 +126,20 @@ export const registerServe: RegisterCommand = (program, ctx) => {
       }
       const cache = await openCacheFromConfig(config, {
         onWarning: (warning) => ctx.warn(`${warning.message} [${warning.code}]`),
+        // postgres: a node starts while its database is down, serves its local files, and reconnects with backoff.
+        ...(clustered
+          ? {
+              onPostgresConnection: (event) => {
+                if (event.state === 'connected') ctx.err(`image-cache: PostgreSQL answers again: node registered (attempt ${event.attempt}); sharing with the cluster`);
+                else {
+                  ctx.err(
+                    `image-cache: PostgreSQL unreachable (attempt ${event.attempt}): ${event.error.message.split('. ')[0]}; serving the local cache ` +
+                      `(hits from its files, misses from the origin without caching them) and retrying in ${formatDuration(event.retryInMillis / 1000)}`,
+                  );
+                }
+              },
+            }
+          : {}),
       });
       const seconds = (s: number) => Math.round(s * 1000);
       let server;
@@ -137,6 +162,17 @@ export const registerServe: RegisterCommand = (program, ctx) => {
           ...(config.accessLog === undefined ? {} : { accessLog: config.accessLog }),
           ...(https === undefined ? {} : { https }),
           ...(config.maxConnections === undefined ? {} : { maxConnections: config.maxConnections }),
+          ...(clustered
+            ? {
+                cluster: {
+                  directory: cache.driver as unknown as ClusterDirectory,
+                  ...(config.advertiseUrl === undefined ? {} : { advertiseUrl: config.advertiseUrl }),
+                  heartbeatInterval: Math.max(1, seconds(config.heartbeatInterval)),
+                  peerTimeout: Math.max(1, seconds(config.peerTimeout)),
+                  allowUnverified: config.allowUnverified,
+                },
+              }
+            : {}),
           ...(config.rateLimit === undefined ? {} : { rateLimit: { max: config.rateLimit.max, timeWindow: Math.max(1, Math.round(config.rateLimit.window * 1000)) } }),
         });
       } catch (error) {
@@ -181,6 +217,14 @@ export const registerServe: RegisterCommand = (program, ctx) => {
       }
       // The bound address (`--host 0.0.0.0` is reported as such, not as 127.0.0.1).
       ctx.err(`image-cache: serving ${config.cacheDir} (${config.driver}, budget ${formatSizeExact(config.maxSize)}) on ${url}`);
+      // Before the origin line, which ends the startup lines.
+      if (clustered) {
+        const nodeId = (cache.driver as unknown as ClusterDirectory).nodeId;
+        ctx.err(
+          `image-cache: cluster node ${nodeId}, advertised as ${config.advertiseUrl ?? defaultAdvertiseUrl(url)} ` +
+            `(heartbeat every ${formatDuration(config.heartbeatInterval)}, dead after ${formatDuration(config.heartbeatExpiry)}); misses are fetched from live peers holding the image before the origin`,
+        );
+      }
       // Header names only: their values (tokens) are never printed.
       ctx.err(`image-cache: origin ${origin === undefined ? '(none: misses are 404)' : `${origin.description}${describeOriginOptions(config)}`}`);
       if (demo) {

@@ -12,7 +12,8 @@ import {
 import type { Origin } from '@cache/origin';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import parseRange from 'range-parser';
-import { markFillWait } from '../access-log.js';
+import { markFillWait, markPeer } from '../access-log.js';
+import { PEER_HEADER } from '../cluster.js';
 import type { ServerContext } from '../context.js';
 import { digestEtag, ifRangeAllows, isNotModified, statEntry, type EntryInfo } from '../entry.js';
 import { originFill, untilVerdict } from '../fill.js';
@@ -150,6 +151,12 @@ async function serveHit(
 
 async function serveMiss(context: ServerContext, request: ImageRequest, reply: FastifyReply, id: ImageId): Promise<Served> {
   const { cache, fills, metrics } = context;
+  if (request.headers[PEER_HEADER] !== undefined) {
+    // A peer node asks for our copy: answered from our files only, never from our origin or our peers (no loops).
+    metrics.misses.inc();
+    reply.header('x-cache', 'MISS');
+    throw new HttpError(404, 'NOT_CACHED_HERE', `image '${id}' is not cached on this node (a peer request is answered from its files only)`);
+  }
   if (fills === undefined) throw new ImageNotCachedError(id, cache.getImageFilepath(id));
   if (request.method === 'HEAD') return serveHeadMiss(context, reply, id);
 
@@ -204,10 +211,12 @@ function sendFill(context: ServerContext, request: ImageRequest, reply: FastifyR
   }
   setImageHeaders(reply, 'MISS');
   if (etag !== undefined) reply.header('etag', etag);
+  const from: ByteSource = context.fills?.source(fill.imageId) === 'peer' ? 'peer' : 'origin';
+  if (from === 'peer') markPeer(request);
   if (plan.kind === 'full') {
     // A full reader ends only once the fill has committed (or ended uncached) and fails if it failed.
     if (size !== undefined) reply.header('content-length', size);
-    reply.send(body(context, reply, fill.openReader(), size, 'origin', true));
+    reply.send(body(context, reply, fill.openReader(), size, from, true));
     return 'sent';
   }
   const length = plan.end - plan.start + 1;
@@ -217,7 +226,7 @@ function sendFill(context: ServerContext, request: ImageRequest, reply: FastifyR
   // A range that reaches the end, or any range of an image with a digest, waits for the verdict before its last byte:
   // only the digest can condemn bytes before the end, and only the end can be cut or overlong.
   const verdict = plan.end === (size as number) - 1 || digest !== undefined;
-  reply.send(body(context, reply, verdict ? untilVerdict(reader, fill) : reader, length, 'origin', verdict));
+  reply.send(body(context, reply, verdict ? untilVerdict(reader, fill) : reader, length, from, verdict));
   return 'sent';
 }
 

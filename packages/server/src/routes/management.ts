@@ -119,6 +119,43 @@ export async function managementRoutes(scope: FastifyInstance, context: ServerCo
   });
   methodNotAllowed(scope, '/cache/nodes/:id', ['GET']);
 
+  // The whole cluster (a node of one: options.cluster): every node with its health, and which nodes hold which images.
+  scope.get('/cache/cluster', async () => {
+    const member = context.cluster;
+    if (member === undefined) {
+      throw new HttpError(409, 'NOT_A_CLUSTER', 'this server is not a cluster node: serve with the postgres driver (options.cluster) to share images between nodes');
+    }
+    const status = await member.directory.getClusterStatus();
+    return {
+      node_id: member.directory.nodeId,
+      nodes: status.nodes.map((node) => ({
+        node_id: node.nodeId,
+        url: node.url ?? null,
+        health: node.health,
+        last_heartbeat: node.lastHeartbeat ?? null,
+        started_at: node.startedAt ?? null,
+        images: node.images,
+        size: node.bytes,
+        hits: node.hits,
+        self: node.self,
+      })),
+      images: status.images.map((image) => ({
+        image_id: image.imageId,
+        size: image.size,
+        hits: image.hits,
+        nodes: image.copies.map((copy) => ({
+          node_id: copy.nodeId,
+          health: copy.health,
+          size: copy.size,
+          hits: copy.hits,
+          last_accessed: copy.lastAccessed,
+          checksum: copy.checksum ?? null,
+        })),
+      })),
+    };
+  });
+  methodNotAllowed(scope, '/cache/cluster', ['GET']);
+
   scope.put('/cache/:id', async (request: IdRequest, reply) => {
     const id = idParam(request);
     await cache.queueImage(id); // false when cached, being cached or queued: still 202, as in Glance

@@ -33,7 +33,7 @@ function openDriver(
   name: DriverName,
   cacheDir: string,
   options: { durability?: Durability; syncInterval?: number; warnings?: CacheWarning[] } = {},
-): CacheDriver {
+): SqliteDriver | XattrDriver {
   const common = {
     cacheDir,
     ...(options.durability === undefined ? {} : { durability: options.durability }),

@@ -1,6 +1,6 @@
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { lilconfig } from 'lilconfig';
-import { DEFAULT_MAX_SIZE, DEFAULT_STALL_TIME } from '@cache/core';
+import { DEFAULT_MAX_SIZE, DEFAULT_STALL_TIME, type Durability } from '@cache/core';
 import { HTTP_ORIGIN_DEFAULTS } from '@cache/origin';
 import { CliErrorCodes, usageError } from './errors.js';
 import { parseOriginHeaders, parseOriginToken } from './origin-options.js';
@@ -58,6 +58,7 @@ export interface ConfigFlags {
   rateLimit?: string | undefined;
   databaseUrl?: string | undefined;
   nodeId?: string | undefined;
+  durability?: string | undefined;
   /** `--origin-header`, repeatable: `Name: value` each. */
   originHeader?: string[] | undefined;
   originToken?: string | undefined;
@@ -169,6 +170,12 @@ export interface ResolvedConfig {
   databaseUrl: string | undefined;
   /** `postgres` driver: this node's identity; the driver's default is `<hostname>:<cache dir>`. */
   nodeId: string | undefined;
+  /**
+   * How commits are made durable (`--durability`, docs/adr/0007): `strict`
+   * fsyncs every commit before it counts; `relaxed` does not (as Glance) and
+   * re-verifies unsynced entries after an unclean shutdown. @default 'strict'
+   */
+  durability: Durability;
   /** The config file that was read, if any. */
   configFile: string | undefined;
   /**
@@ -210,6 +217,7 @@ export type SettingName =
   | 'rateLimit'
   | 'databaseUrl'
   | 'nodeId'
+  | 'durability'
   | 'originHeaders'
   | 'originToken'
   | 'manifest'
@@ -283,6 +291,7 @@ const SETTINGS: { [K in SettingName]: Setting<ResolvedConfig[K]> } = {
   rateLimit: { env: 'IMAGE_CACHE_RATE_LIMIT', flag: '--rate-limit', parse: scalar(parseRateLimit), fallback: undefined },
   databaseUrl: { env: 'IMAGE_CACHE_DATABASE_URL', flag: '--database-url', parse: scalar(parseText), fallback: undefined },
   nodeId: { env: 'IMAGE_CACHE_NODE_ID', flag: '--node-id', parse: scalar(parseText), fallback: undefined },
+  durability: { env: 'IMAGE_CACHE_DURABILITY', flag: '--durability', parse: scalar(parseDurability), fallback: 'strict' },
   originHeaders: { env: 'IMAGE_CACHE_ORIGIN_HEADERS', flag: '--origin-header', flagKey: 'originHeader', parse: parseOriginHeaders, fallback: Object.freeze({}), file: 'headers' },
   originToken: { env: 'IMAGE_CACHE_ORIGIN_TOKEN', flag: '--origin-token', parse: scalar(parseOriginToken), fallback: undefined },
   manifest: { env: 'IMAGE_CACHE_MANIFEST', flag: '--manifest', parse: scalar(parseText), fallback: undefined, path: true },
@@ -420,6 +429,7 @@ export async function resolveConfig(options: ResolveConfigOptions = {}): Promise
     rateLimit: resolveOne('rateLimit'),
     databaseUrl: resolveOne('databaseUrl') ?? nonEmpty(env['DATABASE_URL']), // the libpq-style fallback
     nodeId: resolveOne('nodeId'),
+    durability: resolveOne('durability'),
     originHeaders: resolveOne('originHeaders'),
     originToken: resolveOne('originToken'),
     manifest: resolveOne('manifest'),
@@ -498,6 +508,12 @@ function given(value: ConfigFlags[keyof ConfigFlags], keepEmpty = false): RawVal
 
 function parseText(value: string | number): string {
   return String(value);
+}
+
+function parseDurability(value: string | number, what: string): Durability {
+  const mode = String(value).trim().toLowerCase();
+  if (mode === 'strict' || mode === 'relaxed') return mode;
+  throw usageError(CliErrorCodes.INVALID_DURABILITY, `invalid ${what} ${JSON.stringify(String(value))}: use strict or relaxed`);
 }
 
 function parseDriver(value: string | number, what: string): DriverName {

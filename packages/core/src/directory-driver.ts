@@ -478,7 +478,9 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
 
   async isCacheable(id: ImageId): Promise<boolean> {
     this.guard(id);
-    return !(await this.dir.exists(id, 'active')) && !(await this.dir.exists(id, 'incomplete'));
+    // Both checks at once: one round trip to the threadpool instead of two in a row.
+    const [active, incomplete] = await Promise.all([this.dir.exists(id, 'active'), this.dir.exists(id, 'incomplete')]);
+    return !active && !incomplete;
   }
 
   async isQueued(id: ImageId): Promise<boolean> {

@@ -11,6 +11,7 @@ import {
   normalizeDurability,
   normalizeSyncInterval,
   RelaxedWindow,
+  releaseClaim,
   STATE_DIRECTORY,
   syncDirectory,
   syncPath,
@@ -410,7 +411,12 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
    * (and is fsynced), any other moves to `invalid/`.
    */
   async #recoverUnsynced(): Promise<void> {
-    for (const journal of await claimAbandonedJournals(this.#stateDir)) await this.#recoverJournal(journal);
+    const journals = await claimAbandonedJournals(this.#stateDir);
+    try {
+      for (const journal of journals) await this.#recoverJournal(journal);
+    } finally {
+      for (const journal of journals) releaseClaim(journal.path);
+    }
   }
 
   async #recoverJournal(journal: AbandonedJournal): Promise<void> {
@@ -698,10 +704,21 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
   async openForWrite(id: ImageId): Promise<CacheWriter> {
     this.guard(id);
     const relaxed = this.durability === 'relaxed';
-    // Relaxed: the window's journal is durable before the first byte of a write in it (its start bounds their mtimes).
-    if (relaxed) await this.#relaxedWindow();
-    const handle = await this.dir.openIncomplete(id);
-    if (relaxed) this.#relaxedWriters++;
+    let handle: FileHandle;
+    if (relaxed) {
+      // Counted first, so no sync closes the window while this writer opens: the window's journal is
+      // durable before the first byte of a write in it (its start bounds their mtimes).
+      this.#relaxedWriters++;
+      try {
+        await this.#relaxedWindow();
+        handle = await this.dir.openIncomplete(id);
+      } catch (error) {
+        this.#relaxedWriters--;
+        throw error;
+      }
+    } else {
+      handle = await this.dir.openIncomplete(id);
+    }
     let settled = false;
     const settle = () => {
       if (relaxed && !settled) this.#relaxedWriters--;

@@ -2,7 +2,7 @@ import { createReadStream, readFileSync } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { uptime } from 'node:os';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { createChecksumHash, parseStoredChecksum } from './checksum.js';
 import { isErrnoError, storageError } from './cache-dir.js';
 import { InvalidArgumentError } from './errors.js';
@@ -100,8 +100,19 @@ export const BOOT_ID: string = (() => {
   }
 })();
 
+/** A short tag of {@link BOOT_ID}, in the names of claimed journals. */
+const BOOT_TAG = createHash('sha256').update(BOOT_ID).digest('hex').slice(0, 8);
+
 /** Journals of live relaxed windows of this process (any driver instance). */
 const liveJournals = new Set<string>();
+
+/** Journals this process has claimed and is recovering now. */
+const recoveringNow = new Set<string>();
+
+/** Says that the recovery of a claimed journal ended (done or failed): another `configure()` may claim it again. */
+export function releaseClaim(path: string): void {
+  recoveringNow.delete(path);
+}
 
 /** The first line of a journal. */
 interface JournalHeader {
@@ -134,25 +145,31 @@ export class RelaxedWindow {
     await mkdir(stateDir, { recursive: true }).catch((error: unknown) => {
       throw storageError('create', stateDir, error);
     });
-    const path = join(stateDir, `unsynced-${process.pid}-${randomBytes(6).toString('hex')}`);
+    const token = `${process.pid}-${randomBytes(6).toString('hex')}`;
+    const path = join(stateDir, `unsynced-${token}`);
+    // Written under another name first: a scan never sees a journal without its header.
+    const creating = join(stateDir, `creating-${token}`);
     let handle: FileHandle;
     try {
-      handle = await open(path, 'wx');
+      handle = await open(creating, 'wx');
     } catch (error) {
-      throw storageError('create', path, error);
+      throw storageError('create', creating, error);
     }
     try {
       const { mtimeNs } = await handle.stat({ bigint: true });
       const header: JournalHeader = { journal: 'image-cache relaxed commits', bootId: BOOT_ID, pid: process.pid, since: String(mtimeNs) };
       await handle.write(`${JSON.stringify(header)}\n`);
       await handle.sync();
+      liveJournals.add(path);
+      await rename(creating, path);
       await syncDirectory(stateDir);
     } catch (error) {
+      liveJournals.delete(path);
       await handle.close().catch(() => undefined);
+      await unlink(creating).catch(() => undefined);
       await unlink(path).catch(() => undefined);
       throw storageError('create', path, error);
     }
-    liveJournals.add(path);
     return new RelaxedWindow(path, handle);
   }
 
@@ -219,7 +236,7 @@ export async function syncDirectory(dir: string): Promise<void> {
 
 /** A journal whose owner is gone: what the next `configure()` must re-verify. */
 export interface AbandonedJournal {
-  /** Path of the journal after it was claimed (renamed) by this process. */
+  /** Path of the journal after it was claimed (renamed) by this process; call {@link releaseClaim} with it when the recovery ends. */
   path: string;
   /** Ids the journal lists. */
   ids: Set<ImageId>;
@@ -229,9 +246,9 @@ export interface AbandonedJournal {
   rebooted: boolean;
 }
 
-function ownerAlive(bootId: string, pid: number, path: string): boolean {
+function ownerAlive(bootId: string, pid: number, path: string, ofThisProcess: Set<string> = liveJournals): boolean {
   if (bootId !== BOOT_ID) return false;
-  if (pid === process.pid) return liveJournals.has(path);
+  if (pid === process.pid) return ofThisProcess.has(path);
   try {
     process.kill(pid, 0);
     return true;
@@ -256,7 +273,7 @@ export async function claimAbandonedJournals(stateDir: string): Promise<Abandone
   }
   const claimed: AbandonedJournal[] = [];
   for (const name of names) {
-    const recovering = /^recovering-(\d+)-[0-9a-f]+-(unsynced-.*)$/.exec(name);
+    const recovering = /^recovering-(\d+)-([0-9a-f]{8})-[0-9a-f]+-(unsynced-.*)$/.exec(name);
     if (!name.startsWith('unsynced-') && recovering === null) continue;
     const path = join(stateDir, name);
     let text: string;
@@ -275,18 +292,20 @@ export async function claimAbandonedJournals(stateDir: string): Promise<Abandone
       header = undefined;
     }
     if (recovering !== null) {
-      // Claimed by a recovery that may still run: leave it to that process while it lives.
-      if (header !== undefined && header.bootId === BOOT_ID && ownerAlive(BOOT_ID, Number(recovering[1]), '')) continue;
+      // Claimed by a recovery that may still run: leave it to that process while it lives (its boot tag is this boot's).
+      const claimantBoot = recovering[2] === BOOT_TAG ? BOOT_ID : 'another boot';
+      if (ownerAlive(claimantBoot, Number(recovering[1]), path, recoveringNow)) continue;
     } else if (header !== undefined && ownerAlive(header.bootId, header.pid, path)) {
       continue;
     }
-    const target = join(stateDir, `recovering-${process.pid}-${randomBytes(4).toString('hex')}-${recovering?.[2] ?? name}`);
+    const target = join(stateDir, `recovering-${process.pid}-${BOOT_TAG}-${randomBytes(4).toString('hex')}-${recovering?.[3] ?? name}`);
     try {
       await rename(path, target);
     } catch (error) {
       if (isErrnoError(error, 'ENOENT')) continue; // another process claimed it first
       throw storageError('claim', path, error);
     }
+    recoveringNow.add(target);
     const ids = new Set(rest.map((line) => line.trim()).filter((line) => line.length > 0));
     claimed.push({
       path: target,

@@ -753,18 +753,19 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
         });
       } else {
         // Listed before the rename, so a crash that keeps the rename keeps the id in the journal.
-        await (await this.#relaxedWindow()).note(id, this.dir.path(id, 'active'));
+        (await this.#relaxedWindow()).note(id, this.dir.path(id, 'active'));
       }
       await this.dir.activate(id);
     } catch (error) {
       await this.#rollback(id, handle, error as Error);
       throw error;
     }
-    await handle.close().catch(() => undefined);
+    // The file is in place: its handle closes while the group runs.
+    const closed = handle.close().catch(() => undefined);
     this.dir.releaseIncomplete(id);
     try {
       // Strict: the group's directory fsync (the rename durable) and metadata; relaxed: the metadata.
-      await this.#commits.add({ id, info });
+      await Promise.all([this.#commits.add({ id, info }), closed]);
     } catch (error) {
       // No active file without its metadata: take the file back out.
       await this.dir.moveToInvalid(id, 'active').catch(() => undefined);

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import Database from 'better-sqlite3';
 import { setAttributeSync } from 'fs-xattr';
-import { BadDriverConfigurationError, ImageCache, SUBDIRECTORIES, type CacheDriver } from '@cache/core';
+import { BadDriverConfigurationError, ImageCache, SUBDIRECTORIES, type CacheDriver, type Durability } from '@cache/core';
 import { CREATE_LRU_INDEX, CREATE_TABLE, SqliteDriver } from '@cache/driver-sqlite';
 import { XATTR, XattrDriver } from '@cache/driver-xattr';
 import { defaultNodeId, PostgresDriver } from '@cache/driver-postgres';
@@ -33,18 +33,21 @@ export async function createBenchDatabase(server: TestPostgres, name: string): P
   return { name, url, connect: () => server.connect(name), drop: () => server.dropDatabase(name) };
 }
 
-/** `connectionString` is the database of a postgres driver (required for it, ignored otherwise). */
-export function createDriver(name: DriverName, cacheDir: string, connectionString?: string): CacheDriver {
+/**
+ * `connectionString` is the database of a postgres driver (required for it, ignored otherwise);
+ * `durability` the drivers' commit mode (docs/adr/0007; default `strict`).
+ */
+export function createDriver(name: DriverName, cacheDir: string, connectionString?: string, durability: Durability = 'strict'): CacheDriver {
   // Warnings (e.g. a hit not recorded) would only be noise in the figures.
   const onWarning = () => undefined;
   switch (name) {
     case 'sqlite':
-      return new SqliteDriver({ cacheDir, onWarning });
+      return new SqliteDriver({ cacheDir, onWarning, durability });
     case 'xattr':
-      return new XattrDriver({ cacheDir, onWarning });
+      return new XattrDriver({ cacheDir, onWarning, durability });
     case 'postgres':
       if (connectionString === undefined) throw new Error('the postgres driver needs a connection string');
-      return new PostgresDriver({ cacheDir, connectionString, onWarning });
+      return new PostgresDriver({ cacheDir, connectionString, onWarning, durability });
   }
 }
 
@@ -57,9 +60,10 @@ export async function openCache(
   cacheDir: string,
   maxSize = Number.MAX_SAFE_INTEGER,
   connectionString?: string,
+  durability: Durability = 'strict',
 ): Promise<ImageCache | string> {
   try {
-    return await ImageCache.open({ driver: createDriver(name, cacheDir, connectionString), maxSize });
+    return await ImageCache.open({ driver: createDriver(name, cacheDir, connectionString, durability), maxSize });
   } catch (error) {
     if (BadDriverConfigurationError.isInstance(error)) return (error as Error).message;
     throw error;

@@ -12,7 +12,7 @@ export interface FsTarget {
 }
 
 /** The figures are numbered 1..FIGURES (bench/README.md). */
-export const FIGURES = 12;
+export const FIGURES = 15;
 
 /** Figures that need the bench's PostgreSQL server (the postgres driver's rows of 4 and 5, and 8). */
 export const POSTGRES_FIGURES: readonly number[] = [4, 5, 8];
@@ -38,7 +38,7 @@ export const USAGE = `usage: pnpm bench [--quick] [--fs name=/path]... [--out DI
                     dir, plus (as root) a tmpfs and a loop-mounted ext4 that the bench
                     mounts itself and removes on exit, even after a failure
   --out DIR         where latest.json and latest.md go (default: bench/results)
-  --only LIST       only these figures (comma-separated numbers 1..12)
+  --only LIST       only these figures (comma-separated numbers 1..15)
   --help            this text`;
 
 /** Parses the command line (node:util parseArgs); throws with a readable message on bad input. */

@@ -1,5 +1,9 @@
 #!/usr/bin/env node
 // The `image-cache` binary: runs the CLI on this process and exits with its code.
+// libuv's threadpool (4 threads by default) runs every file operation; concurrent commits each hold
+// one for their fsync, so with 4 the other operations wait behind them. Raised before anything uses it,
+// unless the environment says otherwise.
+process.env.UV_THREADPOOL_SIZE ??= '16';
 let runCli;
 try {
   ({ runCli } = await import('../dist/index.js'));

@@ -1,6 +1,6 @@
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { lilconfig } from 'lilconfig';
-import { DEFAULT_MAX_SIZE, DEFAULT_STALL_TIME } from '@cache/core';
+import { DEFAULT_MAX_SIZE, DEFAULT_STALL_TIME, type Durability } from '@cache/core';
 import { HTTP_ORIGIN_DEFAULTS } from '@cache/origin';
 import { CliErrorCodes, usageError } from './errors.js';
 import { parseOriginHeaders, parseOriginToken } from './origin-options.js';
@@ -62,6 +62,7 @@ export interface ConfigFlags {
   heartbeatInterval?: string | undefined;
   heartbeatExpiry?: string | undefined;
   peerTimeout?: string | undefined;
+  durability?: string | undefined;
   /** `--origin-header`, repeatable: `Name: value` each. */
   originHeader?: string[] | undefined;
   originToken?: string | undefined;
@@ -184,6 +185,12 @@ export interface ResolvedConfig {
   heartbeatExpiry: number;
   /** `serve` on the postgres driver: seconds a peer gets to send its response headers before the next peer or the origin is tried. @default 5 */
   peerTimeout: number;
+  /**
+   * How commits are made durable (`--durability`, docs/adr/0007): `strict`
+   * fsyncs every commit before it counts; `relaxed` does not (as Glance) and
+   * re-verifies unsynced entries after an unclean shutdown. @default 'strict'
+   */
+  durability: Durability;
   /** The config file that was read, if any. */
   configFile: string | undefined;
   /**
@@ -229,6 +236,7 @@ export type SettingName =
   | 'heartbeatInterval'
   | 'heartbeatExpiry'
   | 'peerTimeout'
+  | 'durability'
   | 'originHeaders'
   | 'originToken'
   | 'manifest'
@@ -306,6 +314,7 @@ const SETTINGS: { [K in SettingName]: Setting<ResolvedConfig[K]> } = {
   heartbeatInterval: { env: 'IMAGE_CACHE_HEARTBEAT_INTERVAL', flag: '--heartbeat-interval', parse: scalar((v, w) => parseTimeout(v, w, false) ?? 0), fallback: 10 },
   heartbeatExpiry: { env: 'IMAGE_CACHE_HEARTBEAT_EXPIRY', flag: '--heartbeat-expiry', parse: scalar((v, w) => parseTimeout(v, w, false) ?? 0), fallback: 30 },
   peerTimeout: { env: 'IMAGE_CACHE_PEER_TIMEOUT', flag: '--peer-timeout', parse: scalar((v, w) => parseTimeout(v, w, false) ?? 0), fallback: 5 },
+  durability: { env: 'IMAGE_CACHE_DURABILITY', flag: '--durability', parse: scalar(parseDurability), fallback: 'strict' },
   originHeaders: { env: 'IMAGE_CACHE_ORIGIN_HEADERS', flag: '--origin-header', flagKey: 'originHeader', parse: parseOriginHeaders, fallback: Object.freeze({}), file: 'headers' },
   originToken: { env: 'IMAGE_CACHE_ORIGIN_TOKEN', flag: '--origin-token', parse: scalar(parseOriginToken), fallback: undefined },
   manifest: { env: 'IMAGE_CACHE_MANIFEST', flag: '--manifest', parse: scalar(parseText), fallback: undefined, path: true },
@@ -462,6 +471,7 @@ export async function resolveConfig(options: ResolveConfigOptions = {}): Promise
     heartbeatInterval: resolveOne('heartbeatInterval'),
     heartbeatExpiry: resolveOne('heartbeatExpiry'),
     peerTimeout: resolveOne('peerTimeout'),
+    durability: resolveOne('durability'),
     originHeaders: resolveOne('originHeaders'),
     originToken: resolveOne('originToken'),
     manifest: resolveOne('manifest'),
@@ -540,6 +550,12 @@ function given(value: ConfigFlags[keyof ConfigFlags], keepEmpty = false): RawVal
 
 function parseText(value: string | number): string {
   return String(value);
+}
+
+function parseDurability(value: string | number, what: string): Durability {
+  const mode = String(value).trim().toLowerCase();
+  if (mode === 'strict' || mode === 'relaxed') return mode;
+  throw usageError(CliErrorCodes.INVALID_DURABILITY, `invalid ${what} ${JSON.stringify(String(value))}: use strict or relaxed`);
 }
 
 function parseDriver(value: string | number, what: string): DriverName {

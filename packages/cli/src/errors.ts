@@ -23,6 +23,8 @@ export const CliErrorCodes = {
   INVALID_DURATION: 'CLI_INVALID_DURATION',
   INVALID_NUMBER: 'CLI_INVALID_NUMBER',
   INVALID_DRIVER: 'CLI_INVALID_DRIVER',
+  /** A `--durability` other than `strict` or `relaxed`. */
+  INVALID_DURABILITY: 'CLI_INVALID_DURABILITY',
   INVALID_BOOLEAN: 'CLI_INVALID_BOOLEAN',
   /** A malformed origin header or origin token (the message never quotes the value). */
   INVALID_HEADER: 'CLI_INVALID_HEADER',

@@ -38,7 +38,7 @@ export interface OpenCacheOptions {
  * ```
  */
 export async function openCacheFromConfig(
-  config: Pick<ResolvedConfig, 'driver' | 'cacheDir' | 'maxSize' | 'stallTime'> & Partial<Pick<ResolvedConfig, 'databaseUrl' | 'nodeId' | 'heartbeatExpiry'>>,
+  config: Pick<ResolvedConfig, 'driver' | 'cacheDir' | 'maxSize' | 'stallTime'> & Partial<Pick<ResolvedConfig, 'databaseUrl' | 'nodeId' | 'heartbeatExpiry' | 'durability'>>,
   options: OpenCacheOptions = {},
 ): Promise<ImageCache> {
   if (options.mustExist === true) await assertCacheDirectory(config.cacheDir);
@@ -52,11 +52,15 @@ export async function openCacheFromConfig(
 }
 
 async function createDriver(
-  config: Pick<ResolvedConfig, 'driver' | 'cacheDir'> & Partial<Pick<ResolvedConfig, 'databaseUrl' | 'nodeId' | 'heartbeatExpiry'>>,
+  config: Pick<ResolvedConfig, 'driver' | 'cacheDir'> & Partial<Pick<ResolvedConfig, 'databaseUrl' | 'nodeId' | 'heartbeatExpiry' | 'durability'>>,
   onWarning: ((warning: CacheWarning) => void) | undefined,
   onConnection: ((event: PostgresConnectionEvent) => void) | undefined,
 ): Promise<CacheDriver> {
-  const options = { cacheDir: config.cacheDir, ...(onWarning === undefined ? {} : { onWarning }) };
+  const options = {
+    cacheDir: config.cacheDir,
+    ...(onWarning === undefined ? {} : { onWarning }),
+    ...(config.durability === undefined ? {} : { durability: config.durability }),
+  };
   switch (config.driver) {
     case 'sqlite': {
       const { SqliteDriver } = await loadDriver('sqlite', () => import('@cache/driver-sqlite'));

@@ -72,6 +72,36 @@ describe('resolveConfig', () => {
   });
 });
 
+describe('--durability', () => {
+  it('resolves from flag, environment or file (default strict) and refuses anything but strict or relaxed', async () => {
+    expect((await resolveConfig({ flags: { cacheDir: '/c' }, env: {} })).durability).toBe('strict');
+    expect((await resolveConfig({ flags: { cacheDir: '/c' }, env: { IMAGE_CACHE_DURABILITY: 'relaxed' } })).durability).toBe('relaxed');
+    await writeFile(join(root, 'image-cache.config.json'), JSON.stringify({ cacheDir: '/c', durability: 'relaxed' }));
+    expect((await resolveConfig({ flags: { durability: 'strict' }, env: {}, cwd: root })).durability).toBe('strict');
+    expect((await resolveConfig({ env: {}, cwd: root })).durability).toBe('relaxed');
+    await expect(resolveConfig({ flags: { cacheDir: '/c', durability: 'fast' }, env: {} })).rejects.toMatchObject({
+      code: 'CLI_INVALID_DURABILITY',
+      message: 'invalid --durability "fast": use strict or relaxed',
+    });
+  });
+
+  it('prefetch --durability relaxed commits through a relaxed driver and leaves its journal cleared', async () => {
+    const origin = join(root, 'origin');
+    await mkdir(origin);
+    await writeFile(join(origin, 'img'), Buffer.alloc(10_000, 7));
+    for (const mode of ['relaxed', 'strict']) {
+      const cacheDir = join(root, `cache-${mode}`);
+      const result = await cli(['--cache-dir', cacheDir, 'prefetch', '--origin', origin, '--durability', mode, '--json', 'img'], { cwd: root });
+      expect(result.code, result.stderr).toBe(0);
+      const files = await tree(cacheDir);
+      expect(files).toContain('img');
+      // A relaxed driver keeps its journal of unsynced commits in .image-cache/ (ADR 0007); close() synced and removed it.
+      if (mode === 'relaxed') expect(files.filter((path) => path.startsWith('.image-cache'))).toEqual(['.image-cache/']);
+      else expect(files.filter((path) => path.startsWith('.image-cache'))).toEqual([]);
+    }
+  });
+});
+
 describe('precedence through the CLI', () => {
   it('stats shows the budget and directory chosen by flag over env over config file', async () => {
     await writeFile(join(root, 'image-cache.config.json'), JSON.stringify({ cacheDir: 'file-cache', maxSize: '1KB' }));

@@ -27,6 +27,7 @@ describe('bad input: one line, exit code 2, nothing created on disk', () => {
     ['an invalid id', ['--cache-dir', 'cache', 'queue', 'ok', '../etc'], /invalid image id "\.\.\/etc": .* \[CACHE_INVALID_IMAGE_ID\]$/m],
     ['a reserved id', ['--cache-dir', 'cache', 'queue', 'incomplete'], /invalid image id "incomplete": 'incomplete' is a reserved name.* \[CACHE_INVALID_IMAGE_ID\]$/m],
     ['an unknown driver', ['--cache-dir', 'cache', '--driver', 'redis', 'queue', 'a'], /invalid --driver "redis": use sqlite, xattr or postgres \[CLI_INVALID_DRIVER\]$/m],
+    ['an unknown durability', ['--cache-dir', 'cache', 'prefetch', '--origin', 'images', '--durability', 'fast', 'a'], /invalid --durability "fast": use strict or relaxed \[CLI_INVALID_DURABILITY\]$/m],
     ['an unknown command', ['--cache-dir', 'cache', 'frobnicate'], /unknown command 'frobnicate' \[CLI_USAGE\]$/m],
     ['an unknown option', ['--cache-dir', 'cache', 'list', '--colour'], /unknown option '--colour' \[CLI_USAGE\]$/m],
     ['a missing argument', ['--cache-dir', 'cache', 'info'], /missing required argument 'id' \[CLI_USAGE\]$/m],

@@ -296,6 +296,24 @@ export class CacheDirectory {
     }
   }
 
+  /**
+   * Deletes `queue/<id>` with one `unlink` (no `lstat` first, as {@link remove}
+   * does): what a commit does, where the marker is usually absent. A
+   * directory of that name is left alone. Returns false when nothing was deleted.
+   */
+  async removeQueueMarker(id: ImageId): Promise<boolean> {
+    const path = this.path(id, 'queue');
+    try {
+      await unlinkFile(path);
+      return true;
+    } catch (error) {
+      if (isErrnoError(error, 'ENOENT', 'ENOTDIR')) return false;
+      // A directory (EISDIR, or EPERM as POSIX has it) or a real permission problem: let remove() tell them apart.
+      if (isErrnoError(error, 'EISDIR', 'EPERM')) return this.remove(id, 'queue');
+      throw storageError('delete', path, error);
+    }
+  }
+
   /** Deletes every entry of one part of the cache and returns how many files it deleted. */
   async removeAll(status: EntryStatus): Promise<number> {
     const entries = await this.list(status);
@@ -352,6 +370,21 @@ export class CacheDirectory {
     const info = await this.statFile(id, 'active');
     if (info === undefined) throw storageError('stat', to, new Error('committed file vanished'));
     return info;
+  }
+
+  /**
+   * Renames `incomplete/<id>` over `<id>` atomically, nothing more: the
+   * caller decides what is fsynced before and after (see the durability
+   * modes of the directory driver; {@link promote} does all of it).
+   */
+  async activate(id: ImageId): Promise<void> {
+    const from = this.path(id, 'incomplete');
+    const to = this.path(id, 'active');
+    try {
+      await rename(from, to);
+    } catch (error) {
+      throw storageError('rename', `${from} -> ${to}`, error);
+    }
   }
 
   /**

@@ -1,8 +1,23 @@
 import { constants as fsConstants } from 'node:fs';
-import { open, type FileHandle } from 'node:fs/promises';
+import { open, unlink, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { CacheDirectory, entryStatOf, fileIdentity, isErrnoError, sameFile, storageError, type EntryStat, type EntryStatus } from './cache-dir.js';
 import { nowSeconds } from './clock.js';
+import {
+  claimAbandonedJournals,
+  CommitGroup,
+  fileMatchesDigest,
+  normalizeDurability,
+  normalizeSyncInterval,
+  RelaxedWindow,
+  releaseClaim,
+  STATE_DIRECTORY,
+  syncDirectory,
+  syncPath,
+  type AbandonedJournal,
+  type Durability,
+} from './durability.js';
 import type {
   CachedImage,
   CacheDriver,
@@ -16,7 +31,7 @@ import type {
   ReadOptions,
 } from './driver.js';
 import { CacheError, CacheStorageError, DriverNotOpenError, ImageChangedError, ImageNotCachedError, InvalidArgumentError } from './errors.js';
-import { assertImageId, type ImageId } from './image-id.js';
+import { assertImageId, isValidImageId, type ImageId } from './image-id.js';
 import { assertSatisfiable, normalizeQuarantineOptions, normalizeReadOptions } from './options.js';
 import { CacheReadStream, CacheWriteStream } from './streams.js';
 
@@ -25,7 +40,13 @@ export const DEFAULT_STALL_TIME = 86_400;
 
 /** A problem a driver reports without failing the call (e.g. a hit it could not record). */
 export interface CacheWarning {
-  code: 'CACHE_HIT_NOT_RECORDED' | 'CACHE_ROLLBACK_INCOMPLETE' | 'CACHE_CLEAN_FAILED' | 'CACHE_QUARANTINE_INCOMPLETE';
+  code:
+    | 'CACHE_HIT_NOT_RECORDED'
+    | 'CACHE_ROLLBACK_INCOMPLETE'
+    | 'CACHE_CLEAN_FAILED'
+    | 'CACHE_QUARANTINE_INCOMPLETE'
+    | 'CACHE_UNSYNCED_RECOVERED'
+    | 'CACHE_SYNC_FAILED';
   message: string;
   imageId?: ImageId;
   cause?: unknown;
@@ -41,6 +62,33 @@ export interface DirectoryDriverOptions {
    * @default process.emitWarning
    */
   onWarning?: (warning: CacheWarning) => void;
+  /**
+   * How commits are made durable (docs/adr/0007-durability-modes.md).
+   * `strict`: fsync of the file, rename into place, fsync of the directory,
+   * metadata recorded, all before the write reports success; concurrent
+   * commits share one directory fsync and one metadata transaction.
+   * `relaxed`: no fsync, as Glance: the file is renamed into place once its
+   * bytes are written and becomes durable at the next sync point (every
+   * `syncInterval` ms, {@link DirectoryCacheDriver.sync}, `close()`). After an
+   * unclean shutdown, entries committed since the last sync point are
+   * re-verified against their stored digest or moved to `invalid/`, so a torn
+   * file is never served.
+   * @default 'strict'
+   */
+  durability?: Durability;
+  /**
+   * `relaxed` only: how often (ms) the commits made since the last sync point
+   * are fsynced in the background and their journal cleared; 0 syncs only on
+   * `sync()` and `close()`.
+   * @default 5000
+   */
+  syncInterval?: number;
+}
+
+/** One commit waiting for its group (see {@link CommitGroup}). */
+interface PendingCommit {
+  id: ImageId;
+  info: CommitInfo;
 }
 
 /** Per-entry metadata a driver keeps; sizes always come from the file itself. */
@@ -141,6 +189,18 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
   readonly #onWarning: (warning: CacheWarning) => void;
   #state: 'new' | 'open' | 'closed' = 'new';
   #configuring: Promise<void> | undefined;
+  /** How commits are made durable (see {@link DirectoryDriverOptions.durability}). */
+  readonly durability: Durability;
+  readonly #syncInterval: number;
+  readonly #commits = new CommitGroup<PendingCommit>((batch) => this.#flushCommits(batch));
+  /** The base directory, open for its group fsyncs (strict). */
+  #baseHandle: FileHandle | undefined;
+  /** The relaxed window open now, its opening, and the relaxed writers not yet settled. */
+  #window: RelaxedWindow | undefined;
+  #opening: Promise<RelaxedWindow> | undefined;
+  #relaxedWriters = 0;
+  #syncing: Promise<void> | undefined;
+  #syncTimer: NodeJS.Timeout | undefined;
 
   /**
    * @param options - the cache directory and warning sink.
@@ -152,6 +212,8 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
     }
     this.dir = new CacheDirectory(options.cacheDir, { driverName: new.target.name, reservedNames });
     this.#onWarning = options.onWarning ?? defaultWarning;
+    this.durability = normalizeDurability(options.durability);
+    this.#syncInterval = normalizeSyncInterval(options.syncInterval);
   }
 
   get cacheDir(): string {
@@ -171,6 +233,17 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
   protected abstract closeMetadata(): Promise<void>;
   /** Records a committed entry (after the file is durable and active). Throwing rolls the commit back. */
   protected abstract recordCommit(id: ImageId, info: CommitInfo): Promise<void>;
+  /**
+   * Records the commits of one group (concurrent commits in this directory,
+   * see docs/adr/0007). By default one {@link recordCommit} after the other; a
+   * driver whose store has transactions records them in one. Throwing fails
+   * the group: each commit is then recorded on its own, so only those that
+   * fail again are rolled back. In strict mode it runs while the directory
+   * fsync of the group is in flight.
+   */
+  protected async recordCommits(commits: readonly { id: ImageId; info: CommitInfo }[]): Promise<void> {
+    for (const commit of commits) await this.recordCommit(commit.id, commit.info);
+  }
   /**
    * Records a completed read: one more hit, last access `time`. `file` is the
    * stat of the file that was read; a driver that stores identities resets
@@ -238,7 +311,22 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
       try {
         await this.dir.create();
         await this.openMetadata();
+        try {
+          await this.#recoverUnsynced();
+          if (this.durability === 'strict') this.#baseHandle = await open(this.dir.baseDir, 'r');
+        } catch (error) {
+          await this.closeMetadata().catch(() => undefined);
+          throw error;
+        }
         this.#state = 'open';
+        if (this.durability === 'relaxed' && this.#syncInterval > 0) {
+          this.#syncTimer = setInterval(() => {
+            this.sync().catch((error: unknown) =>
+              this.warn({ code: 'CACHE_SYNC_FAILED', message: `[${this.name}] background sync failed: ${(error as Error).message}`, cause: error }),
+            );
+          }, this.#syncInterval);
+          this.#syncTimer.unref();
+        }
       } finally {
         this.#configuring = undefined;
       }
@@ -250,7 +338,125 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
     if (this.#state === 'closed') return;
     const wasOpen = this.#state === 'open';
     this.#state = 'closed';
-    if (wasOpen) await this.closeMetadata();
+    if (this.#syncTimer !== undefined) clearInterval(this.#syncTimer);
+    this.#syncTimer = undefined;
+    try {
+      if (wasOpen) await this.#syncNow();
+    } finally {
+      await this.#baseHandle?.close().catch(() => undefined);
+      this.#baseHandle = undefined;
+      if (wasOpen) await this.closeMetadata();
+    }
+  }
+
+  /**
+   * Makes every commit so far durable. Strict mode: nothing to do (each
+   * commit was durable before it settled). Relaxed mode: fsyncs the files
+   * committed since the last sync point and the directory, then, unless a
+   * write is still under way, clears the journal of unsynced commits. Runs on
+   * its own every `syncInterval` ms and in `close()`.
+   */
+  async sync(): Promise<void> {
+    this.guardOpen();
+    await this.#syncNow();
+  }
+
+  #syncNow(): Promise<void> {
+    if (this.durability === 'strict') return Promise.resolve();
+    // One sync at a time; a call during one waits for it and then runs its own (it may have new commits).
+    const previous = this.#syncing ?? Promise.resolve();
+    const next = previous.catch(() => undefined).then(() => this.#syncWindow());
+    this.#syncing = next;
+    return next.finally(() => {
+      if (this.#syncing === next) this.#syncing = undefined;
+    });
+  }
+
+  async #syncWindow(): Promise<void> {
+    const window = this.#window;
+    if (window === undefined) return;
+    const notes = window.notes;
+    await window.syncCommitted();
+    await syncDirectory(this.dir.baseDir);
+    // A writer under way keeps the window (its file's mtime may precede a new window's start).
+    if (this.#window !== window || this.#relaxedWriters > 0 || window.notes !== notes) return;
+    this.#window = undefined;
+    await window.close(this.#stateDir);
+  }
+
+  get #stateDir(): string {
+    return join(this.dir.baseDir, STATE_DIRECTORY);
+  }
+
+  /** The relaxed window to commit in, opened (its journal durable) when there is none. */
+  async #relaxedWindow(): Promise<RelaxedWindow> {
+    if (this.#window !== undefined) return this.#window;
+    this.#opening ??= RelaxedWindow.open(this.#stateDir).then(
+      (window) => {
+        this.#window = window;
+        this.#opening = undefined;
+        return window;
+      },
+      (error: unknown) => {
+        this.#opening = undefined;
+        throw error;
+      },
+    );
+    return this.#opening;
+  }
+
+  /**
+   * Re-verifies the entries of relaxed windows whose process is gone (see
+   * docs/adr/0007): an entry whose stored digest matches its bytes stays
+   * (and is fsynced), any other moves to `invalid/`.
+   */
+  async #recoverUnsynced(): Promise<void> {
+    const journals = await claimAbandonedJournals(this.#stateDir);
+    try {
+      for (const journal of journals) await this.#recoverJournal(journal);
+    } finally {
+      for (const journal of journals) releaseClaim(journal.path);
+    }
+  }
+
+  async #recoverJournal(journal: AbandonedJournal): Promise<void> {
+    const suspects = new Set<ImageId>();
+    for (const id of journal.ids) if (isValidImageId(id, this.dir.reservedNames)) suspects.add(id);
+    if (journal.rebooted) {
+      for (const entry of await this.dir.list('active')) if (entry.mtimeNs >= journal.since) suspects.add(entry.imageId);
+    }
+    const dropped: ImageId[] = [];
+    let kept = 0;
+    for (const id of [...suspects].sort()) {
+      const entry = await this.dir.statFile(id, 'active');
+      if (entry === undefined) continue;
+      const path = this.dir.path(id, 'active');
+      const stored = await this.readStoredChecksum(entry).catch(() => undefined);
+      const digest = stored !== undefined && metadataMatches(stored, entry) ? stored.checksum : undefined;
+      if (digest !== undefined && (await fileMatchesDigest(path, digest))) {
+        await syncPath(path);
+        kept++;
+        continue;
+      }
+      if (!(await this.dir.moveToInvalid(id, 'active'))) continue;
+      dropped.push(id);
+      if (!(await this.dir.exists(id, 'active'))) await this.forgetImage(id).catch(() => undefined);
+      const reason = digest === undefined ? 'committed without fsync (relaxed) before an unclean shutdown, no digest to verify it' : 'committed without fsync (relaxed) before an unclean shutdown, its bytes do not match its digest';
+      await this.noteQuarantine(id, this.dir.path(id, 'invalid'), reason).catch(() => undefined);
+    }
+    await syncDirectory(this.dir.baseDir);
+    await unlink(journal.path).catch((error: unknown) => {
+      if (!isErrnoError(error, 'ENOENT')) throw storageError('delete', journal.path, error);
+    });
+    await syncDirectory(this.#stateDir);
+    if (suspects.size > 0) {
+      this.warn({
+        code: 'CACHE_UNSYNCED_RECOVERED',
+        message:
+          `[${this.name}] recovered from an unclean shutdown of a relaxed-durability writer: ${kept} entr${kept === 1 ? 'y' : 'ies'} verified, ` +
+          `${dropped.length} moved to invalid/${dropped.length > 0 ? ` (${dropped.join(', ')})` : ''}`,
+      });
+    }
   }
 
   /** Validates the id (`InvalidImageIdError`), then that the driver is open (`DriverNotOpenError`). */
@@ -278,7 +484,9 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
 
   async isCacheable(id: ImageId): Promise<boolean> {
     this.guard(id);
-    return !(await this.dir.exists(id, 'active')) && !(await this.dir.exists(id, 'incomplete'));
+    // Both checks at once: one round trip to the threadpool instead of two in a row.
+    const [active, incomplete] = await Promise.all([this.dir.exists(id, 'active'), this.dir.exists(id, 'incomplete')]);
+    return !active && !incomplete;
   }
 
   async isQueued(id: ImageId): Promise<boolean> {
@@ -495,13 +703,33 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
 
   async openForWrite(id: ImageId): Promise<CacheWriter> {
     this.guard(id);
-    const handle = await this.dir.openIncomplete(id);
+    const relaxed = this.durability === 'relaxed';
+    let handle: FileHandle;
+    if (relaxed) {
+      // Counted first, so no sync closes the window while this writer opens: the window's journal is
+      // durable before the first byte of a write in it (its start bounds their mtimes).
+      this.#relaxedWriters++;
+      try {
+        await this.#relaxedWindow();
+        handle = await this.dir.openIncomplete(id);
+      } catch (error) {
+        this.#relaxedWriters--;
+        throw error;
+      }
+    } else {
+      handle = await this.dir.openIncomplete(id);
+    }
+    let settled = false;
+    const settle = () => {
+      if (relaxed && !settled) this.#relaxedWriters--;
+      settled = true;
+    };
     return new CacheWriteStream(
       id,
       handle,
       {
-        commit: (h, checksum) => this.#commit(id, h, checksum),
-        rollback: (h, reason) => this.#rollback(id, h, reason),
+        commit: (h, checksum) => this.#commit(id, h, checksum).finally(settle),
+        rollback: (h, reason) => this.#rollback(id, h, reason).finally(settle),
       },
       this.dir.path(id, 'incomplete'),
     );
@@ -519,15 +747,25 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
       await this.prepareCommit(id, incompletePath, info).catch((error: unknown) => {
         throw CacheError.isCacheError(error) ? error : storageError('record metadata on', incompletePath, error);
       });
-      await this.dir.promote(id, handle);
+      if (this.durability === 'strict') {
+        await handle.sync().catch((error: unknown) => {
+          throw storageError('fsync', incompletePath, error);
+        });
+      } else {
+        // Listed before the rename, so a crash that keeps the rename keeps the id in the journal.
+        (await this.#relaxedWindow()).note(id, this.dir.path(id, 'active'));
+      }
+      await this.dir.activate(id);
     } catch (error) {
       await this.#rollback(id, handle, error as Error);
       throw error;
     }
-    await handle.close().catch(() => undefined);
+    // The file is in place: its handle closes while the group runs.
+    const closed = handle.close().catch(() => undefined);
     this.dir.releaseIncomplete(id);
     try {
-      await this.recordCommit(id, info);
+      // Strict: the group's directory fsync (the rename durable) and metadata; relaxed: the metadata.
+      await Promise.all([this.#commits.add({ id, info }), closed]);
     } catch (error) {
       // No active file without its metadata: take the file back out.
       await this.dir.moveToInvalid(id, 'active').catch(() => undefined);
@@ -538,7 +776,45 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
             cause: error,
           });
     }
-    await this.dir.remove(id, 'queue');
+    await this.dir.removeQueueMarker(id);
+  }
+
+  /** One commit group: the directory fsync (strict) while the metadata of every commit in it is recorded. */
+  async #flushCommits(batch: readonly PendingCommit[]): Promise<(Error | undefined)[]> {
+    const dirSync = this.durability === 'strict' ? this.#syncBaseDir() : Promise.resolve();
+    // Started before the metadata: a synchronous store (SQLite) records while the fsync runs on the threadpool.
+    dirSync.catch(() => undefined);
+    const errors: (Error | undefined)[] = batch.map(() => undefined);
+    try {
+      await this.recordCommits(batch);
+    } catch (error) {
+      if (batch.length === 1) errors[0] = error as Error;
+      else {
+        for (const [i, commit] of batch.entries()) {
+          try {
+            await this.recordCommit(commit.id, commit.info);
+          } catch (single) {
+            errors[i] = single as Error;
+          }
+        }
+      }
+    }
+    try {
+      await dirSync;
+    } catch (error) {
+      return batch.map(() => error as Error);
+    }
+    return errors;
+  }
+
+  async #syncBaseDir(): Promise<void> {
+    const handle = this.#baseHandle;
+    if (handle === undefined) return syncDirectory(this.dir.baseDir);
+    try {
+      await handle.sync();
+    } catch (error) {
+      if (!isErrnoError(error, 'EINVAL', 'EISDIR', 'ENOTSUP', 'EOPNOTSUPP')) throw storageError('fsync', this.dir.baseDir, error);
+    }
   }
 
   async #rollback(id: ImageId, handle: FileHandle, reason: Error): Promise<void> {

@@ -33,6 +33,7 @@ export type {
   ReadOptions,
 } from './driver.js';
 export { DEFAULT_STALL_TIME, compareByRecency, type CacheWarning } from './directory-driver.js';
+export { DEFAULT_SYNC_INTERVAL_MS, STATE_DIRECTORY, type Durability } from './durability.js';
 export { guardDriver } from './guard.js';
 export {
   createChecksumHash,

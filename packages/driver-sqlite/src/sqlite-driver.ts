@@ -170,6 +170,19 @@ export class SqliteDriver extends DirectoryCacheDriver {
     );
   }
 
+  /** The commits of one group in one transaction: one journal write and its fsyncs for all of them. */
+  protected override async recordCommits(commits: readonly { id: ImageId; info: CommitInfo }[]): Promise<void> {
+    const [only] = commits;
+    if (commits.length === 1 && only !== undefined) return this.recordCommit(only.id, only.info);
+    this.#run('record commits', (s, db) =>
+      db.transaction(() => {
+        for (const { id, info } of commits) {
+          s.upsert.run({ id, time: info.time, size: info.size, checksum: info.checksum ?? null, fid: info.identity });
+        }
+      })(),
+    );
+  }
+
   protected async recordHit(id: ImageId, time: number, file: EntryStat): Promise<void> {
     const fid = fileIdentity(file);
     const updated = this.#run('record hit', (s) => s.hit.run({ id, time, fid, mtime: file.mtime, size: file.size }).changes);

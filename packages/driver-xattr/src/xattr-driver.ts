@@ -107,11 +107,14 @@ export class XattrDriver extends DirectoryCacheDriver {
   protected async closeMetadata(): Promise<void> {}
 
   protected override async prepareCommit(_id: ImageId, incompletePath: string, info: CommitInfo): Promise<void> {
-    await setAttribute(incompletePath, XATTR.hits, '0');
-    await setAttribute(incompletePath, XATTR.lastAccessed, secondsToNsText(info.time));
-    await setAttribute(incompletePath, XATTR.committed, secondsToNsText(info.time));
-    await setAttribute(incompletePath, XATTR.file, info.identity);
-    if (info.checksum !== undefined) await setAttribute(incompletePath, XATTR.checksum, info.checksum);
+    // Independent attributes of one file: set at once (one threadpool round trip instead of five in a row).
+    await Promise.all([
+      setAttribute(incompletePath, XATTR.hits, '0'),
+      setAttribute(incompletePath, XATTR.lastAccessed, secondsToNsText(info.time)),
+      setAttribute(incompletePath, XATTR.committed, secondsToNsText(info.time)),
+      setAttribute(incompletePath, XATTR.file, info.identity),
+      ...(info.checksum === undefined ? [] : [setAttribute(incompletePath, XATTR.checksum, info.checksum)]),
+    ]);
   }
 
   /** Metadata is on the file, set before the rename: nothing left to record. */

@@ -26,6 +26,7 @@ export const registerPrefetch: RegisterCommand = (program, ctx) => {
     .option('--origin <url-or-dir>', 'URL template with {id} (https://origin/images/{id}), glance+https://host:9292, or a directory (env IMAGE_CACHE_ORIGIN)');
   addOriginOptions(cmd)
     .option('--concurrency <n>', 'images fetched at once (env IMAGE_CACHE_CONCURRENCY; default 4)')
+    .option('--durability <mode>', 'strict: every commit is fsynced before it counts (default); relaxed: no fsync, as Glance; entries not yet synced are re-verified or dropped after a crash (env IMAGE_CACHE_DURABILITY)')
     .option(
       '--retries <n>',
       'whole-image attempts: retries of an image whose attempt failed, e.g. its download broke off mid-body; 404s and checksum mismatches are not retried. ' +

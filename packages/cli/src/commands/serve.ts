@@ -47,6 +47,7 @@ export const registerServe: RegisterCommand = (program, ctx) => {
       'allow serving the management API without a token on an address other hosts can reach: anyone who can connect may delete the cache (env IMAGE_CACHE_INSECURE_OPEN_MANAGEMENT_API)',
     )
     .option('--stall-time <duration>', 'age at which the cleaner deletes an incomplete file (default 1d)')
+    .option('--durability <mode>', 'strict: every commit is fsynced before it counts (default); relaxed: no fsync, as Glance; entries not yet synced are re-verified or dropped after a crash (env IMAGE_CACHE_DURABILITY)')
     .option('--prune-interval <duration>', 'time between prune runs, 0 disables (default 5m)')
     .option('--clean-interval <duration>', 'time between clean runs, 0 disables (default 1h)')
     .option('--prefetch-interval <duration>', 'time between prefetch runs over the queue, 0 disables the timer (default 1m)')

@@ -10,9 +10,17 @@ export function fileKey(info: { dev: bigint | number; ino: bigint | number }): s
   return `${info.dev}:${info.ino}`;
 }
 
+/** The real path of each driver's cache directory, resolved once (every write takes a lock named after it). */
+const realCacheDirs = new WeakMap<CacheDriver, { cacheDir: string; real: string }>();
+
 /** The lock name of `id` in the driver's cache directory. */
 export async function lockNameFor(driver: CacheDriver, id: ImageId): Promise<string> {
-  return fillLockName(await realpath(driver.cacheDir), id);
+  let known = realCacheDirs.get(driver);
+  if (known === undefined || known.cacheDir !== driver.cacheDir) {
+    known = { cacheDir: driver.cacheDir, real: await realpath(driver.cacheDir) };
+    realCacheDirs.set(driver, known);
+  }
+  return fillLockName(known.real, id);
 }
 
 /**

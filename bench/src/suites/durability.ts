@@ -1,0 +1,168 @@
+/**
+ * Figure 15: commits of new 4 KiB entries per driver (sqlite, xattr) in both
+ * durability modes (docs/adr/0007), each beside the raw file operations it
+ * is built on, measured in interleaved rounds in the same run:
+ *
+ * - strict `cacheImage` ÷ the raw durable write (open wx in a staging
+ *   directory, write, fsync, close, rename, fsync of the directory);
+ * - the strict commit through the driver alone (`openForWrite` → `end`) ÷ the
+ *   same raw durable write, for context (no host write lock, no cacheable check);
+ * - sqlite only: strict `cacheImage` ÷ the raw durable write plus a raw
+ *   better-sqlite3 upsert of the row in its own transaction (rollback journal,
+ *   `synchronous = NORMAL`, as the driver's database): the floor when the
+ *   metadata must be durable too;
+ * - relaxed `cacheImage` ÷ the raw non-durable write (open wx, write, close, rename);
+ * - 32 concurrent strict `cacheImage` calls ÷ 32 sequential ones (group commit).
+ */
+import { mkdir, open, rename, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import Database from 'better-sqlite3';
+import type { CacheDriver, Durability, ImageCache } from '@cache/core';
+import { DRIVERS, openCache, type DriverName } from '../drivers.js';
+import { collectGarbage, makeChunk, waitForQuiet } from '../measure.js';
+import { figure } from '../report.js';
+import type { SuiteContext } from '../run.js';
+
+const SMALL = 4096;
+const CONCURRENCY = 32;
+
+async function rawWrite(staging: string, active: string, name: string, bytes: Buffer, durable: boolean): Promise<void> {
+  const from = join(staging, name);
+  const file = await open(from, 'wx');
+  try {
+    await file.write(bytes, 0, bytes.length, 0);
+    if (durable) await file.sync();
+  } finally {
+    await file.close();
+  }
+  await rename(from, join(active, name));
+  if (!durable) return;
+  const dir = await open(active, 'r');
+  try {
+    await dir.sync();
+  } finally {
+    await dir.close();
+  }
+}
+
+/** The raw durable write plus a row upserted in a rollback-journal SQLite database beside the files. */
+function rawSqlite(dir: string): { run: (name: string, bytes: Buffer) => Promise<void>; close: () => void } {
+  const db = new Database(join(dir, 'active', 'raw.db'));
+  db.pragma('journal_mode = DELETE');
+  db.pragma('synchronous = NORMAL');
+  db.exec('CREATE TABLE IF NOT EXISTS t (id TEXT PRIMARY KEY, size INTEGER, at REAL, checksum TEXT)');
+  const upsert = db.prepare(
+    'INSERT INTO t (id, size, at, checksum) VALUES (?, ?, ?, NULL) ON CONFLICT(id) DO UPDATE SET size = excluded.size, at = excluded.at',
+  );
+  return {
+    run: async (name, bytes) => {
+      await rawWrite(join(dir, 'staging'), join(dir, 'active'), name, bytes, true);
+      upsert.run(name, bytes.length, Date.now() / 1000);
+    },
+    close: () => db.close(),
+  };
+}
+
+async function writeThroughDriver(driver: CacheDriver, id: string, bytes: Buffer): Promise<void> {
+  await pipeline(Readable.from([bytes]), await driver.openForWrite(id));
+}
+
+/** Adds the time of `fn` to `totals[key]` and `count` to `counts[key]`. */
+async function timed(totals: Map<string, { ms: number; ops: number }>, key: string, ops: number, fn: () => Promise<unknown>): Promise<void> {
+  const start = performance.now();
+  await fn();
+  const ms = performance.now() - start;
+  const total = totals.get(key) ?? { ms: 0, ops: 0 };
+  total.ms += ms;
+  total.ops += ops;
+  totals.set(key, total);
+}
+
+export async function durabilityFigures(ctx: SuiteContext): Promise<void> {
+  if (!ctx.wanted(15)) return;
+  const { fs, sizes } = ctx;
+  // Rounds of interleaved batches: every side sees the same disturbances.
+  const rounds = sizes.opsTimeMs >= 500 ? 10 : 4;
+  const perBatch = 16;
+  const small = makeChunk(SMALL);
+  for (const driver of DRIVERS) {
+    const base = join(fs.path, `durability-${driver}`);
+    const caches: Partial<Record<Durability, ImageCache>> = {};
+    let sqliteRaw: ReturnType<typeof rawSqlite> | undefined;
+    try {
+      for (const mode of ['strict', 'relaxed'] as const) {
+        const cache = await openCache(driver, join(base, mode), Number.MAX_SAFE_INTEGER, undefined, mode);
+        if (typeof cache === 'string') {
+          ctx.skipDriver([15], driver, cache);
+          break;
+        }
+        caches[mode] = cache;
+      }
+      const strict = caches.strict;
+      const relaxed = caches.relaxed;
+      if (strict === undefined || relaxed === undefined) continue;
+      const raw = join(base, 'raw');
+      for (const sub of ['staging', 'active']) await mkdir(join(raw, sub), { recursive: true });
+      if (driver === 'sqlite') {
+        await mkdir(join(base, 'raw-sqlite', 'staging'), { recursive: true });
+        await mkdir(join(base, 'raw-sqlite', 'active'), { recursive: true });
+        sqliteRaw = rawSqlite(join(base, 'raw-sqlite'));
+      }
+      const sqlite = sqliteRaw;
+      let n = 0;
+      const next = (prefix: string) => `${prefix}-${++n}`;
+      const sides: { key: string; ops: number; run: () => Promise<unknown> }[] = [
+        { key: 'strict', ops: perBatch, run: async () => { for (let i = 0; i < perBatch; i++) await strict.cacheImage(next('s'), Readable.from([small])); } },
+        { key: 'raw-durable', ops: perBatch, run: async () => { for (let i = 0; i < perBatch; i++) await rawWrite(join(raw, 'staging'), join(raw, 'active'), next('r'), small, true); } },
+        { key: 'strict-driver', ops: perBatch, run: async () => { for (let i = 0; i < perBatch; i++) await writeThroughDriver(strict.driver, next('d'), small); } },
+        { key: 'relaxed', ops: perBatch, run: async () => { for (let i = 0; i < perBatch; i++) await relaxed.cacheImage(next('x'), Readable.from([small])); } },
+        { key: 'raw-plain', ops: perBatch, run: async () => { for (let i = 0; i < perBatch; i++) await rawWrite(join(raw, 'staging'), join(raw, 'active'), next('p'), small, false); } },
+        { key: 'strict-32-seq', ops: CONCURRENCY, run: async () => { for (let i = 0; i < CONCURRENCY; i++) await strict.cacheImage(next('q'), Readable.from([small])); } },
+        { key: 'strict-32-conc', ops: CONCURRENCY, run: () => Promise.all(Array.from({ length: CONCURRENCY }, () => strict.cacheImage(next('c'), Readable.from([small])))) },
+        ...(sqlite === undefined
+          ? []
+          : [{ key: 'raw-durable-sqlite', ops: perBatch, run: async () => { for (let i = 0; i < perBatch; i++) await sqlite.run(next('t'), small); } }]),
+      ];
+      // Warm-up: one batch of each, untimed.
+      for (const side of sides) await side.run();
+      const totals = new Map<string, { ms: number; ops: number }>();
+      for (let round = 0; round < rounds; round++) {
+        collectGarbage();
+        await waitForQuiet();
+        // Alternate the order so neither side always runs right after the other's writeback.
+        const order = round % 2 === 0 ? sides : [...sides].reverse();
+        for (const side of order) await timed(totals, side.key, side.ops, side.run);
+      }
+      const rate = (key: string) => {
+        const total = totals.get(key);
+        if (total === undefined) throw new Error(`no measurement for ${key}`);
+        return (total.ops * 1000) / total.ms;
+      };
+      const add = (title: string, oursLabel: string, ours: number, baseLabel: string, baseline: number, goal: number | null) =>
+        ctx.add(
+          figure({
+            figure: 15,
+            title,
+            fs: fs.name,
+            driver,
+            ours: { label: oursLabel, value: ours, unit: 'ops/s' },
+            baseline: { label: baseLabel, value: baseline, unit: 'ops/s' },
+            goal: goal === null ? null : { on: 'ratio', op: '>=', target: goal },
+          }),
+        );
+      add('4 KiB commit, strict', 'cacheImage, durability strict', rate('strict'), 'raw durable write (wx, write, fsync, close, rename, fsync dir)', rate('raw-durable'), 0.9);
+      add('4 KiB commit, strict, driver alone', 'openForWrite → end, strict', rate('strict-driver'), 'raw durable write', rate('raw-durable'), null);
+      if (sqlite !== undefined) {
+        add('4 KiB commit, strict, vs durable write + row', 'cacheImage, durability strict', rate('strict'), 'raw durable write + better-sqlite3 upsert (delete journal, synchronous NORMAL)', rate('raw-durable-sqlite'), null);
+      }
+      add('4 KiB commit, relaxed', 'cacheImage, durability relaxed', rate('relaxed'), 'raw write without fsync (wx, write, close, rename)', rate('raw-plain'), null);
+      add(`${CONCURRENCY} concurrent strict 4 KiB commits`, `${CONCURRENCY} cacheImage at once, strict`, rate('strict-32-conc'), `${CONCURRENCY} strict cacheImage one after the other`, rate('strict-32-seq'), 4);
+    } finally {
+      sqliteRaw?.close();
+      for (const cache of Object.values(caches)) await cache?.close();
+      await rm(base, { recursive: true, force: true });
+    }
+  }
+}

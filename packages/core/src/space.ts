@@ -140,9 +140,7 @@ export interface WriteSpace {
   release(id: ImageId): void;
 }
 
-/** Smallest step an unknown-size write grows its reservation by. */
-const MIN_GROW_STEP = 1024 * 1024;
-/** Largest step. */
+/** Largest step an unknown-size write grows its reservation by (else 1/64 of the budget). */
 const MAX_GROW_STEP = 64 * 1024 * 1024;
 /** The watcher's default interval: a threshold crossing is seen within it. */
 export const DEFAULT_SPACE_INTERVAL_MS = 250;
@@ -439,7 +437,7 @@ export class SpacePolicy implements WriteSpace {
     let reason: BypassReason | undefined;
     if (await this.#diskLow()) reason = 'disk-low';
     else if (this.#host.writeBudget) {
-      const first = size ?? this.#step();
+      const first = size ?? Math.min(this.#step(), this.#host.maxSize);
       reason = await this.#reserve(id, first, first);
     }
     if (reason !== undefined) this.#emit({ type: 'bypass', imageId: id, reason, size });
@@ -447,7 +445,7 @@ export class SpacePolicy implements WriteSpace {
   }
 
   #step(): number {
-    return Math.min(MAX_GROW_STEP, Math.max(MIN_GROW_STEP, Math.floor(this.#host.maxSize / 64)));
+    return Math.min(MAX_GROW_STEP, Math.max(1, Math.floor(this.#host.maxSize / 64)));
   }
 
   reservedFor(id: ImageId): number {

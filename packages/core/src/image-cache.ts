@@ -23,7 +23,7 @@ import { Fill, type FillOptions } from './fill/fill.js';
 import { WriteLock } from './fill/owner.js';
 import { assertImageId, type ImageId } from './image-id.js';
 import { normalizeQuarantineOptions } from './options.js';
-import { cacheFull, SpacePolicy, type ImageCacheSpaceOptions, type SpaceStatus } from './space.js';
+import { cacheFull, SpacePolicy, type ImageCacheSpaceOptions, type SpaceEvent, type SpaceStatus } from './space.js';
 import { SingleFlightReads, type ReadThroughOptions, type ReadThroughResult } from './read-through.js';
 
 /** Deletes `prune()` keeps in flight. */
@@ -102,6 +102,8 @@ export class ImageCache {
   readonly #space: SpacePolicy;
   /** Reads of this process open now, by id: their entries are never evicted by the space policy. */
   readonly #reading = new Map<ImageId, number>();
+  /** Listeners added by {@link addSpaceListener}. */
+  readonly #spaceListeners = new Set<(event: SpaceEvent) => void>();
   /** Fills that have ended but still have readers in this process. */
   readonly #endedFills = new Map<ImageId, Fill>();
 
@@ -121,7 +123,16 @@ export class ImageCache {
       maxSize: this.maxSize,
       writeBudget: options.writeBudget === true,
       isBusy: (id) => (this.#reading.get(id) ?? 0) > 0 || this.#fills.has(id) || this.#endedFills.has(id),
-      onEvent: options.onSpaceEvent,
+      onEvent: (event) => {
+        options.onSpaceEvent?.(event);
+        for (const listener of this.#spaceListeners) {
+          try {
+            listener(event);
+          } catch {
+            // A broken listener must not break a write.
+          }
+        }
+      },
     });
     this.#reads = new SingleFlightReads(
       this.driver,
@@ -176,6 +187,17 @@ export class ImageCache {
    */
   spaceStatus(): Promise<SpaceStatus> {
     return this.#space.status();
+  }
+
+  /**
+   * Tells `listener` of every bypass, eviction, watcher state change and
+   * ENOSPC of the space policy (as {@link ImageCacheSpaceOptions.onSpaceEvent});
+   * returns the function that removes it. A server adds one for its metrics and logs.
+   */
+  addSpaceListener(listener: (event: SpaceEvent) => void): () => void {
+    if (typeof listener !== 'function') throw new InvalidArgumentError('addSpaceListener needs a function');
+    this.#spaceListeners.add(listener);
+    return () => this.#spaceListeners.delete(listener);
   }
 
   // ---- passthroughs -----------------------------------------------------------------

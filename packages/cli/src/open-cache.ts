@@ -1,6 +1,6 @@
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ImageCache, SUBDIRECTORIES, type CacheDriver, type CacheWarning } from '@cache/core';
+import { ImageCache, SUBDIRECTORIES, type CacheDriver, type CacheWarning, type ImageCacheOptions } from '@cache/core';
 import type { DriverName, ResolvedConfig } from './config.js';
 import { CliError, CliErrorCodes, codeOf, ExitCode, operationalError } from './errors.js';
 
@@ -15,6 +15,8 @@ export interface OpenCacheOptions {
   mustExist?: boolean;
   /** Receives the driver's non-fatal warnings. @default process.emitWarning */
   onWarning?: (warning: CacheWarning) => void;
+  /** The space policy (`serve`): the budget on the write path and free-space thresholds (see `ImageCacheSpaceOptions`). @default none */
+  space?: Pick<ImageCacheOptions, 'writeBudget' | 'freeSpace'>;
 }
 
 /**
@@ -37,7 +39,7 @@ export async function openCacheFromConfig(
   if (options.mustExist === true) await assertCacheDirectory(config.cacheDir);
   const driver = await createDriver(config, options.onWarning);
   try {
-    return await ImageCache.open({ driver, maxSize: config.maxSize, stallTime: config.stallTime });
+    return await ImageCache.open({ driver, maxSize: config.maxSize, stallTime: config.stallTime, ...options.space });
   } catch (error) {
     await driver.close().catch(() => undefined);
     throw error;

@@ -1,4 +1,3 @@
-import { createReadStream } from 'node:fs';
 import { Readable } from 'node:stream';
 import {
   CacheStorageError,
@@ -246,7 +245,8 @@ async function sendUncached(context: ServerContext, reply: FastifyReply, id: Ima
     fetched = originFill(id, image).fetched;
   }
   const { source, size } = fetched;
-  const stream = source instanceof Readable ? source : typeof source === 'string' ? createReadStream(source) : Readable.from(source);
+  // The server's fills fetch an origin's stream (never a file path).
+  const stream = source instanceof Readable ? source : Readable.from(source as AsyncIterable<Uint8Array>);
   setImageHeaders(reply, 'MISS');
   reply.header('x-cache-bypass', reason);
   if (size !== undefined) reply.header('content-length', size);

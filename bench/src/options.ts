@@ -12,7 +12,7 @@ export interface FsTarget {
 }
 
 /** The figures are numbered 1..FIGURES (bench/README.md). */
-export const FIGURES = 12;
+export const FIGURES = 13;
 
 /** Figures that need the bench's PostgreSQL server (the postgres driver's rows of 4 and 5, and 8). */
 export const POSTGRES_FIGURES: readonly number[] = [4, 5, 8];
@@ -38,7 +38,7 @@ export const USAGE = `usage: pnpm bench [--quick] [--fs name=/path]... [--out DI
                     dir, plus (as root) a tmpfs and a loop-mounted ext4 that the bench
                     mounts itself and removes on exit, even after a failure
   --out DIR         where latest.json and latest.md go (default: bench/results)
-  --only LIST       only these figures (comma-separated numbers 1..12)
+  --only LIST       only these figures (comma-separated numbers 1..13)
   --help            this text`;
 
 /** Parses the command line (node:util parseArgs); throws with a readable message on bad input. */
@@ -122,6 +122,9 @@ export interface Sizes {
   httpSlowRate: string;
   /** Interleaved repetitions of each side of an HTTP figure (median reported). */
   httpRepeats: number;
+  /** Figure 13: fills per run and the bytes of each (the budget is their product). */
+  spaceFills: number;
+  spaceFillBytes: number;
 }
 
 export const MiB = 1024 * 1024;
@@ -149,6 +152,8 @@ export function sizesFor(quick: boolean): Sizes {
         httpServers: 4,
         httpSlowRate: '1M',
         httpRepeats: 3,
+        spaceFills: 16,
+        spaceFillBytes: 8 * MiB,
       }
     : {
         streamBytes: 1024 * MiB,
@@ -171,5 +176,7 @@ export function sizesFor(quick: boolean): Sizes {
         httpServers: 4,
         httpSlowRate: '1M',
         httpRepeats: 3,
+        spaceFills: 32,
+        spaceFillBytes: 32 * MiB,
       };
 }

@@ -568,9 +568,13 @@ export class ImageCache {
     const input = typeof source === 'string' ? createReadStream(source, { highWaterMark: 1024 * 1024 }) : source;
     try {
       writer.setNoSpaceHandler?.(() => space.noSpace(id, undefined));
-      const gate = new SpaceGate(id, space);
-      if (expected === undefined) await pipeline(input, gate, writer);
-      else await pipeline(input, gate, new VerifyingTransform(id, expected, writer), writer);
+      // The budget's gate only when the write budget is on (reservedFor is then finite): no extra stage otherwise.
+      if (Number.isFinite(space.reservedFor(id))) {
+        const gate = new SpaceGate(id, space);
+        if (expected === undefined) await pipeline(input, gate, writer);
+        else await pipeline(input, gate, new VerifyingTransform(id, expected, writer), writer);
+      } else if (expected === undefined) await pipeline(input, writer);
+      else await pipeline(input, new VerifyingTransform(id, expected, writer), writer);
     } catch (error) {
       // pipeline rejects at the first error; wait until the rollback has moved the file to invalid/.
       if (!writer.destroyed) writer.destroy(error as Error);

@@ -173,6 +173,23 @@ describe('the byte budget on the write path', () => {
     await collect(reading);
   });
 
+  it('a caching stream that outgrows the budget: the client still gets every byte, the cache write fails with CacheFullError and rolls back', async () => {
+    await open(2 * MiB);
+    await cacheEntry('a', MiB);
+    const reading = await cache.openForRead('a');
+    const big = content('big', 2 * MiB);
+    const stream = cache.getCachingStream('big', Readable.from(chunked(big)));
+    const received = await collect(stream);
+    expect(received.equals(big), 'every byte').toBe(true);
+    const outcome = await stream.cacheOutcome;
+    expect(outcome.status).toBe('failed');
+    expect(CacheFullError.isInstance(outcome.error), String(outcome.error)).toBe(true);
+    expect(await cache.isCached('big')).toBe(false);
+    expect(await readdir(join(dir, 'incomplete'))).toEqual([]);
+    expect(bytesOnDisk()).toBeLessThanOrEqual(2 * MiB);
+    await collect(reading);
+  });
+
   it('incomplete/ and invalid/ count: a failed write in invalid/ is evicted first', async () => {
     await open(3 * MiB);
     await cacheEntry('a', MiB);

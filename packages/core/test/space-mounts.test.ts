@@ -87,12 +87,14 @@ afterEach(async () => {
   for (const file of fillers.splice(0)) rmSync(file, { force: true });
 });
 
-/** Another process writes `bytes` into `file` beside the cache (a real writer, as a VM disk would be). */
+/**
+ * Another process takes `bytes` of the disk beside the cache, in one step
+ * (`fallocate`, as a VM disk image would be allocated): the watcher then sees
+ * one crossing, not a disk that keeps filling while it culls.
+ */
 async function fillBeside(file: string, bytes: number): Promise<void> {
   fillers.push(file);
-  const script = `const fs=require('fs');const fd=fs.openSync(process.argv[1],'w');const b=Buffer.alloc(1<<20,7);let n=Number(process.argv[2]);
-try{while(n>0){const w=fs.writeSync(fd,b,0,Math.min(n,b.length));n-=w;}}catch(e){if(e.code!=='ENOSPC')throw e;}fs.fsyncSync(fd);fs.closeSync(fd);`;
-  await run(process.execPath, ['-e', script, file, String(bytes)]);
+  await run('fallocate', ['-l', String(bytes), file]);
 }
 
 async function freeBytes(dir: string): Promise<number> {

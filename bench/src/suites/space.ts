@@ -3,15 +3,17 @@
  * fills of S bytes each (size known, as an origin's Content-Length), one
  * after the other, through `ImageCache.fill` with the write budget on:
  * - ours: into a full cache (N entries of S bytes, budget N × S), so that
- *   every fill first evicts the least recently used entry (a listing, a
- *   choice, an unlink and a metadata delete) before it writes;
+ *   every fill needs the least recently used entry evicted (a listing, a
+ *   choice, an unlink and a metadata delete), with the headroom
+ *   `image-cache serve` keeps (`suggestedHeadroom`: 1/64 of the budget), so
+ *   that, after the first, the unlink runs behind the previous fill's writes;
  * - baseline: the same fills into an empty cache (budget N × S, nothing to evict).
  * Both sides run `streamRepeats` times, interleaved, on the same filesystem;
  * the fastest run of each is reported (as figures 1-3).
  */
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { BadDriverConfigurationError, ImageCache } from '@cache/core';
+import { BadDriverConfigurationError, ImageCache, suggestedHeadroom } from '@cache/core';
 import { createDriver, DRIVERS } from '../drivers.js';
 import { collectGarbage, fastest, generate, makeChunk, median, mibPerSecond, timedRun } from '../measure.js';
 import { MiB } from '../options.js';
@@ -20,7 +22,8 @@ import type { SuiteContext } from '../run.js';
 
 async function openBudgeted(driver: (typeof DRIVERS)[number], dir: string, maxSize: number): Promise<ImageCache | string> {
   try {
-    return await ImageCache.open({ driver: createDriver(driver, dir), maxSize, writeBudget: true });
+    // As `image-cache serve` runs it: the write budget with its suggested headroom.
+    return await ImageCache.open({ driver: createDriver(driver, dir), maxSize, writeBudget: true, headroom: suggestedHeadroom(maxSize) });
   } catch (error) {
     if (BadDriverConfigurationError.isInstance(error)) return (error as Error).message;
     throw error;

@@ -16,7 +16,7 @@ export interface OpenCacheOptions {
   /** Receives the driver's non-fatal warnings. @default process.emitWarning */
   onWarning?: (warning: CacheWarning) => void;
   /** The space policy (`serve`): the budget on the write path and free-space thresholds (see `ImageCacheSpaceOptions`). @default none */
-  space?: Pick<ImageCacheOptions, 'writeBudget' | 'freeSpace'>;
+  space?: Pick<ImageCacheOptions, 'writeBudget' | 'headroom' | 'freeSpace'>;
 }
 
 /**

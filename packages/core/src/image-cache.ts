@@ -109,7 +109,7 @@ export class ImageCache {
 
   private constructor(
     options: Required<Pick<ImageCacheOptions, 'driver' | 'maxSize' | 'stallTime'>> &
-      Pick<ImageCacheOptions, 'onCacheError' | 'writeBudget' | 'onSpaceEvent'>,
+      Pick<ImageCacheOptions, 'onCacheError' | 'writeBudget' | 'onSpaceEvent' | 'headroom'>,
   ) {
     this.driver = options.driver;
     this.maxSize = options.maxSize;
@@ -122,6 +122,7 @@ export class ImageCache {
       files: this.#files,
       maxSize: this.maxSize,
       writeBudget: options.writeBudget === true,
+      headroom: options.headroom ?? 0,
       isBusy: (id) => (this.#reading.get(id) ?? 0) > 0 || this.#fills.has(id) || this.#endedFills.has(id),
       onEvent: (event) => {
         options.onSpaceEvent?.(event);
@@ -143,7 +144,7 @@ export class ImageCache {
 
   /** Validates the options, configures the driver and returns the cache. */
   static async open(options: ImageCacheOptions): Promise<ImageCache> {
-    const { driver, maxSize = DEFAULT_MAX_SIZE, stallTime = DEFAULT_STALL_TIME, onCacheError, writeBudget, freeSpace, onSpaceEvent } = options ?? {};
+    const { driver, maxSize = DEFAULT_MAX_SIZE, stallTime = DEFAULT_STALL_TIME, onCacheError, writeBudget, freeSpace, onSpaceEvent, headroom } = options ?? {};
     if (driver === undefined || driver === null || typeof driver.configure !== 'function') {
       throw new BadDriverConfigurationError('ImageCache', 'options.driver must be a CacheDriver instance');
     }
@@ -155,11 +156,14 @@ export class ImageCache {
     if (writeBudget !== undefined && typeof writeBudget !== 'boolean') {
       throw new InvalidArgumentError(`writeBudget must be a boolean, got ${String(writeBudget)}`);
     }
+    if (headroom !== undefined && (!Number.isSafeInteger(headroom) || headroom < 0 || headroom > maxSize)) {
+      throw new InvalidArgumentError(`headroom must be an integer number of bytes from 0 to maxSize, got ${String(headroom)}`);
+    }
     if (onSpaceEvent !== undefined && typeof onSpaceEvent !== 'function') throw new InvalidArgumentError('onSpaceEvent must be a function');
     // The lifecycle and id guards apply to any driver, not only to subclasses of DirectoryCacheDriver.
     const guarded = guardDriver(driver);
     await guarded.configure();
-    const cache = new ImageCache({ driver: guarded, maxSize, stallTime, onCacheError, writeBudget, onSpaceEvent });
+    const cache = new ImageCache({ driver: guarded, maxSize, stallTime, onCacheError, writeBudget, onSpaceEvent, headroom });
     if (freeSpace !== undefined) {
       try {
         await cache.#space.watch(freeSpace);

@@ -48,6 +48,7 @@ export {
   DEFAULT_SPACE_INTERVAL_MS,
   diskSpace,
   resolveThresholds,
+  suggestedHeadroom,
   type BypassReason,
   type DiskSpace,
   type EvictionCause,

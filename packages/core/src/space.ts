@@ -84,6 +84,15 @@ export interface ImageCacheSpaceOptions {
    * behaviour). @default false
    */
   writeBudget?: boolean;
+  /**
+   * With {@link writeBudget}: bytes kept free below `maxSize` ahead of the
+   * next write. After a reservation leaves less than this free in the
+   * budget, least recently used idle entries are evicted in the background
+   * (after the decision, while the write runs), so that the next write finds
+   * its room without waiting for an unlink. The budget itself is never
+   * exceeded either way. `image-cache serve` uses {@link suggestedHeadroom}. @default 0
+   */
+  headroom?: number;
   /** Free-space thresholds with a background watcher (see {@link FreeSpaceOptions}). @default none */
   freeSpace?: FreeSpaceOptions;
   /** Told of every bypass, eviction, state change and ENOSPC of the space policy. */
@@ -118,6 +127,8 @@ export interface SpaceHost {
   files: CacheDirectory;
   maxSize: number;
   writeBudget: boolean;
+  /** Bytes kept free below the budget by background eviction (see {@link ImageCacheSpaceOptions.headroom}). */
+  headroom: number;
   /** True while this process reads or fills `id` (such an entry is never evicted). */
   isBusy(id: ImageId): boolean;
   onEvent: ((event: SpaceEvent) => void) | undefined;
@@ -150,6 +161,15 @@ const MESSAGES: Record<BypassReason, string> = {
   'budget-full': 'the cache budget is held by images being read or written',
   'disk-low': 'free space on the cache filesystem is below the stop threshold',
 };
+
+/**
+ * A headroom for a budget of `maxSize` bytes: 1/64 of it, at most 64 MiB
+ * (what `image-cache serve` keeps free below its budget, see
+ * {@link ImageCacheSpaceOptions.headroom}).
+ */
+export function suggestedHeadroom(maxSize: number): number {
+  return Math.min(MAX_GROW_STEP, Math.floor(maxSize / 64));
+}
 
 /** A {@link CacheFullError} for `reason`. */
 export function cacheFull(id: ImageId, reason: BypassReason, detail = ''): CacheFullError {
@@ -429,8 +449,22 @@ export class SpacePolicy implements WriteSpace {
         if (over > 0 && (await this.#evict(usage, over, 0, 'budget', false)) < over) return 'budget-full';
       }
       this.#reserved.set(id, total);
+      if (this.#host.writeBudget && this.#host.headroom > 0) this.#keepHeadroom();
       return undefined;
     });
+  }
+
+  /**
+   * Queued behind the decision that called it (never awaited by the write):
+   * evicts idle least recently used entries until the budget has
+   * `headroom` bytes free again, or nothing idle is left.
+   */
+  #keepHeadroom(): void {
+    void this.#serialize(async () => {
+      const usage = await this.#usage();
+      const over = usage.used + this.#host.headroom - this.#host.maxSize;
+      if (over > 0) await this.#evict(usage, over, 0, 'budget', true);
+    }).catch(() => undefined);
   }
 
   async admit(id: ImageId, size: number | undefined): Promise<BypassReason | undefined> {

@@ -254,6 +254,39 @@ describe('the byte budget on the write path', () => {
     expect(bytesOnDisk()).toBeLessThanOrEqual(budget);
   });
 
+  it('with headroom, idle entries are evicted behind each reservation, so the next fill finds its room without evicting', async () => {
+    cache = await ImageCache.open({
+      driver: new MemoryDriver({ cacheDir: dir }),
+      maxSize: 4 * MiB,
+      writeBudget: true,
+      headroom: MiB,
+      onSpaceEvent: (event) => events.push(event),
+    });
+    const fillOf = async (id: string) => {
+      const data = content(id, MiB);
+      return cache.fill(id, { fetch: () => ({ source: Readable.from(chunked(data)), size: data.length }) }).done;
+    };
+    for (const id of ['a', 'b', 'c']) expect(await fillOf(id)).toMatchObject({ status: 'committed' });
+    expect(evicted(), 'three of four MiB used: the headroom is there').toEqual([]);
+    // d fits without an eviction; behind its reservation, the least recently used entry goes to restore the headroom.
+    expect(await fillOf('d')).toMatchObject({ status: 'committed' });
+    await cache.spaceStatus(); // queued behind the background eviction: it has run
+    expect(evicted()).toEqual(['a']);
+    expect(await fillOf('e')).toMatchObject({ status: 'committed' });
+    const status = await cache.spaceStatus();
+    expect(evicted()).toEqual(['a', 'b']);
+    expect(status.active, 'the budget minus the headroom').toBe(3 * MiB);
+    expect(bytesOnDisk()).toBeLessThanOrEqual(4 * MiB);
+  });
+
+  it('refuses a headroom that is not 0..maxSize bytes', async () => {
+    for (const headroom of [-1, 1.5, 5 * MiB]) {
+      await expect(
+        ImageCache.open({ driver: new MemoryDriver({ cacheDir: dir }), maxSize: 4 * MiB, writeBudget: true, headroom }),
+      ).rejects.toSatisfy((error: unknown) => InvalidArgumentError.isInstance(error));
+    }
+  });
+
   it('without writeBudget, writes never evict (Glance: prune() enforces the budget)', async () => {
     cache = await ImageCache.open({ driver: new MemoryDriver({ cacheDir: dir }), maxSize: MiB, onSpaceEvent: (event) => events.push(event) });
     for (const id of ['a', 'b']) await cacheEntry(id, MiB);

@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Command } from 'commander';
 import type { Origin } from '@cache/origin';
-import { diskSpace, InvalidArgumentError, resolveThresholds, type DiskSpace, type FreeSpaceOptions } from '@cache/core';
+import { diskSpace, InvalidArgumentError, resolveThresholds, suggestedHeadroom, type DiskSpace, type FreeSpaceOptions } from '@cache/core';
 import { createCacheServer, isLoopbackHost } from '@cache/server';
 import { resolveConfig, type ConfigFlags, type ResolvedConfig } from '../config.js';
 import { DEMO_IMAGES, startDemoOrigin, type DemoOrigin } from '../demo/origin.js';
@@ -125,7 +125,7 @@ export const registerServe: RegisterCommand = (program, ctx) => {
       try {
         cache = await openCacheFromConfig(config, {
           onWarning: (warning) => ctx.warn(`${warning.message} [${warning.code}]`),
-          space: { writeBudget: true, ...(freeSpace === undefined ? {} : { freeSpace }) },
+          space: { writeBudget: true, headroom: suggestedHeadroom(config.maxSize), ...(freeSpace === undefined ? {} : { freeSpace }) },
         });
       } catch (error) {
         await demoOrigin?.close();

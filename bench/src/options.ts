@@ -122,6 +122,9 @@ export interface Sizes {
   httpSlowRate: string;
   /** Interleaved repetitions of each side of an HTTP figure (median reported). */
   httpRepeats: number;
+  /** Figure 13: fills per run and the bytes of each (the budget is their product). */
+  spaceFills: number;
+  spaceFillBytes: number;
 }
 
 export const MiB = 1024 * 1024;
@@ -149,6 +152,8 @@ export function sizesFor(quick: boolean): Sizes {
         httpServers: 4,
         httpSlowRate: '1M',
         httpRepeats: 3,
+        spaceFills: 16,
+        spaceFillBytes: 8 * MiB,
       }
     : {
         streamBytes: 1024 * MiB,
@@ -171,5 +176,7 @@ export function sizesFor(quick: boolean): Sizes {
         httpServers: 4,
         httpSlowRate: '1M',
         httpRepeats: 3,
+        spaceFills: 32,
+        spaceFillBytes: 32 * MiB,
       };
 }

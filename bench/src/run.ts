@@ -16,6 +16,7 @@ import { listingFigures } from './suites/listings.js';
 import { opsFigures } from './suites/ops.js';
 import { readThroughFigures } from './suites/readthrough.js';
 import { HTTP_FIGURES, serverFillFigures } from './suites/server-fill.js';
+import { spaceFigures } from './suites/space.js';
 import { streamFigures } from './suites/streams.js';
 
 /** What main.ts hands over. */
@@ -109,6 +110,7 @@ const suites = [
   { figures: [7], run: readThroughFigures },
   { figures: [8], run: clusterFigures },
   { figures: [...HTTP_FIGURES], run: serverFillFigures },
+  { figures: [13], run: spaceFigures },
   { figures: [15], run: durabilityFigures },
 ];
 

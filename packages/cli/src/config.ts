@@ -1,11 +1,11 @@
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { lilconfig } from 'lilconfig';
-import { DEFAULT_MAX_SIZE, DEFAULT_STALL_TIME, type Durability } from '@cache/core';
+import { DEFAULT_MAX_SIZE, DEFAULT_STALL_TIME, type Durability, type SpaceThreshold } from '@cache/core';
 import { HTTP_ORIGIN_DEFAULTS } from '@cache/origin';
 import { CliErrorCodes, usageError } from './errors.js';
 import { parseOriginHeaders, parseOriginToken } from './origin-options.js';
 import type { RecordedServer } from './settings-file.js';
-import { parseBoolean, parseDuration, parseInteger, parseSize } from './units.js';
+import { parseBoolean, parseDuration, parseInteger, parseSize, parseThreshold } from './units.js';
 
 /** The metadata drivers the CLI can open. */
 export const DRIVERS = ['sqlite', 'xattr', 'postgres'] as const;
@@ -56,6 +56,9 @@ export interface ConfigFlags {
   tlsKey?: string | undefined;
   maxConnections?: string | undefined;
   rateLimit?: string | undefined;
+  freeRun?: string | undefined;
+  freeCull?: string | undefined;
+  freeStop?: string | undefined;
   databaseUrl?: string | undefined;
   nodeId?: string | undefined;
   advertiseUrl?: string | undefined;
@@ -143,6 +146,14 @@ export interface ResolvedConfig {
   tlsKey: string | undefined;
   /** `serve`: connections accepted at once; `undefined`: no limit. */
   maxConnections: number | undefined;
+  /**
+   * `serve`: free-space thresholds of the cache filesystem (cachefiles'
+   * brun/bcull/bstop): culling stops once `freeRun` is free, starts below
+   * `freeCull`; below `freeStop` nothing new is cached. All three or none. @default none
+   */
+  freeRun: SpaceThreshold | undefined;
+  freeCull: SpaceThreshold | undefined;
+  freeStop: SpaceThreshold | undefined;
   /** `serve`: requests per client IP per window (`window` in seconds); `undefined`: no limit. */
   rateLimit: RateLimit | undefined;
   /**
@@ -230,6 +241,9 @@ export type SettingName =
   | 'tlsKey'
   | 'maxConnections'
   | 'rateLimit'
+  | 'freeRun'
+  | 'freeCull'
+  | 'freeStop'
   | 'databaseUrl'
   | 'nodeId'
   | 'advertiseUrl'
@@ -308,6 +322,9 @@ const SETTINGS: { [K in SettingName]: Setting<ResolvedConfig[K]> } = {
   tlsKey: { env: 'IMAGE_CACHE_TLS_KEY', flag: '--tls-key', parse: scalar(parseText), fallback: undefined, path: true },
   maxConnections: { env: 'IMAGE_CACHE_MAX_CONNECTIONS', flag: '--max-connections', parse: scalar((v, w) => parseInteger(v, w, 1, 1_000_000)), fallback: undefined },
   rateLimit: { env: 'IMAGE_CACHE_RATE_LIMIT', flag: '--rate-limit', parse: scalar(parseRateLimit), fallback: undefined },
+  freeRun: { env: 'IMAGE_CACHE_FREE_RUN', flag: '--free-run', parse: scalar(parseThreshold), fallback: undefined },
+  freeCull: { env: 'IMAGE_CACHE_FREE_CULL', flag: '--free-cull', parse: scalar(parseThreshold), fallback: undefined },
+  freeStop: { env: 'IMAGE_CACHE_FREE_STOP', flag: '--free-stop', parse: scalar(parseThreshold), fallback: undefined },
   databaseUrl: { env: 'IMAGE_CACHE_DATABASE_URL', flag: '--database-url', parse: scalar(parseText), fallback: undefined },
   nodeId: { env: 'IMAGE_CACHE_NODE_ID', flag: '--node-id', parse: scalar(parseText), fallback: undefined },
   advertiseUrl: { env: 'IMAGE_CACHE_ADVERTISE_URL', flag: '--advertise-url', parse: scalar(parseHttpUrl), fallback: undefined },
@@ -465,6 +482,9 @@ export async function resolveConfig(options: ResolveConfigOptions = {}): Promise
     tlsKey: resolveOne('tlsKey'),
     maxConnections: resolveOne('maxConnections'),
     rateLimit: resolveOne('rateLimit'),
+    freeRun: resolveOne('freeRun'),
+    freeCull: resolveOne('freeCull'),
+    freeStop: resolveOne('freeStop'),
     databaseUrl: resolveOne('databaseUrl') ?? nonEmpty(env['DATABASE_URL']), // the libpq-style fallback
     nodeId: resolveOne('nodeId'),
     advertiseUrl: resolveOne('advertiseUrl'),

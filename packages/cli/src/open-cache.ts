@@ -1,6 +1,6 @@
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ImageCache, SUBDIRECTORIES, type CacheDriver, type CacheWarning } from '@cache/core';
+import { ImageCache, SUBDIRECTORIES, type CacheDriver, type CacheWarning, type ImageCacheOptions } from '@cache/core';
 import type { PostgresConnectionEvent } from '@cache/driver-postgres';
 import type { DriverName, ResolvedConfig } from './config.js';
 import { CliError, CliErrorCodes, codeOf, ExitCode, operationalError } from './errors.js';
@@ -22,6 +22,8 @@ export interface OpenCacheOptions {
    * `startWhileUnavailable`); each attempt is reported here. For `serve`.
    */
   onPostgresConnection?: (event: PostgresConnectionEvent) => void;
+  /** The space policy (`serve`): the budget on the write path and free-space thresholds (see `ImageCacheSpaceOptions`). @default none */
+  space?: Pick<ImageCacheOptions, 'writeBudget' | 'headroom' | 'freeSpace'>;
 }
 
 /**
@@ -44,7 +46,7 @@ export async function openCacheFromConfig(
   if (options.mustExist === true) await assertCacheDirectory(config.cacheDir);
   const driver = await createDriver(config, options.onWarning, options.onPostgresConnection);
   try {
-    return await ImageCache.open({ driver, maxSize: config.maxSize, stallTime: config.stallTime });
+    return await ImageCache.open({ driver, maxSize: config.maxSize, stallTime: config.stallTime, ...options.space });
   } catch (error) {
     await driver.close().catch(() => undefined);
     throw error;

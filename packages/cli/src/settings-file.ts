@@ -1,6 +1,7 @@
 import { readFile, rename, unlink, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
+import type { SpaceThreshold } from '@cache/core';
 import { redactUrl } from '@cache/origin';
 import type { ConfigSource, DriverName, ResolvedConfig } from './config.js';
 import { DRIVERS } from './config.js';
@@ -57,6 +58,10 @@ export interface RecordedSettings {
     shutdownTimeout: RecordedSetting<number>;
     readinessWindow: RecordedSetting<number>;
     allowUnverified: RecordedSetting<boolean>;
+    /** The free-space thresholds (null: none); absent in files of earlier versions. */
+    freeSpace?: RecordedSetting<{ run: SpaceThreshold; cull: SpaceThreshold; stop: SpaceThreshold } | null>;
+    /** Whether every write reserves its space in the budget first (serve: always); absent in files of earlier versions. */
+    writeBudget?: RecordedSetting<boolean>;
   };
   /** The config file serve read, if any. */
   configFile: string | null;
@@ -109,6 +114,11 @@ export function recordSettings(
       shutdownTimeout: setting('shutdownTimeout', config.shutdownTimeout),
       readinessWindow: setting('readinessWindow', config.readinessWindow),
       allowUnverified: setting('allowUnverified', config.allowUnverified),
+      freeSpace:
+        config.freeRun !== undefined && config.freeCull !== undefined && config.freeStop !== undefined
+          ? setting('freeRun', { run: config.freeRun, cull: config.freeCull, stop: config.freeStop })
+          : { value: null, source: 'default' },
+      writeBudget: { value: true, source: 'default' },
     },
     configFile: config.configFile ?? null,
   };

@@ -29,6 +29,37 @@ export function parseSize(text: string | number, what = 'size'): number {
   return value;
 }
 
+/**
+ * Parses a free-space threshold (`--free-run`, `--free-cull`, `--free-stop`):
+ * a percentage of the cache filesystem (`10%`, `2.5%`: of its blocks and its
+ * inodes) or a size of free space (`20GiB`, as {@link parseSize}: blocks only).
+ *
+ * @throws CliError `CLI_INVALID_SIZE` (exit code 2) for anything else, or a percentage outside 0 to 100 (exclusive).
+ */
+export function parseThreshold(text: string | number, what = 'threshold'): { percent: number } | { bytes: number } {
+  const match = typeof text === 'string' ? /^\s*(\d+(?:\.\d+)?)\s*%\s*$/.exec(text) : null;
+  if (match !== null) {
+    const percent = Number(match[1]);
+    if (percent >= 100) {
+      throw usageError(CliErrorCodes.INVALID_SIZE, `invalid ${what} ${JSON.stringify(text)}: a percentage of the filesystem must be below 100%`);
+    }
+    return { percent };
+  }
+  try {
+    return { bytes: parseSize(text, what) };
+  } catch {
+    throw usageError(
+      CliErrorCodes.INVALID_SIZE,
+      `invalid ${what} ${JSON.stringify(String(text))}: use a percentage of the filesystem (e.g. 7%) or a size of free space (e.g. 20GiB)`,
+    );
+  }
+}
+
+/** A threshold as the operator writes it: `7%`, `20 GiB`. */
+export function formatThreshold(threshold: { percent: number } | { bytes: number }): string {
+  return 'percent' in threshold ? `${threshold.percent}%` : formatSizeExact(threshold.bytes);
+}
+
 function invalidSize(text: string, what: string) {
   return usageError(
     CliErrorCodes.INVALID_SIZE,

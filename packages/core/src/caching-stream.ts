@@ -8,6 +8,7 @@ import { ChecksumMismatchError, ImageBeingCachedError } from './errors.js';
 import { WriteLock } from './fill/owner.js';
 import type { ImageId } from './image-id.js';
 import { ParallelHash } from './parallel-hash.js';
+import { cacheFull, type WriteSpace } from './space.js';
 
 /**
  * How long a caching stream whose client stopped reading waits for the source
@@ -59,9 +60,13 @@ export class CachingStream extends Readable {
   #lastWriter: CacheWriter | undefined;
   /** Bytes handed to the cache writer. */
   #cachedBytes = 0;
+  readonly #space: WriteSpace | undefined;
+  /** Bytes the space policy has reserved for this write. */
+  #reservedBytes = 0;
 
   /**
    * @param lock - @internal the host's write lock of `id`, when the caller already holds it.
+   * @param space - @internal the cache's space policy.
    */
   constructor(
     driver: CacheDriver,
@@ -70,6 +75,7 @@ export class CachingStream extends Readable {
     expected: NormalizedChecksum | undefined,
     onCacheError?: (error: Error, imageId: ImageId) => void,
     lock?: WriteLock,
+    space?: WriteSpace,
   ) {
     super({ highWaterMark: 1024 * 1024 });
     this.imageId = id;
@@ -79,6 +85,7 @@ export class CachingStream extends Readable {
     this.#hash = expected === undefined ? undefined : new ParallelHash(expected.algorithm);
     this.#onCacheError = onCacheError;
     this.#lock = lock;
+    this.#space = space;
     this.cacheOutcome = new Promise((resolve) => (this.#settle = resolve));
   }
 
@@ -88,11 +95,12 @@ export class CachingStream extends Readable {
     this.#settle(outcome);
     const lock = this.#lock;
     this.#lock = undefined;
-    if (lock === undefined) return;
     // Followers (fills of other processes) learn the outcome once the file is where it ends up.
     const writer = this.#lastWriter;
     const moved = writer === undefined ? Promise.resolve() : whenClosed(writer);
     void moved.then(() => {
+      this.#space?.release(this.imageId);
+      if (lock === undefined) return;
       if (outcome.status === 'committed') {
         lock.committed(this.#cachedBytes, this.#expected === undefined ? undefined : formatChecksum(this.#expected));
       } else if (outcome.status === 'skipped' || outcome.error === undefined) {
@@ -160,11 +168,21 @@ export class CachingStream extends Readable {
         this.#finishOutcome({ status: 'skipped' });
         return;
       }
+      // The space policy (ADR 0006): below the stop threshold, or no room in the budget -> pass through.
+      const bypass = await this.#space?.admit(this.imageId, undefined);
+      if (bypass !== undefined) {
+        this.#finishOutcome({ status: 'skipped', error: cacheFull(this.imageId, bypass) });
+        return;
+      }
+      this.#reservedBytes = this.#space?.reservedFor(this.imageId) ?? Number.POSITIVE_INFINITY;
       const writer = await openWriterIfCacheable(this.#driver, this.imageId);
       if (writer === undefined) {
         this.#finishOutcome({ status: 'skipped' });
         return;
       }
+      const space = this.#space;
+      // Of unknown size: an ENOSPC is reported to the policy, and the write rolls back.
+      if (space !== undefined) writer.setNoSpaceHandler?.(() => space.noSpace(this.imageId, undefined));
       writer.on('error', (error: Error) => {
         if (this.#writer === writer) this.#cacheFailed(error);
       });
@@ -219,6 +237,16 @@ export class CachingStream extends Readable {
   async #writeToCache(chunk: Buffer): Promise<void> {
     const writer = this.#writer;
     if (writer === undefined || chunk.length === 0) return;
+    if (this.#cachedBytes + chunk.length > this.#reservedBytes && this.#space !== undefined) {
+      // The budget grows with the write (evicting as it goes); no room: the cache write fails, the client goes on.
+      const full = await this.#space.grow(this.imageId, this.#cachedBytes + chunk.length);
+      if (this.#writer !== writer) return;
+      if (full !== undefined) {
+        this.#cacheFailed(full);
+        return;
+      }
+      this.#reservedBytes = this.#space.reservedFor(this.imageId);
+    }
     this.#cachedBytes += chunk.length;
     if (writer.write(chunk)) return;
     await drainOrClose(writer);

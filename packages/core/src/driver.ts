@@ -206,6 +206,13 @@ export interface CacheWriter extends Writable {
    * `CacheWriteStream` has it.
    */
   abortOnEnd?(reason: Error): void;
+  /**
+   * Optional: called when a write fails with ENOSPC (or EDQUOT), with the
+   * bytes of that write still unwritten; resolving true retries the write
+   * once (the space policy evicted enough), false fails it as before.
+   * `CacheWriteStream` has it.
+   */
+  setNoSpaceHandler?(handler: (unwritten: number) => Promise<boolean>): void;
 }
 
 /**

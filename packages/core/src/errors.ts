@@ -22,6 +22,7 @@ export const ErrorCodes = {
   FILL_ABORTED: 'CACHE_FILL_ABORTED',
   RANGE_NOT_SATISFIABLE: 'CACHE_RANGE_NOT_SATISFIABLE',
   IMAGE_CHANGED: 'CACHE_IMAGE_CHANGED',
+  CACHE_FULL: 'CACHE_FULL',
 } as const;
 
 /** One of the values of {@link ErrorCodes}. */
@@ -282,6 +283,26 @@ export class FillAbortedError extends CacheError {
     this.imageId = imageId;
   }
   static isInstance = codeGuard<FillAbortedError>(ErrorCodes.FILL_ABORTED);
+}
+
+/**
+ * The space policy refused to cache an image, or to let a write grow: it
+ * cannot fit in the byte budget even with everything evictable evicted
+ * (`too-large`, `budget-full`), or the disk is below the `stop` free-space
+ * threshold (`disk-low`). Nothing was committed; a client streaming the image
+ * gets it uncached.
+ */
+export class CacheFullError extends CacheError {
+  /** The image that was not cached. */
+  readonly imageId: string;
+  /** Why: `too-large` (larger than the whole budget), `budget-full` (the rest is being read or written), `disk-low`. */
+  readonly reason: 'too-large' | 'budget-full' | 'disk-low';
+  constructor(imageId: string, reason: 'too-large' | 'budget-full' | 'disk-low', message: string) {
+    super(ErrorCodes.CACHE_FULL, `not caching image ${describeId(imageId)}: ${message}`);
+    this.imageId = imageId;
+    this.reason = reason;
+  }
+  static isInstance = codeGuard<CacheFullError>(ErrorCodes.CACHE_FULL);
 }
 
 function describeId(id: unknown): string {

@@ -1,5 +1,5 @@
 import { createReadStream } from 'node:fs';
-import type { Readable } from 'node:stream';
+import { Transform, type Readable, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { CacheDirectory, fileIdentity, mapLimit, sameFile, type EntryStat, type EntryStatus } from './cache-dir.js';
 import { formatChecksum, normalizeChecksum } from './checksum.js';
@@ -23,6 +23,7 @@ import { Fill, type FillOptions } from './fill/fill.js';
 import { WriteLock } from './fill/owner.js';
 import { assertImageId, type ImageId } from './image-id.js';
 import { normalizeQuarantineOptions } from './options.js';
+import { cacheFull, SpacePolicy, type ImageCacheSpaceOptions, type SpaceEvent, type SpaceStatus } from './space.js';
 import { SingleFlightReads, type ReadThroughOptions, type ReadThroughResult } from './read-through.js';
 
 /** Deletes `prune()` keeps in flight. */
@@ -35,10 +36,10 @@ const REMEMBERED_DIGESTS = 4096;
 export const DEFAULT_MAX_SIZE = 10 * 1024 ** 3;
 
 /** Options of {@link ImageCache.open}. */
-export interface ImageCacheOptions {
+export interface ImageCacheOptions extends ImageCacheSpaceOptions {
   /** The metadata driver; `open` configures it. */
   driver: CacheDriver;
-  /** Byte budget that `prune()` enforces. @default 10 GiB */
+  /** Byte budget that `prune()` enforces, and every write too with {@link ImageCacheSpaceOptions.writeBudget}. @default 10 GiB */
   maxSize?: number;
   /** Seconds after which `clean()` deletes an incomplete file. @default 86400 */
   stallTime?: number;
@@ -97,14 +98,43 @@ export class ImageCache {
   readonly #files: CacheDirectory;
   /** Stored digests seen by {@link stat}, by file identity (bounded, least recently seen dropped first). */
   readonly #digests = new Map<string, string>();
+  /** The space policy: reservations, eviction on the write path, free-space thresholds (ADR 0006). */
+  readonly #space: SpacePolicy;
+  /** Reads of this process open now, by id: their entries are never evicted by the space policy. */
+  readonly #reading = new Map<ImageId, number>();
+  /** Listeners added by {@link addSpaceListener}. */
+  readonly #spaceListeners = new Set<(event: SpaceEvent) => void>();
+  /** Fills that have ended but still have readers in this process. */
+  readonly #endedFills = new Map<ImageId, Fill>();
 
-  private constructor(options: Required<Omit<ImageCacheOptions, 'onCacheError'>> & Pick<ImageCacheOptions, 'onCacheError'>) {
+  private constructor(
+    options: Required<Pick<ImageCacheOptions, 'driver' | 'maxSize' | 'stallTime'>> &
+      Pick<ImageCacheOptions, 'onCacheError' | 'writeBudget' | 'onSpaceEvent' | 'headroom'>,
+  ) {
     this.driver = options.driver;
     this.maxSize = options.maxSize;
     this.stallTime = options.stallTime;
     this.#onCacheError = options.onCacheError;
     const reservedNames = Array.isArray(this.driver.reservedNames) ? this.driver.reservedNames : [];
     this.#files = new CacheDirectory(this.driver.cacheDir, { driverName: this.driver.name, reservedNames });
+    this.#space = new SpacePolicy({
+      driver: this.driver,
+      files: this.#files,
+      maxSize: this.maxSize,
+      writeBudget: options.writeBudget === true,
+      headroom: options.headroom ?? 0,
+      isBusy: (id) => (this.#reading.get(id) ?? 0) > 0 || this.#fills.has(id) || this.#endedFills.has(id),
+      onEvent: (event) => {
+        options.onSpaceEvent?.(event);
+        for (const listener of this.#spaceListeners) {
+          try {
+            listener(event);
+          } catch {
+            // A broken listener must not break a write.
+          }
+        }
+      },
+    });
     this.#reads = new SingleFlightReads(
       this.driver,
       { running: (id) => this.#fills.get(id), fill: (id, fillOptions) => this.fill(id, fillOptions) },
@@ -114,7 +144,7 @@ export class ImageCache {
 
   /** Validates the options, configures the driver and returns the cache. */
   static async open(options: ImageCacheOptions): Promise<ImageCache> {
-    const { driver, maxSize = DEFAULT_MAX_SIZE, stallTime = DEFAULT_STALL_TIME, onCacheError } = options ?? {};
+    const { driver, maxSize = DEFAULT_MAX_SIZE, stallTime = DEFAULT_STALL_TIME, onCacheError, writeBudget, freeSpace, onSpaceEvent, headroom } = options ?? {};
     if (driver === undefined || driver === null || typeof driver.configure !== 'function') {
       throw new BadDriverConfigurationError('ImageCache', 'options.driver must be a CacheDriver instance');
     }
@@ -123,15 +153,55 @@ export class ImageCache {
         throw new BadDriverConfigurationError(driver.name, `${name} must be a finite number >= 0, got ${String(value)}`);
       }
     }
+    if (writeBudget !== undefined && typeof writeBudget !== 'boolean') {
+      throw new InvalidArgumentError(`writeBudget must be a boolean, got ${String(writeBudget)}`);
+    }
+    if (headroom !== undefined && (!Number.isSafeInteger(headroom) || headroom < 0 || headroom > maxSize)) {
+      throw new InvalidArgumentError(`headroom must be an integer number of bytes from 0 to maxSize, got ${String(headroom)}`);
+    }
+    if (onSpaceEvent !== undefined && typeof onSpaceEvent !== 'function') throw new InvalidArgumentError('onSpaceEvent must be a function');
     // The lifecycle and id guards apply to any driver, not only to subclasses of DirectoryCacheDriver.
     const guarded = guardDriver(driver);
     await guarded.configure();
-    return new ImageCache({ driver: guarded, maxSize, stallTime, onCacheError });
+    const cache = new ImageCache({ driver: guarded, maxSize, stallTime, onCacheError, writeBudget, onSpaceEvent, headroom });
+    if (freeSpace !== undefined) {
+      try {
+        await cache.#space.watch(freeSpace);
+      } catch (error) {
+        await guarded.close().catch(() => undefined);
+        throw error;
+      }
+    }
+    return cache;
   }
 
-  /** Closes the driver. */
+  /** Stops the free-space watcher and closes the driver. */
   close(): Promise<void> {
+    this.#space.stop();
     return this.driver.close();
+  }
+
+  // ---- space --------------------------------------------------------------------------
+
+  /**
+   * The space policy now (ADR 0006): the budget and what counts against it
+   * (active, `incomplete/`, `invalid/`, this process's reservations), the
+   * filesystem's free bytes and inodes (statfs), the free-space thresholds
+   * and the watcher's state (`ok`, `culling`, `stopped`).
+   */
+  spaceStatus(): Promise<SpaceStatus> {
+    return this.#space.status();
+  }
+
+  /**
+   * Tells `listener` of every bypass, eviction, watcher state change and
+   * ENOSPC of the space policy (as {@link ImageCacheSpaceOptions.onSpaceEvent});
+   * returns the function that removes it. A server adds one for its metrics and logs.
+   */
+  addSpaceListener(listener: (event: SpaceEvent) => void): () => void {
+    if (typeof listener !== 'function') throw new InvalidArgumentError('addSpaceListener needs a function');
+    this.#spaceListeners.add(listener);
+    return () => this.#spaceListeners.delete(listener);
   }
 
   // ---- passthroughs -----------------------------------------------------------------
@@ -187,8 +257,25 @@ export class ImageCache {
    * `{ identity }` reads only the file {@link stat} described. The rules and
    * errors are those of {@link CacheDriver.openForRead} and {@link ReadOptions}.
    */
-  openForRead(id: ImageId, options?: ReadOptions): Promise<Readable> {
-    return this.driver.openForRead(id, options);
+  async openForRead(id: ImageId, options?: ReadOptions): Promise<Readable> {
+    // An entry being read is never evicted by the space policy: its space would come back only at the reader's close.
+    this.#reading.set(id, (this.#reading.get(id) ?? 0) + 1);
+    let stream: Readable;
+    try {
+      stream = await this.driver.openForRead(id, options);
+    } catch (error) {
+      this.#doneReading(id);
+      throw error;
+    }
+    if (stream.closed) this.#doneReading(id);
+    else stream.once('close', () => this.#doneReading(id));
+    return stream;
+  }
+
+  #doneReading(id: ImageId): void {
+    const count = (this.#reading.get(id) ?? 1) - 1;
+    if (count > 0) this.#reading.set(id, count);
+    else this.#reading.delete(id);
   }
   /** See {@link CacheDriver.deleteCachedImage}. */
   deleteCachedImage(id: ImageId): Promise<void> {
@@ -412,10 +499,22 @@ export class ImageCache {
     }
     const running = this.#fills.get(id);
     if (running !== undefined) return running;
-    const fill = new Fill(this.driver, id, options);
+    const fill = new Fill(this.driver, id, options, this.#space);
     this.#fills.set(id, fill);
+    // Its readers keep the entry from eviction after the fill has ended, until the last one closes.
+    const onReaders = (count: number) => {
+      if (fill.outcome === undefined) return;
+      if (count > 0) this.#endedFills.set(id, fill);
+      else if (this.#endedFills.get(id) === fill) {
+        this.#endedFills.delete(id);
+        fill.off('readers', onReaders);
+      }
+    };
+    fill.on('readers', onReaders);
     void fill.done.then(() => {
       if (this.#fills.get(id) === fill) this.#fills.delete(id);
+      onReaders(fill.readers);
+      if (fill.readers === 0) fill.off('readers', onReaders);
     });
     return fill;
   }
@@ -426,7 +525,10 @@ export class ImageCache {
    * cached, or another writer has it; the source is then left unread).
    * Rejects with `ChecksumMismatchError` (nothing committed), with the
    * source's error, or with a `CacheStorageError`; in each case the partial
-   * file is in `invalid/`.
+   * file is in `invalid/`. Rejects with `CacheFullError` when the space
+   * policy refuses it (ADR 0006): before any byte (the disk is below the
+   * `stop` threshold; the source is left unread), or once it outgrows what
+   * the budget can make room for (the partial file is in `invalid/`).
    */
   async cacheImage(id: ImageId, source: ImageSource, options: CacheImageOptions = {}): Promise<boolean> {
     assertImageId(id);
@@ -438,6 +540,16 @@ export class ImageCache {
       throw error;
     });
     if (lock === undefined) return false;
+    const space = this.#space;
+    // The space policy (ADR 0006): below the stop threshold or no room in the budget -> not cached.
+    const bypass = await space.admit(id, undefined).catch((error: unknown) => {
+      lock.release();
+      throw error;
+    });
+    if (bypass !== undefined) {
+      lock.release();
+      throw cacheFull(id, bypass);
+    }
     let writer: CacheWriter | undefined;
     try {
       writer = await openWriterIfCacheable(this.driver, id);
@@ -446,27 +558,37 @@ export class ImageCache {
         await lock.attach(writer, this.driver.getImageFilepath(id, 'incomplete'));
       }
     } catch (error) {
+      space.release(id);
       writer?.destroy(error as Error);
       if (writer !== undefined) await whenClosed(writer);
       lock.failed(error as Error, false);
       throw error;
     }
     if (writer === undefined) {
+      space.release(id);
       lock.release();
       return false;
     }
     const input = typeof source === 'string' ? createReadStream(source, { highWaterMark: 1024 * 1024 }) : source;
     try {
-      if (expected === undefined) await pipeline(input, writer);
+      writer.setNoSpaceHandler?.(() => space.noSpace(id, undefined));
+      // The budget's gate only when the write budget is on (reservedFor is then finite): no extra stage otherwise.
+      if (Number.isFinite(space.reservedFor(id))) {
+        const gate = new SpaceGate(id, space);
+        if (expected === undefined) await pipeline(input, gate, writer);
+        else await pipeline(input, gate, new VerifyingTransform(id, expected, writer), writer);
+      } else if (expected === undefined) await pipeline(input, writer);
       else await pipeline(input, new VerifyingTransform(id, expected, writer), writer);
     } catch (error) {
       // pipeline rejects at the first error; wait until the rollback has moved the file to invalid/.
       if (!writer.destroyed) writer.destroy(error as Error);
       await whenClosed(writer);
       // Followers give up on a source failure; on a cache failure they take over.
+      space.release(id);
       lock.failed(error as Error, !CacheStorageError.isInstance(error));
       throw error;
     }
+    space.release(id);
     lock.committed(writer.bytesWritten, expected === undefined ? undefined : formatChecksum(expected));
     return true;
   }
@@ -513,7 +635,35 @@ export class ImageCache {
     assertImageId(id);
     const expected = normalizeChecksum(options.checksum);
     assertSource(source);
-    return new CachingStream(this.driver, id, source, expected, this.#onCacheError);
+    return new CachingStream(this.driver, id, source, expected, this.#onCacheError, undefined, this.#space);
+  }
+}
+
+/** Passes a write's bytes on once the space policy has reserved them (the reservation grows ahead, evicting as it goes). */
+class SpaceGate extends Transform {
+  #bytes = 0;
+  #reserved: number;
+  constructor(
+    readonly imageId: ImageId,
+    readonly space: SpacePolicy,
+  ) {
+    super();
+    this.#reserved = space.reservedFor(imageId);
+  }
+  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
+    this.#bytes += chunk.length;
+    if (this.#bytes <= this.#reserved) {
+      callback(null, chunk);
+      return;
+    }
+    this.space.grow(this.imageId, this.#bytes).then((full) => {
+      if (full !== undefined) {
+        callback(full);
+        return;
+      }
+      this.#reserved = this.space.reservedFor(this.imageId);
+      callback(null, chunk);
+    }, callback);
   }
 }
 

@@ -45,6 +45,23 @@ export {
   type NormalizedChecksum,
 } from './checksum.js';
 export { DEFAULT_MAX_SIZE, ImageCache, type ImageCacheOptions, type PruneOptions, type PruneResult } from './image-cache.js';
+export {
+  DEFAULT_SPACE_INTERVAL_MS,
+  diskSpace,
+  resolveThresholds,
+  suggestedHeadroom,
+  type BypassReason,
+  type DiskSpace,
+  type EvictionCause,
+  type FreeSpaceOptions,
+  type ImageCacheSpaceOptions,
+  type ResolvedThreshold,
+  type ResolvedThresholds,
+  type SpaceEvent,
+  type SpaceState,
+  type SpaceStatus,
+  type SpaceThreshold,
+} from './space.js';
 export { CachingStream, type CachingOutcome } from './caching-stream.js';
 export type { CacheImageOptions, ImageSource } from './cache-write.js';
 export type { FetchedImage, ReadThroughOptions, ReadThroughResult } from './read-through.js';

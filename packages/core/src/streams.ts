@@ -1,6 +1,6 @@
 import type { FileHandle } from 'node:fs/promises';
 import { Readable, Writable } from 'node:stream';
-import { storageError } from './cache-dir.js';
+import { isErrnoError, storageError } from './cache-dir.js';
 import type { CacheWriter } from './driver.js';
 import type { ImageId } from './image-id.js';
 
@@ -80,6 +80,8 @@ export class CacheWriteStream extends Writable implements CacheWriter {
   #abortReason: Error | undefined;
 
   readonly #path: string;
+  /** Asked once per write that hits ENOSPC whether to retry it (see {@link setNoSpaceHandler}). */
+  #onNoSpace: ((unwritten: number) => Promise<boolean>) | undefined;
 
   /**
    * @param path - the incomplete file, named in errors (a full disk becomes a `CacheStorageError` saying so).
@@ -105,6 +107,15 @@ export class CacheWriteStream extends Writable implements CacheWriter {
    */
   get bytesInFile(): number {
     return this.#inFile;
+  }
+
+  /**
+   * A write that fails with ENOSPC or EDQUOT asks `handler` (with the bytes
+   * of that write still unwritten) whether to retry: true retries it once,
+   * from where it stopped; false (or a second ENOSPC) fails the stream as before.
+   */
+  setNoSpaceHandler(handler: (unwritten: number) => Promise<boolean>): void {
+    this.#onNoSpace = handler;
   }
 
   setChecksum(checksum: string): void {
@@ -214,11 +225,23 @@ export class CacheWriteStream extends Writable implements CacheWriter {
     let at = position;
     const slot = { at };
     this.#inFlightAt.push(slot);
+    let retried = false;
     try {
       while (pending.length > 0) {
-        const { bytesWritten } = pending.length === 1
-          ? await this.#handle.write(pending[0] as Buffer, 0, (pending[0] as Buffer).length, at)
-          : await this.#handle.writev(pending, at);
+        let bytesWritten: number;
+        try {
+          ({ bytesWritten } = pending.length === 1
+            ? await this.#handle.write(pending[0] as Buffer, 0, (pending[0] as Buffer).length, at)
+            : await this.#handle.writev(pending, at));
+        } catch (error) {
+          // A full disk is the space policy's to handle: it may evict and let this write go on once.
+          const handler = this.#onNoSpace;
+          if (retried || handler === undefined || !isErrnoError(error, 'ENOSPC', 'EDQUOT')) throw error;
+          retried = true;
+          const unwritten = pending.reduce((sum, buffer) => sum + buffer.length, 0);
+          if (await handler(unwritten).catch(() => false)) continue;
+          throw error;
+        }
         this.#bytes += bytesWritten;
         this.#unwritten -= bytesWritten;
         at += bytesWritten;

@@ -1,4 +1,4 @@
-import { CacheError, type ImageCache } from '@cache/core';
+import { CacheError, type ImageCache, type SpaceEvent, type SpaceStatus } from '@cache/core';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 
 /** Where the bytes of an image response came from (label `source`). */
@@ -32,6 +32,16 @@ export const METRIC_NAMES = {
   queueLength: 'image_cache_queue_length',
   fillsInProgress: 'image_cache_fills_in_progress',
   requestDuration: 'image_cache_http_request_duration_seconds',
+  bypassed: 'image_cache_bypassed_total',
+  evictions: 'image_cache_evictions_total',
+  evictedBytes: 'image_cache_evicted_bytes_total',
+  noSpace: 'image_cache_enospc_total',
+  usedBytes: 'image_cache_used_bytes',
+  freeBytes: 'image_cache_fs_free_bytes',
+  freeFiles: 'image_cache_fs_free_files',
+  fsBytes: 'image_cache_fs_size_bytes',
+  freeThreshold: 'image_cache_fs_free_threshold_bytes',
+  spaceState: 'image_cache_space_state',
 } as const;
 
 /**
@@ -63,6 +73,12 @@ export class ServerMetrics {
   readonly errors: Counter<'code'>;
   readonly fillsInProgress: Gauge;
   readonly requestDuration: Histogram<'method' | 'route' | 'status_code'>;
+  readonly bypassed: Counter<'reason'>;
+  readonly evictions: Counter<'cause'>;
+  readonly evictedBytes: Counter<'cause'>;
+  readonly noSpace: Counter<'retried'>;
+  /** Stops counting the cache's space events (the server's `close()`). */
+  readonly detach: () => void;
 
   /**
    * @param onCollectError - told when a scrape-time gauge could not be read (the gauge keeps its last value).
@@ -153,7 +169,68 @@ export class ServerMetrics {
         }
       },
     });
-    new Gauge({ name: METRIC_NAMES.maxSize, help: 'The byte budget prune enforces.', registers }).set(cache.maxSize);
+    new Gauge({ name: METRIC_NAMES.maxSize, help: 'The byte budget (prune; every write too with the write budget on).', registers }).set(cache.maxSize);
+    this.bypassed = new Counter({
+      name: METRIC_NAMES.bypassed,
+      help: 'Images the space policy did not cache (served uncached), by reason: too-large (over the whole budget), budget-full (the rest read or written), disk-low (free space below stop).',
+      labelNames: ['reason'],
+      registers,
+    });
+    this.evictions = new Counter({
+      name: METRIC_NAMES.evictions,
+      help: 'Entries the space policy evicted, by cause: budget (room for a write), cull (free space below cull), enospc (a write hit a full disk).',
+      labelNames: ['cause'],
+      registers,
+    });
+    this.evictedBytes = new Counter({ name: METRIC_NAMES.evictedBytes, help: 'Bytes the space policy evicted, by cause.', labelNames: ['cause'], registers });
+    this.noSpace = new Counter({
+      name: METRIC_NAMES.noSpace,
+      help: 'Cache writes that hit ENOSPC, by whether eviction made room and the write went on (retried="true") or it rolled back.',
+      labelNames: ['retried'],
+      registers,
+    });
+    this.detach = cache.addSpaceListener((event: SpaceEvent) => {
+      if (event.type === 'bypass') this.bypassed.inc({ reason: event.reason });
+      else if (event.type === 'evict') {
+        this.evictions.inc({ cause: event.cause });
+        this.evictedBytes.inc({ cause: event.cause }, event.bytes);
+      } else if (event.type === 'enospc') this.noSpace.inc({ retried: String(event.retried) });
+    });
+    // The space gauges come from one spaceStatus() per scrape, shared by the gauges that collect at once.
+    let status: Promise<SpaceStatus> | undefined;
+    const space = (): Promise<SpaceStatus> => {
+      status ??= cache.spaceStatus().finally(() => setImmediate(() => (status = undefined)));
+      return status;
+    };
+    const spaceGauge = <L extends string>(name: string, help: string, labelNames: L[], set: (gauge: Gauge<L>, now: SpaceStatus) => void) =>
+      new Gauge<L>({
+        name,
+        help,
+        labelNames,
+        registers,
+        async collect() {
+          try {
+            set(this, await space());
+          } catch (error) {
+            onCollectError(error);
+          }
+        },
+      });
+    spaceGauge(METRIC_NAMES.usedBytes, 'Bytes counted against the budget, by part: active, incomplete, invalid, reserved (read at scrape time).', ['part'], (gauge, now) => {
+      for (const part of ['active', 'incomplete', 'invalid', 'reserved'] as const) gauge.set({ part }, now[part]);
+    });
+    spaceGauge(METRIC_NAMES.freeBytes, 'Bytes available on the cache filesystem (statfs bavail x bsize).', [], (gauge, now) => gauge.set(now.disk.freeBytes));
+    spaceGauge(METRIC_NAMES.freeFiles, 'Free inodes on the cache filesystem (statfs ffree).', [], (gauge, now) => gauge.set(now.disk.freeFiles));
+    spaceGauge(METRIC_NAMES.fsBytes, 'Size of the cache filesystem (statfs blocks x bsize).', [], (gauge, now) => gauge.set(now.disk.totalBytes));
+    spaceGauge(METRIC_NAMES.freeThreshold, 'The free-space thresholds in bytes (run, cull, stop), when set.', ['threshold'], (gauge, now) => {
+      for (const threshold of ['run', 'cull', 'stop'] as const) {
+        const value = now.thresholds?.[threshold].bytes;
+        if (value !== undefined) gauge.set({ threshold }, value);
+      }
+    });
+    spaceGauge(METRIC_NAMES.spaceState, 'The free-space watcher: 1 for the current state (ok, culling, stopped), 0 for the others.', ['state'], (gauge, now) => {
+      for (const state of ['ok', 'culling', 'stopped'] as const) gauge.set({ state }, now.state === state ? 1 : 0);
+    });
     new Gauge({
       name: METRIC_NAMES.queueLength,
       help: 'Images queued for prefetch (read at scrape time).',

@@ -59,6 +59,13 @@ export interface CacheServer {
 /** Response headers that describe an image and must not survive on an error response. */
 const IMAGE_HEADERS = ['etag', 'last-modified', 'accept-ranges', 'content-range', 'content-type'];
 
+/** Why the space policy did not cache an image, for the log. */
+const SPACE_REASONS = {
+  'too-large': 'the image is larger than the whole cache budget',
+  'budget-full': 'the cache budget is held by images being read or written',
+  'disk-low': 'free space on the cache filesystem is below the stop threshold',
+} as const;
+
 /**
  * Builds the HTTP read-through cache server: `GET`/`HEAD /images/:id`, the
  * Glance-shaped management API under `/v2` (bearer-token guarded when a
@@ -100,6 +107,18 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
     },
     (error) => readiness.observe(error),
   );
+  // The space policy's decisions in the log (ADR 0006); the metrics count them.
+  const stopLogging = cache.addSpaceListener((event) => {
+    if (event.type === 'bypass') {
+      app.log.warn({ imageId: event.imageId, reason: event.reason, size: event.size }, `not caching: ${SPACE_REASONS[event.reason]}; serving it uncached`);
+    } else if (event.type === 'evict') {
+      app.log.info({ imageId: event.imageId, bytes: event.bytes, cause: event.cause, from: event.from }, 'evicted by the space policy');
+    } else if (event.type === 'state') {
+      app.log.warn({ state: event.state, freeBytes: event.disk.freeBytes, freeFiles: event.disk.freeFiles }, `cache filesystem free space: ${event.state}`);
+    } else {
+      app.log.warn({ imageId: event.imageId, retried: event.retried }, event.retried ? 'disk full: evicted and retried the write' : 'disk full: the write rolled back');
+    }
+  });
 
   const pending = new Set<Promise<unknown>>();
   /** Aborts when `close()` begins: requests still before their status line are answered 503. */
@@ -266,6 +285,8 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
         fills?.abortAll(shuttingDown());
         // Handlers still settling and fills ending: committing, or rolling back to invalid/ (never left in incomplete/).
         while (pending.size > 0) await Promise.all(pending);
+        stopLogging();
+        metrics.detach();
         if (config.closeCache) await cache.close();
         accessLog?.close();
       })();

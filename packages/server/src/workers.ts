@@ -171,7 +171,8 @@ export async function runPrefetch(context: PrefetchContext, signal: AbortSignal)
  *   such markers forever; spec section 15, item 13);
  * - a body nothing can verify (`cacheable: false`): failed, the marker stays;
  *   the fill is stopped unless a client reads it;
- * - not committed for another reason (verification, disk full): the marker stays.
+ * - not committed for another reason (verification, disk full, the space
+ *   policy bypassed it): the marker stays.
  */
 async function prefetchOne(context: PrefetchContext, id: ImageId, signal: AbortSignal): Promise<PrefetchOutcome> {
   const { cache, fills } = context;
@@ -195,6 +196,8 @@ async function prefetchOne(context: PrefetchContext, id: ImageId, signal: AbortS
     throw outcome.error;
   }
   if (outcome.status === 'uncached') return 'not_cached';
+  // The space policy would not cache it (too large, budget held, disk low): the marker stays for a later try.
+  if (outcome.status === 'bypassed') return 'not_cached';
   if (outcome.via === 'cached') {
     await cache.deleteQueuedImage(id);
     return 'already_cached';

@@ -4,7 +4,7 @@ import { createServer, request, type IncomingHttpHeaders, type IncomingMessage, 
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ImageCache } from '@cache/core';
+import { ImageCache, type ImageCacheOptions } from '@cache/core';
 import { SqliteDriver } from '@cache/driver-sqlite';
 import { createOrigin } from '@cache/origin';
 import { createCacheServer, type CacheServer, type CacheServerOptions } from '../src/index.js';
@@ -161,9 +161,12 @@ export class TestOrigin {
 }
 
 /** A temp cache directory with a SqliteDriver cache on it. */
-export async function openCache(maxSize = 1024 ** 3): Promise<{ cache: ImageCache; cacheDir: string; cleanup: () => Promise<void> }> {
+export async function openCache(
+  maxSize = 1024 ** 3,
+  space: Pick<ImageCacheOptions, 'writeBudget' | 'freeSpace'> = {},
+): Promise<{ cache: ImageCache; cacheDir: string; cleanup: () => Promise<void> }> {
   const cacheDir = await mkdtemp(join(tmpdir(), 'server-test-'));
-  const cache = await ImageCache.open({ driver: new SqliteDriver({ cacheDir }), maxSize });
+  const cache = await ImageCache.open({ driver: new SqliteDriver({ cacheDir }), maxSize, ...space });
   return {
     cache,
     cacheDir,
@@ -184,10 +187,15 @@ export interface Harness {
   close: () => Promise<void>;
 }
 
-export async function startHarness(options: Partial<CacheServerOptions> & { maxSize?: number } = {}): Promise<Harness> {
-  const { maxSize, ...serverOptions } = options;
+export async function startHarness(
+  options: Partial<CacheServerOptions> & { maxSize?: number } & Pick<ImageCacheOptions, 'writeBudget' | 'freeSpace'> = {},
+): Promise<Harness> {
+  const { maxSize, writeBudget, freeSpace, ...serverOptions } = options;
   const origin = await TestOrigin.start();
-  const { cache, cacheDir, cleanup } = await openCache(maxSize);
+  const { cache, cacheDir, cleanup } = await openCache(maxSize, {
+    ...(writeBudget === undefined ? {} : { writeBudget }),
+    ...(freeSpace === undefined ? {} : { freeSpace }),
+  });
   const server = await createCacheServer({
     cache,
     origin: createOrigin(origin.template),

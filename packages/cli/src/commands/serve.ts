@@ -1,7 +1,8 @@
 import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import type { Command } from 'commander';
 import type { Origin } from '@cache/origin';
+import { diskSpace, InvalidArgumentError, resolveThresholds, suggestedHeadroom, type DiskSpace, type FreeSpaceOptions } from '@cache/core';
 import { createCacheServer, defaultAdvertiseUrl, isLoopbackHost, type ClusterDirectory } from '@cache/server';
 import { resolveConfig, type ConfigFlags, type ResolvedConfig } from '../config.js';
 import { DEMO_IMAGES, startDemoOrigin, type DemoOrigin } from '../demo/origin.js';
@@ -9,7 +10,7 @@ import { CliErrorCodes, ExitCode, operationalError, usageError } from '../errors
 import { openCacheFromConfig } from '../open-cache.js';
 import { addOriginOptions, describeOriginOptions, openOrigin } from '../origin-options.js';
 import { recordSettings, writeRecordedSettings } from '../settings-file.js';
-import { formatDuration, formatSize, formatSizeExact } from '../units.js';
+import { formatDuration, formatSize, formatSizeExact, formatThreshold } from '../units.js';
 import type { RegisterCommand } from './types.js';
 
 interface ServeOptions {
@@ -58,6 +59,9 @@ export const registerServe: RegisterCommand = (program, ctx) => {
     .option('--heartbeat-interval <duration>', 'postgres driver: how often this node tells the cluster it is alive (env IMAGE_CACHE_HEARTBEAT_INTERVAL; default 10s; keep it well under --heartbeat-expiry)')
     .option('--peer-timeout <duration>', 'postgres driver: how long a peer gets to start answering before the next peer or the origin is tried (env IMAGE_CACHE_PEER_TIMEOUT; default 5s)')
     .option('--concurrency <n>', 'queued images the prefetch worker fetches at once (default 4)')
+    .option('--free-run <percent-or-size>', 'free space on the cache filesystem at which culling stops, e.g. 10% or 20GiB (env IMAGE_CACHE_FREE_RUN; with --free-cull and --free-stop; default: no thresholds)')
+    .option('--free-cull <percent-or-size>', 'below this free space, least recently used entries are evicted until --free-run is free, e.g. 7% (env IMAGE_CACHE_FREE_CULL)')
+    .option('--free-stop <percent-or-size>', 'below this free space nothing new is cached: misses are served uncached, e.g. 3% (env IMAGE_CACHE_FREE_STOP)')
     .option('--demo', `try it out: start a demo origin, cache into ./${DEMO_CACHE_DIR} unless a cache dir is configured`)
     .option('--log', 'log every request (JSON lines on stdout)')
     .option('--access-log [path]', 'access log: one JSON line per request (image id, HIT/MISS/FILL-WAIT, status, bytes, range, ms) to the file, or stdout without one (env IMAGE_CACHE_ACCESS_LOG)')
@@ -111,6 +115,9 @@ export const registerServe: RegisterCommand = (program, ctx) => {
             'or live nodes count as dead between two heartbeats; about 3 intervals is right',
         );
       }
+      const freeSpace = freeSpaceOf(config);
+      // Their order is checked on the filesystem the cache is (or will be) on, before anything is created.
+      if (freeSpace !== undefined) await checkThresholds(freeSpace, config.cacheDir === '' ? join(ctx.io.cwd, DEMO_CACHE_DIR) : config.cacheDir);
 
       let demoOrigin: DemoOrigin | undefined;
       let origin: Origin | undefined;
@@ -125,23 +132,32 @@ export const registerServe: RegisterCommand = (program, ctx) => {
           throw error;
         }
       }
-      const cache = await openCacheFromConfig(config, {
-        onWarning: (warning) => ctx.warn(`${warning.message} [${warning.code}]`),
-        // postgres: a node starts while its database is down, serves its local files, and reconnects with backoff.
-        ...(clustered
-          ? {
-              onPostgresConnection: (event) => {
-                if (event.state === 'connected') ctx.err(`image-cache: PostgreSQL answers again: node registered (attempt ${event.attempt}); sharing with the cluster`);
-                else {
-                  ctx.err(
-                    `image-cache: PostgreSQL unreachable (attempt ${event.attempt}): ${event.error.message.split('. ')[0]}; serving the local cache ` +
-                      `(hits from its files, misses from the origin without caching them) and retrying in ${formatDuration(event.retryInMillis / 1000)}`,
-                  );
-                }
-              },
-            }
-          : {}),
-      });
+      // The budget holds at every moment: each fill reserves its space first, evicting idle LRU entries (ADR 0006).
+      let cache;
+      try {
+        cache = await openCacheFromConfig(config, {
+          onWarning: (warning) => ctx.warn(`${warning.message} [${warning.code}]`),
+          space: { writeBudget: true, headroom: suggestedHeadroom(config.maxSize), ...(freeSpace === undefined ? {} : { freeSpace }) },
+          // postgres: a node starts while its database is down, serves its local files, and reconnects with backoff.
+          ...(clustered
+            ? {
+                onPostgresConnection: (event) => {
+                  if (event.state === 'connected') ctx.err(`image-cache: PostgreSQL answers again: node registered (attempt ${event.attempt}); sharing with the cluster`);
+                  else {
+                    ctx.err(
+                      `image-cache: PostgreSQL unreachable (attempt ${event.attempt}): ${event.error.message.split('. ')[0]}; serving the local cache ` +
+                        `(hits from its files, misses from the origin without caching them) and retrying in ${formatDuration(event.retryInMillis / 1000)}`,
+                    );
+                  }
+                },
+              }
+            : {}),
+        });
+      } catch (error) {
+        await demoOrigin?.close();
+        if (InvalidArgumentError.isInstance(error)) throw usageError(CliErrorCodes.INVALID_SIZE, `invalid free-space thresholds: ${error.message}`);
+        throw error;
+      }
       const seconds = (s: number) => Math.round(s * 1000);
       let server;
       try {
@@ -217,7 +233,8 @@ export const registerServe: RegisterCommand = (program, ctx) => {
         );
       }
       // The bound address (`--host 0.0.0.0` is reported as such, not as 127.0.0.1).
-      ctx.err(`image-cache: serving ${config.cacheDir} (${config.driver}, budget ${formatSizeExact(config.maxSize)}) on ${url}`);
+      const thresholds = freeSpace === undefined ? '' : `, free space run ${formatThreshold(freeSpace.run)} cull ${formatThreshold(freeSpace.cull)} stop ${formatThreshold(freeSpace.stop)}`;
+      ctx.err(`image-cache: serving ${config.cacheDir} (${config.driver}, budget ${formatSizeExact(config.maxSize)}${thresholds}) on ${url}`);
       // Before the origin line, which ends the startup lines.
       if (clustered) {
         const nodeId = (cache.driver as unknown as ClusterDirectory).nodeId;
@@ -261,6 +278,41 @@ export const registerServe: RegisterCommand = (program, ctx) => {
       ctx.exitCode = ExitCode.OK;
     });
 };
+
+/**
+ * The free-space thresholds of `--free-run`, `--free-cull`, `--free-stop`:
+ * all three or none (a `CLI_INVALID_SIZE` usage error otherwise); their
+ * order (stop < cull < run) is checked against the filesystem when the cache opens.
+ */
+function freeSpaceOf(config: ResolvedConfig): FreeSpaceOptions | undefined {
+  const { freeRun: run, freeCull: cull, freeStop: stop } = config;
+  if (run === undefined && cull === undefined && stop === undefined) return undefined;
+  if (run === undefined || cull === undefined || stop === undefined) {
+    const missing = [run === undefined ? '--free-run' : '', cull === undefined ? '--free-cull' : '', stop === undefined ? '--free-stop' : ''].filter(Boolean);
+    throw usageError(CliErrorCodes.INVALID_SIZE, `free-space thresholds come as three: ${missing.join(' and ')} missing (e.g. --free-run 10% --free-cull 7% --free-stop 3%)`);
+  }
+  return { run, cull, stop };
+}
+
+/** Resolves the thresholds against the filesystem of `dir` (or of its nearest existing parent); a `CLI_INVALID_SIZE` usage error when they do not fit it. */
+async function checkThresholds(freeSpace: FreeSpaceOptions, dir: string): Promise<void> {
+  let at = dir;
+  let disk: DiskSpace | undefined;
+  while (disk === undefined) {
+    try {
+      disk = await diskSpace(at);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT' || dirname(at) === at) throw error;
+      at = dirname(at);
+    }
+  }
+  try {
+    resolveThresholds(freeSpace, disk);
+  } catch (error) {
+    if (InvalidArgumentError.isInstance(error)) throw usageError(CliErrorCodes.INVALID_SIZE, `invalid free-space thresholds: ${error.message}`);
+    throw error;
+  }
+}
 
 /**
  * The certificate and key of `--tls-cert` / `--tls-key`: both or neither (a

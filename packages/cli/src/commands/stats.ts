@@ -1,8 +1,8 @@
 import type { Command } from 'commander';
-import { type ImageCache } from '@cache/core';
+import { diskSpace, resolveThresholds, type DiskSpace, type ImageCache, type ResolvedThresholds, type SpaceThreshold } from '@cache/core';
 import type { ConfigSource, ResolvedConfig } from '../config.js';
 import { describeServer, describeSource, type RecordedSettings } from '../settings-file.js';
-import { formatDuration, formatSize, formatSizeExact, formatTime } from '../units.js';
+import { formatDuration, formatSize, formatSizeExact, formatThreshold, formatTime } from '../units.js';
 import type { RegisterCommand } from './types.js';
 
 /** What `stats --json` prints. */
@@ -26,10 +26,22 @@ export interface CacheStats {
    * with, from its settings file, or null when none was recorded.
    */
   server: { file: string; running: boolean | null; pid: number; url: string; startedAt: string; settings: RecordedSettings['settings'] } | null;
+  /**
+   * The cache filesystem (statfs: bytes and inodes, total and free) and the
+   * free-space thresholds in force: those configured (`--free-run` ...),
+   * else those `image-cache serve` recorded; each resolved to free bytes and
+   * inodes, with `below` saying which are crossed now. `thresholds` is null when none are set.
+   */
+  filesystem: DiskSpace & {
+    thresholds: (ResolvedThresholds & { source: ConfigSource | 'recorded'; below: ('run' | 'cull' | 'stop')[] }) | null;
+  };
 }
 
 /** Gathers {@link CacheStats} with one listing of each part of the cache directory. */
-export async function cacheStats(cache: ImageCache, config: Pick<ResolvedConfig, 'maxSize' | 'sources' | 'recorded'>): Promise<CacheStats> {
+export async function cacheStats(
+  cache: ImageCache,
+  config: Pick<ResolvedConfig, 'maxSize' | 'sources' | 'recorded'> & Partial<Pick<ResolvedConfig, 'freeRun' | 'freeCull' | 'freeStop'>>,
+): Promise<CacheStats> {
   const [images, queued, incomplete, invalid] = await Promise.all([
     cache.getCachedImages(),
     cache.getQueuedImages(),
@@ -41,6 +53,25 @@ export async function cacheStats(cache: ImageCache, config: Pick<ResolvedConfig,
   const used = totalSize + invalidSize;
   const recorded = config.recorded;
   const byAccess = [...images].sort((a, b) => a.lastAccessed - b.lastAccessed || (a.imageId < b.imageId ? -1 : 1));
+  const disk = await diskSpace(cache.driver.cacheDir);
+  const given: { run: SpaceThreshold; cull: SpaceThreshold; stop: SpaceThreshold } | undefined =
+    config.freeRun !== undefined && config.freeCull !== undefined && config.freeStop !== undefined
+      ? { run: config.freeRun, cull: config.freeCull, stop: config.freeStop }
+      : undefined;
+  const spec = given ?? recorded?.record.settings.freeSpace?.value ?? undefined;
+  let thresholds: CacheStats['filesystem']['thresholds'] = null;
+  if (spec !== undefined && spec !== null) {
+    try {
+      const resolved = resolveThresholds(spec, disk);
+      const below = (['run', 'cull', 'stop'] as const).filter((name) => {
+        const threshold = resolved[name];
+        return disk.freeBytes < threshold.bytes || (threshold.files !== undefined && disk.freeFiles < threshold.files);
+      });
+      thresholds = { ...resolved, source: given === undefined ? 'recorded' : config.sources.freeRun, below };
+    } catch {
+      thresholds = null; // thresholds this filesystem cannot hold (serve refuses them too)
+    }
+  }
   const oldest = byAccess[0];
   const newest = byAccess.at(-1);
   return {
@@ -67,6 +98,7 @@ export async function cacheStats(cache: ImageCache, config: Pick<ResolvedConfig,
             startedAt: recorded.record.startedAt,
             settings: recorded.record.settings,
           },
+    filesystem: { ...disk, thresholds },
   };
 }
 
@@ -99,7 +131,18 @@ export const registerStats: RegisterCommand = (program, ctx) => {
           ['invalid', `${stats.invalid.count} (${formatSize(stats.invalid.size)})`],
           ['oldest access', access(stats.oldestAccess)],
           ['newest access', access(stats.newestAccess)],
+          [
+            'filesystem',
+            `${formatSize(stats.filesystem.freeBytes)} free of ${formatSize(stats.filesystem.totalBytes)} (${percent(stats.filesystem.freeBytes, stats.filesystem.totalBytes)}), ` +
+              `${stats.filesystem.freeFiles} of ${stats.filesystem.totalFiles} inodes free`,
+          ],
         ];
+        const thresholds = stats.filesystem.thresholds;
+        if (thresholds !== null) {
+          const shown = (name: 'run' | 'cull' | 'stop') => `${name} ${formatThreshold(thresholds.spec[name])} (${formatSize(thresholds[name].bytes)})`;
+          const state = thresholds.below.includes('stop') ? 'below stop: not caching new images' : thresholds.below.includes('cull') ? 'below cull: culling' : 'ok';
+          rows.push(['free space', `${shown('run')}, ${shown('cull')}, ${shown('stop')}: ${state} (from ${thresholds.source === 'recorded' ? 'the server' : thresholds.source})`]);
+        }
         const server = config.recorded;
         if (server !== undefined) {
           const recordedSettings = server.record.settings;
@@ -117,6 +160,10 @@ export const registerStats: RegisterCommand = (program, ctx) => {
       });
     });
 };
+
+function percent(part: number, whole: number): string {
+  return whole > 0 ? `${Math.round((part / whole) * 1000) / 10}%` : '-';
+}
 
 /** `prune every 5m`, or `prune off` for a disabled worker (interval 0). */
 function every(worker: string, seconds: number): string {

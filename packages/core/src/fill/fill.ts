@@ -10,6 +10,7 @@ import { ChecksumMismatchError, FillAbandonedError, FillAbortedError, InvalidArg
 import { assertImageId, type ImageId } from '../image-id.js';
 import { assertSource, drainOrClose, rollBackWhole, toBuffer, whenClosed } from '../cache-write.js';
 import { ParallelHash } from '../parallel-hash.js';
+import { cacheFull, type BypassReason, type WriteSpace } from '../space.js';
 import type { FetchedImage } from '../read-through.js';
 import { failureFromMessage, FollowerLink, type Announcement, type FillMessage } from './lock.js';
 import { fileKey, lockNameFor, WriteLock } from './owner.js';
@@ -141,6 +142,20 @@ export type FillOutcome =
       via: 'fetched' | 'followed';
     }
   | {
+      /**
+       * The space policy did not let the image be cached (ADR 0006): it is
+       * larger than the budget, the budget is held by reads and fills, or the
+       * disk is below the `stop` threshold. Nothing was written; readers fail
+       * with a `CacheFullError`. The origin's response is handed over once by
+       * {@link Fill.takeSource}, to stream it uncached.
+       */
+      status: 'bypassed';
+      reason: BypassReason;
+      /** The size the origin announced, when it did. */
+      size: number | undefined;
+      via: 'fetched';
+    }
+  | {
       status: 'failed';
       /**
        * The origin's error (for a follower: an `OriginError` with the owner's
@@ -175,6 +190,7 @@ interface Attempt {
 
 type AttemptResult =
   | { ok: true; size: number; checksum: string | undefined; cached: boolean }
+  | { ok: 'bypassed'; reason: BypassReason; size: number | undefined }
   | { ok: false; error: Error; source: boolean };
 
 /**
@@ -229,13 +245,17 @@ export class Fill extends EventEmitter {
   #attempt: Attempt | undefined;
   #abandonTimer: NodeJS.Timeout | undefined;
   readonly #file: GrowingFile;
+  readonly #space: WriteSpace | undefined;
+  /** The origin's response of a bypassed fill, until {@link takeSource} takes it. */
+  #bypassed: FetchedFill | undefined;
 
   /**
    * Starts the fill at once. Applications call `ImageCache.fill()`, which
    * validates the id and shares one fill per id in the process.
    * Throws `InvalidImageIdError` / `InvalidArgumentError` for bad arguments.
+   * @param space - @internal the cache's space policy (reservations, ENOSPC).
    */
-  constructor(driver: CacheDriver, id: ImageId, options: FillOptions) {
+  constructor(driver: CacheDriver, id: ImageId, options: FillOptions, space?: WriteSpace) {
     super();
     assertImageId(id);
     if (typeof options?.fetch !== 'function') {
@@ -256,6 +276,7 @@ export class Fill extends EventEmitter {
     this.#expectedSize = expectedSize;
     this.#abandonAfter = abandonAfter;
     this.#signal = signal;
+    this.#space = space;
     this.#announced = new Promise((resolve) => (this.#resolveAnnounced = resolve));
     this.#whenStopped = new Promise((resolve) => (this.#resolveStopped = resolve));
     const fill = this;
@@ -271,6 +292,7 @@ export class Fill extends EventEmitter {
       readerCount: (delta) => {
         fill.#readers += delta;
         fill.#checkAbandon();
+        fill.emit('readers', fill.#readers);
       },
     };
     this.done = this.#run()
@@ -366,6 +388,19 @@ export class Fill extends EventEmitter {
     this.#stop(reason instanceof Error ? reason : new FillAbortedError(this.imageId, reason));
   }
 
+  /**
+   * For a fill that ended `bypassed`: the origin's response it opened and did
+   * not read (with what the origin announced), to stream to a client
+   * uncached. The first caller gets it; later ones get `undefined` (and open
+   * the origin themselves). Take it when `done` resolves: a source nobody
+   * took is destroyed on the next turn of the event loop.
+   */
+  takeSource(): FetchedFill | undefined {
+    const source = this.#bypassed;
+    this.#bypassed = undefined;
+    return source;
+  }
+
   /** Readers of this process that are open now. */
   get readers(): number {
     return this.#readers;
@@ -429,8 +464,18 @@ export class Fill extends EventEmitter {
     this.#resolveAnnounced = undefined;
     this.#update({
       outcome:
-        outcome.status === 'failed' ? { status: 'failed', error: outcome.error } : { status: outcome.status, size: outcome.size },
+        outcome.status === 'failed'
+          ? { status: 'failed', error: outcome.error }
+          : outcome.status === 'bypassed'
+            ? { status: 'failed', error: cacheFull(this.imageId, outcome.reason) }
+            : { status: outcome.status, size: outcome.size },
     });
+    if (this.#bypassed !== undefined) {
+      setImmediate(() => {
+        const untaken = this.takeSource();
+        if (untaken !== undefined) discardSource(untaken.source);
+      });
+    }
     this.emit('done', outcome);
   }
 
@@ -562,6 +607,11 @@ export class Fill extends EventEmitter {
       }
       this.#checkAbandon();
       const result = await this.#fetchAndWrite(lock);
+      if (result.ok === 'bypassed') {
+        // Not cached here: followers look again, and decide for themselves.
+        lock.release();
+        return { status: 'bypassed', reason: result.reason, size: result.size, via: 'fetched' };
+      }
       if (result.ok && !result.cached) {
         lock.uncached(result.size, result.checksum);
         return { status: 'uncached', size: result.size, checksum: result.checksum, via: 'fetched' };
@@ -576,6 +626,7 @@ export class Fill extends EventEmitter {
       lock.failed(error as Error, false);
       throw error;
     } finally {
+      this.#space?.release(this.imageId);
       lock.onFollowersChange = undefined;
       this.#lock = undefined;
       this.#attempt = undefined;
@@ -646,6 +697,16 @@ export class Fill extends EventEmitter {
       discardSource(source);
       return { ok: false, error: error as Error, source: true };
     }
+    // The space policy (ADR 0006): the whole size reserved before the first byte, or the reason not to cache.
+    const bypass = await this.#space?.admit(id, announced.expectedSize);
+    if (this.#stopped !== undefined) {
+      discardSource(source);
+      return { ok: false, error: this.#stopped, source: false };
+    }
+    if (bypass !== undefined) {
+      this.#bypassed = result.fetched;
+      return { ok: 'bypassed', reason: bypass, size: announced.expectedSize };
+    }
     const checksum = announced.expected === undefined ? undefined : formatChecksum(announced.expected);
     const announcement: FillAnnouncement = { expectedSize: announced.expectedSize, checksum, cache: announced.cache };
     lock.announce(toLockAnnouncement(announcement));
@@ -689,6 +750,14 @@ export class Fill extends EventEmitter {
       },
     };
     this.#attempt = attempt;
+    const space = this.#space;
+    if (space !== undefined && typeof writer.setNoSpaceHandler === 'function') {
+      // ENOSPC mid-fill: evict and retry once when the rest of a known size can be made room for.
+      const expectedSize = announced.expectedSize;
+      writer.setNoSpaceHandler((unwritten) =>
+        space.noSpace(id, expectedSize === undefined ? undefined : Math.max(unwritten, expectedSize - writer.bytesWritten)),
+      );
+    }
     writer.on('error', (error: Error) => {
       // An uncached file is discarded with an error as the rollback's reason: that is no failure.
       if (!(attempt.ending && !attempt.cache)) attempt.fail(error, false);
@@ -716,6 +785,8 @@ export class Fill extends EventEmitter {
   async #pump(attempt: Attempt, iterator: AsyncIterator<unknown>, hash: ParallelHash | undefined): Promise<number | undefined> {
     const { writer, expected, expectedSize } = attempt;
     const id = this.imageId;
+    const space = this.#space;
+    let reserved = space?.reservedFor(id) ?? Number.POSITIVE_INFINITY;
     let size = 0;
     try {
       for (;;) {
@@ -734,6 +805,16 @@ export class Fill extends EventEmitter {
         if (expectedSize !== undefined && size > expectedSize) {
           attempt.fail(new OriginError(id, `sent more than the expected ${expectedSize} bytes`), true);
           return undefined;
+        }
+        if (size > reserved && space !== undefined) {
+          // Unknown size: the reservation grows ahead of the bytes, evicting as it goes.
+          const full = await space.grow(id, size);
+          if (attempt.failure !== undefined) return undefined;
+          if (full !== undefined) {
+            attempt.fail(full, false);
+            return undefined;
+          }
+          reserved = space.reservedFor(id);
         }
         const hashing = hash?.update(chunk);
         if (hashing !== undefined) await hashing;

@@ -1,4 +1,4 @@
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import {
   CacheStorageError,
   ImageChangedError,
@@ -187,6 +187,8 @@ async function serveMiss(context: ServerContext, request: ImageRequest, reply: F
         reply.header('x-cache', 'MISS');
         throw outcome.error;
       }
+      // The space policy would not cache it (ADR 0006): the client gets it from the origin, uncached.
+      if (outcome.status === 'bypassed') return await sendUncached(context, reply, id, fill, outcome.reason);
       // Cached already, or committed by a writer this fill followed to its end: serve it as a hit, ranges and all.
       return 'retry';
     }
@@ -227,6 +229,37 @@ function sendFill(context: ServerContext, request: ImageRequest, reply: FastifyR
   // only the digest can condemn bytes before the end, and only the end can be cut or overlong.
   const verdict = plan.end === (size as number) - 1 || digest !== undefined;
   reply.send(body(context, reply, verdict ? untilVerdict(reader, fill) : reader, length, from, verdict));
+  return 'sent';
+}
+
+/**
+ * Answers a miss the space policy would not cache (too large for the
+ * budget, the budget held by reads and fills, the disk below `stop`): 200
+ * with the origin's bytes, straight through (a range is ignored), from the
+ * response the fill opened when this request gets it, else from a new
+ * origin request. `x-cache-bypass` says why.
+ */
+async function sendUncached(context: ServerContext, reply: FastifyReply, id: ImageId, fill: Fill, reason: string): Promise<Served> {
+  const { origin, metrics } = context;
+  metrics.misses.inc();
+  reply.header('x-cache', 'MISS');
+  let fetched = fill.takeSource();
+  if (fetched === undefined) {
+    metrics.originFetches.inc();
+    const image = await beforeStatusLine(
+      context,
+      (signal) => (origin as Origin).open(id, { signal }),
+      (late) => late.stream.destroy(),
+    );
+    fetched = originFill(id, image).fetched;
+  }
+  const { source, size } = fetched;
+  // The server's fills fetch an origin's stream (never a file path).
+  const stream = source instanceof Readable ? source : Readable.from(source as AsyncIterable<Uint8Array>);
+  setImageHeaders(reply, 'MISS');
+  reply.header('x-cache-bypass', reason);
+  if (size !== undefined) reply.header('content-length', size);
+  reply.send(body(context, reply, stream, size, 'origin', false));
   return 'sent';
 }
 

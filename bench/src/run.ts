@@ -11,6 +11,7 @@ import { describeFs } from './mounts.js';
 import { POSTGRES_FIGURES, sizesFor, type FsTarget, type Sizes } from './options.js';
 import { printFigure, toMarkdown, writeResults, type FigureResult, type PostgresEnvironment, type Results } from './report.js';
 import { clusterFigures } from './suites/cluster.js';
+import { GLANCE_FIGURE, glanceFigures } from './suites/glance.js';
 import { listingFigures } from './suites/listings.js';
 import { opsFigures } from './suites/ops.js';
 import { readThroughFigures } from './suites/readthrough.js';
@@ -108,6 +109,7 @@ const suites = [
   { figures: [7], run: readThroughFigures },
   { figures: [8], run: clusterFigures },
   { figures: [...HTTP_FIGURES], run: serverFillFigures },
+  { figures: [GLANCE_FIGURE], run: glanceFigures },
 ];
 
 for (const [index, fs] of config.targets.entries()) {

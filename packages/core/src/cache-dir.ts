@@ -1,4 +1,4 @@
-import { constants as fsConstants, lstat as lstatCallback, statSync, unlink as unlinkCallback, type BigIntStats } from 'node:fs';
+import { constants as fsConstants, lstat as lstatCallback, lstatSync, statSync, unlink as unlinkCallback, type BigIntStats } from 'node:fs';
 import { access, mkdir, open, readdir, rename, stat, type FileHandle } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { BadDriverConfigurationError, CacheStorageError, ImageBeingCachedError } from './errors.js';
@@ -80,6 +80,14 @@ function unlinkFile(path: string): Promise<void> {
   return new Promise((resolve, reject) => {
     unlinkCallback(path, (error) => (error ? reject(error) : resolve()));
   });
+}
+
+/** Names a listing `stat`s between two turns of the event loop. */
+export const LIST_SLICE = 512;
+
+/** Lets other callbacks run (one turn of the event loop). */
+export function yieldToEventLoop(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
 }
 
 /** Incomplete files owned by live writers of this process (any CacheDirectory instance). */
@@ -210,42 +218,90 @@ export class CacheDirectory {
     }
   }
 
-  /** Stat of a regular file (symlinks and directories are not entries), or `undefined`. */
+  /**
+   * Stat of a regular file (symlinks and directories are not entries), or `undefined`.
+   * A synchronous `lstat` (see {@link statFileSync}) behind the promise.
+   */
   async statFile(id: ImageId, status: EntryStatus = 'active'): Promise<EntryStat | undefined> {
+    return this.statFileSync(id, status);
+  }
+
+  /**
+   * {@link statFile} without the promise: one synchronous `lstat`. On a local
+   * filesystem it costs 1-3 µs, where the asynchronous call costs a round
+   * trip through libuv's thread pool (10-40 µs, more on a busy machine):
+   * the small queries (`isCached`, `getImageSize`, `getHitCount`) and the
+   * listings are made of these, so they pay the syscall only.
+   */
+  statFileSync(id: ImageId, status: EntryStatus = 'active'): EntryStat | undefined {
     const path = this.path(id, status);
+    let info: BigIntStats | undefined;
     try {
-      const info = await lstatNs(path);
-      return info.isFile() ? toEntryStat(id, info) : undefined;
+      info = lstatSync(path, { bigint: true, throwIfNoEntry: false });
     } catch (error) {
       if (isErrnoError(error, 'ENOENT', 'ENOTDIR')) return undefined;
       throw storageError('stat', path, error);
     }
+    return info !== undefined && info.isFile() ? toEntryStat(id, info) : undefined;
   }
 
   /** True when a regular file for `id` exists in that part of the cache. */
   async exists(id: ImageId, status: EntryStatus = 'active'): Promise<boolean> {
-    return (await this.statFile(id, status)) !== undefined;
+    return this.existsSync(id, status);
+  }
+
+  /** {@link exists} without the promise: one synchronous `lstat` without nanosecond times. */
+  existsSync(id: ImageId, status: EntryStatus = 'active'): boolean {
+    const path = this.path(id, status);
+    try {
+      return lstatSync(path, { throwIfNoEntry: false })?.isFile() === true;
+    } catch (error) {
+      if (isErrnoError(error, 'ENOENT', 'ENOTDIR')) return false;
+      throw storageError('stat', path, error);
+    }
   }
 
   /**
    * Every entry of one part of the cache, sorted by id: regular files whose
-   * names are valid ids. One `readdir` and one `stat` per file; files that
+   * names are valid ids. One `readdir`, then one synchronous `lstat` per
+   * name (see {@link statFileSync}), {@link LIST_SLICE} names at a time with
+   * a turn of the event loop between slices, so a listing of 100k entries
+   * never holds the loop for more than about a millisecond. Files that
    * vanish during the scan are skipped.
    */
   async list(status: EntryStatus = 'active'): Promise<EntryStat[]> {
+    const names = await this.listNames(status);
+    const stats: EntryStat[] = [];
+    for (let start = 0; start < names.length; start += LIST_SLICE) {
+      if (start > 0) await yieldToEventLoop();
+      const end = Math.min(names.length, start + LIST_SLICE);
+      for (let i = start; i < end; i++) {
+        const entry = this.statFileSync(names[i] as ImageId, status);
+        if (entry !== undefined) stats.push(entry);
+      }
+    }
+    return stats.sort((a, b) => compareIds(a.imageId, b.imageId));
+  }
+
+  /**
+   * The names of one part of the cache that may be entries (one `readdir`):
+   * valid ids whose directory entry is a regular file,
+   * unsorted. Nothing is `stat`ed: a caller that needs sizes or times calls
+   * {@link list}, or {@link statFileSync} for the names it cannot answer otherwise.
+   */
+  async listNames(status: EntryStatus = 'active'): Promise<ImageId[]> {
     const dir = this.dir(status);
-    let names: string[];
     try {
       const dirents = await readdir(dir, { withFileTypes: true });
-      names = dirents
-        .filter((d) => d.isFile() && isValidImageId(d.name, this.#reserved))
-        .map((d) => d.name);
+      const names: ImageId[] = [];
+      for (const d of dirents) {
+        if (d.isFile() && isValidImageId(d.name, this.#reserved)) names.push(d.name);
+      }
+      return names;
     } catch (error) {
       if (isErrnoError(error, 'ENOENT')) return [];
       throw storageError('list', dir, error);
     }
-    const stats = await mapLimit(names, 64, (name) => this.statFile(name, status));
-    return stats.filter((s): s is EntryStat => s !== undefined).sort((a, b) => compareIds(a.imageId, b.imageId));
   }
 
   /** Queued ids, oldest marker first; ties in marker time are broken by id. */

@@ -268,7 +268,7 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
 
   async isCached(id: ImageId): Promise<boolean> {
     this.guard(id);
-    return this.dir.exists(id, 'active');
+    return this.dir.existsSync(id, 'active');
   }
 
   async isBeingCached(id: ImageId): Promise<boolean> {
@@ -309,19 +309,30 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
 
   async getImageSize(id: ImageId): Promise<number> {
     this.guard(id);
-    const entry = await this.dir.statFile(id, 'active');
+    const entry = this.dir.statFileSync(id, 'active');
     if (entry === undefined) throw new ImageNotCachedError(id, this.dir.path(id));
     return entry.size;
   }
 
   async getHitCount(id: ImageId): Promise<number> {
     this.guard(id);
-    const entry = await this.dir.statFile(id, 'active');
+    const entry = this.dir.statFileSync(id, 'active');
     if (entry === undefined) return 0;
     return this.readHitCount(entry);
   }
 
   async getLeastRecentlyAccessed(): Promise<LeastRecentlyAccessed | null> {
+    this.guardOpen();
+    return this.findLeastRecentlyAccessed();
+  }
+
+  /**
+   * The entry prune evicts next, for {@link getLeastRecentlyAccessed} (the
+   * driver is open). By default the minimum of a full listing by
+   * {@link compareByRecency}; a driver with an index on the recency order
+   * overrides it with a query that reads only the head of that order.
+   */
+  protected async findLeastRecentlyAccessed(): Promise<LeastRecentlyAccessed | null> {
     const images = await this.getCachedImages();
     let least: CachedImage | undefined;
     for (const image of images) if (least === undefined || compareByRecency(image, least) < 0) least = image;

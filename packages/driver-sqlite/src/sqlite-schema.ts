@@ -63,6 +63,13 @@ export const SQL = {
                     VALUES (@id, @lastAccessed, @lastModified, @size, @hits, NULL, @fid)`,
   selectOne: `SELECT image_id, last_accessed, last_modified, size, hits, checksum, file_id FROM cached_images WHERE image_id = ?`,
   selectChecksum: `SELECT checksum, file_id FROM cached_images WHERE image_id = ?`,
+  selectHits: `SELECT hits, file_id FROM cached_images WHERE image_id = ?`,
+  // Walks the LRU index (cached_images_lru_idx) from its head: what prune evicts next.
+  selectByRecency: `SELECT image_id, last_accessed, last_modified, file_id FROM cached_images
+                    ORDER BY last_accessed, last_modified, image_id`,
+  selectIdList: `SELECT image_id FROM cached_images`,
+  syncOff: `PRAGMA synchronous = OFF`,
+  syncNormal: `PRAGMA synchronous = NORMAL`,
   selectAll: `SELECT image_id, last_accessed, last_modified, size, hits, checksum, file_id FROM cached_images`,
   selectIds: `SELECT image_id, size FROM cached_images`,
   deleteOne: `DELETE FROM cached_images WHERE image_id = ?`,

@@ -25,6 +25,14 @@ export interface EntryStat {
   readonly atimeNs: bigint;
   /** Inode number: with size and `mtimeNs`, what tells one file from another under the same name. */
   readonly ino: bigint;
+  /**
+   * Status-change time in nanoseconds since the epoch (from a `stat`; absent
+   * where an entry was made otherwise). Every change of the file's
+   * attributes moves it (`setxattr`, `utimes`, `chmod`, a write), a read
+   * does not: a driver may keep what it read from the file's attributes
+   * while ctime and the inode stay the same.
+   */
+  readonly ctimeNs?: bigint;
 }
 
 /**
@@ -164,6 +172,8 @@ export class CacheDirectory {
   readonly baseDir: string;
   readonly #driverName: string;
   readonly #reserved: readonly string[];
+  /** The directory of each part of the cache, normalized, with one trailing separator. */
+  readonly #prefixes: Readonly<Record<EntryStatus, string>>;
 
   /**
    * @param baseDir - the cache directory.
@@ -172,6 +182,12 @@ export class CacheDirectory {
    */
   constructor(baseDir: string, options: { driverName: string; reservedNames?: readonly string[] }) {
     this.baseDir = baseDir;
+    this.#prefixes = {
+      active: join(baseDir, '/'),
+      incomplete: join(baseDir, 'incomplete', '/'),
+      invalid: join(baseDir, 'invalid', '/'),
+      queue: join(baseDir, 'queue', '/'),
+    };
     this.#driverName = options.driverName;
     this.#reserved = options.reservedNames ?? [];
   }
@@ -183,7 +199,8 @@ export class CacheDirectory {
 
   /** The path of `id` in the given part of the cache. Pure: no I/O. */
   path(id: ImageId, status: EntryStatus = 'active'): string {
-    return status === 'active' ? join(this.baseDir, id) : join(this.baseDir, status, id);
+    // A valid id is one plain file name: `join` would only repeat the normalization of the prefix.
+    return this.#prefixes[status] + id;
   }
 
   /** Path of one of the sub-directories, or of the base directory for `active`. */
@@ -483,6 +500,7 @@ function toEntryStat(imageId: ImageId, info: BigIntStats): EntryStat {
     mtime: nsToSeconds(info.mtimeNs),
     atime: nsToSeconds(info.atimeNs),
     ino: info.ino,
+    ctimeNs: info.ctimeNs,
   };
 }
 

@@ -15,7 +15,7 @@ import {
   type ImageMetadata,
   type LeastRecentlyAccessed,
 } from '@cache/core/driver';
-import { ADD_FILE_ID_COLUMN, CREATE_LRU_INDEX, CREATE_TABLE, REQUIRED_COLUMNS, SQL, type CachedImageRow } from './sqlite-schema.js';
+import { ADD_FILE_ID_COLUMN, CREATE_LRU_INDEX, CREATE_TABLE, REQUIRED_COLUMNS, SQL, type CachedImageRow, type ListingRow } from './sqlite-schema.js';
 
 /** Options of {@link SqliteDriver}. */
 export interface SqliteDriverOptions extends DirectoryDriverOptions {
@@ -42,9 +42,9 @@ export interface SqliteDriverOptions extends DirectoryDriverOptions {
    */
   journalMode?: SqliteJournalMode;
   /**
-   * Whether recording a hit waits for the disk (`PRAGMA synchronous =
-   * NORMAL`, as commits and deletes always do). By default a hit's `UPDATE`
-   * runs with `synchronous = OFF`: SQLite hands its writes to the kernel
+   * Whether recording a hit (and deleting the row of a file already gone)
+   * waits for the disk (`PRAGMA synchronous = NORMAL`, as commits always
+   * do). By default a hit's `UPDATE` runs with `synchronous = OFF`: SQLite hands its writes to the kernel
    * and returns without `fsync`, which is safe when the process crashes
    * (the journal protocol still runs; the kernel has every byte), but a
    * power loss or kernel crash before the kernel writes them back (the
@@ -208,7 +208,7 @@ export class SqliteDriver extends DirectoryCacheDriver {
     );
   }
 
-  /** Runs `fn` with `synchronous = OFF` unless {@link syncHits} (see the option), then back to `NORMAL`. */
+  /** Runs `fn` with `synchronous = OFF` unless {@link syncHits} (see the option), then back to `NORMAL`; for hits and row deletes. */
   #unsynced<T>(s: Record<keyof typeof SQL, Statement>, fn: () => T): T {
     if (this.syncHits) return fn();
     s.syncOff.run();
@@ -276,19 +276,24 @@ export class SqliteDriver extends DirectoryCacheDriver {
   }
 
   protected async readMetadata(entries: readonly EntryStat[]): Promise<Map<ImageId, ImageMetadata>> {
-    const rows =
-      entries.length === 1
-        ? this.#run('read metadata', (s) => s.selectOne.all((entries[0] as EntryStat).imageId) as CachedImageRow[])
-        : this.#run('list metadata', (s) => s.selectAll.all() as CachedImageRow[]);
     const metadata = new Map<ImageId, ImageMetadata>();
-    for (const row of rows) {
-      metadata.set(row.image_id, {
-        hits: row.hits ?? 0,
-        lastAccessed: row.last_accessed ?? 0,
-        lastModified: row.last_modified ?? 0,
-        checksum: row.checksum ?? undefined,
-        identity: row.file_id ?? undefined,
-      });
+    if (entries.length === 1) {
+      const rows = this.#run('read metadata', (s) => s.selectOne.all((entries[0] as EntryStat).imageId) as CachedImageRow[]);
+      for (const row of rows) {
+        metadata.set(row.image_id, {
+          hits: row.hits ?? 0,
+          lastAccessed: row.last_accessed ?? 0,
+          lastModified: row.last_modified ?? 0,
+          checksum: row.checksum ?? undefined,
+          identity: row.file_id ?? undefined,
+        });
+      }
+      return metadata;
+    }
+    // A listing: every row once, without the digest (listings do not show it), as arrays.
+    const rows = this.#run('list metadata', (s) => s.selectListing.raw().all() as ListingRow[]);
+    for (const [id, hits, lastAccessed, lastModified, fileId] of rows) {
+      metadata.set(id, { hits: hits ?? 0, lastAccessed: lastAccessed ?? 0, lastModified: lastModified ?? 0, identity: fileId ?? undefined });
     }
     return metadata;
   }
@@ -298,8 +303,13 @@ export class SqliteDriver extends DirectoryCacheDriver {
     return row === undefined ? undefined : { checksum: row.checksum ?? undefined, identity: row.file_id ?? undefined };
   }
 
+  /**
+   * Runs after the file is gone, with `synchronous = OFF` like a hit (unless
+   * `syncHits`): a delete lost to a power cut leaves a row without a file,
+   * which no listing shows and `clean()` removes (docs/adr/0008).
+   */
   protected async forgetImage(id: ImageId): Promise<void> {
-    this.#run('delete metadata', (s) => s.deleteOne.run(id));
+    this.#run('delete metadata', (s) => this.#unsynced(s, () => s.deleteOne.run(id)));
   }
 
   protected async forgetAllImages(): Promise<void> {

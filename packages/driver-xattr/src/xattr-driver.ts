@@ -39,6 +39,25 @@ const LIST_CONCURRENCY = 64;
 export const ATIME_SLACK_NS = 10_000_000n;
 
 /**
+ * How long (50 ms) a file's ctime must lie before the moment its attributes
+ * were read for the driver to keep them in memory keyed by (inode, ctime).
+ * ctime comes from the kernel's coarse clock (a tick of 1-10 ms behind):
+ * a change made just after the read, within the same tick, could otherwise
+ * leave ctime unchanged and the kept attributes stale.
+ */
+export const ATTRIBUTE_CACHE_SLACK_NS = 50_000_000n;
+
+/** The attributes a listing reads from one file, kept while the file's inode and ctime stay the same. */
+interface FileAttributes {
+  ino: bigint;
+  ctimeNs: bigint;
+  hits: number;
+  accessedNs: bigint | undefined;
+  committedNs: bigint | undefined;
+  recordedFor: string | undefined;
+}
+
+/**
  * Metadata in `user.*` extended attributes on the cache files, as Glance's
  * xattr driver keeps it: `user.hits` (decimal text) on every active file and
  * `user.error` on files moved to `invalid/`. No database: a cache file carries
@@ -87,6 +106,14 @@ export class XattrDriver extends DirectoryCacheDriver {
   protected override readonly noAtimeReads = true;
   /** Per-id chains that serialize hit increments within this process. */
   readonly #hitChains = new Map<ImageId, Promise<void>>();
+  /**
+   * What was last read from each file's attributes, valid while its inode
+   * and ctime are unchanged (every `setxattr`, by any process, moves ctime).
+   * A listing stats every file anyway, so files whose ctime has not moved
+   * cost no attribute read (docs/adr/0008). Rebuilt by every listing, so it
+   * holds only files that exist.
+   */
+  #attributes = new Map<ImageId, FileAttributes>();
 
   constructor(options: XattrDriverOptions) {
     super(options);
@@ -153,6 +180,7 @@ export class XattrDriver extends DirectoryCacheDriver {
    */
   async #incrementHits(id: ImageId, time: number, file: EntryStat): Promise<void> {
     const path = this.dir.path(id, 'active');
+    this.#attributes.delete(id);
     try {
       const hits = readCountSync(path);
       const recordedFor = readTextSync(path, XATTR.file);
@@ -185,31 +213,75 @@ export class XattrDriver extends DirectoryCacheDriver {
    * slices (a listing of 100k entries never holds the loop for more than a
    * few milliseconds).
    */
+  /**
+   * The attributes of every listed file, {@link LIST_SLICE} files at a time
+   * with a turn of the event loop between slices. A file whose inode and
+   * ctime are those of the last read costs nothing more; the others cost
+   * four synchronous `getxattr`.
+   */
   protected async readMetadata(entries: readonly EntryStat[]): Promise<Map<ImageId, ImageMetadata>> {
     const records = new Map<ImageId, ImageMetadata>();
+    const listing = entries.length > 1;
+    const kept = listing ? new Map<ImageId, FileAttributes>() : this.#attributes;
     for (let start = 0; start < entries.length; start += LIST_SLICE) {
       if (start > 0) await yieldToEventLoop();
       const end = Math.min(entries.length, start + LIST_SLICE);
       for (let i = start; i < end; i++) {
         const entry = entries[i] as EntryStat;
-        const path = this.dir.path(entry.imageId, 'active');
-        const recordedFor = readTextSync(path, XATTR.file);
-        if (recordedFor !== undefined && !sameFile(recordedFor, entry)) continue;
-        const hits = readCountSync(path);
-        const accessed = parseNs(readTextSync(path, XATTR.lastAccessed));
-        const committed = parseNs(readTextSync(path, XATTR.committed));
+        const attributes = this.#readAttributes(entry);
+        if (attributes === undefined) continue;
+        if (attributes.ctimeNs >= 0n) kept.set(entry.imageId, attributes);
+        if (attributes.recordedFor !== undefined && !sameFile(attributes.recordedFor, entry)) continue;
+        const accessed = attributes.accessedNs;
         records.set(entry.imageId, {
-          hits,
+          hits: attributes.hits,
           lastAccessed: accessed === undefined || entry.atimeNs > accessed + ATIME_SLACK_NS ? entry.atime : nsToSeconds(accessed),
-          lastModified: committed === undefined ? entry.mtime : nsToSeconds(committed),
+          lastModified: attributes.committedNs === undefined ? entry.mtime : nsToSeconds(attributes.committedNs),
         });
       }
     }
+    if (listing) this.#attributes = kept;
     return records;
   }
 
-  /** `user.hits` and the identity it belongs to: two attribute reads instead of the four a listing needs. */
+  /**
+   * The attributes of `entry`'s file: from memory when its inode and ctime
+   * are those of the last read, else read (and kept, with `ctimeNs` set,
+   * when that ctime is older than the read by {@link ATTRIBUTE_CACHE_SLACK_NS};
+   * `ctimeNs` -1 otherwise, not to be kept).
+   */
+  #readAttributes(entry: EntryStat): FileAttributes | undefined {
+    const known = this.#attributes.get(entry.imageId);
+    if (known !== undefined && entry.ctimeNs !== undefined && known.ino === entry.ino && known.ctimeNs === entry.ctimeNs) return known;
+    const readAtNs = BigInt(Date.now()) * 1_000_000n;
+    const path = this.dir.path(entry.imageId, 'active');
+    // A missing attribute (every one of ours on a file Glance wrote) is an exception from fs-xattr: without
+    // a stack trace it costs a tenth. Nothing else runs meanwhile (all synchronous); the limit is restored.
+    const stackTraceLimit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 0;
+    let attributes: FileAttributes;
+    try {
+      attributes = {
+        ino: entry.ino,
+        ctimeNs: entry.ctimeNs !== undefined && entry.ctimeNs + ATTRIBUTE_CACHE_SLACK_NS < readAtNs ? entry.ctimeNs : -1n,
+        recordedFor: readTextSync(path, XATTR.file),
+        hits: readCountSync(path),
+        accessedNs: parseNs(readTextSync(path, XATTR.lastAccessed)),
+        committedNs: parseNs(readTextSync(path, XATTR.committed)),
+      };
+    } finally {
+      Error.stackTraceLimit = stackTraceLimit;
+    }
+    if (attributes.ctimeNs < 0n) this.#attributes.delete(entry.imageId);
+    return attributes;
+  }
+
+  /** `user.hits` and the identity it belongs to (from memory while the file's ctime has not moved). */
   protected override async readHitCount(entry: EntryStat): Promise<number> {
+    const known = this.#attributes.get(entry.imageId);
+    if (known !== undefined && entry.ctimeNs !== undefined && known.ino === entry.ino && known.ctimeNs === entry.ctimeNs) {
+      return known.recordedFor === undefined || sameFile(known.recordedFor, entry) ? known.hits : 0;
+    }
     const path = this.dir.path(entry.imageId, 'active');
     const recordedFor = readTextSync(path, XATTR.file);
     return recordedFor === undefined || sameFile(recordedFor, entry) ? readCountSync(path) : 0;

@@ -275,9 +275,14 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
 
   // ---- queries --------------------------------------------------------------------
 
-  async isCached(id: ImageId): Promise<boolean> {
-    this.guard(id);
-    return this.dir.existsSync(id, 'active');
+  isCached(id: ImageId): Promise<boolean> {
+    // Not `async` (one syscall; no await): a resolved promise, or a rejection for a bad id, a closed driver, a failed lstat.
+    try {
+      this.guard(id);
+      return Promise.resolve(this.dir.existsSync(id, 'active'));
+    } catch (error) {
+      return Promise.reject(error);
+    }
   }
 
   async isBeingCached(id: ImageId): Promise<boolean> {
@@ -316,11 +321,16 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
     return entries.reduce((sum, entry) => sum + entry.size, 0);
   }
 
-  async getImageSize(id: ImageId): Promise<number> {
-    this.guard(id);
-    const entry = this.dir.statFileSync(id, 'active');
-    if (entry === undefined) throw new ImageNotCachedError(id, this.dir.path(id));
-    return entry.size;
+  getImageSize(id: ImageId): Promise<number> {
+    // Not `async`, as isCached.
+    try {
+      this.guard(id);
+      const entry = this.dir.statFileSync(id, 'active');
+      if (entry === undefined) throw new ImageNotCachedError(id, this.dir.path(id));
+      return Promise.resolve(entry.size);
+    } catch (error) {
+      return Promise.reject(error);
+    }
   }
 
   async getHitCount(id: ImageId): Promise<number> {

@@ -24,7 +24,7 @@ export interface Goal {
 
 /** One line of the results: our figure beside its baseline, measured in the same run on the same filesystem. */
 export interface FigureResult {
-  /** 1..13, as numbered in bench/README.md. */
+  /** 1..FIGURES, as numbered in bench/README.md. */
   figure: number;
   title: string;
   fs: string;

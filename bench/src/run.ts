@@ -12,6 +12,7 @@ import { POSTGRES_FIGURES, sizesFor, type FsTarget, type Sizes } from './options
 import { printFigure, toMarkdown, writeResults, type FigureResult, type PostgresEnvironment, type Results } from './report.js';
 import { clusterFigures } from './suites/cluster.js';
 import { durabilityFigures } from './suites/durability.js';
+import { GLANCE_FIGURE, glanceFigures } from './suites/glance.js';
 import { listingFigures } from './suites/listings.js';
 import { opsFigures } from './suites/ops.js';
 import { readThroughFigures } from './suites/readthrough.js';
@@ -112,6 +113,7 @@ const suites = [
   { figures: [...HTTP_FIGURES], run: serverFillFigures },
   { figures: [13], run: spaceFigures },
   { figures: [15], run: durabilityFigures },
+  { figures: [GLANCE_FIGURE], run: glanceFigures },
 ];
 
 for (const [index, fs] of config.targets.entries()) {

@@ -1,4 +1,4 @@
-import { constants as fsConstants } from 'node:fs';
+import { closeSync, constants as fsConstants, fstatSync, openSync, readSync, type BigIntStats } from 'node:fs';
 import { open, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -34,6 +34,15 @@ import { CacheError, CacheStorageError, DriverNotOpenError, ImageChangedError, I
 import { assertImageId, isValidImageId, type ImageId } from './image-id.js';
 import { assertSatisfiable, normalizeQuarantineOptions, normalizeReadOptions } from './options.js';
 import { CacheReadStream, CacheWriteStream } from './streams.js';
+
+/**
+ * Entries up to this size (64 KiB) are read whole when opened, with
+ * synchronous calls, instead of streamed from an asynchronous handle: four
+ * thread-pool round trips (open, fstat, read, close) cost more than the
+ * bytes. A read from a cold page cache then blocks the event loop for one
+ * disk read of at most this size.
+ */
+export const SMALL_READ_BYTES = 64 * 1024;
 
 /** Default age (seconds) after which `clean()` deletes an incomplete file, as in Glance. */
 export const DEFAULT_STALL_TIME = 86_400;
@@ -472,9 +481,14 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
 
   // ---- queries --------------------------------------------------------------------
 
-  async isCached(id: ImageId): Promise<boolean> {
-    this.guard(id);
-    return this.dir.exists(id, 'active');
+  isCached(id: ImageId): Promise<boolean> {
+    // Not `async` (one syscall; no await): a resolved promise, or a rejection for a bad id, a closed driver, a failed lstat.
+    try {
+      this.guard(id);
+      return Promise.resolve(this.dir.existsSync(id, 'active'));
+    } catch (error) {
+      return Promise.reject(error);
+    }
   }
 
   async isBeingCached(id: ImageId): Promise<boolean> {
@@ -515,21 +529,37 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
     return entries.reduce((sum, entry) => sum + entry.size, 0);
   }
 
-  async getImageSize(id: ImageId): Promise<number> {
-    this.guard(id);
-    const entry = await this.dir.statFile(id, 'active');
-    if (entry === undefined) throw new ImageNotCachedError(id, this.dir.path(id));
-    return entry.size;
+  getImageSize(id: ImageId): Promise<number> {
+    // Not `async`, as isCached.
+    try {
+      this.guard(id);
+      const entry = this.dir.statFileSync(id, 'active');
+      if (entry === undefined) throw new ImageNotCachedError(id, this.dir.path(id));
+      return Promise.resolve(entry.size);
+    } catch (error) {
+      return Promise.reject(error);
+    }
   }
 
   async getHitCount(id: ImageId): Promise<number> {
     this.guard(id);
-    const entry = await this.dir.statFile(id, 'active');
+    const entry = this.dir.statFileSync(id, 'active');
     if (entry === undefined) return 0;
     return this.readHitCount(entry);
   }
 
   async getLeastRecentlyAccessed(): Promise<LeastRecentlyAccessed | null> {
+    this.guardOpen();
+    return this.findLeastRecentlyAccessed();
+  }
+
+  /**
+   * The entry prune evicts next, for {@link getLeastRecentlyAccessed} (the
+   * driver is open). By default the minimum of a full listing by
+   * {@link compareByRecency}; a driver with an index on the recency order
+   * overrides it with a query that reads only the head of that order.
+   */
+  protected async findLeastRecentlyAccessed(): Promise<LeastRecentlyAccessed | null> {
     const images = await this.getCachedImages();
     let least: CachedImage | undefined;
     for (const image of images) if (least === undefined || compareByRecency(image, least) < 0) least = image;
@@ -624,23 +654,89 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
     this.guard(id);
     const read = normalizeReadOptions(options);
     const path = this.dir.path(id, 'active');
-    const handle = await openActive(id, path, this.noAtimeReads || !read.countHit);
+    const noAtime = this.noAtimeReads || !read.countHit;
+    const small = this.#readSmall(id, path, read, noAtime);
+    if (small !== undefined) return small;
+    const handle = await openActive(id, path, noAtime);
     let file: EntryStat;
     try {
       const info = await handle.stat({ bigint: true }).catch((error: unknown) => {
         throw storageError('stat', path, error);
       });
-      if (!info.isFile()) throw new ImageNotCachedError(id, path);
-      file = entryStatOf(id, info);
-      if (read.identity !== undefined && !sameFile(read.identity, file)) {
-        throw new ImageChangedError(id, path, read.identity, fileIdentity(file));
-      }
-      assertSatisfiable(id, path, read, file.size);
+      file = this.#checkOpened(id, path, read, info);
     } catch (error) {
       await handle.close().catch(() => undefined);
       throw error;
     }
-    const onComplete = async () => {
+    // The size lets the stream size its buffers and end without an extra read (see CacheReadStream).
+    return new CacheReadStream(id, handle, {
+      size: file.size,
+      start: read.start,
+      end: read.end,
+      onComplete: read.countHit ? this.#hitRecorder(id, file) : undefined,
+    });
+  }
+
+  /**
+   * A read of an entry of at most {@link SMALL_READ_BYTES}, done at open with
+   * synchronous calls (open, fstat, read, close: a few µs each, where each
+   * asynchronous one is a thread-pool round trip); `undefined` for a larger
+   * entry, which streams from an asynchronous handle. Refusals (missing,
+   * changed, unsatisfiable range) are the same as the streaming path's.
+   */
+  #readSmall(id: ImageId, path: string, read: ReturnType<typeof normalizeReadOptions>, noAtime: boolean): Readable | undefined {
+    const fd = openActiveSync(id, path, noAtime);
+    try {
+      let info: BigIntStats;
+      try {
+        info = fstatSync(fd, { bigint: true });
+      } catch (error) {
+        throw storageError('stat', path, error);
+      }
+      const file = this.#checkOpened(id, path, read, info);
+      if (file.size > SMALL_READ_BYTES) return undefined;
+      const stop = read.end === undefined ? file.size : Math.min(file.size, read.end + 1);
+      const data = Buffer.allocUnsafe(Math.max(0, stop - read.start));
+      let got = 0;
+      try {
+        while (got < data.length) {
+          const n = readSync(fd, data, got, data.length - got, read.start + got);
+          if (n === 0) break;
+          got += n;
+        }
+      } catch (error) {
+        throw storageError('read', path, error);
+      }
+      return new CacheReadStream(id, null, {
+        size: file.size,
+        start: read.start,
+        end: read.end,
+        data: got === data.length ? data : data.subarray(0, got),
+        onComplete: read.countHit ? this.#hitRecorder(id, file) : undefined,
+      });
+    } finally {
+      try {
+        closeSync(fd);
+      } catch {
+        // A read-only descriptor: nothing is lost if close reports an error.
+      }
+    }
+  }
+
+  /** Checks an opened active file against the read's options; its {@link EntryStat}. */
+  #checkOpened(id: ImageId, path: string, read: ReturnType<typeof normalizeReadOptions>, info: BigIntStats): EntryStat {
+    if (!info.isFile()) throw new ImageNotCachedError(id, path);
+    const file = entryStatOf(id, info);
+    if (read.identity !== undefined && !sameFile(read.identity, file)) {
+      throw new ImageChangedError(id, path, read.identity, fileIdentity(file));
+    }
+    assertSatisfiable(id, path, read, file.size);
+    return file;
+  }
+
+  /** What a completed read runs: records the hit, reporting (never throwing) a failure. */
+  #hitRecorder(id: ImageId, file: EntryStat): () => Promise<void> {
+    return async () => {
       try {
         await this.recordHit(id, nowSeconds(), file);
       } catch (error) {
@@ -652,13 +748,6 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
         });
       }
     };
-    // The size lets the stream size its buffers and end without an extra read (see CacheReadStream).
-    return new CacheReadStream(id, handle, {
-      size: file.size,
-      start: read.start,
-      end: read.end,
-      onComplete: read.countHit ? onComplete : undefined,
-    });
   }
 
   async statImage(id: ImageId): Promise<ImageStat | null> {
@@ -851,6 +940,26 @@ function toRecord(entry: EntryStat, record: ImageMetadata | undefined): CachedIm
 
 function defaultWarning(warning: CacheWarning): void {
   process.emitWarning(warning.message, { code: warning.code });
+}
+
+/** {@link openActive} with a synchronous `open`: a file descriptor. */
+function openActiveSync(id: ImageId, path: string, noAtime: boolean): number {
+  const flags = fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW;
+  const NOATIME = (fsConstants as { O_NOATIME?: number }).O_NOATIME;
+  try {
+    if (noAtime && NOATIME !== undefined) {
+      try {
+        return openSync(path, flags | NOATIME);
+      } catch (error) {
+        // O_NOATIME needs the file's owner (or CAP_FOWNER): fall back to a plain open.
+        if (!isErrnoError(error, 'EPERM')) throw error;
+      }
+    }
+    return openSync(path, flags);
+  } catch (error) {
+    if (isErrnoError(error, 'ENOENT', 'ELOOP', 'ENOTDIR')) throw new ImageNotCachedError(id, path, error);
+    throw storageError('open', path, error);
+  }
 }
 
 /** Opens an active file read-only without following a symlink; `noAtime` asks the kernel not to touch its atime (when allowed). */

@@ -40,6 +40,11 @@ const OPEN_METHODS = new Set<PropertyKey>([
 
 const GUARDED = Symbol.for('@cache/core.guarded-driver');
 
+/** A driver method's result as a promise (a driver written from scratch may return a plain value). */
+function asPromise(value: unknown): Promise<unknown> {
+  return value instanceof Promise ? value : Promise.resolve(value);
+}
+
 type State = 'new' | 'open' | 'closed';
 
 /**
@@ -100,16 +105,26 @@ export function guardDriver<D extends CacheDriver>(driver: D): D {
       const fn = value as (...args: unknown[]) => unknown;
       if (ID_METHODS.has(property)) {
         const check = OPTION_CHECKS.get(property);
-        wrapper = async (id: unknown, ...rest: unknown[]) => {
-          assertImageId(id, reserved());
-          check?.(rest[0]);
-          if (state !== 'open') throw notOpen();
-          return fn.call(target, id, ...rest);
+        // Not `async`: the driver's own promise is handed back as it is (an async wrapper returning it
+        // costs two more turns of the microtask queue per call); every throw still becomes a rejection.
+        wrapper = (id: unknown, ...rest: unknown[]) => {
+          try {
+            assertImageId(id, reserved());
+            check?.(rest[0]);
+            if (state !== 'open') throw notOpen();
+            return asPromise(fn.call(target, id, ...rest));
+          } catch (error) {
+            return Promise.reject(error);
+          }
         };
       } else if (OPEN_METHODS.has(property)) {
-        wrapper = async (...args: unknown[]) => {
-          if (state !== 'open') throw notOpen();
-          return fn.call(target, ...args);
+        wrapper = (...args: unknown[]) => {
+          try {
+            if (state !== 'open') throw notOpen();
+            return asPromise(fn.call(target, ...args));
+          } catch (error) {
+            return Promise.reject(error);
+          }
         };
       } else if (property === 'getImageFilepath') {
         wrapper = (id: unknown, ...rest: unknown[]) => {

@@ -28,12 +28,33 @@ export const RESERVED_NAMES: readonly string[] = Object.freeze([
   'checkme',
 ]);
 
+const NO_NAMES: readonly string[] = Object.freeze([]);
+const SIMPLE_ID = /^[A-Za-z0-9_-][A-Za-z0-9._-]{0,254}$/;
+const RESERVED_SET: ReadonlySet<string> = new Set(RESERVED_NAMES);
+/** Lower-cased sets of the drivers' extra reserved names, made once per array. */
+const extraSets = new WeakMap<readonly string[], { length: number; set: Set<string> }>();
+
+function reservedSet(names: readonly string[]): ReadonlySet<string> {
+  let known = extraSets.get(names);
+  if (known === undefined || known.length !== names.length) {
+    known = { length: names.length, set: new Set(names.map((name) => name.toLowerCase())) };
+    extraSets.set(names, known);
+  }
+  return known.set;
+}
+
 /**
  * Why `id` is not a valid image id, or `undefined` when it is.
  *
  * @param extraReserved - further names a driver keeps for itself (e.g. a custom database file name).
  */
-export function imageIdProblem(id: unknown, extraReserved: readonly string[] = []): string | undefined {
+export function imageIdProblem(id: unknown, extraReserved: readonly string[] = NO_NAMES): string | undefined {
+  // The common case first, without allocating: ASCII letters, digits, '.', '_', '-', not starting with '.',
+  // at most 255 characters (= bytes), and not reserved. Every such id passes every check below.
+  if (typeof id === 'string' && SIMPLE_ID.test(id)) {
+    const lower = id.toLowerCase();
+    if (!RESERVED_SET.has(lower) && !reservedSet(extraReserved).has(lower)) return undefined;
+  }
   if (typeof id !== 'string') return 'it must be a string';
   if (id.length === 0) return 'it is empty';
   if (id === '.' || id === '..') return 'it is a relative directory name';
@@ -50,12 +71,12 @@ export function imageIdProblem(id: unknown, extraReserved: readonly string[] = [
 }
 
 /** True when `id` is a valid image id. */
-export function isValidImageId(id: unknown, extraReserved: readonly string[] = []): id is ImageId {
+export function isValidImageId(id: unknown, extraReserved: readonly string[] = NO_NAMES): id is ImageId {
   return imageIdProblem(id, extraReserved) === undefined;
 }
 
 /** Throws {@link InvalidImageIdError} unless `id` is a valid image id. */
-export function assertImageId(id: unknown, extraReserved: readonly string[] = []): asserts id is ImageId {
+export function assertImageId(id: unknown, extraReserved: readonly string[] = NO_NAMES): asserts id is ImageId {
   const problem = imageIdProblem(id, extraReserved);
   if (problem !== undefined) throw new InvalidImageIdError(id, problem);
 }

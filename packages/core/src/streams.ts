@@ -349,6 +349,12 @@ export interface CacheReadStreamOptions {
    * read abandoned before it. Leave it out for a read that counts nothing.
    */
   onComplete?: () => Promise<void>;
+  /**
+   * The bytes of the range, already read (a small entry read whole when it
+   * was opened, with its file already closed): the stream delivers them and
+   * reads no file. Pass `null` as the handle with it.
+   */
+  data?: Buffer;
 }
 
 /**
@@ -366,7 +372,9 @@ export class CacheReadStream extends Readable {
   readonly imageId: ImageId;
   /** First byte of the range. */
   readonly start: number;
-  #handle: FileHandle;
+  #handle: FileHandle | null;
+  /** Bytes of the range read at open (see {@link CacheReadStreamOptions.data}), until pushed. */
+  #data: Buffer | undefined;
   #onComplete: (() => Promise<void>) | undefined;
   /** File offset of the next read. */
   #position: number;
@@ -387,11 +395,13 @@ export class CacheReadStream extends Readable {
    * @param options - range, size and completion callback; see {@link CacheReadStreamOptions}.
    *   (The earlier form `(imageId, handle, onComplete, size?)` is still accepted.)
    */
-  constructor(imageId: ImageId, handle: FileHandle, options?: CacheReadStreamOptions | (() => Promise<void>), size?: number) {
+  constructor(imageId: ImageId, handle: FileHandle | null, options?: CacheReadStreamOptions | (() => Promise<void>), size?: number) {
     super({ highWaterMark: READ_CHUNK_SIZE });
     const opts: CacheReadStreamOptions = typeof options === 'function' ? { onComplete: options, size } : (options ?? {});
     this.imageId = imageId;
     this.#handle = handle;
+    this.#data = opts.data;
+    if (handle === null && opts.data === undefined) throw new TypeError('CacheReadStream needs a file handle or the data of the range');
     this.#onComplete = opts.onComplete;
     this.start = opts.start ?? 0;
     this.#position = this.start;
@@ -414,9 +424,31 @@ export class CacheReadStream extends Readable {
       void this.#finish();
       return;
     }
+    const data = this.#data;
+    if (data !== undefined || this.#handle === null) {
+      // Read at open: one push of what was read; a file that ended early ended the image there.
+      this.#data = undefined;
+      if (data === undefined || data.length === 0) {
+        if (this.#position < this.#stop) {
+          this.#stop = this.#position;
+          this.#toEnd = this.start === 0;
+        }
+        void this.#finish();
+        return;
+      }
+      this.#position += data.length;
+      if (this.#position < this.#stop) {
+        // The file was shorter than its size at open: its end is the end of the image (as a read of 0 bytes says below).
+        this.#stop = this.#position;
+        this.#toEnd = true;
+      }
+      this.push(data);
+      return;
+    }
     this.#reading = true;
+    const handle = this.#handle;
     const buffer = Buffer.allocUnsafe(Math.min(Math.max(size, READ_CHUNK_SIZE), left));
-    this.#handle.read(buffer, 0, buffer.length, this.#position).then(
+    handle.read(buffer, 0, buffer.length, this.#position).then(
       ({ bytesRead }) => {
         this.#reading = false;
         if (this.destroyed) return;
@@ -475,7 +507,7 @@ export class CacheReadStream extends Readable {
     // A hit being recorded (the last byte was delivered) finishes before `close`.
     const recording = this.#completion ?? Promise.resolve();
     recording
-      .then(() => this.#handle.close())
+      .then(() => this.#handle?.close())
       .then(
         () => callback(error),
         () => callback(error),

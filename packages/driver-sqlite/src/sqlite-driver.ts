@@ -2,16 +2,20 @@ import { basename, dirname, resolve } from 'node:path';
 import Database from 'better-sqlite3';
 import { BadDriverConfigurationError, CacheStorageError, InvalidArgumentError, type ImageId } from '@cache/core';
 import {
+  compareByRecency,
   DirectoryCacheDriver,
   fileIdentity,
   permissionAdvice,
+  sameFile,
+  type CachedImage,
   type CommitInfo,
   type DirectoryDriverOptions,
   type DriverSupports,
   type EntryStat,
   type ImageMetadata,
+  type LeastRecentlyAccessed,
 } from '@cache/core/driver';
-import { ADD_FILE_ID_COLUMN, CREATE_LRU_INDEX, CREATE_TABLE, REQUIRED_COLUMNS, SQL, type CachedImageRow } from './sqlite-schema.js';
+import { ADD_FILE_ID_COLUMN, CREATE_LRU_INDEX, CREATE_TABLE, REQUIRED_COLUMNS, SQL, type CachedImageRow, type ListingRow } from './sqlite-schema.js';
 
 /** Options of {@link SqliteDriver}. */
 export interface SqliteDriverOptions extends DirectoryDriverOptions {
@@ -37,6 +41,21 @@ export interface SqliteDriverOptions extends DirectoryDriverOptions {
    * @default `delete` when the database is in the cache directory, `wal` when it is elsewhere
    */
   journalMode?: SqliteJournalMode;
+  /**
+   * Whether recording a hit (and deleting the row of a file already gone)
+   * waits for the disk (`PRAGMA synchronous = NORMAL`, as commits always
+   * do). By default a hit's `UPDATE` runs with `synchronous = OFF`: SQLite hands its writes to the kernel
+   * and returns without `fsync`, which is safe when the process crashes
+   * (the journal protocol still runs; the kernel has every byte), but a
+   * power loss or kernel crash before the kernel writes them back (the
+   * next commit's `fsync`, or writeback within about 30 s) can lose recent
+   * hits or, rarely, leave the database inconsistent (docs/adr/0008). Set
+   * `true` where hit counts must survive power loss: every counted read
+   * then pays the journal's and the database's `fsync` (about 4× slower
+   * with the rollback journal).
+   * @default false
+   */
+  syncHits?: boolean;
 }
 
 /** SQLite's journal mode, see {@link SqliteDriverOptions.journalMode}. */
@@ -82,6 +101,8 @@ export class SqliteDriver extends DirectoryCacheDriver {
   readonly dbPath: string;
   /** The journal mode `configure()` puts the database in (see {@link SqliteDriverOptions.journalMode}). */
   readonly journalMode: SqliteJournalMode;
+  /** See {@link SqliteDriverOptions.syncHits}. */
+  readonly syncHits: boolean;
   readonly #busyTimeout: number;
   #db: Database.Database | undefined;
   #statements: Record<keyof typeof SQL, Statement> | undefined;
@@ -98,6 +119,10 @@ export class SqliteDriver extends DirectoryCacheDriver {
       throw new InvalidArgumentError(`journalMode must be 'delete' or 'wal', got ${JSON.stringify(options.journalMode)}`);
     }
     this.#busyTimeout = options.busyTimeout ?? 5000;
+    if (options.syncHits !== undefined && typeof options.syncHits !== 'boolean') {
+      throw new InvalidArgumentError(`syncHits must be a boolean, got ${JSON.stringify(options.syncHits)}`);
+    }
+    this.syncHits = options.syncHits ?? false;
   }
 
   protected async openMetadata(): Promise<void> {
@@ -185,30 +210,103 @@ export class SqliteDriver extends DirectoryCacheDriver {
 
   protected async recordHit(id: ImageId, time: number, file: EntryStat): Promise<void> {
     const fid = fileIdentity(file);
-    const updated = this.#run('record hit', (s) => s.hit.run({ id, time, fid, mtime: file.mtime, size: file.size }).changes);
+    const params = { id, time, fid, mtime: file.mtime, size: file.size };
+    const updated = this.#run('record hit', (s) => this.#unsynced(s, () => s.hit.run(params).changes));
     if (updated > 0) return;
     // A file without a row (written before a crash, by hand, or by another process): adopt it with this hit,
     // unless it was deleted while it was being read (no row for a file that is gone).
-    if (!(await this.dir.exists(id, 'active'))) return;
+    if (!this.dir.existsSync(id, 'active')) return;
     this.#run('record hit', (s) =>
-      s.insertIfMissing.run({ id, lastAccessed: time, lastModified: file.mtime, size: file.size, hits: 1, fid }),
+      this.#unsynced(s, () => s.insertIfMissing.run({ id, lastAccessed: time, lastModified: file.mtime, size: file.size, hits: 1, fid })),
     );
   }
 
-  protected async readMetadata(entries: readonly EntryStat[]): Promise<Map<ImageId, ImageMetadata>> {
-    const rows =
-      entries.length === 1
-        ? this.#run('read metadata', (s) => s.selectOne.all((entries[0] as EntryStat).imageId) as CachedImageRow[])
-        : this.#run('list metadata', (s) => s.selectAll.all() as CachedImageRow[]);
-    const metadata = new Map<ImageId, ImageMetadata>();
-    for (const row of rows) {
-      metadata.set(row.image_id, {
-        hits: row.hits ?? 0,
-        lastAccessed: row.last_accessed ?? 0,
-        lastModified: row.last_modified ?? 0,
-        checksum: row.checksum ?? undefined,
-        identity: row.file_id ?? undefined,
+  /** Runs `fn` with `synchronous = OFF` unless {@link syncHits} (see the option), then back to `NORMAL`; for hits and row deletes. */
+  #unsynced<T>(s: Record<keyof typeof SQL, Statement>, fn: () => T): T {
+    if (this.syncHits) return fn();
+    s.syncOff.run();
+    try {
+      return fn();
+    } finally {
+      s.syncNormal.run();
+    }
+  }
+
+  /** `hits` and the identity it belongs to, from the primary key: one row, two columns. */
+  protected override async readHitCount(entry: EntryStat): Promise<number> {
+    const row = this.#run('read hit count', (s) => s.selectHits.get(entry.imageId) as Pick<CachedImageRow, 'hits' | 'file_id'> | undefined);
+    if (row === undefined || (row.file_id !== null && !sameFile(row.file_id, entry))) return 0;
+    return row.hits ?? 0;
+  }
+
+  /**
+   * Walks the LRU index from its head instead of listing: one `readdir`
+   * (which files exist), the ids of every row (which files have none), then
+   * rows in eviction order, each checked against its file with one `lstat`,
+   * until the first that describes the file under its id. Files without a
+   * row, and files whose row describes another file (replaced under their
+   * id), are ranked by their mtime, as a listing ranks them; rows without a
+   * file are skipped. See docs/adr/0008 for what this trusts.
+   */
+  protected override async findLeastRecentlyAccessed(): Promise<LeastRecentlyAccessed | null> {
+    const names = new Set(await this.dir.listNames('active'));
+    const candidates: CachedImage[] = [];
+    this.#run('find the least recently accessed', (s) => {
+      const withRow = new Set(s.selectIdList.pluck().all() as string[]);
+      const asFile = (entry: EntryStat): CachedImage => ({
+        imageId: entry.imageId,
+        hits: 0,
+        lastAccessed: entry.mtime,
+        lastModified: entry.mtime,
+        size: entry.size,
       });
+      for (const name of names) {
+        if (withRow.has(name)) continue;
+        const entry = this.dir.statFileSync(name, 'active');
+        if (entry !== undefined) candidates.push(asFile(entry));
+      }
+      for (const row of s.selectByRecency.iterate() as IterableIterator<Pick<CachedImageRow, 'image_id' | 'last_accessed' | 'last_modified' | 'file_id'>>) {
+        if (!names.has(row.image_id)) continue;
+        const entry = this.dir.statFileSync(row.image_id, 'active');
+        if (entry === undefined) continue;
+        if (row.file_id !== null && !sameFile(row.file_id, entry)) {
+          candidates.push(asFile(entry));
+          continue;
+        }
+        candidates.push({
+          imageId: row.image_id,
+          hits: 0,
+          lastAccessed: row.last_accessed ?? 0,
+          lastModified: row.last_modified ?? 0,
+          size: entry.size,
+        });
+        break;
+      }
+    });
+    let least: CachedImage | undefined;
+    for (const image of candidates) if (least === undefined || compareByRecency(image, least) < 0) least = image;
+    return least === undefined ? null : { imageId: least.imageId, size: least.size };
+  }
+
+  protected async readMetadata(entries: readonly EntryStat[]): Promise<Map<ImageId, ImageMetadata>> {
+    const metadata = new Map<ImageId, ImageMetadata>();
+    if (entries.length === 1) {
+      const rows = this.#run('read metadata', (s) => s.selectOne.all((entries[0] as EntryStat).imageId) as CachedImageRow[]);
+      for (const row of rows) {
+        metadata.set(row.image_id, {
+          hits: row.hits ?? 0,
+          lastAccessed: row.last_accessed ?? 0,
+          lastModified: row.last_modified ?? 0,
+          checksum: row.checksum ?? undefined,
+          identity: row.file_id ?? undefined,
+        });
+      }
+      return metadata;
+    }
+    // A listing: every row once, without the digest (listings do not show it), as arrays.
+    const rows = this.#run('list metadata', (s) => s.selectListing.raw().all() as ListingRow[]);
+    for (const [id, hits, lastAccessed, lastModified, fileId] of rows) {
+      metadata.set(id, { hits: hits ?? 0, lastAccessed: lastAccessed ?? 0, lastModified: lastModified ?? 0, identity: fileId ?? undefined });
     }
     return metadata;
   }
@@ -218,8 +316,13 @@ export class SqliteDriver extends DirectoryCacheDriver {
     return row === undefined ? undefined : { checksum: row.checksum ?? undefined, identity: row.file_id ?? undefined };
   }
 
+  /**
+   * Runs after the file is gone, with `synchronous = OFF` like a hit (unless
+   * `syncHits`): a delete lost to a power cut leaves a row without a file,
+   * which no listing shows and `clean()` removes (docs/adr/0008).
+   */
   protected async forgetImage(id: ImageId): Promise<void> {
-    this.#run('delete metadata', (s) => s.deleteOne.run(id));
+    this.#run('delete metadata', (s) => this.#unsynced(s, () => s.deleteOne.run(id)));
   }
 
   protected async forgetAllImages(): Promise<void> {

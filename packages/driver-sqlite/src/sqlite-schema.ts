@@ -43,6 +43,9 @@ export interface CachedImageRow {
   file_id: string | null;
 }
 
+/** A row of {@link SQL.selectListing}, read with `.raw()`: id, hits, last access, commit time, file identity. */
+export type ListingRow = [string, number | null, number | null, number | null, string | null];
+
 /** A row describes the file `@fid` (or was written by Glance, which records no identity). */
 const SAME_FILE = `(file_id IS NULL OR file_id = @fid)`;
 
@@ -63,8 +66,17 @@ export const SQL = {
                     VALUES (@id, @lastAccessed, @lastModified, @size, @hits, NULL, @fid)`,
   selectOne: `SELECT image_id, last_accessed, last_modified, size, hits, checksum, file_id FROM cached_images WHERE image_id = ?`,
   selectChecksum: `SELECT checksum, file_id FROM cached_images WHERE image_id = ?`,
+  selectHits: `SELECT hits, file_id FROM cached_images WHERE image_id = ?`,
+  // Walks the LRU index (cached_images_lru_idx) from its head: what prune evicts next.
+  selectByRecency: `SELECT image_id, last_accessed, last_modified, file_id FROM cached_images
+                    ORDER BY last_accessed, last_modified, image_id`,
+  selectIdList: `SELECT image_id FROM cached_images`,
+  syncOff: `PRAGMA synchronous = OFF`,
+  syncNormal: `PRAGMA synchronous = NORMAL`,
   selectAll: `SELECT image_id, last_accessed, last_modified, size, hits, checksum, file_id FROM cached_images`,
   selectIds: `SELECT image_id, size FROM cached_images`,
+  // What a listing needs of every row (not the digest), as arrays (see ListingRow).
+  selectListing: `SELECT image_id, hits, last_accessed, last_modified, file_id FROM cached_images`,
   deleteOne: `DELETE FROM cached_images WHERE image_id = ?`,
   deleteAll: `DELETE FROM cached_images`,
   fixSize: `UPDATE cached_images SET size = @size WHERE image_id = @id`,

@@ -1,11 +1,12 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { readdir, readFile, stat, truncate, unlink, writeFile } from 'node:fs/promises';
+import { readdir, readFile, rename, stat, truncate, unlink, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import Database from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { CacheError, ErrorCodes, ImageCache, type CacheWarning } from '@cache/core';
+import { compareByRecency } from '@cache/core/driver';
 import { CREATE_TABLE, SqliteDriver } from '../src/index.js';
 import { describeRecovery } from '../src/sqlite-driver.js';
 import { glanceCache, glanceConfigure, glanceList, glanceRead } from './glance.js';
@@ -186,6 +187,73 @@ describe('metadata stays true to the files', () => {
     const digest = '5d41402abc4b2a76b9719d911017c592'; // md5("hello")
     expect(await cache.cacheImage('hello', Readable.from([Buffer.from('hello')]), { checksum: digest })).toBe(true);
     expect(await d.getStoredChecksum('hello')).toBe(digest);
+  });
+});
+
+describe('the LRU index answers getLeastRecentlyAccessed (docs/adr/0008)', () => {
+  /** Sets a row's access time directly, as another process (or Glance) would. */
+  function setAccess(id: string, lastAccessed: number): void {
+    const db = new Database(join(dir, 'cache.db'));
+    try {
+      expect(db.prepare('UPDATE cached_images SET last_accessed = ? WHERE image_id = ?').run(lastAccessed, id).changes).toBe(1);
+    } finally {
+      db.close();
+    }
+  }
+
+  it('skips rows without a file, ranks a file without a row by its mtime, and agrees with the order of a full listing', async () => {
+    const d = await driver();
+    for (const id of ['a', 'b', 'c', 'gone']) await writeImage(d, id, Buffer.from(id));
+    setAccess('gone', 1_000);
+    setAccess('b', 2_000);
+    setAccess('a', 3_000);
+    setAccess('c', 4_000);
+    await unlink(join(dir, 'gone')); // its row stays, first in the index
+    expect(await d.getLeastRecentlyAccessed()).toEqual({ imageId: 'b', size: 1 });
+    // A file dropped in without a row, older than every access: it ranks by its mtime.
+    await writeFile(join(dir, 'stray'), 'stray!');
+    await utimes(join(dir, 'stray'), 1_500, 1_500);
+    expect(await d.getLeastRecentlyAccessed()).toEqual({ imageId: 'stray', size: 6 });
+    const listed = (await d.getCachedImages()).sort(compareByRecency);
+    expect(listed.map((image) => image.imageId)).toEqual(['stray', 'b', 'a', 'c']);
+    await unlink(join(dir, 'stray'));
+    await unlink(join(dir, 'b'));
+    expect(await d.getLeastRecentlyAccessed()).toEqual({ imageId: 'a', size: 1 });
+    for (const id of ['a', 'c']) await d.deleteCachedImage(id);
+    expect(await d.getLeastRecentlyAccessed()).toBeNull();
+  });
+
+  it('a file replaced under its id by another process is ranked by its own mtime, not by its old row', async () => {
+    const d = await driver();
+    await writeImage(d, 'old', Buffer.from('x'));
+    await writeImage(d, 'newer', Buffer.from('y'));
+    setAccess('old', 1_000);
+    setAccess('newer', 2_000);
+    // Replaced by a rename (a new inode, mtime now): its row (access 1000) describes the old file.
+    await writeFile(join(dir, '.replacement'), 'replaced');
+    await rename(join(dir, '.replacement'), join(dir, 'old'));
+    expect(await d.getLeastRecentlyAccessed()).toEqual({ imageId: 'newer', size: 1 });
+  });
+});
+
+describe('hit durability (syncHits)', () => {
+  it('hits count with syncHits false (the default) and true, and survive a reopen; a non-boolean syncHits is refused', async () => {
+    for (const syncHits of [false, true]) {
+      const d = await driver({ syncHits });
+      expect(d.syncHits).toBe(syncHits);
+      await writeImage(d, `img-${syncHits}`, Buffer.from('bytes'));
+      await readImage(d, `img-${syncHits}`);
+      await readImage(d, `img-${syncHits}`);
+      expect(await d.getHitCount(`img-${syncHits}`)).toBe(2);
+      // A commit after the hits (back at NORMAL) still lands, and the count survives a reopen.
+      await writeImage(d, `after-${syncHits}`, Buffer.from('more'));
+      await d.close();
+      const again = await driver({ syncHits });
+      expect(await again.getHitCount(`img-${syncHits}`)).toBe(2);
+      expect(await again.isCached(`after-${syncHits}`)).toBe(true);
+      await again.close();
+    }
+    expect(() => new SqliteDriver({ cacheDir: dir, syncHits: 'yes' as unknown as boolean })).toThrow(/syncHits must be a boolean/);
   });
 });
 

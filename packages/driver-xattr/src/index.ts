@@ -4,5 +4,5 @@
  *
  * @packageDocumentation
  */
-export { ATIME_SLACK_NS, XattrDriver, type XattrDriverOptions } from './xattr-driver.js';
+export { ATIME_SLACK_NS, ATTRIBUTE_CACHE_SLACK_NS, XattrDriver, type XattrDriverOptions } from './xattr-driver.js';
 export { MAX_ERROR_LENGTH, XATTR } from './xattr-names.js';

@@ -1,12 +1,14 @@
 import { randomBytes } from 'node:crypto';
-import { stat, unlink, utimes, writeFile } from 'node:fs/promises';
+import { lstatSync, utimesSync } from 'node:fs';
+import { unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { getAttribute, removeAttribute, setAttribute } from 'fs-xattr';
+import { getAttribute, getAttributeSync, removeAttributeSync, setAttribute, setAttributeSync } from 'fs-xattr';
 import { BadDriverConfigurationError, type DriverCapabilities, type ImageId } from '@cache/core';
 import {
   DirectoryCacheDriver,
   fileIdentity,
   isErrnoError,
+  LIST_SLICE,
   mapLimit,
   nsToSeconds,
   permissionAdvice,
@@ -16,6 +18,7 @@ import {
   type DriverSupports,
   type EntryStat,
   type ImageMetadata,
+  yieldToEventLoop,
 } from '@cache/core/driver';
 import { MAX_ERROR_LENGTH, XATTR } from './xattr-names.js';
 
@@ -34,6 +37,25 @@ const LIST_CONCURRENCY = 64;
  * the atime of the file's own creation (the commit) never counts as one.
  */
 export const ATIME_SLACK_NS = 10_000_000n;
+
+/**
+ * How long (50 ms) a file's ctime must lie before the moment its attributes
+ * were read for the driver to keep them in memory keyed by (inode, ctime).
+ * ctime comes from the kernel's coarse clock (a tick of 1-10 ms behind):
+ * a change made just after the read, within the same tick, could otherwise
+ * leave ctime unchanged and the kept attributes stale.
+ */
+export const ATTRIBUTE_CACHE_SLACK_NS = 50_000_000n;
+
+/** The attributes a listing reads from one file, kept while the file's inode and ctime stay the same. */
+interface FileAttributes {
+  ino: bigint;
+  ctimeNs: bigint;
+  hits: number;
+  accessedNs: bigint | undefined;
+  committedNs: bigint | undefined;
+  recordedFor: string | undefined;
+}
 
 /**
  * Metadata in `user.*` extended attributes on the cache files, as Glance's
@@ -84,6 +106,14 @@ export class XattrDriver extends DirectoryCacheDriver {
   protected override readonly noAtimeReads = true;
   /** Per-id chains that serialize hit increments within this process. */
   readonly #hitChains = new Map<ImageId, Promise<void>>();
+  /**
+   * What was last read from each file's attributes, valid while its inode
+   * and ctime are unchanged (every `setxattr`, by any process, moves ctime).
+   * A listing stats every file anyway, so files whose ctime has not moved
+   * cost no attribute read (docs/adr/0008). Rebuilt by every listing, so it
+   * holds only files that exist.
+   */
+  #attributes = new Map<ImageId, FileAttributes>();
 
   constructor(options: XattrDriverOptions) {
     super(options);
@@ -145,64 +175,125 @@ export class XattrDriver extends DirectoryCacheDriver {
     return next;
   }
 
+  /**
+   * One hit: a read-modify-write of `user.hits` and our last-access
+   * attribute, then atime (see the recency rule). Every call is synchronous
+   * (a few µs each on a local filesystem, against a thread-pool round trip
+   * each for the asynchronous ones).
+   */
   async #incrementHits(id: ImageId, time: number, file: EntryStat): Promise<void> {
     const path = this.dir.path(id, 'active');
+    this.#attributes.delete(id);
     try {
-      const [hits, recordedFor] = await Promise.all([readCount(path), readText(path, XATTR.file)]);
+      const hits = readCountSync(path);
+      const recordedFor = readTextSync(path, XATTR.file);
       const replaced = recordedFor !== undefined && !sameFile(recordedFor, file);
       if (replaced) {
         // The file was rewritten in place by someone else: its old count and digest are not its own.
-        await removeAttribute(path, XATTR.checksum).catch(ignoreMissing);
-        await setAttribute(path, XATTR.file, fileIdentity(file));
-        await setAttribute(path, XATTR.committed, nsText(file.mtimeNs));
+        try {
+          removeAttributeSync(path, XATTR.checksum);
+        } catch (error) {
+          ignoreMissing(error);
+        }
+        setAttributeSync(path, XATTR.file, fileIdentity(file));
+        setAttributeSync(path, XATTR.committed, nsText(file.mtimeNs));
       }
-      await Promise.all([
-        setAttribute(path, XATTR.hits, replaced ? '1' : String(hits + 1)),
-        setAttribute(path, XATTR.lastAccessed, secondsToNsText(time)),
-      ]);
+      setAttributeSync(path, XATTR.hits, replaced ? '1' : String(hits + 1));
+      setAttributeSync(path, XATTR.lastAccessed, secondsToNsText(time));
       // Setting the attributes moved ctime to the kernel's (coarse) now. Set atime for Glance, which ranks by it,
       // to no later than that ctime, so relatime still updates it on the next read; leave mtime (the commit time).
-      const { mtimeNs, ctimeNs } = await stat(path, { bigint: true });
-      await utimes(path, Math.min(time, nsToSeconds(ctimeNs - 1000n)), nsToSeconds(mtimeNs));
+      const { mtimeNs, ctimeNs } = lstatSync(path, { bigint: true });
+      utimesSync(path, Math.min(time, nsToSeconds(ctimeNs - 1000n)), nsToSeconds(mtimeNs));
     } catch (error) {
       // The entry was deleted or pruned while it was being read: nothing to count.
       if (!isErrnoError(error, 'ENOENT')) throw error;
     }
   }
 
+  /**
+   * The four attributes of every listed file, read synchronously,
+   * {@link LIST_SLICE} files at a time with a turn of the event loop between
+   * slices (a listing of 100k entries never holds the loop for more than a
+   * few milliseconds).
+   */
+  /**
+   * The attributes of every listed file, {@link LIST_SLICE} files at a time
+   * with a turn of the event loop between slices. A file whose inode and
+   * ctime are those of the last read costs nothing more; the others cost
+   * four synchronous `getxattr`.
+   */
   protected async readMetadata(entries: readonly EntryStat[]): Promise<Map<ImageId, ImageMetadata>> {
-    const records = await mapLimit(entries, LIST_CONCURRENCY, async (entry) => {
-      const path = this.dir.path(entry.imageId, 'active');
-      const [hits, accessed, committed, recordedFor] = await Promise.all([
-        readCount(path),
-        readText(path, XATTR.lastAccessed).then(parseNs),
-        readText(path, XATTR.committed).then(parseNs),
-        readText(path, XATTR.file),
-      ]);
-      if (recordedFor !== undefined && !sameFile(recordedFor, entry)) return undefined;
-      return [
-        entry.imageId,
-        {
-          hits,
+    const records = new Map<ImageId, ImageMetadata>();
+    const listing = entries.length > 1;
+    const kept = listing ? new Map<ImageId, FileAttributes>() : this.#attributes;
+    for (let start = 0; start < entries.length; start += LIST_SLICE) {
+      if (start > 0) await yieldToEventLoop();
+      const end = Math.min(entries.length, start + LIST_SLICE);
+      for (let i = start; i < end; i++) {
+        const entry = entries[i] as EntryStat;
+        const attributes = this.#readAttributes(entry);
+        if (attributes === undefined) continue;
+        if (attributes.ctimeNs >= 0n) kept.set(entry.imageId, attributes);
+        if (attributes.recordedFor !== undefined && !sameFile(attributes.recordedFor, entry)) continue;
+        const accessed = attributes.accessedNs;
+        records.set(entry.imageId, {
+          hits: attributes.hits,
           lastAccessed: accessed === undefined || entry.atimeNs > accessed + ATIME_SLACK_NS ? entry.atime : nsToSeconds(accessed),
-          lastModified: committed === undefined ? entry.mtime : nsToSeconds(committed),
-        },
-      ] as const;
-    });
-    return new Map(records.filter((record) => record !== undefined));
+          lastModified: attributes.committedNs === undefined ? entry.mtime : nsToSeconds(attributes.committedNs),
+        });
+      }
+    }
+    if (listing) this.#attributes = kept;
+    return records;
   }
 
-  /** `user.hits` and the identity it belongs to: two attribute reads instead of the four a listing needs. */
-  protected override async readHitCount(entry: EntryStat): Promise<number> {
+  /**
+   * The attributes of `entry`'s file: from memory when its inode and ctime
+   * are those of the last read, else read (and kept, with `ctimeNs` set,
+   * when that ctime is older than the read by {@link ATTRIBUTE_CACHE_SLACK_NS};
+   * `ctimeNs` -1 otherwise, not to be kept).
+   */
+  #readAttributes(entry: EntryStat): FileAttributes | undefined {
+    const known = this.#attributes.get(entry.imageId);
+    if (known !== undefined && entry.ctimeNs !== undefined && known.ino === entry.ino && known.ctimeNs === entry.ctimeNs) return known;
+    const readAtNs = BigInt(Date.now()) * 1_000_000n;
     const path = this.dir.path(entry.imageId, 'active');
-    const [hits, recordedFor] = await Promise.all([readCount(path), readText(path, XATTR.file)]);
-    return recordedFor === undefined || sameFile(recordedFor, entry) ? hits : 0;
+    // A missing attribute (every one of ours on a file Glance wrote) is an exception from fs-xattr: without
+    // a stack trace it costs a tenth. Nothing else runs meanwhile (all synchronous); the limit is restored.
+    const stackTraceLimit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 0;
+    let attributes: FileAttributes;
+    try {
+      attributes = {
+        ino: entry.ino,
+        ctimeNs: entry.ctimeNs !== undefined && entry.ctimeNs + ATTRIBUTE_CACHE_SLACK_NS < readAtNs ? entry.ctimeNs : -1n,
+        recordedFor: readTextSync(path, XATTR.file),
+        hits: readCountSync(path),
+        accessedNs: parseNs(readTextSync(path, XATTR.lastAccessed)),
+        committedNs: parseNs(readTextSync(path, XATTR.committed)),
+      };
+    } finally {
+      Error.stackTraceLimit = stackTraceLimit;
+    }
+    if (attributes.ctimeNs < 0n) this.#attributes.delete(entry.imageId);
+    return attributes;
+  }
+
+  /** `user.hits` and the identity it belongs to (from memory while the file's ctime has not moved). */
+  protected override async readHitCount(entry: EntryStat): Promise<number> {
+    const known = this.#attributes.get(entry.imageId);
+    if (known !== undefined && entry.ctimeNs !== undefined && known.ino === entry.ino && known.ctimeNs === entry.ctimeNs) {
+      return known.recordedFor === undefined || sameFile(known.recordedFor, entry) ? known.hits : 0;
+    }
+    const path = this.dir.path(entry.imageId, 'active');
+    const recordedFor = readTextSync(path, XATTR.file);
+    return recordedFor === undefined || sameFile(recordedFor, entry) ? readCountSync(path) : 0;
   }
 
   protected override async readStoredChecksum(entry: EntryStat): Promise<Pick<ImageMetadata, 'checksum'> | undefined> {
     const path = this.dir.path(entry.imageId, 'active');
-    const [checksum, recordedFor] = await Promise.all([readText(path, XATTR.checksum), readText(path, XATTR.file)]);
-    return recordedFor === undefined || sameFile(recordedFor, entry) ? { checksum } : undefined;
+    const recordedFor = readTextSync(path, XATTR.file);
+    return recordedFor === undefined || sameFile(recordedFor, entry) ? { checksum: readTextSync(path, XATTR.checksum) } : undefined;
   }
 
   /** Metadata lives on the file: deleting the file deleted it. */
@@ -234,9 +325,19 @@ async function readText(path: string, attribute: string): Promise<string | undef
   }
 }
 
+/** {@link readText} with a synchronous `getxattr`. */
+function readTextSync(path: string, attribute: string): string | undefined {
+  try {
+    return getAttributeSync(path, attribute).toString('utf8');
+  } catch (error) {
+    if (isErrnoError(error, 'ENODATA', 'ENOATTR', 'ENOENT')) return undefined;
+    throw error;
+  }
+}
+
 /** `user.hits` as a number; 0 when missing or not a decimal number (Glance's default). */
-async function readCount(path: string): Promise<number> {
-  const text = await readText(path, XATTR.hits);
+function readCountSync(path: string): number {
+  const text = readTextSync(path, XATTR.hits);
   const value = text === undefined ? 0 : Number.parseInt(text, 10);
   return Number.isSafeInteger(value) && value >= 0 ? value : 0;
 }

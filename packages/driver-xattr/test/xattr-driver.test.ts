@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { mkdtemp, readdir, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { getAttribute, setAttribute } from 'fs-xattr';
@@ -7,7 +7,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { abortWrite, getTestFilesystems, probeFilesystem, readImage, readPartially, writeImage } from '@cache/conformance';
 import { ImageCache, type CacheWarning } from '@cache/core';
 import { nsToSeconds } from '@cache/core/driver';
-import { ATIME_SLACK_NS, XATTR, XattrDriver } from '../src/index.js';
+import { ATIME_SLACK_NS, ATTRIBUTE_CACHE_SLACK_NS, XATTR, XattrDriver } from '../src/index.js';
 import { glanceCache, glanceGetXattr, glanceList, glanceRead } from './glance.js';
 
 /** Sets a file's atime and leaves its mtime (to the microsecond, all utimes can do). */
@@ -194,6 +194,31 @@ describe.each(filesystems)('xattr driver on $name ($root)', (fs) => {
     expect(await driver.clean()).toMatchObject({ adoptedFiles: 1 });
     expect(glanceGetXattr(join(dir, 'dropped-in'), 'hits')).toBe('0');
     expect(await driver.clean()).toMatchObject({ adoptedFiles: 0 });
+  });
+
+  it('attributes kept in memory per (inode, ctime) never hide a change made behind the driver: hits set by another program, a file replaced', async () => {
+    await writeImage(driver, 'kept', Buffer.from('kept bytes'));
+    await writeImage(driver, 'other', Buffer.from('other'));
+    const path = join(dir, 'kept');
+    // Attributes are kept only once the file's ctime is older than ATTRIBUTE_CACHE_SLACK_NS: wait for that (a condition, not a delay).
+    const ctimeNs = (await stat(path, { bigint: true })).ctimeNs;
+    while (BigInt(Date.now()) * 1_000_000n <= ctimeNs + ATTRIBUTE_CACHE_SLACK_NS + 1_000_000n) await new Promise((resolve) => setTimeout(resolve, 10));
+    const hitsOf = async (id: string) => (await driver.getCachedImages()).find((image) => image.imageId === id)?.hits;
+    expect(await hitsOf('kept')).toBe(0); // read from the file, and kept
+    expect(await hitsOf('kept')).toBe(0); // from memory
+    // Another program (Glance's inc_xattr) sets user.hits: ctime moves, so the next listing reads the file again.
+    await setAttribute(path, XATTR.hits, '41');
+    expect(await hitsOf('kept')).toBe(41);
+    expect(await driver.getHitCount('kept')).toBe(41);
+    await readImage(driver, 'kept');
+    expect(await hitsOf('kept')).toBe(42);
+    // Replaced by a rename (a new inode, no attributes of ours): not the kept record.
+    await writeFile(join(dir, '.replacement'), 'new bytes!');
+    await rename(join(dir, '.replacement'), path);
+    expect((await driver.getCachedImages()).map((image) => [image.imageId, image.size, image.hits])).toEqual([
+      ['kept', 10, 0],
+      ['other', 5, 0],
+    ]);
   });
 
   it('stores the verified checksum on the file', async () => {

@@ -14,6 +14,7 @@ import { clusterFigures } from './suites/cluster.js';
 import { listingFigures } from './suites/listings.js';
 import { opsFigures } from './suites/ops.js';
 import { readThroughFigures } from './suites/readthrough.js';
+import { HIT_FIGURES, hitFigures } from './suites/hits.js';
 import { HTTP_FIGURES, serverFillFigures } from './suites/server-fill.js';
 import { streamFigures } from './suites/streams.js';
 
@@ -108,6 +109,7 @@ const suites = [
   { figures: [7], run: readThroughFigures },
   { figures: [8], run: clusterFigures },
   { figures: [...HTTP_FIGURES], run: serverFillFigures },
+  { figures: [...HIT_FIGURES], run: hitFigures },
 ];
 
 for (const [index, fs] of config.targets.entries()) {
@@ -143,6 +145,8 @@ for (const [index, fs] of config.targets.entries()) {
     if (suite.run === clusterFigures && (!ctx.firstFs || !postgres.available)) continue;
     // The HTTP figures (9-12) measure the server's read-through path, paced by an origin: once per run, on the first filesystem.
     if (suite.run === serverFillFigures && !ctx.firstFs) continue;
+    // Figure 16 (hits beside nginx) is about the server's hit path and process model: once per run, on the first filesystem.
+    if (suite.run === hitFigures && !ctx.firstFs) continue;
     const start = performance.now();
     try {
       await suite.run(ctx);

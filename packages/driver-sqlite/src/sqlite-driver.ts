@@ -182,6 +182,17 @@ export class SqliteDriver extends DirectoryCacheDriver {
     );
   }
 
+  /** `count` hits in one statement (see {@link recordHit} for the rules). */
+  protected override async recordHitCount(id: ImageId, time: number, file: EntryStat, count: number): Promise<void> {
+    const fid = fileIdentity(file);
+    const updated = this.#run('record hits', (s) => s.hits.run({ id, time, fid, mtime: file.mtime, size: file.size, count }).changes);
+    if (updated > 0) return;
+    if (!(await this.dir.exists(id, 'active'))) return;
+    this.#run('record hits', (s) =>
+      s.insertIfMissing.run({ id, lastAccessed: time, lastModified: file.mtime, size: file.size, hits: count, fid }),
+    );
+  }
+
   protected async readMetadata(entries: readonly EntryStat[]): Promise<Map<ImageId, ImageMetadata>> {
     const rows =
       entries.length === 1

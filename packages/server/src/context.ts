@@ -1,6 +1,8 @@
 import type { ImageCache } from '@cache/core';
 import type { Origin } from '@cache/origin';
+import type { EntryMemory } from './entry.js';
 import type { ServerFills } from './fill.js';
+import type { HitBatch } from './hit-batch.js';
 import type { ServerMetrics } from './metrics.js';
 import type { Readiness } from './readiness.js';
 import type { PeriodicWorker, Serial } from './workers.js';
@@ -12,6 +14,10 @@ export interface ServerContext {
   /** The fills of misses and prefetches (one per id), when there is an origin. */
   fills: ServerFills | undefined;
   metrics: ServerMetrics;
+  /** Active entries' sizes and validators by id, checked against the opened file before use (see {@link EntryMemory}). */
+  entries: EntryMemory;
+  /** Hits of cache reads, written to the driver in batches; `undefined` when the driver cannot (reads count their own hit). */
+  hits: HitBatch | undefined;
   /** Recent failures, for `/readyz`. */
   readiness: Readiness;
   /** Orders prunes (worker and API). */

@@ -5,6 +5,8 @@ import type { Registry } from 'prom-client';
 import { accessLogger, installAccessLog } from './access-log.js';
 import { bearerGuard, metricsGuard } from './auth.js';
 import type { ServerContext } from './context.js';
+import { EntryMemory } from './entry.js';
+import { HitBatch } from './hit-batch.js';
 import { HttpError, answerFrameworkError, errorBody, errorHeaders, publicMessage, routeNotFound, statusFor } from './http-errors.js';
 import { assertListenAllowed, boundUrl } from './listen.js';
 import { ServerMetrics, errorLabel } from './metrics.js';
@@ -152,11 +154,21 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
     workers.push(prefetcher);
   }
 
+  const hitBatch = cache.canRecordHits
+    ? new HitBatch(cache, {
+        onError: (error, id, count) => {
+          metrics.hitsUnrecorded.inc(count);
+          app.log.warn({ err: error, imageId: id }, `could not record ${count} hit(s)`);
+        },
+      })
+    : undefined;
   const context: ServerContext = {
     cache,
     origin,
     fills,
     metrics,
+    entries: new EntryMemory(),
+    hits: hitBatch,
     readiness,
     pruneSerial,
     cleanSerial,
@@ -251,6 +263,7 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
         fills?.abortAll(shuttingDown());
         // Handlers still settling and fills ending: committing, or rolling back to invalid/ (never left in incomplete/).
         while (pending.size > 0) await Promise.all(pending);
+        await hitBatch?.close();
         if (config.closeCache) await cache.close();
         accessLog?.close();
       })();

@@ -254,9 +254,9 @@ async function printStartup(ctx: Parameters<RegisterCommand>[1], config: Resolve
         : `the management API (/v2: delete, prune, queue) has no token and is open to every host that can reach ${url} (--insecure-open-management-api)`,
     );
   }
+  if (facts.pids !== undefined) ctx.err(`image-cache: ${facts.pids.length} worker processes (pids ${facts.pids.join(' ')}) share the port`);
   // The bound address (`--host 0.0.0.0` is reported as such, not as 127.0.0.1).
-  const processes = facts.pids === undefined ? '' : `, ${facts.pids.length} worker processes (pids ${facts.pids.join(' ')})`;
-  ctx.err(`image-cache: serving ${config.cacheDir} (${config.driver}, budget ${formatSizeExact(config.maxSize)}${processes}) on ${url}`);
+  ctx.err(`image-cache: serving ${config.cacheDir} (${config.driver}, budget ${formatSizeExact(config.maxSize)}) on ${url}`);
   // Header names only: their values (tokens) are never printed.
   ctx.err(`image-cache: origin ${origin === undefined ? '(none: misses are 404)' : `${origin}${describeOriginOptions(config)}`}`);
   if (demo) {
@@ -309,7 +309,7 @@ async function runPrimary(ctx: Parameters<RegisterCommand>[1], config: ResolvedC
   let onUnexpectedExit!: (failure: { index: number; pid: number | undefined; code: number | null; signal: string | null }) => void;
   const unexpected = new Promise<{ index: number; pid: number | undefined; code: number | null; signal: string | null }>((resolve) => (onUnexpectedExit = resolve));
   const urls: Promise<string>[] = [];
-  for (let index = 0; index < config.workers; index++) {
+  const fork = (index: number) => {
     const worker = cluster.fork({ [WORKER_ENV]: String(index), [DEMO_ORIGIN_ENV]: demoOrigin?.template ?? '' });
     workers.push(worker);
     urls.push(
@@ -327,7 +327,7 @@ async function runPrimary(ctx: Parameters<RegisterCommand>[1], config: ResolvedC
         });
       }),
     );
-  }
+  };
   const stopAll = async () => {
     stopping = true;
     for (const worker of workers) {
@@ -335,8 +335,15 @@ async function runPrimary(ctx: Parameters<RegisterCommand>[1], config: ResolvedC
     }
     return Promise.all(exits);
   };
-  const pids = workers.map((worker) => worker.process.pid ?? 0);
-  const started = await Promise.race([Promise.all(urls).then((all) => ({ url: all[0] as string })), unexpected.then((failure) => ({ failure }))]);
+  const listening = () =>
+    Promise.race([Promise.all(urls).then((all) => ({ url: all[0] as string })), unexpected.then((failure) => ({ failure }))]);
+  // Worker 0 first: what stops it (a port in use, a cache that does not open) is said once, by it, before any other starts.
+  fork(0);
+  let started = await listening();
+  if (!('failure' in started)) {
+    for (let index = 1; index < config.workers; index++) fork(index);
+    started = await listening();
+  }
   if ('failure' in started) {
     // A worker failed before listening (its error is on stderr already): stop the others, exit with its code.
     await stopAll();
@@ -344,6 +351,7 @@ async function runPrimary(ctx: Parameters<RegisterCommand>[1], config: ResolvedC
     ctx.exitCode = started.failure.code !== null && started.failure.code !== 0 ? started.failure.code : ExitCode.FAILURE;
     return;
   }
+  const pids = workers.map((worker) => worker.process.pid ?? 0);
   await printStartup(ctx, config, { url: started.url, demo: options.demo, loopback: options.loopback, origin, demoDefaults, pids });
   const outcome = await Promise.race([untilStopped(ctx, false).then(() => 'stop' as const), unexpected]);
   if (outcome === 'stop') {

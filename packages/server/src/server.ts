@@ -156,6 +156,7 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
 
   const hitBatch = cache.canRecordHits
     ? new HitBatch(cache, {
+        // Hits served from a remembered entry while the metadata store fails: found out when they are written.
         onError: (error, id, count) => {
           metrics.hitsUnrecorded.inc(count);
           app.log.warn({ err: error, imageId: id }, `could not record ${count} hit(s)`);

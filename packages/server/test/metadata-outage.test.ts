@@ -80,6 +80,8 @@ pgDescribe(title, () => {
     expect(await get('/readyz')).toMatchObject({ status: 200 });
     expect(JSON.parse((await get('/readyz')).body.toString())).toEqual({ status: 'ok' });
     expect(await unrecordedHits()).toBe(0);
+    // The server writes its hits in batches: this one is in the database before the outage.
+    await vi.waitFor(async () => expect(await cache.getHitCount('img')).toBe(1), { timeout: 60_000, interval: 20 });
 
     await pgServer.stop({ mode: 'immediate' });
 
@@ -120,8 +122,9 @@ pgDescribe(title, () => {
     expect(health.status).toBe(200);
     expect(JSON.parse(health.body.toString())).toMatchObject({ status: 'degraded', driver: 'postgres' });
 
-    // GET img and GET unseen (the range does not reach the last byte: not a hit).
-    expect(await unrecordedHits()).toBe(2);
+    // GET img and GET unseen (the range does not reach the last byte: not a hit). GET img was described from what the
+    // server remembered (no metadata round trip): its hit is found unrecorded when its batch fails to be written.
+    await vi.waitFor(async () => expect(await unrecordedHits()).toBe(2), { timeout: 60_000, interval: 20 });
 
     await pgServer.start();
     await vi.waitFor(async () => expect((await get('/readyz')).status).toBe(200), { timeout: 60_000, interval: 100 });

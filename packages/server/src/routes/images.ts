@@ -139,7 +139,8 @@ async function serveHit(
     // image, or a range that reaches the end) counts a hit, even when the client closes right after it.
     const range = plan.kind === 'partial' ? { start: plan.start, end: plan.end } : {};
     // With a driver that takes batched hits, the read does not count its own: the server counts it in memory (HitBatch).
-    const batch = context.hits;
+    // Not while the metadata store fails (a degraded entry): that read's hit is the driver's to drop or keep, as before.
+    const batch = entry.degraded === undefined ? context.hits : undefined;
     try {
       source = await cache.openForRead(id, { ...range, identity: entry.identity, countHit: batch === undefined });
     } catch (error) {
@@ -172,7 +173,9 @@ async function serveHit(
   }
   const response = body(context, reply, source, length, 'cache', false);
   // Counted by the server when the driver takes batched hits (the read was opened with countHit: false).
-  if (context.hits !== undefined && (plan.kind === 'full' || plan.end === entry.size - 1)) countHitAtLastByte(source, context.hits, id, entry.identity, length);
+  if (context.hits !== undefined && entry.degraded === undefined && (plan.kind === 'full' || plan.end === entry.size - 1)) {
+    countHitAtLastByte(source, context.hits, id, entry.identity, length);
+  }
   reply.send(response);
   return 'sent';
 }

@@ -1,7 +1,7 @@
 import type { ImageCache, ImageId } from '@cache/core';
 
 /** How long a hit waits in memory before it is written to the driver (ms). */
-export const HIT_FLUSH_INTERVAL = 200;
+export const HIT_FLUSH_INTERVAL = 1000;
 
 interface PendingHits {
   id: ImageId;

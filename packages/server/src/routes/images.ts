@@ -85,6 +85,9 @@ async function serveImage(context: ServerContext, request: ImageRequest, reply: 
  */
 function remembered(context: ServerContext, request: ImageRequest, id: ImageId): EntryInfo | undefined {
   if (request.method !== 'GET') return undefined;
+  // While the metadata store is known to fail, every hit is described from its file (degraded: its hit counted as
+  // unrecorded, the driver's to drop or keep) and the first stat answered again ends it.
+  if (context.readiness.metadataFailing) return undefined;
   const entry = context.entries.get(id);
   if (entry === undefined || isNotModified(request.headers, entry)) return undefined;
   return entry;

@@ -12,13 +12,13 @@ export interface FsTarget {
 }
 
 /** The figures are numbered 1..FIGURES (bench/README.md). */
-export const FIGURES = 15;
+export const FIGURES = 16;
 
 /** Figures that need the bench's PostgreSQL server (the postgres driver's rows of 4 and 5, and 8). */
 export const POSTGRES_FIGURES: readonly number[] = [4, 5, 8];
 
-/** Figures measured once per run, on the first filesystem only (8: the database; 9-12: the HTTP read-through path). */
-export const FIRST_FS_FIGURES: readonly number[] = [8, 9, 10, 11, 12];
+/** Figures measured once per run, on the first filesystem only (8: the database; 9-12: the HTTP read-through path; 16: hits over HTTP beside nginx). */
+export const FIRST_FS_FIGURES: readonly number[] = [8, 9, 10, 11, 12, 16];
 
 /** What `pnpm bench` was asked to do. */
 export interface BenchOptions {
@@ -38,7 +38,7 @@ export const USAGE = `usage: pnpm bench [--quick] [--fs name=/path]... [--out DI
                     dir, plus (as root) a tmpfs and a loop-mounted ext4 that the bench
                     mounts itself and removes on exit, even after a failure
   --out DIR         where latest.json and latest.md go (default: bench/results)
-  --only LIST       only these figures (comma-separated numbers 1..15)
+  --only LIST       only these figures (comma-separated numbers 1..16)
   --help            this text`;
 
 /** Parses the command line (node:util parseArgs); throws with a readable message on bad input. */
@@ -125,6 +125,12 @@ export interface Sizes {
   /** Figure 13: fills per run and the bytes of each (the budget is their product). */
   spaceFills: number;
   spaceFillBytes: number;
+  /** Figure 16: the small and medium images hit by `hitConnections` keep-alive connections for `hitSeconds` per run, and the large one fetched whole. */
+  hitSmallBytes: number;
+  hitMediumBytes: number;
+  hitLargeBytes: number;
+  hitConnections: number;
+  hitSeconds: number;
 }
 
 export const MiB = 1024 * 1024;
@@ -154,6 +160,11 @@ export function sizesFor(quick: boolean): Sizes {
         httpRepeats: 3,
         spaceFills: 16,
         spaceFillBytes: 8 * MiB,
+        hitSmallBytes: 64 * 1024,
+        hitMediumBytes: MiB,
+        hitLargeBytes: 64 * MiB,
+        hitConnections: 32,
+        hitSeconds: 3,
       }
     : {
         streamBytes: 1024 * MiB,
@@ -178,5 +189,10 @@ export function sizesFor(quick: boolean): Sizes {
         httpRepeats: 3,
         spaceFills: 32,
         spaceFillBytes: 32 * MiB,
+        hitSmallBytes: 64 * 1024,
+        hitMediumBytes: MiB,
+        hitLargeBytes: 256 * MiB,
+        hitConnections: 32,
+        hitSeconds: 5,
       };
 }

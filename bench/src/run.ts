@@ -16,6 +16,7 @@ import { GLANCE_FIGURE, glanceFigures } from './suites/glance.js';
 import { listingFigures } from './suites/listings.js';
 import { opsFigures } from './suites/ops.js';
 import { readThroughFigures } from './suites/readthrough.js';
+import { HIT_FIGURES, hitFigures } from './suites/hits.js';
 import { HTTP_FIGURES, serverFillFigures } from './suites/server-fill.js';
 import { spaceFigures } from './suites/space.js';
 import { streamFigures } from './suites/streams.js';
@@ -114,6 +115,7 @@ const suites = [
   { figures: [13], run: spaceFigures },
   { figures: [15], run: durabilityFigures },
   { figures: [GLANCE_FIGURE], run: glanceFigures },
+  { figures: [...HIT_FIGURES], run: hitFigures },
 ];
 
 for (const [index, fs] of config.targets.entries()) {
@@ -149,6 +151,8 @@ for (const [index, fs] of config.targets.entries()) {
     if (suite.run === clusterFigures && (!ctx.firstFs || !postgres.available)) continue;
     // The HTTP figures (9-12) measure the server's read-through path, paced by an origin: once per run, on the first filesystem.
     if (suite.run === serverFillFigures && !ctx.firstFs) continue;
+    // Figure 16 (hits beside nginx) is about the server's hit path and process model: once per run, on the first filesystem.
+    if (suite.run === hitFigures && !ctx.firstFs) continue;
     const start = performance.now();
     try {
       await suite.run(ctx);

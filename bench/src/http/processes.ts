@@ -26,7 +26,8 @@ export const CLI_BIN = join(dirname(createRequire(import.meta.url).resolve('@cac
 
 const running = new Set<ChildProcess>();
 
-function track(child: ChildProcess): ChildProcess {
+/** Tracks `child` (see the module's description): killed with the others, its CPU not counted as other processes'. */
+export function track(child: ChildProcess): ChildProcess {
   running.add(child);
   if (child.pid !== undefined) ignoreProcessTree(child.pid);
   child.once('exit', () => {
@@ -69,11 +70,12 @@ function lastLines(text: string, lines = 5): string {
 // ---- tools --------------------------------------------------------------------------------
 
 /** The command-line clients the figures name, and the Debian package of each. */
-export const TOOLS = { curl: 'curl', aria2c: 'aria2' } as const;
+export const TOOLS = { curl: 'curl', aria2c: 'aria2', nginx: 'nginx', wrk: 'wrk' } as const;
 export type Tool = keyof typeof TOOLS;
 
 function onPath(command: string): string | undefined {
-  for (const dir of (process.env.PATH ?? '').split(delimiter)) {
+  // nginx lives in /usr/sbin, which a non-login PATH may lack.
+  for (const dir of [...(process.env.PATH ?? '').split(delimiter), '/usr/sbin', '/usr/local/sbin']) {
     if (dir === '') continue;
     const path = join(dir, command);
     try {
@@ -194,10 +196,10 @@ export interface BenchServer {
  * `cacheDir` with `origin` as its origin template, on a free port of
  * 127.0.0.1, with prune, clean and prefetch timers off (no background work
  * during a measurement); resolves with the URL it prints (`listening on
- * <url>`). The environment's `IMAGE_CACHE_*` settings are dropped and the
+ * <url>`), as `workers` processes (`--workers`, default 1). The environment's `IMAGE_CACHE_*` settings are dropped and the
  * working directory is `cwd`, so no configuration of the machine applies.
  */
-export async function startServer(options: { cacheDir: string; origin: string; cwd: string }): Promise<BenchServer> {
+export async function startServer(options: { cacheDir: string; origin?: string; cwd: string; workers?: number }): Promise<BenchServer> {
   const env: NodeJS.ProcessEnv = {};
   for (const [key, value] of Object.entries(process.env)) if (!key.startsWith('IMAGE_CACHE_') && key !== 'DATABASE_URL') env[key] = value;
   const args = [
@@ -205,13 +207,14 @@ export async function startServer(options: { cacheDir: string; origin: string; c
     '--cache-dir', options.cacheDir,
     '--driver', 'sqlite',
     'serve',
-    '--origin', options.origin,
+    ...(options.origin === undefined ? [] : ['--origin', options.origin]),
     '--host', '127.0.0.1',
     '--port', '0',
     '--prune-interval', '0',
     '--clean-interval', '0',
     '--prefetch-interval', '0',
     '--shutdown-timeout', '1s',
+    '--workers', String(options.workers ?? 1),
   ];
   const child = track(spawn(process.execPath, args, { cwd: options.cwd, env, stdio: ['ignore', 'pipe', 'pipe'] }));
   let stdout = '';
@@ -326,4 +329,38 @@ export async function curl(
   const result = await runTool(path, args, options.timeoutMs, options.signal);
   const [status = NaN, bytes = NaN, start = NaN, total = NaN] = result.stdout.split(/\s+/).map(Number);
   return { ...result, status, bytes, firstByteMs: start * 1000, totalMs: total * 1000 };
+}
+
+/** What one `wrk` run gave. */
+export interface WrkRun {
+  /** Requests completed in the run, and its length as wrk reports it (s). */
+  requests: number;
+  seconds: number;
+  /** wrk's `Requests/sec`. */
+  requestsPerSecond: number;
+  /** Socket errors and non-2xx/3xx responses wrk reported, if any. */
+  errors?: string;
+}
+
+/**
+ * `wrk -t<threads> -c<connections> -d<seconds>s <url>`: keep-alive
+ * connections, each sending its next request as soon as the previous
+ * response is in, for a fixed duration.
+ */
+export async function wrk(path: string, url: string, options: { connections: number; threads: number; seconds: number }): Promise<WrkRun> {
+  const args = [`-t${options.threads}`, `-c${options.connections}`, `-d${options.seconds}s`, '--timeout', '30s', url];
+  const result = await runTool(path, args, (options.seconds + 60) * 1000);
+  const done = /(\d+) requests in ([\d.]+)(us|ms|s|m)\b/.exec(result.stdout);
+  const rate = /Requests\/sec:\s+([\d.]+)/.exec(result.stdout);
+  if (result.code !== 0 || done === null || rate === null) {
+    throw new Error(`wrk ${args.join(' ')} failed (${result.signal ?? result.code}): ${lastLines(result.stdout + '\n' + result.stderr)}`);
+  }
+  const scale = { us: 1e-6, ms: 1e-3, s: 1, m: 60 }[done[3] as 'us' | 'ms' | 's' | 'm'];
+  const errors = [/Socket errors:[^\n]*/.exec(result.stdout)?.[0], /Non-2xx or 3xx responses:[^\n]*/.exec(result.stdout)?.[0]].filter((e) => e !== undefined);
+  return {
+    requests: Number(done[1]),
+    seconds: Number(done[2]) * scale,
+    requestsPerSecond: Number(rate[1]),
+    ...(errors.length === 0 ? {} : { errors: errors.join('; ') }),
+  };
 }

@@ -1,3 +1,4 @@
+import { availableParallelism } from 'node:os';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { lilconfig } from 'lilconfig';
 import { DEFAULT_MAX_SIZE, DEFAULT_STALL_TIME, type Durability, type SpaceThreshold } from '@cache/core';
@@ -55,6 +56,7 @@ export interface ConfigFlags {
   tlsCert?: string | undefined;
   tlsKey?: string | undefined;
   maxConnections?: string | undefined;
+  workers?: string | undefined;
   rateLimit?: string | undefined;
   freeRun?: string | undefined;
   freeCull?: string | undefined;
@@ -154,6 +156,11 @@ export interface ResolvedConfig {
   freeRun: SpaceThreshold | undefined;
   freeCull: SpaceThreshold | undefined;
   freeStop: SpaceThreshold | undefined;
+  /**
+   * `serve`: server processes on the cache directory and port (node:cluster);
+   * 1 is a single process. @default the number of cores (`os.availableParallelism()`)
+   */
+  workers: number;
   /** `serve`: requests per client IP per window (`window` in seconds); `undefined`: no limit. */
   rateLimit: RateLimit | undefined;
   /**
@@ -240,6 +247,7 @@ export type SettingName =
   | 'tlsCert'
   | 'tlsKey'
   | 'maxConnections'
+  | 'workers'
   | 'rateLimit'
   | 'freeRun'
   | 'freeCull'
@@ -320,6 +328,7 @@ const SETTINGS: { [K in SettingName]: Setting<ResolvedConfig[K]> } = {
   accessLog: { env: 'IMAGE_CACHE_ACCESS_LOG', flag: '--access-log', parse: parseAccessLog, fallback: undefined, path: true, file: 'boolean' },
   tlsCert: { env: 'IMAGE_CACHE_TLS_CERT', flag: '--tls-cert', parse: scalar(parseText), fallback: undefined, path: true },
   tlsKey: { env: 'IMAGE_CACHE_TLS_KEY', flag: '--tls-key', parse: scalar(parseText), fallback: undefined, path: true },
+  workers: { env: 'IMAGE_CACHE_WORKERS', flag: '--workers', parse: scalar((v, w) => parseInteger(v, w, 1, 1024)), fallback: availableParallelism() },
   maxConnections: { env: 'IMAGE_CACHE_MAX_CONNECTIONS', flag: '--max-connections', parse: scalar((v, w) => parseInteger(v, w, 1, 1_000_000)), fallback: undefined },
   rateLimit: { env: 'IMAGE_CACHE_RATE_LIMIT', flag: '--rate-limit', parse: scalar(parseRateLimit), fallback: undefined },
   freeRun: { env: 'IMAGE_CACHE_FREE_RUN', flag: '--free-run', parse: scalar(parseThreshold), fallback: undefined },
@@ -481,6 +490,7 @@ export async function resolveConfig(options: ResolveConfigOptions = {}): Promise
     tlsCert: resolveOne('tlsCert'),
     tlsKey: resolveOne('tlsKey'),
     maxConnections: resolveOne('maxConnections'),
+    workers: resolveOne('workers'),
     rateLimit: resolveOne('rateLimit'),
     freeRun: resolveOne('freeRun'),
     freeCull: resolveOne('freeCull'),

@@ -25,6 +25,8 @@ export class CliContext {
   readonly io: CliIO;
   /** Print stack traces (`--debug` or `DEBUG`). */
   debug: boolean;
+  /** The arguments of this run (after the program name), as given to `runCli`: `serve --workers N` starts its workers with them. */
+  argv: readonly string[] = [];
   /** The exit code the run ends with unless an error decides otherwise. */
   exitCode: number = ExitCode.OK;
 

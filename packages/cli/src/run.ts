@@ -45,6 +45,7 @@ export async function runCli(argv: readonly string[], options: RunCliOptions = {
     signal: options.signal,
   };
   const ctx = new CliContext(io, argv.includes('--debug') || isDebugEnv(env['DEBUG']));
+  ctx.argv = [...argv];
   try {
     const program = createProgram(ctx, options.commands);
     await program.parseAsync([...argv], { from: 'user' });

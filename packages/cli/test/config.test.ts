@@ -1,4 +1,5 @@
 import { mkdir, writeFile } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { resolveConfig } from '../src/index.js';
@@ -13,6 +14,19 @@ beforeEach(async () => {
 afterEach(() => cleanup());
 
 describe('resolveConfig', () => {
+  it('workers (serve): one per core by default, else --workers, then IMAGE_CACHE_WORKERS; 1 to 1024', async () => {
+    const defaults = await resolveConfig({ flags: { cacheDir: 'c' }, env: {}, cwd: root });
+    expect(defaults.workers).toBe(availableParallelism());
+    expect(defaults.sources.workers).toBe('default');
+    expect((await resolveConfig({ flags: { cacheDir: 'c' }, env: { IMAGE_CACHE_WORKERS: '5' }, cwd: root })).workers).toBe(5);
+    expect((await resolveConfig({ flags: { cacheDir: 'c', workers: '3' }, env: { IMAGE_CACHE_WORKERS: '5' }, cwd: root })).workers).toBe(3);
+    for (const bad of ['0', '1025', 'two', '1.5']) {
+      await expect(resolveConfig({ flags: { cacheDir: 'c', workers: bad }, env: {}, cwd: root })).rejects.toMatchObject({
+        code: 'CLI_INVALID_NUMBER',
+      });
+    }
+  });
+
   it('takes each setting from flag, then environment, then config file, then default', async () => {
     await writeFile(
       join(root, 'image-cache.config.json'),

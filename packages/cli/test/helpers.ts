@@ -145,9 +145,11 @@ export interface ServeProcess {
   signal: (signal: NodeJS.Signals) => void;
 }
 
-/** Starts `image-cache <argv...>` (argv includes `serve`) and watches its stderr for the listening URL. */
+/** Starts `image-cache <argv...>` (argv includes `serve`; `--workers 1` unless argv or env sets workers) and watches its stderr for the listening URL. */
 export function startServe(argv: string[], options: { cwd: string; env?: Record<string, string> }): ServeProcess {
-  const proc = spawn(process.execPath, [BIN, ...argv], {
+  // One process unless the test asks for workers (`serve --workers N`; the default is one per core).
+  const workers = argv.includes('--workers') || options.env?.['IMAGE_CACHE_WORKERS'] !== undefined ? [] : ['--workers', '1'];
+  const proc = spawn(process.execPath, [BIN, ...argv, ...workers], {
     cwd: options.cwd,
     env: { PATH: process.env['PATH'] ?? '', ...options.env },
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -231,6 +231,37 @@ describe('image-cache serve --shutdown-timeout', () => {
   });
 });
 
+describe('image-cache serve --workers', () => {
+  it('IMAGE_CACHE_WORKERS=2: two worker processes share the port, both answer; SIGTERM stops them all, exit 0', async () => {
+    const server = serve(['--cache-dir', join(root, 'cache')], { IMAGE_CACHE_WORKERS: '2' });
+    const url = await server.url;
+    const match = /image-cache: 2 worker processes \(pids (\d+) (\d+)\) share the port\n/.exec(server.output().stderr);
+    expect(match, server.output().stderr).not.toBeNull();
+    const pids = [Number(match?.[1]), Number(match?.[2])];
+    // New connections go to the workers in turn: both answer (a bounded number of tries, no clock).
+    const seen = new Set<number>();
+    for (let i = 0; i < 20 && seen.size < 2; i++) {
+      const body = await new Promise<string>((resolve, reject) => {
+        const req = httpRequest(`${url}/metrics`, { agent: false }, (res) => {
+          let text = '';
+          res.setEncoding('utf8');
+          res.on('data', (chunk: string) => (text += chunk));
+          res.on('end', () => resolve(text));
+        });
+        req.on('error', reject);
+        req.end();
+      });
+      seen.add(Number(/^image_cache_server_process\{pid="(\d+)"\} 1$/m.exec(body)?.[1]));
+    }
+    expect([...seen].sort()).toEqual([...pids].sort());
+    server.signal('SIGTERM');
+    expect(await server.exited).toBe(0);
+    expect(server.output().stdout).toBe(`listening on ${url}\n`);
+    expect(server.output().stderr).toMatch(/image-cache: shutting down 2 worker processes: .*\nimage-cache: stopped\n$/);
+    for (const pid of pids) expect(() => process.kill(pid, 0)).toThrow();
+  });
+});
+
 describe('image-cache serve, port taken', () => {
   it('says which port is taken and how to pick another, exit 1', async () => {
     const { createServer } = await import('node:net');

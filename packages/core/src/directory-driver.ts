@@ -29,6 +29,7 @@ import type {
   QuarantineOptions,
   LeastRecentlyAccessed,
   ReadOptions,
+  RecordHitsOptions,
 } from './driver.js';
 import { CacheError, CacheStorageError, DriverNotOpenError, ImageChangedError, ImageNotCachedError, InvalidArgumentError } from './errors.js';
 import { assertImageId, isValidImageId, type ImageId } from './image-id.js';
@@ -260,6 +261,14 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
    * record when there is none (a file committed by another process).
    */
   protected abstract recordHit(id: ImageId, time: number, file: EntryStat): Promise<void>;
+  /**
+   * Records `count` completed reads of `file`, the last at `time`: by
+   * default {@link recordHit} `count` times; a driver whose store can add
+   * `count` at once overrides it with one write.
+   */
+  protected async recordHitCount(id: ImageId, time: number, file: EntryStat, count: number): Promise<void> {
+    for (let i = 0; i < count; i++) await this.recordHit(id, time, file);
+  }
   /** Metadata for the given entries (missing ones are treated as 0 hits, mtime access). */
   protected abstract readMetadata(entries: readonly EntryStat[]): Promise<Map<ImageId, ImageMetadata>>;
   /**
@@ -748,6 +757,17 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
         });
       }
     };
+  }
+
+  async recordHits(id: ImageId, count: number, options: RecordHitsOptions): Promise<boolean> {
+    this.guard(id);
+    if (!Number.isSafeInteger(count) || count < 0) throw new InvalidArgumentError(`recordHits: count must be a whole number of hits, not ${String(count)}`);
+    if (typeof options?.identity !== 'string') throw new InvalidArgumentError('recordHits: options.identity must be the ImageStat.identity of the file that was read');
+    if (count === 0) return false;
+    const entry = await this.dir.statFile(id, 'active');
+    if (entry === undefined || !sameFile(options.identity, entry)) return false;
+    await this.recordHitCount(id, options.time ?? nowSeconds(), entry, count);
+    return true;
   }
 
   async statImage(id: ImageId): Promise<ImageStat | null> {

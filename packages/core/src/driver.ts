@@ -15,6 +15,14 @@ export interface CachedImage {
   size: number;
 }
 
+/** Options of {@link CacheDriver.recordHits}. */
+export interface RecordHitsOptions {
+  /** The `ImageStat.identity` of the file that was read. */
+  identity: string;
+  /** When the last of the reads completed, epoch seconds. @default now */
+  time?: number;
+}
+
 /**
  * Options of {@link CacheDriver.openForRead}: a byte range, whether the read
  * may count a hit, and which file it must be.
@@ -274,6 +282,17 @@ export interface CacheDriver {
    * `RangeNotSatisfiableError` for a start past the end.
    */
   openForRead(id: ImageId, options?: ReadOptions): Promise<Readable>;
+  /**
+   * Optional. Records `count` completed reads of the active file
+   * `options.identity` (reads opened with `{ countHit: false }` whose caller
+   * counted them itself, e.g. a server that batches the hits of many
+   * requests), the last of them at `options.time` (epoch seconds): the same
+   * metadata as `count` hits counted by {@link openForRead} would leave.
+   * Resolves `false`, recording nothing, when `id` has no active file or it
+   * is another file than `identity` (the hits belonged to a file that is
+   * gone). A driver without it is read with per-read hit counting.
+   */
+  recordHits?(id: ImageId, count: number, options: RecordHitsOptions): Promise<boolean>;
   /** Deletes an active entry and its metadata; no-op when absent. */
   deleteCachedImage(id: ImageId): Promise<void>;
   /** Deletes every active entry; returns how many files were deleted. */

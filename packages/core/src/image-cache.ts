@@ -17,6 +17,7 @@ import type {
   LeastRecentlyAccessed,
   QuarantineOptions,
   ReadOptions,
+  RecordHitsOptions,
 } from './driver.js';
 import { BadDriverConfigurationError, CacheStorageError, ImageBeingCachedError, InvalidArgumentError } from './errors.js';
 import { Fill, type FillOptions } from './fill/fill.js';
@@ -276,6 +277,23 @@ export class ImageCache {
     const count = (this.#reading.get(id) ?? 1) - 1;
     if (count > 0) this.#reading.set(id, count);
     else this.#reading.delete(id);
+  }
+  /**
+   * Whether the driver can record hits counted by the caller
+   * ({@link recordHits}); without it, count hits with `openForRead`.
+   */
+  get canRecordHits(): boolean {
+    return this.driver.recordHits !== undefined;
+  }
+  /**
+   * Records `count` completed reads of the active file `options.identity`
+   * that were opened with `{ countHit: false }` (see
+   * {@link CacheDriver.recordHits}): `false` when that file is no longer
+   * the active one, or the driver cannot ({@link canRecordHits}).
+   */
+  async recordHits(id: ImageId, count: number, options: RecordHitsOptions): Promise<boolean> {
+    if (this.driver.recordHits === undefined) return false;
+    return this.driver.recordHits(id, count, options);
   }
   /** See {@link CacheDriver.deleteCachedImage}. */
   deleteCachedImage(id: ImageId): Promise<void> {

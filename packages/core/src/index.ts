@@ -31,6 +31,7 @@ export type {
   LeastRecentlyAccessed,
   QuarantineOptions,
   ReadOptions,
+  RecordHitsOptions,
 } from './driver.js';
 export { DEFAULT_STALL_TIME, compareByRecency, type CacheWarning } from './directory-driver.js';
 export { DEFAULT_SYNC_INTERVAL_MS, STATE_DIRECTORY, type Durability } from './durability.js';

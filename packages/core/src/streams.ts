@@ -325,8 +325,12 @@ function skipBytes(buffers: Buffer[], count: number): Buffer[] {
   return rest;
 }
 
-/** Default read chunk of a cache reader (bytes). */
-export const READ_CHUNK_SIZE = 256 * 1024;
+/**
+ * Default read chunk of a cache reader (bytes): large enough that a big
+ * image is read and sent in few syscalls (a reader of a smaller range or
+ * image allocates only what it reads).
+ */
+export const READ_CHUNK_SIZE = 1024 * 1024;
 
 /** Options of a {@link CacheReadStream}. */
 export interface CacheReadStreamOptions {

@@ -221,6 +221,17 @@ export class SqliteDriver extends DirectoryCacheDriver {
     );
   }
 
+  /** `count` hits in one statement (see {@link recordHit} for the rules; batched by the server, `ImageCache.recordHits`). */
+  protected override async recordHitCount(id: ImageId, time: number, file: EntryStat, count: number): Promise<void> {
+    const fid = fileIdentity(file);
+    const updated = this.#run('record hits', (s) => this.#unsynced(s, () => s.hits.run({ id, time, fid, mtime: file.mtime, size: file.size, count }).changes));
+    if (updated > 0) return;
+    if (!this.dir.existsSync(id, 'active')) return;
+    this.#run('record hits', (s) =>
+      this.#unsynced(s, () => s.insertIfMissing.run({ id, lastAccessed: time, lastModified: file.mtime, size: file.size, hits: count, fid })),
+    );
+  }
+
   /** Runs `fn` with `synchronous = OFF` unless {@link syncHits} (see the option), then back to `NORMAL`; for hits and row deletes. */
   #unsynced<T>(s: Record<keyof typeof SQL, Statement>, fn: () => T): T {
     if (this.syncHits) return fn();

@@ -62,6 +62,12 @@ export const SQL = {
           checksum = CASE WHEN ${SAME_FILE} THEN checksum ELSE NULL END,
           size = @size, last_accessed = @time, file_id = @fid
         WHERE image_id = @id`,
+  hits: `UPDATE cached_images SET
+          hits = CASE WHEN ${SAME_FILE} THEN hits + @count ELSE @count END,
+          last_modified = CASE WHEN ${SAME_FILE} THEN last_modified ELSE @mtime END,
+          checksum = CASE WHEN ${SAME_FILE} THEN checksum ELSE NULL END,
+          size = @size, last_accessed = MAX(COALESCE(last_accessed, 0), @time), file_id = @fid
+        WHERE image_id = @id`,
   insertIfMissing: `INSERT OR IGNORE INTO cached_images (image_id, last_accessed, last_modified, size, hits, checksum, file_id)
                     VALUES (@id, @lastAccessed, @lastModified, @size, @hits, NULL, @fid)`,
   selectOne: `SELECT image_id, last_accessed, last_modified, size, hits, checksum, file_id FROM cached_images WHERE image_id = ?`,

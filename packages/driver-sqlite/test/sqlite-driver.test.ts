@@ -181,6 +181,27 @@ describe('metadata stays true to the files', () => {
     expect(await d.clean()).toMatchObject({ orphanRecords: 0, adoptedFiles: 0 });
   });
 
+  it('recordHits(id, n) adds n hits in one write (last access = its time, never earlier), keeps the stored checksum, and adopts a file without a row', async () => {
+    const d = await driver();
+    const cache = await ImageCache.open({ driver: d });
+    const digest = '5d41402abc4b2a76b9719d911017c592'; // md5("hello")
+    await cache.cacheImage('img', Readable.from([Buffer.from('hello')]), { checksum: digest });
+    const stat = await cache.stat('img');
+    const identity = stat?.identity as string;
+    const time = (stat?.lastModified as number) + 100;
+    expect(await d.recordHits('img', 40, { identity, time })).toBe(true);
+    expect(await d.recordHits('img', 2, { identity, time: time - 50 })).toBe(true); // a late flush of older hits
+    expect(await cache.stat('img')).toMatchObject({ hits: 42, lastAccessed: time, storedChecksum: digest });
+
+    await writeFile(join(dir, 'stray'), 'sss'); // a file without a row (another process, a crash)
+    const stray = await cache.stat('stray');
+    expect(await d.recordHits('stray', 3, { identity: stray?.identity as string, time })).toBe(true);
+    const db = new Database(join(dir, 'cache.db'), { readonly: true });
+    const row = db.prepare('SELECT hits, size, last_accessed FROM cached_images WHERE image_id = ?').get('stray');
+    db.close();
+    expect(row).toEqual({ hits: 3, size: 3, last_accessed: time });
+  });
+
   it('stores the verified checksum with the entry', async () => {
     const d = await driver();
     const cache = await ImageCache.open({ driver: d });

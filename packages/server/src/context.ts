@@ -1,7 +1,9 @@
 import type { ImageCache } from '@cache/core';
 import type { Origin } from '@cache/origin';
 import type { ClusterMember } from './cluster.js';
+import type { EntryMemory } from './entry.js';
 import type { ServerFills } from './fill.js';
+import type { HitBatch } from './hit-batch.js';
 import type { ServerMetrics } from './metrics.js';
 import type { Readiness } from './readiness.js';
 import type { ClusterStatusSource } from './status.js';
@@ -16,6 +18,10 @@ export interface ServerContext {
   metrics: ServerMetrics;
   /** This server as a node of a cluster (`options.cluster`), if it is one. */
   cluster: ClusterMember | undefined;
+  /** Active entries' sizes and validators by id, checked against the opened file before use (see {@link EntryMemory}). */
+  entries: EntryMemory;
+  /** Hits of cache reads, written to the driver in batches; `undefined` when the driver cannot (reads count their own hit). */
+  hits: HitBatch | undefined;
   /** Recent failures, for `/readyz`. */
   readiness: Readiness;
   /** Orders prunes (worker and API). */

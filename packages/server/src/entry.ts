@@ -90,3 +90,51 @@ export function ifRangeAllows(headers: Record<string, string | string[] | undefi
   const date = Date.parse(value);
   return !Number.isNaN(date) && date === Math.floor(entry.lastModified.getTime() / 1000) * 1000;
 }
+
+/** Entries {@link EntryMemory} keeps at most (least recently used dropped first). */
+const REMEMBERED_ENTRIES = 4096;
+
+/**
+ * What the server learned about active entries (size, validators, identity),
+ * by id, so that a hit does not ask the metadata store again: the memory is
+ * only a guess of which file is there. A hit served from it opens the file
+ * with `openForRead(id, { identity })`, whose one `fstat` of the opened
+ * descriptor refuses another file (deleted, replaced, rewritten: a new
+ * inode, size or mtime); the request then forgets the guess and starts over
+ * with `cache.stat`. Nothing is ever sent from memory without that check,
+ * so answers that open no file (HEAD, 304) never use it. Entries described
+ * while the metadata store failed are not remembered.
+ */
+export class EntryMemory {
+  readonly #entries = new Map<ImageId, EntryInfo>();
+  readonly #limit: number;
+
+  constructor(limit = REMEMBERED_ENTRIES) {
+    this.#limit = limit;
+  }
+
+  get(id: ImageId): EntryInfo | undefined {
+    const entry = this.#entries.get(id);
+    if (entry !== undefined) {
+      // Most recently used last: the first key is the one to drop.
+      this.#entries.delete(id);
+      this.#entries.set(id, entry);
+    }
+    return entry;
+  }
+
+  remember(id: ImageId, entry: EntryInfo): void {
+    if (entry.degraded !== undefined) return;
+    this.#entries.delete(id);
+    this.#entries.set(id, entry);
+    if (this.#entries.size > this.#limit) this.#entries.delete(this.#entries.keys().next().value as ImageId);
+  }
+
+  forget(id: ImageId): void {
+    this.#entries.delete(id);
+  }
+
+  get size(): number {
+    return this.#entries.size;
+  }
+}

@@ -42,6 +42,7 @@ export const METRIC_NAMES = {
   fsBytes: 'image_cache_fs_size_bytes',
   freeThreshold: 'image_cache_fs_free_threshold_bytes',
   spaceState: 'image_cache_space_state',
+  process: 'image_cache_server_process',
 } as const;
 
 /**
@@ -157,6 +158,13 @@ export class ServerMetrics {
       buckets: [0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120],
       registers,
     });
+    // Which process answered the scrape: with `serve --workers N`, each worker has its own registry.
+    new Gauge({
+      name: METRIC_NAMES.process,
+      help: 'Always 1; its pid label is the process that answered (each process of a server has its own metrics).',
+      labelNames: ['pid'],
+      registers,
+    }).set({ pid: String(process.pid) }, 1);
     new Gauge({
       name: METRIC_NAMES.size,
       help: 'Bytes in active cache entries (read at scrape time).',

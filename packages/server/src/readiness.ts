@@ -47,6 +47,11 @@ export class Readiness {
     this.#metadata = { id, at: now, first: this.#metadata?.first ?? now, message: error.message };
   }
 
+  /** True from a metadata failure until a stat (or a probe) is answered with its metadata again. */
+  get metadataFailing(): boolean {
+    return this.#metadata !== undefined;
+  }
+
   /** A stat answered with its metadata: the store is up. */
   metadataAnswered(): void {
     this.#metadata = undefined;

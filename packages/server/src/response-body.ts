@@ -1,6 +1,9 @@
 import { Transform, type Readable, type TransformCallback } from 'node:stream';
 import { CacheStorageError } from '@cache/core';
 
+/** Bytes a response body buffers on each side of its counter (about one cache read). */
+const BODY_BUFFER = 1024 * 1024;
+
 /** Options of {@link responseBody}. */
 export interface ResponseBodyOptions {
   /** The `Content-Length` sent; a source that ends short of it or runs past it fails the response. */
@@ -57,6 +60,9 @@ export function responseBody(source: Readable, options: ResponseBodyOptions): Re
     options.onError(error);
   };
   const body = new Transform({
+    // Room for a whole cache read (1 MiB) on each side: the source reads ahead while the socket takes the last chunk.
+    writableHighWaterMark: BODY_BUFFER,
+    readableHighWaterMark: BODY_BUFFER,
     transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback) {
       sent += chunk.length;
       if (expected !== undefined && sent > expected) {

@@ -5,6 +5,8 @@ import type { Registry } from 'prom-client';
 import { accessLogger, installAccessLog } from './access-log.js';
 import { bearerGuard, metricsGuard } from './auth.js';
 import type { ServerContext } from './context.js';
+import { EntryMemory } from './entry.js';
+import { HitBatch } from './hit-batch.js';
 import { HttpError, answerFrameworkError, errorBody, errorHeaders, publicMessage, routeNotFound, statusFor } from './http-errors.js';
 import { assertListenAllowed, boundUrl } from './listen.js';
 import { ServerMetrics, errorLabel } from './metrics.js';
@@ -177,12 +179,23 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
     workers.push(prefetcher);
   }
 
+  const hitBatch = cache.canRecordHits
+    ? new HitBatch(cache, {
+        // Hits served from a remembered entry while the metadata store fails: found out when they are written.
+        onError: (error, id, count) => {
+          metrics.hitsUnrecorded.inc(count);
+          app.log.warn({ err: error, imageId: id }, `could not record ${count} hit(s)`);
+        },
+      })
+    : undefined;
   const context: ServerContext = {
     cache,
     origin,
     fills,
     metrics,
     cluster,
+    entries: new EntryMemory(),
+    hits: hitBatch,
     readiness,
     pruneSerial,
     cleanSerial,
@@ -287,6 +300,7 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
         while (pending.size > 0) await Promise.all(pending);
         stopLogging();
         metrics.detach();
+        await hitBatch?.close();
         if (config.closeCache) await cache.close();
         accessLog?.close();
       })();

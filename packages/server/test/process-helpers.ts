@@ -269,7 +269,8 @@ export function assertCliBuilt(): void {
 
 /**
  * Starts `image-cache --cache-dir <cacheDir> serve --port 0 --origin <origin>`
- * with the workers off (no prune, clean or prefetch runs), and resolves once it
+ * with the workers off (no prune, clean or prefetch runs), as one process
+ * unless `args` has `--workers`, and resolves once it
  * printed the URL it listens on. {@link stopAll} kills what is left.
  */
 export async function startServe(options: { cacheDir: string; origin: string; args?: readonly string[] }): Promise<ServeProcess> {
@@ -291,6 +292,8 @@ export async function startServe(options: { cacheDir: string; origin: string; ar
       '0',
       '--prefetch-interval',
       '0',
+      // One process unless a test asks for workers (`serve --workers N`, default: the number of cores).
+      ...(options.args?.includes('--workers') === true ? [] : ['--workers', '1']),
       ...(options.args ?? []),
     ],
     { env: { PATH: process.env['PATH'] ?? '' }, stdio: ['ignore', 'pipe', 'pipe'] },

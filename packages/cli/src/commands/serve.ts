@@ -1,5 +1,7 @@
+import cluster, { type Worker } from 'node:cluster';
 import { readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import type { Origin } from '@cache/origin';
 import { diskSpace, InvalidArgumentError, resolveThresholds, suggestedHeadroom, type DiskSpace, type FreeSpaceOptions } from '@cache/core';
@@ -67,7 +69,8 @@ export const registerServe: RegisterCommand = (program, ctx) => {
     .option('--access-log [path]', 'access log: one JSON line per request (image id, HIT/MISS/FILL-WAIT, status, bytes, range, ms) to the file, or stdout without one (env IMAGE_CACHE_ACCESS_LOG)')
     .option('--tls-cert <file>', 'serve HTTPS with this PEM certificate (chain); needs --tls-key (env IMAGE_CACHE_TLS_CERT)')
     .option('--tls-key <file>', 'the PEM private key of --tls-cert (env IMAGE_CACHE_TLS_KEY)')
-    .option('--max-connections <n>', 'connections accepted at once; more are closed at once (env IMAGE_CACHE_MAX_CONNECTIONS; default: no limit)')
+    .option('--max-connections <n>', 'connections accepted at once per process; more are closed at once (env IMAGE_CACHE_MAX_CONNECTIONS; default: no limit)')
+    .option('--workers <n>', 'server processes on the cache directory and port; prune, clean and prefetch timers run in the first only (env IMAGE_CACHE_WORKERS; default: the number of cores; 1: a single process)')
     .option('--rate-limit <n/duration>', 'per client IP: at most n requests to /images and /v2 per duration, e.g. 100/1m; over it 429 with Retry-After (env IMAGE_CACHE_RATE_LIMIT; default off)')
     .action(async (options: ServeOptions, command: Command) => {
       const demo = options.demo === true;
@@ -77,7 +80,8 @@ export const registerServe: RegisterCommand = (program, ctx) => {
         cwd: ctx.io.cwd,
         requireCacheDir: !demo,
       });
-      for (const warning of config.warnings) ctx.warn(warning);
+      // A worker of `serve --workers N` resolved the same settings as its primary, which printed their warnings.
+      if (!cluster.isWorker) for (const warning of config.warnings) ctx.warn(warning);
       assertTokens(config);
       // Refused before anything is opened: an open management API lets anyone who can connect delete the cache.
       const loopback = await isLoopbackHost(config.host);
@@ -119,10 +123,21 @@ export const registerServe: RegisterCommand = (program, ctx) => {
       // Their order is checked on the filesystem the cache is (or will be) on, before anything is created.
       if (freeSpace !== undefined) await checkThresholds(freeSpace, config.cacheDir === '' ? join(ctx.io.cwd, DEMO_CACHE_DIR) : config.cacheDir);
 
+      const workerIndex = cluster.isWorker ? Number(process.env[WORKER_ENV] ?? NaN) : undefined;
+      if (workerIndex === undefined && config.workers > 1) {
+        await runPrimary(ctx, config, { demo, loopback });
+        return;
+      }
+      // A worker's first (index 0) runs the periodic jobs; the others serve requests only.
+      const timers = workerIndex === undefined || workerIndex === 0;
+
       let demoOrigin: DemoOrigin | undefined;
       let origin: Origin | undefined;
-      const warn = (message: string) => ctx.warn(message);
+      // A worker's warnings were printed by the primary already (it opened the same origin).
+      const warn = (message: string) => (workerIndex === undefined ? ctx.warn(message) : undefined);
+      const demoTemplate = workerIndex === undefined ? undefined : process.env[DEMO_ORIGIN_ENV];
       if (config.origin !== undefined) origin = openOrigin(config.origin, config, warn);
+      else if (demoTemplate !== undefined && demoTemplate !== '') origin = openOrigin(demoTemplate, config, warn);
       else if (demo) {
         demoOrigin = await startDemoOrigin();
         try {
@@ -167,9 +182,9 @@ export const registerServe: RegisterCommand = (program, ctx) => {
           ...(config.token === undefined ? {} : { token: config.token }),
           ...(config.metricsToken === undefined ? {} : { metricsToken: config.metricsToken }),
           insecureOpenManagementApi: config.insecureOpenManagementApi,
-          pruneInterval: seconds(config.pruneInterval),
-          cleanInterval: seconds(config.cleanInterval),
-          prefetchInterval: seconds(config.prefetchInterval),
+          pruneInterval: timers ? seconds(config.pruneInterval) : 0,
+          cleanInterval: timers ? seconds(config.cleanInterval) : 0,
+          prefetchInterval: timers ? seconds(config.prefetchInterval) : 0,
           prefetchConcurrency: config.concurrency,
           shutdownTimeout,
           readinessWindow,
@@ -216,59 +231,15 @@ export const registerServe: RegisterCommand = (program, ctx) => {
         }
         throw error;
       }
-      const auth = config.token === undefined ? '' : ` -H 'authorization: Bearer ${config.token}'`;
-      const metricsAuth = config.metricsToken === undefined ? auth : ` -H 'authorization: Bearer ${config.metricsToken}'`;
-      // Recorded before the startup lines: once they are out, `image-cache stats` shows the settings.
-      try {
-        const port = Number(new URL(url).port);
-        await writeRecordedSettings(config.cacheDir, recordSettings(config, { url, port, origin: origin?.description, demoDefaults }));
-      } catch (error) {
-        ctx.warn(`could not record the server's settings in ${config.cacheDir}: ${(error as Error).message}; \`image-cache stats\` will not show them`);
+      if (workerIndex !== undefined) {
+        // A worker of `serve --workers N`: the primary prints the startup lines once every worker listens.
+        process.send?.({ type: READY, url, nodeId: clusterNodeId(cache) } satisfies WorkerMessage);
+        await untilStopped(ctx, true);
+        await server.close();
+        return;
       }
-      if (config.token === undefined) {
-        ctx.warn(
-          loopback
-            ? 'the management API (/v2: delete, prune, queue) has no token: any user or process on this host can use it; set --token (IMAGE_CACHE_TOKEN) to guard it'
-            : `the management API (/v2: delete, prune, queue) has no token and is open to every host that can reach ${url} (--insecure-open-management-api)`,
-        );
-      }
-      // The bound address (`--host 0.0.0.0` is reported as such, not as 127.0.0.1).
-      const thresholds = freeSpace === undefined ? '' : `, free space run ${formatThreshold(freeSpace.run)} cull ${formatThreshold(freeSpace.cull)} stop ${formatThreshold(freeSpace.stop)}`;
-      ctx.err(`image-cache: serving ${config.cacheDir} (${config.driver}, budget ${formatSizeExact(config.maxSize)}${thresholds}) on ${url}`);
-      // Before the origin line, which ends the startup lines.
-      if (clustered) {
-        const nodeId = (cache.driver as unknown as ClusterDirectory).nodeId;
-        ctx.err(
-          `image-cache: cluster node ${nodeId}, advertised as ${config.advertiseUrl ?? defaultAdvertiseUrl(url)} ` +
-            `(heartbeat every ${formatDuration(config.heartbeatInterval)}, dead after ${formatDuration(config.heartbeatExpiry)}); misses are fetched from live peers holding the image before the origin`,
-        );
-      }
-      // Header names only: their values (tokens) are never printed.
-      ctx.err(`image-cache: origin ${origin === undefined ? '(none: misses are 404)' : `${origin.description}${describeOriginOptions(config)}`}`);
-      if (demo) {
-        const ids = Object.keys(DEMO_IMAGES);
-        const first = ids[0] ?? '';
-        ctx.out(`Demo images: ${ids.map((id) => `${id} (${formatSize(DEMO_IMAGES[id] ?? 0)})`).join(', ')}`);
-        ctx.out('Try:');
-        // A certificate of one's own (self-signed, most likely, for a demo) is not in curl's trust store.
-        const curl = url.startsWith('https:') ? 'curl -k' : 'curl';
-        ctx.out(`  ${curl} -o /dev/null -w '%{http_code} %{size_download} bytes in %{time_total}s\\n' ${url}/images/${first}   # miss: from the origin, cached on the way`);
-        ctx.out(`  ${curl} -o /dev/null -w '%{http_code} %{size_download} bytes in %{time_total}s\\n' ${url}/images/${first}   # hit: from the cache`);
-        ctx.out(`  ${curl} -s -r 0-15 ${url}/images/${first} | od -A d -t x1             # a range`);
-        ctx.out(`  ${curl} -s${auth} ${url}/v2/cache | head -c 600; echo                 # management API: cached and queued`);
-        ctx.out(`  ${curl} -s -X PUT${auth} ${url}/v2/cache/${ids[2] ?? first}            # queue one for the prefetcher`);
-        ctx.out(`  ${curl} -s${config.metricsToken === undefined ? '' : metricsAuth} ${url}/metrics | grep '^image_cache_'                        # Prometheus metrics`);
-        ctx.out(`  ${curl} -s ${url}/healthz`);
-        ctx.out(`Press Ctrl-C to stop (downloads already streaming get up to ${formatDuration(config.shutdownTimeout)} to finish).`);
-      } else {
-        ctx.out(`listening on ${url}`);
-      }
-      await new Promise<void>((resolve) => {
-        const signal = ctx.io.signal;
-        if (signal === undefined) return; // in-process without a signal: runs until the process ends
-        if (signal.aborted) resolve();
-        else signal.addEventListener('abort', () => resolve(), { once: true });
-      });
+      await printStartup(ctx, config, { url, demo, loopback, origin: origin?.description, demoDefaults, nodeId: clusterNodeId(cache) });
+      await untilStopped(ctx, false);
       ctx.err(
         `image-cache: shutting down: requests still waiting get 503, responses already streaming get up to ${formatDuration(config.shutdownTimeout)} to finish`,
       );
@@ -278,6 +249,198 @@ export const registerServe: RegisterCommand = (program, ctx) => {
       ctx.exitCode = ExitCode.OK;
     });
 };
+
+/** The environment variable the primary of `serve --workers N` gives each worker: its index, 0..N-1. */
+const WORKER_ENV = 'IMAGE_CACHE_SERVE_WORKER';
+/** The demo origin's URL template the primary of `serve --demo --workers N` started, for its workers. */
+const DEMO_ORIGIN_ENV = 'IMAGE_CACHE_SERVE_DEMO_ORIGIN';
+/** The `image-cache` binary the workers run. */
+const BIN = fileURLToPath(new URL('../../bin/image-cache.js', import.meta.url));
+const READY = 'image-cache:ready';
+const SHUTDOWN = 'image-cache:shutdown';
+type WorkerMessage = { type: typeof READY; url: string; nodeId: string | undefined } | { type: typeof SHUTDOWN };
+
+/**
+ * Resolves when the process is asked to stop: SIGINT/SIGTERM (`ctx.io.signal`)
+ * or, in a worker, the primary's shutdown message (or the primary gone).
+ */
+function untilStopped(ctx: { io: { signal?: AbortSignal | undefined } }, worker: boolean): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const signal = ctx.io.signal;
+    if (signal?.aborted === true) return resolve();
+    signal?.addEventListener('abort', () => resolve(), { once: true });
+    if (worker) {
+      process.on('message', (message: WorkerMessage) => {
+        if (message?.type === SHUTDOWN) resolve();
+      });
+    }
+    // In-process without a signal (and not a worker): runs until the process ends.
+  });
+}
+
+interface StartupFacts {
+  url: string;
+  demo: boolean;
+  loopback: boolean;
+  origin: string | undefined;
+  demoDefaults: Set<'maxSize'>;
+  /** `serve --workers N`: the workers' pids. */
+  pids?: readonly number[];
+  /** A cluster node's identity (`serve` on the postgres driver), else `undefined`. */
+  nodeId: string | undefined;
+}
+
+/** The node identity of a cache whose driver is a cluster directory (postgres), else `undefined`. */
+function clusterNodeId(cache: { driver: unknown }): string | undefined {
+  const driver = cache.driver as Partial<ClusterDirectory>;
+  return typeof driver.nodeId === 'string' && typeof driver.heartbeat === 'function' ? driver.nodeId : undefined;
+}
+
+/** Records the server's settings in the cache directory, then prints the startup lines (stderr) and `listening on <url>` or the demo's commands (stdout). */
+async function printStartup(ctx: Parameters<RegisterCommand>[1], config: ResolvedConfig, facts: StartupFacts): Promise<void> {
+  const { url, demo, loopback, origin, demoDefaults } = facts;
+  const auth = config.token === undefined ? '' : ` -H 'authorization: Bearer ${config.token}'`;
+  const metricsAuth = config.metricsToken === undefined ? auth : ` -H 'authorization: Bearer ${config.metricsToken}'`;
+  // Recorded before the startup lines: once they are out, `image-cache stats` shows the settings.
+  try {
+    const port = Number(new URL(url).port);
+    await writeRecordedSettings(config.cacheDir, recordSettings(config, { url, port, origin, demoDefaults }));
+  } catch (error) {
+    ctx.warn(`could not record the server's settings in ${config.cacheDir}: ${(error as Error).message}; \`image-cache stats\` will not show them`);
+  }
+  if (config.token === undefined) {
+    ctx.warn(
+      loopback
+        ? 'the management API (/v2: delete, prune, queue) has no token: any user or process on this host can use it; set --token (IMAGE_CACHE_TOKEN) to guard it'
+        : `the management API (/v2: delete, prune, queue) has no token and is open to every host that can reach ${url} (--insecure-open-management-api)`,
+    );
+  }
+  if (facts.pids !== undefined) ctx.err(`image-cache: ${facts.pids.length} worker processes (pids ${facts.pids.join(' ')}) share the port`);
+  // The bound address (`--host 0.0.0.0` is reported as such, not as 127.0.0.1).
+  const freeSpace = freeSpaceOf(config);
+  const thresholds = freeSpace === undefined ? '' : `, free space run ${formatThreshold(freeSpace.run)} cull ${formatThreshold(freeSpace.cull)} stop ${formatThreshold(freeSpace.stop)}`;
+  ctx.err(`image-cache: serving ${config.cacheDir} (${config.driver}, budget ${formatSizeExact(config.maxSize)}${thresholds}) on ${url}`);
+  // Before the origin line, which ends the startup lines.
+  if (facts.nodeId !== undefined) {
+    ctx.err(
+      `image-cache: cluster node ${facts.nodeId}, advertised as ${config.advertiseUrl ?? defaultAdvertiseUrl(url)} ` +
+        `(heartbeat every ${formatDuration(config.heartbeatInterval)}, dead after ${formatDuration(config.heartbeatExpiry)}); misses are fetched from live peers holding the image before the origin`,
+    );
+  }
+  // Header names only: their values (tokens) are never printed.
+  ctx.err(`image-cache: origin ${origin === undefined ? '(none: misses are 404)' : `${origin}${describeOriginOptions(config)}`}`);
+  if (demo) {
+    const ids = Object.keys(DEMO_IMAGES);
+    const first = ids[0] ?? '';
+    ctx.out(`Demo images: ${ids.map((id) => `${id} (${formatSize(DEMO_IMAGES[id] ?? 0)})`).join(', ')}`);
+    ctx.out('Try:');
+    // A certificate of one's own (self-signed, most likely, for a demo) is not in curl's trust store.
+    const curl = url.startsWith('https:') ? 'curl -k' : 'curl';
+    ctx.out(`  ${curl} -o /dev/null -w '%{http_code} %{size_download} bytes in %{time_total}s\\n' ${url}/images/${first}   # miss: from the origin, cached on the way`);
+    ctx.out(`  ${curl} -o /dev/null -w '%{http_code} %{size_download} bytes in %{time_total}s\\n' ${url}/images/${first}   # hit: from the cache`);
+    ctx.out(`  ${curl} -s -r 0-15 ${url}/images/${first} | od -A d -t x1             # a range`);
+    ctx.out(`  ${curl} -s${auth} ${url}/v2/cache | head -c 600; echo                 # management API: cached and queued`);
+    ctx.out(`  ${curl} -s -X PUT${auth} ${url}/v2/cache/${ids[2] ?? first}            # queue one for the prefetcher`);
+    ctx.out(`  ${curl} -s${config.metricsToken === undefined ? '' : metricsAuth} ${url}/metrics | grep '^image_cache_'                        # Prometheus metrics`);
+    ctx.out(`  ${curl} -s ${url}/healthz`);
+    ctx.out(`Press Ctrl-C to stop (downloads already streaming get up to ${formatDuration(config.shutdownTimeout)} to finish).`);
+  } else {
+    ctx.out(`listening on ${url}`);
+  }
+}
+
+/**
+ * `serve --workers N` (N > 1): this process forks N workers (node:cluster;
+ * each runs `image-cache` with the same arguments and serves the cache
+ * directory on the one shared port, connections handed out round-robin),
+ * prints the startup lines once every worker listens, and on SIGINT/SIGTERM
+ * asks each to shut down gracefully and waits for them. A worker that exits
+ * on its own stops the others: the exit code is then 1 (or the worker's own
+ * code when it failed before listening, e.g. a port in use). Prune, clean
+ * and prefetch timers run in worker 0 only; fills of one id across workers
+ * meet through the directory's locks (ADR 0003).
+ */
+async function runPrimary(ctx: Parameters<RegisterCommand>[1], config: ResolvedConfig, options: { demo: boolean; loopback: boolean }): Promise<void> {
+  let demoOrigin: DemoOrigin | undefined;
+  let origin: string | undefined;
+  const demoDefaults = new Set<'maxSize'>();
+  if (options.demo && config.sources.maxSize === 'default') demoDefaults.add('maxSize');
+  const warn = (message: string) => ctx.warn(message);
+  if (config.origin !== undefined) origin = openOrigin(config.origin, config, warn).description;
+  else if (options.demo) {
+    demoOrigin = await startDemoOrigin();
+    origin = openOrigin(demoOrigin.template, config, warn).description;
+  }
+  cluster.setupPrimary({ exec: BIN, args: [...ctx.argv] });
+  const workers: Worker[] = [];
+  const exits: Promise<number>[] = [];
+  let stopping = false;
+  /** Settles with the first worker that exits before shutdown was asked for (its code). */
+  let onUnexpectedExit!: (failure: { index: number; pid: number | undefined; code: number | null; signal: string | null }) => void;
+  const unexpected = new Promise<{ index: number; pid: number | undefined; code: number | null; signal: string | null }>((resolve) => (onUnexpectedExit = resolve));
+  const urls: Promise<{ url: string; nodeId: string | undefined }>[] = [];
+  const fork = (index: number) => {
+    const worker = cluster.fork({ [WORKER_ENV]: String(index), [DEMO_ORIGIN_ENV]: demoOrigin?.template ?? '' });
+    workers.push(worker);
+    urls.push(
+      new Promise<{ url: string; nodeId: string | undefined }>((resolve) => {
+        worker.on('message', (message: WorkerMessage) => {
+          if (message?.type === READY) resolve({ url: message.url, nodeId: message.nodeId });
+        });
+      }),
+    );
+    exits.push(
+      new Promise<number>((resolve) => {
+        worker.once('exit', (code, signal) => {
+          if (!stopping) onUnexpectedExit({ index, pid: worker.process.pid, code, signal });
+          resolve(code ?? 1);
+        });
+      }),
+    );
+  };
+  const stopAll = async () => {
+    stopping = true;
+    for (const worker of workers) {
+      if (worker.isConnected()) worker.send({ type: SHUTDOWN } satisfies WorkerMessage, () => undefined);
+    }
+    return Promise.all(exits);
+  };
+  const listening = () =>
+    Promise.race([Promise.all(urls).then((all) => all[0] as { url: string; nodeId: string | undefined }), unexpected.then((failure) => ({ failure }))]);
+  // Worker 0 first: what stops it (a port in use, a cache that does not open) is said once, by it, before any other starts.
+  fork(0);
+  let started = await listening();
+  if (!('failure' in started)) {
+    for (let index = 1; index < config.workers; index++) fork(index);
+    started = await listening();
+  }
+  if ('failure' in started) {
+    // A worker failed before listening (its error is on stderr already): stop the others, exit with its code.
+    await stopAll();
+    await demoOrigin?.close();
+    ctx.exitCode = started.failure.code !== null && started.failure.code !== 0 ? started.failure.code : ExitCode.FAILURE;
+    return;
+  }
+  const pids = workers.map((worker) => worker.process.pid ?? 0);
+  await printStartup(ctx, config, { url: started.url, demo: options.demo, loopback: options.loopback, origin, demoDefaults, pids, nodeId: started.nodeId });
+  const outcome = await Promise.race([untilStopped(ctx, false).then(() => 'stop' as const), unexpected]);
+  if (outcome === 'stop') {
+    ctx.err(
+      `image-cache: shutting down ${workers.length} worker processes: requests still waiting get 503, responses already streaming get up to ${formatDuration(config.shutdownTimeout)} to finish`,
+    );
+    const codes = await stopAll();
+    await demoOrigin?.close();
+    ctx.err('image-cache: stopped');
+    ctx.exitCode = codes.every((code) => code === 0) ? ExitCode.OK : ExitCode.FAILURE;
+    return;
+  }
+  ctx.err(
+    `image-cache: worker ${outcome.index} (pid ${outcome.pid ?? '?'}) exited (${outcome.signal ?? `code ${outcome.code ?? '?'}`}); stopping the other worker processes`,
+  );
+  await stopAll();
+  await demoOrigin?.close();
+  ctx.exitCode = ExitCode.FAILURE;
+}
 
 /**
  * The free-space thresholds of `--free-run`, `--free-cull`, `--free-stop`:

@@ -176,7 +176,9 @@ export class OwnerLock {
     try {
       await new Promise<void>((resolve, reject) => {
         server.once('error', reject);
-        server.listen({ path: name }, () => {
+        // exclusive: in a node:cluster worker (`image-cache serve --workers N`) a listen is otherwise handed to the
+        // primary, which shares one handle among the workers: every worker would "own" the name at once.
+        server.listen({ path: name, exclusive: true }, () => {
           server.off('error', reject);
           resolve();
         });

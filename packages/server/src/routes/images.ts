@@ -17,6 +17,7 @@ import { PEER_HEADER } from '../cluster.js';
 import type { ServerContext } from '../context.js';
 import { digestEtag, ifRangeAllows, isNotModified, statEntry, type EntryInfo } from '../entry.js';
 import { originFill, untilVerdict } from '../fill.js';
+import type { HitBatch } from '../hit-batch.js';
 import { HttpError } from '../http-errors.js';
 import type { ByteSource } from '../metrics.js';
 import { responseBody } from '../response-body.js';
@@ -61,17 +62,36 @@ async function serveImage(context: ServerContext, request: ImageRequest, reply: 
   const { id } = request.params;
   assertImageId(id);
   for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-    const entry = await statEntry(context.cache, id);
-    if (entry?.degraded !== undefined) {
-      context.readiness.metadataFailed(id, entry.degraded);
-      request.log.warn({ err: entry.degraded, imageId: id }, 'metadata store failed; serving the cached file as it is');
-    } else if (entry !== undefined) {
-      context.readiness.metadataAnswered();
+    // A GET that opens the file may use what an earlier request learned: the open checks it is still that file.
+    let entry = attempt === 0 ? remembered(context, request, id) : undefined;
+    if (entry === undefined) {
+      entry = await statEntry(context.cache, id);
+      if (entry?.degraded !== undefined) {
+        context.readiness.metadataFailed(id, entry.degraded);
+        request.log.warn({ err: entry.degraded, imageId: id }, 'metadata store failed; serving the cached file as it is');
+      } else if (entry !== undefined) {
+        context.readiness.metadataAnswered();
+        context.entries.remember(id, entry);
+      }
     }
     const served = entry !== undefined ? await serveHit(context, request, reply, id, entry) : await serveMiss(context, request, reply, id);
     if (served === 'sent') return;
   }
   throw new CacheStorageError(`image '${id}' kept changing while being served (deleted or replaced ${MAX_ATTEMPTS} times); retry`);
+}
+
+/**
+ * The remembered entry of `id` when this request will open its file (a GET
+ * that is not answered 304 by that entry's validators), else `undefined`.
+ */
+function remembered(context: ServerContext, request: ImageRequest, id: ImageId): EntryInfo | undefined {
+  if (request.method !== 'GET') return undefined;
+  // While the metadata store is known to fail, every hit is described from its file (degraded: its hit counted as
+  // unrecorded, the driver's to drop or keep) and the first stat answered again ends it.
+  if (context.readiness.metadataFailing) return undefined;
+  const entry = context.entries.get(id);
+  if (entry === undefined || isNotModified(request.headers, entry)) return undefined;
+  return entry;
 }
 
 function setImageHeaders(reply: FastifyReply, xCache: 'HIT' | 'MISS'): void {
@@ -122,10 +142,16 @@ async function serveHit(
     // Through the cache, pinned to the file the headers describe. A read that delivers the last byte (the whole
     // image, or a range that reaches the end) counts a hit, even when the client closes right after it.
     const range = plan.kind === 'partial' ? { start: plan.start, end: plan.end } : {};
+    // With a driver that takes batched hits, the read does not count its own: the server counts it in memory (HitBatch).
+    // Not while the metadata store fails (a degraded entry): that read's hit is the driver's to drop or keep, as before.
+    const batch = entry.degraded === undefined ? context.hits : undefined;
     try {
-      source = await cache.openForRead(id, { ...range, identity: entry.identity });
+      source = await cache.openForRead(id, { ...range, identity: entry.identity, countHit: batch === undefined });
     } catch (error) {
-      if (ImageNotCachedError.isInstance(error) || ImageChangedError.isInstance(error)) return 'retry'; // deleted or replaced since the stat
+      if (ImageNotCachedError.isInstance(error) || ImageChangedError.isInstance(error)) {
+        context.entries.forget(id);
+        return 'retry'; // deleted or replaced since the stat
+      }
       throw error;
     }
   }
@@ -145,8 +171,34 @@ async function serveHit(
   if (plan.kind === 'partial') {
     reply.code(206).header('content-range', `bytes ${plan.start}-${plan.end}/${entry.size}`);
   }
-  reply.send(source === undefined ? undefined : body(context, reply, source, length, 'cache', false)); // no source: HEAD
+  if (source === undefined) {
+    reply.send(); // HEAD
+    return 'sent';
+  }
+  const response = body(context, reply, source, length, 'cache', false);
+  // Counted by the server when the driver takes batched hits (the read was opened with countHit: false).
+  if (context.hits !== undefined && entry.degraded === undefined && (plan.kind === 'full' || plan.end === entry.size - 1)) {
+    countHitAtLastByte(source, context.hits, id, entry.identity, length);
+  }
+  reply.send(response);
   return 'sent';
+}
+
+/**
+ * Core's hit rule for a read opened with `countHit: false`: one hit once the
+ * reader has been handed the image's last byte (`length` bytes of a read
+ * that reaches the end), even when the client closes right after it.
+ */
+function countHitAtLastByte(source: Readable, batch: HitBatch, id: ImageId, identity: string, length: number): void {
+  let delivered = 0;
+  const onData = (chunk: Buffer) => {
+    delivered += chunk.length;
+    if (delivered < length) return;
+    source.off('data', onData);
+    batch.add(id, identity);
+  };
+  if (length === 0) batch.add(id, identity);
+  else source.on('data', onData);
 }
 
 async function serveMiss(context: ServerContext, request: ImageRequest, reply: FastifyReply, id: ImageId): Promise<Served> {

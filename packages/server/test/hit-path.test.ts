@@ -1,0 +1,99 @@
+// The hit path without a metadata round trip (issue 12): entries remembered by file identity are
+// checked against the opened file, so a deleted or replaced file is never described or served from
+// memory; hits are counted in memory and written to the driver in batches, and on close().
+import { createHash } from 'node:crypto';
+import { rename, unlink, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { createCacheServer } from '../src/index.js';
+import { imageBytes, openCache, startHarness, waitFor, type Harness } from './helpers.js';
+
+const sha256 = (data: Buffer) => createHash('sha256').update(data).digest('hex');
+
+async function get(url: string, headers: Record<string, string> = {}) {
+  const response = await fetch(url, { headers });
+  return { status: response.status, headers: response.headers, body: Buffer.from(await response.arrayBuffer()) };
+}
+
+describe('hits from remembered entries', () => {
+  let h: Harness;
+  beforeEach(async () => {
+    h = await startHarness();
+  });
+  afterEach(() => h.close());
+
+  it('a file replaced behind the server (another process re-cached the id) is served with its own bytes and ETag, never the remembered ones', async () => {
+    const first = imageBytes('first', 70_000);
+    await h.cache.cacheImage('img', Readable.from([first]), { checksum: { algorithm: 'sha256', digest: sha256(first) } });
+    for (let i = 0; i < 2; i++) {
+      const hit = await get(`${h.url}/images/img`);
+      expect(hit.status).toBe(200);
+      expect(hit.headers.get('etag')).toBe(`"sha256:${sha256(first)}"`);
+      expect(hit.body.equals(first)).toBe(true);
+    }
+    // Same size, other bytes, a new file renamed over the old one (what a commit in another process does).
+    const second = imageBytes('second', 70_000);
+    await h.cache.deleteCachedImage('img');
+    await h.cache.cacheImage('img', Readable.from([second]), { checksum: { algorithm: 'sha256', digest: sha256(second) } });
+    const after = await get(`${h.url}/images/img`);
+    expect(after.status).toBe(200);
+    expect(after.headers.get('etag')).toBe(`"sha256:${sha256(second)}"`);
+    expect(after.body.equals(second)).toBe(true);
+    // A range and a conditional request on the new file.
+    const range = await get(`${h.url}/images/img`, { range: 'bytes=10-19' });
+    expect(range.status).toBe(206);
+    expect(range.body.equals(second.subarray(10, 20))).toBe(true);
+    expect((await get(`${h.url}/images/img`, { 'if-none-match': `"sha256:${sha256(first)}"` })).status).toBe(200);
+    expect((await get(`${h.url}/images/img`, { 'if-none-match': `"sha256:${sha256(second)}"` })).status).toBe(304);
+  });
+
+  it('a file rewritten in place, or deleted, behind the server: new bytes under a new validator, or a miss', async () => {
+    const data = imageBytes('plain', 5000);
+    await h.cache.cacheImage('plain', Readable.from([data]));
+    const before = await get(`${h.url}/images/plain`);
+    expect(before.body.equals(data)).toBe(true);
+    const weak = before.headers.get('etag');
+    expect(weak).toMatch(/^W\//);
+    // Another file under the name, written and renamed without the driver (no digest): a new identity, a new weak ETag.
+    const other = imageBytes('other', 6000);
+    await writeFile(join(h.cacheDir, 'tmp-other'), other);
+    await rename(join(h.cacheDir, 'tmp-other'), join(h.cacheDir, 'plain'));
+    const replaced = await get(`${h.url}/images/plain`);
+    expect(replaced.status).toBe(200);
+    expect(replaced.body.equals(other)).toBe(true);
+    expect(replaced.headers.get('content-length')).toBe('6000');
+    expect(replaced.headers.get('etag')).not.toBe(weak);
+
+    await unlink(join(h.cacheDir, 'plain'));
+    h.origin.images.set('plain', { kind: 'ok', data });
+    const miss = await get(`${h.url}/images/plain`);
+    expect(miss.status).toBe(200);
+    expect(miss.headers.get('x-cache')).toBe('MISS');
+    expect(miss.body.equals(data)).toBe(true);
+  });
+
+  it('hits are written to the driver in batches: every whole read counts once, a range short of the end none', async () => {
+    const data = imageBytes('counted', 100_000);
+    await h.cache.cacheImage('counted', Readable.from([data]));
+    for (let i = 0; i < 5; i++) expect((await get(`${h.url}/images/counted`)).body.equals(data)).toBe(true);
+    expect((await get(`${h.url}/images/counted`, { range: 'bytes=0-99' })).status).toBe(206);
+    expect((await get(`${h.url}/images/counted`, { range: 'bytes=99000-' })).status).toBe(206);
+    await waitFor(async () => (await h.cache.getHitCount('counted')) === 6, 30_000, '6 hits recorded');
+  });
+});
+
+it('close() writes the hits still counted in memory', async () => {
+  const { cache, cleanup } = await openCache();
+  try {
+    const data = imageBytes('on-close', 4096);
+    await cache.cacheImage('on-close', Readable.from([data]));
+    const server = await createCacheServer({ cache, pruneInterval: 0, cleanInterval: 0, prefetchInterval: 0 });
+    const url = await server.listen();
+    for (let i = 0; i < 3; i++) expect((await get(`${url}/images/on-close`)).status).toBe(200);
+    await server.close(); // the cache stays open (closeCache is false)
+    expect(await cache.getHitCount('on-close')).toBe(3);
+  } finally {
+    await cleanup();
+  }
+});

@@ -209,7 +209,10 @@ describe(`image-cache serve as a cluster on one PostgreSQL${unavailable === unde
       ['node-b', 'alive', urlB],
       ['node-c', 'alive', urlC],
     ]);
-    const shared = view.images.find((i) => i.image_id === 'shared');
+    // Hits reach the database in batches (each server writes them every second): wait until B's and C's reads are in.
+    const sharedHits = async () => (await cluster(urlC)).images.find((i) => i.image_id === 'shared')?.hits;
+    await until('the 3 completed reads of shared are recorded', async () => (await sharedHits()) === 3);
+    const shared = (await cluster(urlC)).images.find((i) => i.image_id === 'shared');
     expect(shared?.size).toBe(images.shared!.length);
     expect(shared?.nodes.map((n) => n.node_id)).toEqual(['node-a', 'node-b', 'node-c']);
     // B read A's copy, then its own; C read A's or B's: 3 hits on A and B together, none on C's fresh copy.

@@ -62,6 +62,23 @@ export interface RecordedSettings {
     freeSpace?: RecordedSetting<{ run: SpaceThreshold; cull: SpaceThreshold; stop: SpaceThreshold } | null>;
     /** Whether every write reserves its space in the budget first (serve: always); absent in files of earlier versions. */
     writeBudget?: RecordedSetting<boolean>;
+    /** How commits are made durable (`strict` or `relaxed`, ADR 0007); absent in files of earlier versions. */
+    durability?: RecordedSetting<string>;
+    /** Server processes sharing the port (`--workers`); absent in files of earlier versions. */
+    workers?: RecordedSetting<number>;
+    /**
+     * The origin's timeouts (seconds; `total` null: no limit) and its retries before the first byte
+     * (`retryDelay` seconds before the first); absent in files of earlier versions.
+     */
+    originTimeouts?: RecordedSetting<{ headers: number; idle: number; total: number | null; retries: number; retryDelay: number }>;
+    /** Names of the headers sent to the origin (never their values; `X-Auth-Token` when `--origin-token` is set); absent in files of earlier versions. */
+    originHeaderNames?: RecordedSetting<string[]>;
+    /**
+     * The cluster (serve on the postgres driver): the URL advertised to peers (null: the bound one),
+     * heartbeat interval and expiry and peer timeout in seconds; null when the server is not a cluster node.
+     * Absent in files of earlier versions.
+     */
+    cluster?: RecordedSetting<{ advertiseUrl: string | null; heartbeatInterval: number; heartbeatExpiry: number; peerTimeout: number } | null>;
   };
   /** The config file serve read, if any. */
   configFile: string | null;
@@ -119,6 +136,25 @@ export function recordSettings(
           ? setting('freeRun', { run: config.freeRun, cull: config.freeCull, stop: config.freeStop })
           : { value: null, source: 'default' },
       writeBudget: { value: true, source: 'default' },
+      durability: setting('durability', config.durability),
+      workers: setting('workers', config.workers),
+      originTimeouts: setting('originHeadersTimeout', {
+        headers: config.originHeadersTimeout,
+        idle: config.originIdleTimeout,
+        total: config.originTotalTimeout ?? null,
+        retries: config.originRetries,
+        retryDelay: config.originRetryDelay,
+      }),
+      originHeaderNames: setting('originHeaders', [...Object.keys(config.originHeaders), ...(config.originToken === undefined ? [] : ['X-Auth-Token'])]),
+      cluster:
+        config.driver === 'postgres'
+          ? setting('advertiseUrl', {
+              advertiseUrl: config.advertiseUrl === undefined ? null : redactUrl(config.advertiseUrl),
+              heartbeatInterval: config.heartbeatInterval,
+              heartbeatExpiry: config.heartbeatExpiry,
+              peerTimeout: config.peerTimeout,
+            })
+          : { value: null, source: 'default' },
     },
     configFile: config.configFile ?? null,
   };

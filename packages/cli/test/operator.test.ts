@@ -149,6 +149,16 @@ describe('serve records its settings; stats shows them', () => {
     expect(stats.stdout).toMatch(new RegExp(`^budget\\s+450 MiB \\(0% used, invalid/ included; from image-cache serve, as recorded in ${cacheDir}/\\.image-cache-settings\\.json\\)$`, 'm'));
     expect(stats.stdout).toMatch(new RegExp(`^server\\s+image-cache serve pid \\d+ on ${url.replace(/\./g, '\\.')}, started \\S+Z \\(running\\)$`, 'm'));
     expect(stats.stdout).toMatch(/^server runs\s+sqlite driver, stall time 2h, prune off, clean off, management API with a token, origin http:\/\/127\.0\.0\.1:9\/images\/\{id\}\?sig=…$/m);
+    // What else the server runs with: its processes and durability, its origin's timeouts and header names (never values).
+    expect(record.settings).toMatchObject({
+      durability: { value: 'strict', source: 'default' },
+      workers: { value: 1 },
+      originTimeouts: { value: { headers: 30, idle: 30, total: null, retries: 2 }, source: 'default' },
+      originHeaderNames: { value: [], source: 'default' },
+      cluster: { value: null },
+    });
+    expect(stats.stdout).toMatch(/^server with\s+1 worker process, strict durability$/m);
+    expect(stats.stdout).toMatch(/^server origin\s+headers within 30s, idle at most 30s, no total limit, 2 retries before the first byte$/m);
     const json = JSON.parse((await bin(['--cache-dir', cacheDir, 'stats', '--json'], { cwd: root })).stdout) as Record<string, unknown>;
     expect(json).toMatchObject({ maxSize: 450 * 1024 ** 2, maxSizeSource: 'serve', server: { running: true, url } });
 

@@ -154,6 +154,30 @@ export const registerStats: RegisterCommand = (program, ctx) => {
               `${every('prune', recordedSettings.pruneInterval.value)}, ${every('clean', recordedSettings.cleanInterval.value)}, ` +
               `management API ${recordedSettings.token.value ? 'with a token' : 'without a token'}, origin ${recordedSettings.origin.value ?? '(none)'}`,
           ]);
+          const processes = [
+            recordedSettings.workers === undefined ? undefined : `${recordedSettings.workers.value} worker process${recordedSettings.workers.value === 1 ? '' : 'es'}`,
+            recordedSettings.durability === undefined ? undefined : `${recordedSettings.durability.value} durability`,
+          ].filter((part) => part !== undefined);
+          if (processes.length > 0) rows.push(['server with', processes.join(', ')]);
+          const timeouts = recordedSettings.originTimeouts?.value;
+          if (timeouts !== undefined && recordedSettings.origin.value !== null) {
+            const headerNames = recordedSettings.originHeaderNames?.value ?? [];
+            rows.push([
+              'server origin',
+              `headers within ${formatDuration(timeouts.headers)}, ${timeouts.idle === 0 ? 'no idle timeout' : `idle at most ${formatDuration(timeouts.idle)}`}, ` +
+                `${timeouts.total === null || timeouts.total === 0 ? 'no total limit' : `at most ${formatDuration(timeouts.total)} in all`}, ` +
+                `${timeouts.retries} retr${timeouts.retries === 1 ? 'y' : 'ies'} before the first byte` +
+                (headerNames.length > 0 ? `, headers ${headerNames.join(', ')}` : ''),
+            ]);
+          }
+          const clusterSettings = recordedSettings.cluster?.value;
+          if (clusterSettings !== undefined && clusterSettings !== null) {
+            rows.push([
+              'server cluster',
+              `advertised as ${clusterSettings.advertiseUrl ?? 'its bound URL'}, heartbeat every ${formatDuration(clusterSettings.heartbeatInterval)}, ` +
+                `dead after ${formatDuration(clusterSettings.heartbeatExpiry)}, peers get ${formatDuration(clusterSettings.peerTimeout)}`,
+            ]);
+          }
           rows.push(['recorded in', server.path]);
         }
         for (const [key, value] of rows) ctx.out(`${key.padEnd(14)}${value}`);

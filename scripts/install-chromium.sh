@@ -25,47 +25,12 @@ readonly CHROMIUM="${CHROMIUM_PATH:-/usr/bin/chromium}"
 readonly PACKAGES=(chromium fonts-liberation)
 readonly LOCK="${INSTALL_CHROMIUM_LOCK:-/tmp/image-cache-install-chromium.lock}"
 
-say() { printf '%s: %s\n' "$PROG" "$*" >&2; }
+# shellcheck source=lib/apt-install.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/apt-install.sh"
 
 runs() { [[ -x "$CHROMIUM" ]] && "$CHROMIUM" --version >/dev/null 2>&1; }
 
-if runs; then exit 0; fi
-
-if ! command -v apt-get >/dev/null 2>&1; then
-  say "cannot install chromium: no apt-get (not a Debian/Ubuntu system); install it and set CHROMIUM_PATH"
-  exit 3
-fi
-if [[ "$(id -u)" != 0 ]]; then
-  say "cannot install chromium: not root (run: sudo bash scripts/install-chromium.sh)"
-  exit 3
-fi
-
-exec 9>"$LOCK"
-flock 9
-if runs; then exit 0; fi
-
-export DEBIAN_FRONTEND=noninteractive
-APT=(apt-get -q -o DPkg::Lock::Timeout=600)
-log="$(mktemp "${TMPDIR:-/tmp}/install-chromium.XXXXXX.log")"
-trap 'rm -f -- "$log"' EXIT
-
-start=$(date +%s)
-say "installing ${PACKAGES[*]} with apt-get (about 25 packages, ~350 MB on disk; takes a minute or two)"
-policy="$(apt-cache policy chromium 2>/dev/null || true)"
-if [[ "$policy" != *'Candidate: '[0-9]* ]]; then
-  say "apt knows no candidate for chromium: running apt-get update first"
-  "${APT[@]}" update >>"$log" 2>&1 || true
-fi
-if ! "${APT[@]}" install -y --no-install-recommends "${PACKAGES[@]}" >>"$log" 2>&1; then
-  say "apt-get install failed; running apt-get update and trying once more"
-  "${APT[@]}" update >>"$log" 2>&1 || true
-  "${APT[@]}" install -y --no-install-recommends "${PACKAGES[@]}" >>"$log" 2>&1 || true
-fi
-if ! runs; then
-  tail -n 5 -- "$log" | sed "s/^/$PROG:   apt-get: /" >&2 || true
-  why="$(grep -E '^(E|W): ' -- "$log" | tail -n 1 || true)"
-  say "could not install chromium with apt-get${why:+: $why}"
-  exit 1
-fi
-version="$(dpkg-query -W -f='${Version}' chromium 2>/dev/null || echo '?')"
-say "installed chromium $version in $(($(date +%s) - start)) s"
+APT_PROG="$PROG" APT_LOCK="$LOCK" APT_WHAT='chromium' \
+  APT_ABOUT='about 25 packages, ~350 MB on disk; takes a minute or two' \
+  APT_NO_APT='install it and set CHROMIUM_PATH' APT_NOT_ROOT='run: sudo bash scripts/install-chromium.sh'
+apt_install_once runs "${PACKAGES[@]}"

@@ -33,50 +33,13 @@ importable() {
   [[ -x "$PYTHON" ]] && "$PYTHON" -c 'import glance.image_cache.drivers.sqlite, glance.image_cache.drivers.xattr' >/dev/null 2>&1
 }
 
-if importable; then exit 0; fi
-
 if [[ ! -x "$PYTHON" ]]; then
   say "cannot install $PACKAGE: $PYTHON is missing (python3-glance needs Debian's python3)"
   exit 3
 fi
-if ! command -v apt-get >/dev/null 2>&1; then
-  say "cannot install $PACKAGE: no apt-get (not a Debian/Ubuntu system)"
-  exit 3
-fi
-if [[ "$(id -u)" != 0 ]]; then
-  say "cannot install $PACKAGE: not root (run: sudo bash scripts/install-glance.sh)"
-  exit 3
-fi
 
-# One installer at a time; whoever waited finds Glance installed.
-exec 9>"$LOCK"
-flock 9
-if importable; then exit 0; fi
-
-export DEBIAN_FRONTEND=noninteractive
-# Wait for another apt-get or dpkg (another engineer's run, unattended upgrades) instead of failing at once.
-APT=(apt-get -q -o DPkg::Lock::Timeout=600)
-log="$(mktemp "${TMPDIR:-/tmp}/install-glance.XXXXXX.log")"
-trap 'rm -f -- "$log"' EXIT
-
-start=$(date +%s)
-say "installing $PACKAGE with apt-get (about 200 packages, 260 MB; takes a minute)"
-# (Captured first: `grep -q` quitting early would fail the pipe under pipefail.)
-policy="$(apt-cache policy "$PACKAGE" 2>/dev/null || true)"
-if [[ "$policy" != *'Candidate: '[0-9]* ]]; then
-  say "apt knows no candidate for $PACKAGE: running apt-get update first"
-  "${APT[@]}" update >>"$log" 2>&1 || true
-fi
-if ! "${APT[@]}" install -y --no-install-recommends "$PACKAGE" >>"$log" 2>&1; then
-  say "apt-get install failed; running apt-get update and trying once more"
-  "${APT[@]}" update >>"$log" 2>&1 || true
-  "${APT[@]}" install -y --no-install-recommends "$PACKAGE" >>"$log" 2>&1 || true
-fi
-if ! importable; then
-  tail -n 5 -- "$log" | sed "s/^/$PROG:   apt-get: /" >&2 || true
-  why="$(grep -E '^(E|W): ' -- "$log" | tail -n 1 || true)"
-  say "could not install $PACKAGE with apt-get${why:+: $why}"
-  exit 1
-fi
-version="$(dpkg-query -W -f='${Version}' "$PACKAGE" 2>/dev/null || echo '?')"
-say "installed $PACKAGE $version in $(($(date +%s) - start)) s"
+# shellcheck source=lib/apt-install.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/apt-install.sh"
+APT_PROG="$PROG" APT_LOCK="$LOCK" APT_WHAT="$PACKAGE" \
+  APT_ABOUT='about 200 packages, 260 MB; takes a minute' APT_NOT_ROOT='run: sudo bash scripts/install-glance.sh'
+apt_install_once importable "$PACKAGE"

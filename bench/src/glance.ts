@@ -2,12 +2,13 @@
  * The Python side of figure 14: one long-lived `/usr/bin/python3
  * glance_bench.py` process that runs OpenStack Glance's own `ImageCache`
  * (Debian's `python3-glance`, installed by `scripts/install-glance.sh`
- * through `@cache/glance-testing`'s `ensureGlance`) and times it.
+ * through `@cache/glance-testing`'s `ensureGlance`) and times it. The
+ * process is `@cache/glance-testing`'s {@link GlancePython} running
+ * `glance_bench.py`, which adds the timed operations to that package's
+ * `glance_driver.py` (same protocol, same facades).
  */
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
-import { GLANCE_PYTHON } from '@cache/glance-testing';
+import { GlancePython } from '@cache/glance-testing';
 import { BENCH_DIR } from './options.js';
 
 /** The timing script (see its docstring for the operations). */
@@ -24,76 +25,34 @@ export interface WorkloadResult {
   pruned: [number, number];
 }
 
-interface Pending {
-  resolve: (value: unknown) => void;
-  reject: (error: Error) => void;
-}
+/** `image_cache_max_size` outside prune: large enough that Glance never prunes on its own. */
+const NO_BUDGET = 10 * 1024 ** 4;
 
 /** The Glance timing process; requests are answered in order, one JSON line each. */
 export class GlanceBench {
-  readonly #child: ChildProcessWithoutNullStreams;
-  readonly #pending: Pending[] = [];
-  readonly #exited: Promise<void>;
-  #stderr = '';
-  #gone: Error | undefined;
-
-  constructor() {
-    this.#child = spawn(GLANCE_PYTHON, [GLANCE_BENCH_SCRIPT], { stdio: ['pipe', 'pipe', 'pipe'] });
-    this.#child.stderr.setEncoding('utf8').on('data', (text: string) => {
-      this.#stderr = (this.#stderr + text).slice(-4000);
-    });
-    createInterface({ input: this.#child.stdout }).on('line', (line) => {
-      const waiter = this.#pending.shift();
-      if (waiter === undefined) return;
-      try {
-        const answer = JSON.parse(line) as { ok: boolean; result?: unknown; error?: string; traceback?: string };
-        if (answer.ok) waiter.resolve(answer.result);
-        else waiter.reject(new Error(`Glance failed: ${answer.error ?? ''}\n${answer.traceback ?? ''}`));
-      } catch {
-        waiter.reject(new Error(`glance_bench.py wrote a line that is not JSON: ${line.slice(0, 200)}`));
-      }
-    });
-    this.#exited = new Promise((resolve) => {
-      const fail = (error: Error) => {
-        this.#gone = error;
-        for (const waiter of this.#pending.splice(0)) waiter.reject(error);
-        resolve();
-      };
-      this.#child.on('error', (error) => fail(new Error(`cannot run ${GLANCE_PYTHON} ${GLANCE_BENCH_SCRIPT}: ${error.message}`)));
-      this.#child.on('exit', (code, signal) => fail(new Error(`glance_bench.py exited (${signal ?? code}): ${this.#stderr.trim()}`)));
-    });
-  }
+  readonly #python = GlancePython.start({ script: GLANCE_BENCH_SCRIPT });
 
   /** The process id, so the bench's quiet-machine check does not count it as another process. */
   get pid(): number | undefined {
-    return this.#child.pid;
-  }
-
-  #request<T>(request: Record<string, unknown>): Promise<T> {
-    if (this.#gone !== undefined) return Promise.reject(this.#gone);
-    return new Promise<T>((resolve, reject) => {
-      this.#pending.push({ resolve: resolve as (value: unknown) => void, reject });
-      this.#child.stdin.write(`${JSON.stringify(request)}\n`);
-    });
+    return this.#python.pid;
   }
 
   /** Glance's version (and that its code runs). */
   version(): Promise<{ glance: string; python: string }> {
-    return this.#request({ op: 'version' });
+    return this.#python.request({ op: 'version' });
   }
 
   /** The small-entry workload on a fresh directory (see {@link WORKLOAD_PHASES}). */
   workload(dir: string, driver: 'sqlite' | 'xattr', ids: readonly string[], size: number, lists: number): Promise<WorkloadResult> {
-    return this.#request({ op: 'workload', dir, driver, ids, size, lists });
+    return this.#python.request({ op: 'workload', dir, driver, max_size: NO_BUDGET, ids, size, lists });
   }
 
   /** `get_cached_images()` `repeat` times on a populated directory: seconds of each. */
   list(dir: string, driver: 'sqlite' | 'xattr', repeat: number): Promise<{ seconds: number[]; listed: number }> {
-    return this.#request({ op: 'list', dir, driver, repeat });
+    return this.#python.request({ op: 'list_timed', dir, driver, max_size: NO_BUDGET, repeat });
   }
 
-  async close(): Promise<void> {
-    if (this.#gone === undefined) this.#child.stdin.end();
-    await this.#exited;
+  close(): Promise<void> {
+    return this.#python.close();
   }
 }

@@ -27,6 +27,10 @@ Operations (all through Glance's facade or its driver, never our own code):
     queue      id             queue_image(id) -> bool
     clean      stall_time     clean(stall_time)
     version                   {"glance": version, "python": version}
+
+Another script can add operations of its own on the same protocol and the
+same configured facades (the bench's timed workload does, bench/glance_bench.py):
+import this file as a module and call `main({"op": fn(cache, request)})`.
 """
 import importlib.metadata
 import json
@@ -89,11 +93,13 @@ def _read(cache, image_id):
     return {'data': b''.join(chunks).decode('utf-8')}
 
 
-def handle(request):
+def handle(request, extra_ops=None):
     op = request['op']
     if op == 'version':
         return {'glance': importlib.metadata.version('glance'), 'python': sys.version.split()[0]}
     cache = _configure(request)
+    if extra_ops is not None and op in extra_ops:
+        return extra_ops[op](cache, request)
     if op == 'configure':
         return {'driver': type(cache.driver).__module__}
     if op == 'cache':
@@ -119,12 +125,14 @@ def handle(request):
     raise ValueError('unknown op %r' % (op,))
 
 
-def main():
+def main(extra_ops=None):
+    """Answers requests from stdin until it closes; `extra_ops` maps more op names to fn(cache, request)."""
+    os.umask(0o022)
     for line in sys.stdin:
         if not line.strip():
             continue
         try:
-            answer = {'ok': True, 'result': handle(json.loads(line))}
+            answer = {'ok': True, 'result': handle(json.loads(line), extra_ops)}
         except Exception as error:  # every failure goes back to the caller, the process lives on
             answer = {
                 'ok': False,
@@ -137,5 +145,4 @@ def main():
 
 
 if __name__ == '__main__':
-    os.umask(0o022)
     main()

@@ -16,6 +16,7 @@
  * @packageDocumentation
  */
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { basename } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { it } from 'vitest';
@@ -132,8 +133,9 @@ export class GlancePython {
   #exited: Promise<void>;
   #gone: Error | undefined;
 
-  private constructor() {
-    this.#child = spawn(GLANCE_PYTHON, [GLANCE_DRIVER_SCRIPT], { stdio: ['pipe', 'pipe', 'pipe'] });
+  private constructor(script: string, args: readonly string[]) {
+    const name = basename(script);
+    this.#child = spawn(GLANCE_PYTHON, [script, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
     this.#child.stderr.setEncoding('utf8').on('data', (text: string) => {
       this.#stderr = (this.#stderr + text).slice(-4000);
     });
@@ -144,7 +146,7 @@ export class GlancePython {
       try {
         answer = JSON.parse(line) as typeof answer;
       } catch {
-        waiter.reject(new Error(`glance_driver.py wrote a line that is not JSON: ${line.slice(0, 200)}`));
+        waiter.reject(new Error(`${name} wrote a line that is not JSON: ${line.slice(0, 200)}`));
         return;
       }
       if (answer.ok) waiter.resolve(answer.result);
@@ -156,16 +158,26 @@ export class GlancePython {
         for (const waiter of this.#pending.splice(0)) waiter.reject(error);
         resolve();
       };
-      this.#child.on('error', (error) => fail(new Error(`cannot run ${GLANCE_PYTHON} ${GLANCE_DRIVER_SCRIPT}: ${error.message}`)));
+      this.#child.on('error', (error) => fail(new Error(`cannot run ${GLANCE_PYTHON} ${script}: ${error.message}`)));
       this.#child.on('exit', (code, signal) =>
-        fail(new Error(`glance_driver.py exited (${signal ?? code})${this.#stderr ? `: ${this.#stderr.trim()}` : ''}`)),
+        fail(new Error(`${name} exited (${signal ?? code})${this.#stderr ? `: ${this.#stderr.trim()}` : ''}`)),
       );
     });
   }
 
-  /** Starts the Python process (Glance is imported once, on start). */
-  static start(): GlancePython {
-    return new GlancePython();
+  /**
+   * Starts the Python process (Glance is imported once, on start): by default
+   * `glance_driver.py`; `script` runs another one that adds operations of its
+   * own on the same protocol (it imports `glance_driver.py`, whose path it is
+   * given as its first argument, and calls its `main({ op: fn })`).
+   */
+  static start(options: { script?: string } = {}): GlancePython {
+    return options.script === undefined ? new GlancePython(GLANCE_DRIVER_SCRIPT, []) : new GlancePython(options.script, [GLANCE_DRIVER_SCRIPT]);
+  }
+
+  /** The Python process's id (e.g. for a benchmark's check that the machine is otherwise quiet). */
+  get pid(): number | undefined {
+    return this.#child.pid;
   }
 
   /** Sends one request and resolves with its result; Glance's exceptions reject as {@link GlanceError}. */

@@ -182,7 +182,11 @@ describe(`image-cache serve as a cluster on one PostgreSQL${unavailable === unde
     // Cached on B now: a hit.
     expect((await get(`${urlB}/images/shared`)).xCache).toBe('HIT');
     // B's own requests: PEER, then HIT (C's peer request may have been a HIT on B too: C picks a peer at random).
-    const onB = (await accessLog('node-b')).filter((l) => l.id === 'shared').map((l) => l.cache);
+    // Access log lines and byte counters are written as each response ends, after the client has its last byte: wait for them.
+    const linesOf = async (name: string) => (await accessLog(name)).filter((l) => l.id === 'shared').map((l) => l.cache);
+    await until("node-b's and node-c's access logs have their requests of shared", async () => (await linesOf('node-b')).length >= 2 && (await linesOf('node-c')).length >= 1);
+    await until("node-b counted the peer's bytes", async () => (await metric(urlB, /^image_cache_served_bytes_total\{source="peer"\} (\d+)$/m)) === images.shared!.length);
+    const onB = await linesOf('node-b');
     expect(onB[0]).toBe('PEER');
     expect(onB.slice(1).every((cache) => cache === 'HIT') && onB.length >= 2).toBe(true);
     expect((await accessLog('node-c')).filter((l) => l.id === 'shared').map((l) => l.cache)).toEqual(['PEER']);
@@ -298,7 +302,10 @@ describe(`image-cache serve as a cluster on one PostgreSQL${unavailable === unde
     expect(shared.status).toBe(200);
     expect(shared.body.equals(images.outage!)).toBe(true);
     expect(originRequests.get('outage')).toBe(before);
-    expect((await accessLog('node-f')).filter((l) => l.id === 'outage').map((l) => l.cache)).toEqual(['MISS', 'MISS', 'PEER']);
+    // The access log line is written after the response ends (asynchronously): wait for the third one.
+    const outageLines = async () => (await accessLog('node-f')).filter((l) => l.id === 'outage').map((l) => l.cache);
+    await until("node-f's access log has the third request of outage", async () => (await outageLines()).length >= 3);
+    expect(await outageLines()).toEqual(['MISS', 'MISS', 'PEER']);
     expect((await get(`${urlD}/images/outage`)).xCache).toBe('HIT');
   }, 180_000);
 });

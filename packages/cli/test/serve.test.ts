@@ -65,6 +65,13 @@ describe('image-cache serve', () => {
     const { stdout } = server.output();
     expect(stdout).toContain(`${url}/images/${id}`);
     expect(stdout).toContain(`${url}/metrics`);
+    // The status page is named, and it is there.
+    expect(stdout).toContain(`Status page: ${url}/status (in a browser)`);
+    expect(server.output().stderr).toContain(`image-cache: status page ${url}/status, metrics ${url}/metrics`);
+    const page = await fetch(`${url}/status`);
+    expect(page.status).toBe(200);
+    expect(page.headers.get('content-type')).toMatch(/^text\/html/);
+    await page.arrayBuffer();
 
     server.signal('SIGTERM');
     expect(await server.exited).toBe(0);

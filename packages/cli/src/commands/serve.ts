@@ -327,6 +327,7 @@ async function printStartup(ctx: Parameters<RegisterCommand>[1], config: Resolve
         `(heartbeat every ${formatDuration(config.heartbeatInterval)}, dead after ${formatDuration(config.heartbeatExpiry)}); misses are fetched from live peers holding the image before the origin`,
     );
   }
+  ctx.err(`image-cache: status page ${url}/status, metrics ${url}/metrics`);
   // Header names only: their values (tokens) are never printed.
   ctx.err(`image-cache: origin ${origin === undefined ? '(none: misses are 404)' : `${origin}${describeOriginOptions(config)}`}`);
   if (demo) {
@@ -343,6 +344,7 @@ async function printStartup(ctx: Parameters<RegisterCommand>[1], config: Resolve
     ctx.out(`  ${curl} -s -X PUT${auth} ${url}/v2/cache/${ids[2] ?? first}            # queue one for the prefetcher`);
     ctx.out(`  ${curl} -s${config.metricsToken === undefined ? '' : metricsAuth} ${url}/metrics | grep '^image_cache_'                        # Prometheus metrics`);
     ctx.out(`  ${curl} -s ${url}/healthz`);
+    ctx.out(`Status page: ${url}/status (in a browser${config.token === undefined ? '' : '; it asks for the management token'})`);
     ctx.out(`Press Ctrl-C to stop (downloads already streaming get up to ${formatDuration(config.shutdownTimeout)} to finish).`);
   } else {
     ctx.out(`listening on ${url}`);

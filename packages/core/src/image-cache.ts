@@ -443,6 +443,12 @@ export class ImageCache {
    * the cache is within `maxSize`. One listing, one sort, one pass: it stops
    * when the budget is met or nothing is left, never loops. With
    * `includeInvalid`, `invalid/` counts too and its files go first.
+   *
+   * Entries this process is reading (`openForRead`, a fill's readers) or
+   * filling are skipped, as the space policy's eviction skips them (one
+   * "busy" test for both, ADR 0006): the next least recently used entry goes
+   * instead, and when only busy entries are left the cache stays over
+   * `maxSize` until they are closed.
    */
   async prune(options: PruneOptions = {}): Promise<PruneResult> {
     const includeInvalid = options?.includeInvalid === true;
@@ -454,6 +460,7 @@ export class ImageCache {
     invalid.sort((a, b) => (a.mtimeNs < b.mtimeNs ? -1 : a.mtimeNs > b.mtimeNs ? 1 : a.imageId < b.imageId ? -1 : 1));
     for (const file of invalid) {
       if (size <= this.maxSize) break;
+      if (this.#space.isBusy(file.imageId)) continue; // a write of this process rolled back there, its reservation not yet released
       size -= file.size;
       if (await this.#files.remove(file.imageId, 'invalid')) {
         (result.invalid as { files: number; bytes: number }).files += 1;
@@ -465,6 +472,7 @@ export class ImageCache {
     const victims: CachedImage[] = [];
     for (const image of images) {
       if (size <= this.maxSize) break;
+      if (this.#space.isBusy(image.imageId)) continue;
       victims.push(image);
       size -= image.size;
     }
@@ -473,6 +481,8 @@ export class ImageCache {
     let failure: unknown;
     await mapLimit(victims, PRUNE_CONCURRENCY, async (image) => {
       if (failure !== undefined) return;
+      // Looked at again: a read or fill may have begun since the listing.
+      if (this.#space.isBusy(image.imageId)) return;
       try {
         await this.driver.deleteCachedImage(image.imageId);
         result.files += 1;

@@ -277,6 +277,15 @@ export class SpacePolicy implements WriteSpace {
     return this.#thresholds;
   }
 
+  /**
+   * True while this process reads, fills, or holds a reservation for `id`:
+   * the one "busy" test of every eviction (the space policy's, and
+   * `prune()`'s). Such an entry is never evicted by this process.
+   */
+  isBusy(id: ImageId): boolean {
+    return this.#host.isBusy(id) || this.#reserved.has(id);
+  }
+
   /** The watcher's state. */
   get state(): SpaceState {
     return this.#state;
@@ -377,7 +386,7 @@ export class SpacePolicy implements WriteSpace {
    */
   async #evict(usage: Usage, bytes: number, files: number, cause: EvictionCause, partial: boolean): Promise<number> {
     if (bytes <= 0 && files <= 0) return 0;
-    const busy = (id: ImageId) => this.#host.isBusy(id) || this.#reserved.has(id);
+    const busy = (id: ImageId) => this.isBusy(id);
     const invalid = usage.invalid
       .filter((file) => !this.#reserved.has(file.imageId))
       .sort((a, b) => (a.mtimeNs < b.mtimeNs ? -1 : a.mtimeNs > b.mtimeNs ? 1 : a.imageId < b.imageId ? -1 : 1));

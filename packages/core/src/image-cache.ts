@@ -539,6 +539,10 @@ export class ImageCache {
       }
     };
     fill.on('readers', onReaders);
+    // Stopped caching mid-way (ADR 0006): its readers get the rest, later callers start a fill of their own.
+    fill.once('passThrough', () => {
+      if (this.#fills.get(id) === fill) this.#fills.delete(id);
+    });
     void fill.done.then(() => {
       if (this.#fills.get(id) === fill) this.#fills.delete(id);
       onReaders(fill.readers);

@@ -24,7 +24,7 @@ import { Fill, type FillOptions } from './fill/fill.js';
 import { WriteLock } from './fill/owner.js';
 import { assertImageId, type ImageId } from './image-id.js';
 import { normalizeQuarantineOptions } from './options.js';
-import { cacheFull, SpacePolicy, type ImageCacheSpaceOptions, type SpaceEvent, type SpaceStatus } from './space.js';
+import { cacheFull, noSpaceNeed, SpacePolicy, type ImageCacheSpaceOptions, type SpaceEvent, type SpaceStatus } from './space.js';
 import { SingleFlightReads, type ReadThroughOptions, type ReadThroughResult } from './read-through.js';
 
 /** Deletes `prune()` keeps in flight. */
@@ -603,7 +603,7 @@ export class ImageCache {
     }
     const input = typeof source === 'string' ? createReadStream(source, { highWaterMark: 1024 * 1024 }) : source;
     try {
-      writer.setNoSpaceHandler?.(() => space.noSpace(id, undefined));
+      writer.setNoSpaceHandler?.((unwritten) => space.noSpace(id, noSpaceNeed(undefined, unwritten)));
       // The budget's gate only when the write budget is on (reservedFor is then finite): no extra stage otherwise.
       if (Number.isFinite(space.reservedFor(id))) {
         const gate = new SpaceGate(id, space);

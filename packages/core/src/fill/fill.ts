@@ -10,7 +10,7 @@ import { CacheFullError, ChecksumMismatchError, FillAbandonedError, FillAbortedE
 import { assertImageId, type ImageId } from '../image-id.js';
 import { assertSource, drainOrClose, rollBackWhole, toBuffer, whenClosed } from '../cache-write.js';
 import { ParallelHash } from '../parallel-hash.js';
-import { cacheFull, type BypassReason, type WriteSpace } from '../space.js';
+import { cacheFull, noSpaceNeed, type BypassReason, type WriteSpace } from '../space.js';
 import type { FetchedImage } from '../read-through.js';
 import { failureFromMessage, FollowerLink, type Announcement, type FillMessage } from './lock.js';
 import { fileKey, lockNameFor, WriteLock } from './owner.js';
@@ -788,10 +788,10 @@ export class Fill extends EventEmitter {
     this.#attempt = attempt;
     const space = this.#space;
     if (space !== undefined && typeof writer.setNoSpaceHandler === 'function') {
-      // ENOSPC mid-fill: evict and retry once when the rest of a known size can be made room for.
+      // ENOSPC mid-fill: evict and retry once when the rest of a known size (else one write buffer) can be made room for.
       const expectedSize = announced.expectedSize;
       writer.setNoSpaceHandler((unwritten) =>
-        space.noSpace(id, expectedSize === undefined ? undefined : Math.max(unwritten, expectedSize - writer.bytesWritten)),
+        space.noSpace(id, noSpaceNeed(expectedSize === undefined ? undefined : expectedSize - writer.bytesWritten, unwritten)),
       );
     }
     writer.on('error', (error: Error) => {

@@ -233,6 +233,21 @@ describe('the byte budget on the write path', () => {
     await expect(collect(fill.openReader())).rejects.toSatisfy((error: unknown) => CacheFullError.isInstance(error));
   });
 
+  it('an uncacheable fill (cache: false) of unknown size that outgrows the budget passes through too; a finished ranged reader does not hold it', async () => {
+    await open(MiB);
+    const big = content('nocache', 3 * MiB);
+    const fill = cache.fill('nocache', { fetch: () => ({ source: Readable.from(chunked(big)), cache: false }) });
+    const head = fill.openReader({ end: 999 }); // read to its end, then left open: it needs no more bytes
+    const whole = collect(fill.openReader());
+    const first = await new Promise<Buffer>((resolve) => head.once('data', (chunk: Buffer) => resolve(chunk)));
+    expect(first.equals(big.subarray(0, first.length))).toBe(true);
+    head.pause();
+    expect(await fill.done).toMatchObject({ status: 'bypassed', reason: 'too-large', streamed: big.length });
+    expect((await whole).equals(big)).toBe(true);
+    head.destroy();
+    expect(bytesOnDisk()).toBe(0);
+  });
+
   it('a passed-through fill whose origin fails mid-way fails its readers with the origin error; nothing is cached', async () => {
     await open(MiB);
     const big = content('cut', 3 * MiB);

@@ -856,7 +856,7 @@ export class Fill extends EventEmitter {
           const full = await space.grow(id, size);
           if (attempt.failure !== undefined) return undefined;
           if (full !== undefined) {
-            if (expectedSize === undefined && attempt.cache) {
+            if (expectedSize === undefined) {
               // Outgrew the budget: stop caching, but the readers still get every byte (ADR 0006).
               return await this.#passThrough(attempt, iterator, hash, lock, full, chunk, size - chunk.length);
             }
@@ -921,10 +921,10 @@ export class Fill extends EventEmitter {
     return undefined;
   }
 
-  /** The lowest position of this process's open readers (`Infinity` without any). */
+  /** The lowest position of this process's readers that still need bytes (`Infinity` without any). */
   #slowestReader(): number {
     let min = Number.POSITIVE_INFINITY;
-    for (const reader of this.#readerSet) if (!reader.destroyed && reader.position < min) min = reader.position;
+    for (const reader of this.#readerSet) if (!reader.satisfied && reader.position < min) min = reader.position;
     return min;
   }
 
@@ -997,7 +997,7 @@ export class Fill extends EventEmitter {
       const hashing = hash?.update(chunk);
       if (hashing !== undefined) await hashing;
       if (attempt.failure !== undefined) return undefined;
-      if (this.#readerSet.size === 0) {
+      if (this.#slowestReader() === Number.POSITIVE_INFINITY) {
         // Nobody to pass it to: stop reading the origin.
         attempt.fail(full, false);
         return undefined;

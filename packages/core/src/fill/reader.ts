@@ -122,6 +122,11 @@ export class GrowingFileReader extends Readable {
     return this.#position;
   }
 
+  /** True once this reader needs no more bytes: it has reached the end of its range, ended, or was destroyed. */
+  get satisfied(): boolean {
+    return this.destroyed || this.readableEnded || this.#position >= this.#end;
+  }
+
   override _read(): void {
     if (this.#reading) {
       // Asked again while a read runs (a consumer can ask from the push itself): read again once it is done.

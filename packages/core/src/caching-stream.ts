@@ -8,7 +8,7 @@ import { ChecksumMismatchError, ImageBeingCachedError } from './errors.js';
 import { WriteLock } from './fill/owner.js';
 import type { ImageId } from './image-id.js';
 import { ParallelHash } from './parallel-hash.js';
-import { cacheFull, type WriteSpace } from './space.js';
+import { cacheFull, noSpaceNeed, type WriteSpace } from './space.js';
 
 /**
  * How long a caching stream whose client stopped reading waits for the source
@@ -181,8 +181,8 @@ export class CachingStream extends Readable {
         return;
       }
       const space = this.#space;
-      // Of unknown size: an ENOSPC is reported to the policy, and the write rolls back.
-      if (space !== undefined) writer.setNoSpaceHandler?.(() => space.noSpace(this.imageId, undefined));
+      // Of unknown size: an ENOSPC evicts one write buffer's worth when it can, and the write goes on; else it rolls back.
+      if (space !== undefined) writer.setNoSpaceHandler?.((unwritten) => space.noSpace(this.imageId, noSpaceNeed(undefined, unwritten)));
       writer.on('error', (error: Error) => {
         if (this.#writer === writer) this.#cacheFailed(error);
       });

@@ -24,7 +24,7 @@ import { Fill, type FillOptions } from './fill/fill.js';
 import { WriteLock } from './fill/owner.js';
 import { assertImageId, type ImageId } from './image-id.js';
 import { normalizeQuarantineOptions } from './options.js';
-import { cacheFull, SpacePolicy, type ImageCacheSpaceOptions, type SpaceEvent, type SpaceStatus } from './space.js';
+import { cacheFull, noSpaceNeed, SpacePolicy, type ImageCacheSpaceOptions, type SpaceEvent, type SpaceStatus } from './space.js';
 import { SingleFlightReads, type ReadThroughOptions, type ReadThroughResult } from './read-through.js';
 
 /** Deletes `prune()` keeps in flight. */
@@ -443,6 +443,12 @@ export class ImageCache {
    * the cache is within `maxSize`. One listing, one sort, one pass: it stops
    * when the budget is met or nothing is left, never loops. With
    * `includeInvalid`, `invalid/` counts too and its files go first.
+   *
+   * Entries this process is reading (`openForRead`, a fill's readers) or
+   * filling are skipped, as the space policy's eviction skips them (one
+   * "busy" test for both, ADR 0006): the next least recently used entry goes
+   * instead, and when only busy entries are left the cache stays over
+   * `maxSize` until they are closed.
    */
   async prune(options: PruneOptions = {}): Promise<PruneResult> {
     const includeInvalid = options?.includeInvalid === true;
@@ -454,6 +460,7 @@ export class ImageCache {
     invalid.sort((a, b) => (a.mtimeNs < b.mtimeNs ? -1 : a.mtimeNs > b.mtimeNs ? 1 : a.imageId < b.imageId ? -1 : 1));
     for (const file of invalid) {
       if (size <= this.maxSize) break;
+      if (this.#space.isBusy(file.imageId)) continue; // a write of this process rolled back there, its reservation not yet released
       size -= file.size;
       if (await this.#files.remove(file.imageId, 'invalid')) {
         (result.invalid as { files: number; bytes: number }).files += 1;
@@ -465,6 +472,7 @@ export class ImageCache {
     const victims: CachedImage[] = [];
     for (const image of images) {
       if (size <= this.maxSize) break;
+      if (this.#space.isBusy(image.imageId)) continue;
       victims.push(image);
       size -= image.size;
     }
@@ -473,6 +481,8 @@ export class ImageCache {
     let failure: unknown;
     await mapLimit(victims, PRUNE_CONCURRENCY, async (image) => {
       if (failure !== undefined) return;
+      // Looked at again: a read or fill may have begun since the listing.
+      if (this.#space.isBusy(image.imageId)) return;
       try {
         await this.driver.deleteCachedImage(image.imageId);
         result.files += 1;
@@ -529,6 +539,10 @@ export class ImageCache {
       }
     };
     fill.on('readers', onReaders);
+    // Stopped caching mid-way (ADR 0006): its readers get the rest, later callers start a fill of their own.
+    fill.once('passThrough', () => {
+      if (this.#fills.get(id) === fill) this.#fills.delete(id);
+    });
     void fill.done.then(() => {
       if (this.#fills.get(id) === fill) this.#fills.delete(id);
       onReaders(fill.readers);
@@ -589,7 +603,7 @@ export class ImageCache {
     }
     const input = typeof source === 'string' ? createReadStream(source, { highWaterMark: 1024 * 1024 }) : source;
     try {
-      writer.setNoSpaceHandler?.(() => space.noSpace(id, undefined));
+      writer.setNoSpaceHandler?.((unwritten) => space.noSpace(id, noSpaceNeed(undefined, unwritten)));
       // The budget's gate only when the write budget is on (reservedFor is then finite): no extra stage otherwise.
       if (Number.isFinite(space.reservedFor(id))) {
         const gate = new SpaceGate(id, space);

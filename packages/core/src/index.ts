@@ -49,6 +49,7 @@ export { DEFAULT_MAX_SIZE, ImageCache, type ImageCacheOptions, type PruneOptions
 export {
   DEFAULT_SPACE_INTERVAL_MS,
   diskSpace,
+  noSpaceNeed,
   resolveThresholds,
   suggestedHeadroom,
   type BypassReason,
@@ -69,6 +70,7 @@ export type { FetchedImage, ReadThroughOptions, ReadThroughResult } from './read
 export { MemoryDriver } from './memory-driver.js';
 export {
   Fill,
+  PASS_THROUGH_BUFFER,
   type FetchedFill,
   type FillAnnouncement,
   type FillFetchContext,

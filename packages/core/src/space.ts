@@ -4,6 +4,7 @@ import { compareByRecency } from './directory-driver.js';
 import type { CachedImage, CacheDriver } from './driver.js';
 import { CacheFullError, InvalidArgumentError } from './errors.js';
 import type { ImageId } from './image-id.js';
+import { WRITE_BEHIND_BYTES } from './streams.js';
 
 // The space policy (issue 14, ADR 0006): the byte budget held on the write
 // path by reservations, and free-space thresholds in the manner of Linux's
@@ -145,10 +146,28 @@ export interface WriteSpace {
   grow(id: ImageId, total: number): Promise<CacheFullError | undefined>;
   /** Bytes reserved for `id` now (a write grows its reservation only past this). */
   reservedFor(id: ImageId): number;
-  /** An ENOSPC: frees `remaining` bytes on the filesystem by eviction when it can; resolves true to retry the write. */
+  /**
+   * An ENOSPC: frees `remaining` bytes on the filesystem by eviction when it
+   * can (see {@link noSpaceNeed}); resolves true to retry the write.
+   * `undefined`: nothing is evicted, the write fails.
+   */
   noSpace(id: ImageId, remaining: number | undefined): Promise<boolean>;
   /** The write has ended (committed, rolled back or bypassed): its reservation goes. */
   release(id: ImageId): void;
+}
+
+/**
+ * What an ENOSPC asks the policy to free (see {@link WriteSpace.noSpace}):
+ * for a write of known size, the rest of it (`rest`: the size less what is
+ * written), at least the failed write's `unwritten` bytes; for a write of
+ * unknown size (`rest` undefined), one write buffer's worth
+ * ({@link WRITE_BEHIND_BYTES}, what a writer holds accepted but unwritten),
+ * at least the failed write's bytes. A write of unknown size that keeps
+ * hitting ENOSPC asks again at each write that fails, and fails once
+ * eviction cannot free that much.
+ */
+export function noSpaceNeed(rest: number | undefined, unwritten: number): number {
+  return Math.max(unwritten, rest ?? WRITE_BEHIND_BYTES);
 }
 
 /** Largest step an unknown-size write grows its reservation by (else 1/64 of the budget). */
@@ -277,6 +296,15 @@ export class SpacePolicy implements WriteSpace {
     return this.#thresholds;
   }
 
+  /**
+   * True while this process reads, fills, or holds a reservation for `id`:
+   * the one "busy" test of every eviction (the space policy's, and
+   * `prune()`'s). Such an entry is never evicted by this process.
+   */
+  isBusy(id: ImageId): boolean {
+    return this.#host.isBusy(id) || this.#reserved.has(id);
+  }
+
   /** The watcher's state. */
   get state(): SpaceState {
     return this.#state;
@@ -377,7 +405,7 @@ export class SpacePolicy implements WriteSpace {
    */
   async #evict(usage: Usage, bytes: number, files: number, cause: EvictionCause, partial: boolean): Promise<number> {
     if (bytes <= 0 && files <= 0) return 0;
-    const busy = (id: ImageId) => this.#host.isBusy(id) || this.#reserved.has(id);
+    const busy = (id: ImageId) => this.isBusy(id);
     const invalid = usage.invalid
       .filter((file) => !this.#reserved.has(file.imageId))
       .sort((a, b) => (a.mtimeNs < b.mtimeNs ? -1 : a.mtimeNs > b.mtimeNs ? 1 : a.imageId < b.imageId ? -1 : 1));

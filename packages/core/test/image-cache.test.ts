@@ -146,6 +146,32 @@ describe('prune()', () => {
     expect(await zero.prune()).toEqual({ files: 0, bytes: 0 });
   });
 
+  it('skips entries this process reads or fills (openForRead, a fill reader), as the space policy does: the next ones go', async () => {
+    for (let i = 0; i < 11; i++) await write(driver, `img-${String(i).padStart(2, '0')}`, Buffer.alloc(1024, i));
+    // The two least recently used are busy: one read open, one read through a fill of the cached entry.
+    const reading = await cache.openForRead('img-00');
+    const fill = cache.fill('img-01', { fetch: () => Readable.from([]) });
+    const fillReader = fill.openReader();
+    expect(await fill.done).toMatchObject({ status: 'committed', via: 'cached' });
+    expect(await cache.prune()).toEqual({ files: 6, bytes: 6 * 1024 });
+    expect((await cache.getCachedImages()).map((i) => i.imageId).sort()).toEqual(['img-00', 'img-01', 'img-08', 'img-09', 'img-10']);
+    expect((await collect(reading)).equals(Buffer.alloc(1024, 0))).toBe(true);
+    expect((await collect(fillReader)).equals(Buffer.alloc(1024, 1))).toBe(true);
+    // Closed: no longer busy, and within the budget already.
+    expect(await cache.prune()).toEqual({ files: 0, bytes: 0 });
+  });
+
+  it('leaves the cache over budget rather than evict an entry being read; evicts it once the read is closed', async () => {
+    const zero = await ImageCache.open({ driver, maxSize: 0 });
+    for (const id of ['a', 'b']) await write(driver, id, id);
+    const reading = await zero.openForRead('a');
+    expect(await zero.prune()).toEqual({ files: 1, bytes: 1 });
+    expect(await zero.isCached('a')).toBe(true);
+    expect((await collect(reading)).toString()).toBe('a');
+    expect(await zero.prune()).toEqual({ files: 1, bytes: 1 });
+    expect(await zero.isCached('a')).toBe(false);
+  });
+
   it('counts a file that has no metadata as a candidate (by its mtime), so the budget is reached', async () => {
     await writeFile(join(dir, 'stray'), Buffer.alloc(6 * 1024));
     expect(await cache.prune()).toEqual({ files: 1, bytes: 6 * 1024 });

@@ -228,4 +228,32 @@ describe.each(['tmpfs', 'ext4'] as const)('free-space thresholds on a 64 MiB %s'
       expect(await readdir(join(dir, 'incomplete'))).toEqual([]);
     },
   );
+
+  it.skipIf(skip !== undefined)(
+    `${fs}: ENOSPC in a fill and a caching stream of unknown size evicts a write buffer's worth at a time and goes on: committed${suffix}`,
+    async () => {
+      // The earlier tests' caches go first: this one needs most of the 64 MiB.
+      for (const earlier of ['cull', 'stop', 'enospc', 'enospc-2']) await rm(join(base(), earlier), { recursive: true, force: true });
+      const { cache } = await openOn(base(), 'enospc-unknown', { maxSize: 1024 * MiB });
+      const old = ['old-1', 'old-2', 'old-3', 'old-4', 'old-5'];
+      for (const id of old) expect(await cache.cacheImage(id, Readable.from(chunked(content(id, 6 * MiB))))).toBe(true);
+      // Leave 3 MiB free; each 12 MiB write needs about two entries more.
+      await fillBeside(join(base(), 'filler-enospc-unknown'), (await freeBytes(base())) - 3 * MiB);
+      const data = content('new', 12 * MiB);
+      const fill = cache.fill('new', { fetch: () => Readable.from(chunked(data)) });
+      const read = collect(fill.openReader());
+      expect(await fill.done).toMatchObject({ status: 'committed', size: data.length });
+      expect((await read).equals(data)).toBe(true);
+      const other = content('streamed', 12 * MiB);
+      const stream = cache.getCachingStream('streamed', Readable.from(chunked(other)));
+      expect((await collect(stream)).equals(other)).toBe(true);
+      expect((await stream.cacheOutcome).status).toBe('committed');
+      const enospc = events.filter((event) => event.type === 'enospc');
+      expect(enospc.length, 'the disk was full').toBeGreaterThan(0);
+      expect(enospc.every((event) => event.type === 'enospc' && event.retried)).toBe(true);
+      expect(events.filter((event) => event.type === 'evict').every((event) => event.type === 'evict' && event.cause === 'enospc')).toBe(true);
+      expect(await cache.isCached('new')).toBe(true);
+      expect(await cache.isCached('streamed')).toBe(true);
+    },
+  );
 });

@@ -5,6 +5,7 @@
  * or filled), bypass of what cannot fit, growth of unknown-size writes, and
  * the budget sampled while 16 fills run at once.
  */
+import { createHash } from 'node:crypto';
 import { readdirSync, statSync } from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -188,6 +189,80 @@ describe('the byte budget on the write path', () => {
     expect(await readdir(join(dir, 'incomplete'))).toEqual([]);
     expect(bytesOnDisk()).toBeLessThanOrEqual(2 * MiB);
     await collect(reading);
+  });
+
+  it('a fill of unknown size that outgrows the budget stops caching but passes the rest through: two readers get every byte', async () => {
+    await open(2 * MiB);
+    const big = content('big', 5 * MiB + 123);
+    const digest = createHash('sha256').update(big).digest('hex');
+    let max = 0;
+    const fill = cache.fill('big', {
+      fetch: () => Readable.from(chunked(big, () => (max = Math.max(max, bytesOnDisk())))),
+      checksum: { algorithm: 'sha256', digest },
+    });
+    let passed: string | undefined;
+    fill.on('passThrough', (reason: string) => {
+      passed = reason;
+      // Later callers start a fill of their own (the running one is no longer shared).
+      expect(cache.fill('big', { fetch: () => Readable.from([]), signal: AbortSignal.abort() })).not.toBe(fill);
+    });
+    const fast = collect(fill.openReader());
+    // A slow reader: it is still reading the partial file when the fill switches, and paces the origin.
+    const slow = (async () => {
+      const parts: Buffer[] = [];
+      for await (const part of fill.openReader({ highWaterMark: 16 * KiB })) {
+        parts.push(part as Buffer);
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+      return Buffer.concat(parts);
+    })();
+    const outcome = await fill.done;
+    expect(outcome).toEqual({ status: 'bypassed', reason: 'too-large', size: undefined, streamed: big.length, via: 'fetched' });
+    expect(passed).toBe('too-large');
+    for (const received of [await fast, await slow]) {
+      expect(received.length).toBe(big.length);
+      expect(createHash('sha256').update(received).digest('hex'), 'the right digest').toBe(digest);
+    }
+    expect(events).toContainEqual({ type: 'bypass', imageId: 'big', reason: 'too-large', size: undefined });
+    expect(max, 'never more on disk than the budget').toBeLessThanOrEqual(2 * MiB);
+    expect(await cache.isCached('big')).toBe(false);
+    expect(await readdir(join(dir, 'incomplete'))).toEqual([]);
+    expect(await readdir(join(dir, 'invalid')), 'the partial file was rolled back and deleted').toEqual([]);
+    expect((await cache.spaceStatus()).reserved).toBe(0);
+    // A reader opened after the end needs bytes nobody holds: CacheFullError.
+    await expect(collect(fill.openReader())).rejects.toSatisfy((error: unknown) => CacheFullError.isInstance(error));
+  });
+
+  it('an uncacheable fill (cache: false) of unknown size that outgrows the budget passes through too; a finished ranged reader does not hold it', async () => {
+    await open(MiB);
+    const big = content('nocache', 3 * MiB);
+    const fill = cache.fill('nocache', { fetch: () => ({ source: Readable.from(chunked(big)), cache: false }) });
+    const head = fill.openReader({ end: 999 }); // read to its end, then left open: it needs no more bytes
+    const whole = collect(fill.openReader());
+    const first = await new Promise<Buffer>((resolve) => head.once('data', (chunk: Buffer) => resolve(chunk)));
+    expect(first.equals(big.subarray(0, first.length))).toBe(true);
+    head.pause();
+    expect(await fill.done).toMatchObject({ status: 'bypassed', reason: 'too-large', streamed: big.length });
+    expect((await whole).equals(big)).toBe(true);
+    head.destroy();
+    expect(bytesOnDisk()).toBe(0);
+  });
+
+  it('a passed-through fill whose origin fails mid-way fails its readers with the origin error; nothing is cached', async () => {
+    await open(MiB);
+    const big = content('cut', 3 * MiB);
+    async function* cut(): AsyncGenerator<Buffer> {
+      yield* chunked(big.subarray(0, 2 * MiB));
+      throw new Error('origin cut');
+    }
+    const fill = cache.fill('cut', { fetch: () => Readable.from(cut()) });
+    const reader = collect(fill.openReader());
+    const outcome = await fill.done;
+    expect(outcome.status).toBe('failed');
+    expect((outcome as { error: Error }).error.message).toContain('origin cut');
+    await expect(reader).rejects.toThrow('origin cut');
+    expect(await cache.isCached('cut')).toBe(false);
+    expect(bytesOnDisk()).toBeLessThanOrEqual(MiB);
   });
 
   it('incomplete/ and invalid/ count: a failed write in invalid/ is evicted first', async () => {

@@ -1,5 +1,6 @@
 import type { ServerResponse } from 'node:http';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { BypassReason, Fill } from '@cache/core';
 import { pino, type DestinationStream, type Logger } from 'pino';
 
 /**
@@ -36,6 +37,13 @@ export interface AccessLogEntry {
   url: string;
   /** False when the response ended before its last byte (the client left, or the body was cut). */
   complete: boolean;
+  /**
+   * Why the image was served uncached by the space policy (ADR 0006), else
+   * `null`: the `x-cache-bypass` header's reason, or, for a miss whose fill
+   * outgrew the budget after its headers were sent (an origin response
+   * without a length), the reason the fill passed the rest through.
+   */
+  bypass: BypassReason | null;
 }
 
 /** Requests of a miss that joined a fill another request (or process) had started. */
@@ -43,6 +51,14 @@ const joinedFills = new WeakSet<FastifyRequest>();
 
 /** Requests of a miss served from a fill that reads from a peer node. */
 const peerFills = new WeakSet<FastifyRequest>();
+
+/** The fill a miss request streams from: its outcome says whether it was passed through uncached. */
+const streamedFills = new WeakMap<FastifyRequest, Fill>();
+
+/** Records the fill `request` streams from (its access log line says `bypass` when the fill stopped caching mid-way). */
+export function markFill(request: FastifyRequest, fill: Fill): void {
+  streamedFills.set(request, fill);
+}
 
 /** Marks `request` as served from a peer node's copy: its access log says `PEER` (unless it joined a fill: `FILL-WAIT`). */
 export function markPeer(request: FastifyRequest): void {
@@ -91,6 +107,8 @@ export function installAccessLog(app: FastifyInstance, logger: Logger): void {
       const header = reply.getHeader('x-cache') ?? raw.getHeader('x-cache');
       const xCache = typeof header === 'string' ? header : undefined;
       const params = request.params as { id?: unknown } | undefined;
+      const bypassHeader = reply.getHeader('x-cache-bypass') ?? raw.getHeader('x-cache-bypass');
+      const outcome = streamedFills.get(request)?.outcome;
       const entry: AccessLogEntry = {
         id: request.routeOptions.url === '/images/:id' && typeof params?.id === 'string' ? params.id : null,
         cache:
@@ -103,6 +121,7 @@ export function installAccessLog(app: FastifyInstance, logger: Logger): void {
         client: request.ip,
         url: request.url,
         complete: raw.writableFinished,
+        bypass: typeof bypassHeader === 'string' ? (bypassHeader as BypassReason) : outcome?.status === 'bypassed' ? outcome.reason : null,
       };
       try {
         logger.info(entry, 'request');

@@ -20,7 +20,9 @@ export {
   type ClusterStatusSource,
   type FillStatus,
   type NodeHealth,
+  type SpaceReport,
   type StatusReport,
+  type ThresholdStatus,
 } from './status.js';
 export {
   PEER_HEADER,

@@ -1,4 +1,4 @@
-import { CacheError, OriginError, type ImageCache, type ImageId } from '@cache/core';
+import { CacheError, OriginError, type ImageCache, type ImageId, type SpaceEvent } from '@cache/core';
 
 /** Why `/readyz` answers 503. */
 export type ReadinessReason = 'metadata_store_unavailable' | 'disk_full' | 'origin_failing';
@@ -26,7 +26,10 @@ function isDiskFull(error: unknown): boolean {
 
 /**
  * Readiness from recent failures: the metadata store (a degraded stat), a
- * full disk (an ENOSPC anywhere in an error's causes), the origin (an
+ * full disk (a write that failed with ENOSPC: an ENOSPC anywhere in a
+ * counted error's causes, or an `enospc` event of the space policy that
+ * could not make room; an ENOSPC the policy absorbed by evicting, after
+ * which the write went on, is no failure and never counts), the origin (an
  * `OriginError` other than a 404). Each keeps the server unready for
  * `window` ms after it was last seen; a metadata failure ends earlier when a
  * probe (a stat of the image whose stat failed) finds the store answering.
@@ -57,7 +60,22 @@ export class Readiness {
     this.#metadata = undefined;
   }
 
-  /** Looks at an error the server counted (a response's, a cache write's, a worker's). */
+  /**
+   * Looks at an event of the space policy: an ENOSPC it could not absorb
+   * (`retried: false`, the write rolled back) makes the disk full; one it
+   * absorbed (evicted, and the write went on) does not.
+   */
+  spaceEvent(event: SpaceEvent): void {
+    if (event.type !== 'enospc' || event.retried) return;
+    const now = Date.now();
+    this.#diskFull = {
+      at: now,
+      first: this.#fresh(this.#diskFull, now)?.first ?? now,
+      message: `a write of image '${event.imageId}' failed: the cache filesystem is full (ENOSPC) and eviction could not make room`,
+    };
+  }
+
+  /** Looks at an error the server counted (a response's, a cache write's, a worker's): each is a failed operation. */
   observe(error: unknown): void {
     const now = Date.now();
     if (isDiskFull(error)) {

@@ -111,6 +111,7 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
   );
   // The space policy's decisions in the log (ADR 0006); the metrics count them.
   const stopLogging = cache.addSpaceListener((event) => {
+    readiness.spaceEvent(event);
     if (event.type === 'bypass') {
       app.log.warn({ imageId: event.imageId, reason: event.reason, size: event.size }, `not caching: ${SPACE_REASONS[event.reason]}; serving it uncached`);
     } else if (event.type === 'evict') {

@@ -1,4 +1,4 @@
-import type { CacheDriver, FillRole, ImageId } from '@cache/core';
+import type { CacheDriver, FillRole, ImageId, SpaceState } from '@cache/core';
 import type { ServerContext } from './context.js';
 import type { ClusterDirectory } from './cluster.js';
 import { publicMessage } from './http-errors.js';
@@ -53,6 +53,32 @@ export interface FillStatus {
   readers: number;
 }
 
+/** One free-space threshold, resolved against the cache filesystem. */
+export interface ThresholdStatus {
+  /** Free bytes below which it is crossed. */
+  bytes: number;
+  /** Free inodes below which it is crossed; `null` for a byte threshold. */
+  files: number | null;
+}
+
+/** The space policy (ADR 0006) as the status page shows it: `ImageCache.spaceStatus()`. */
+export interface SpaceReport {
+  /** The byte budget. */
+  maxBytes: number;
+  /** Whether the budget is held on the write path (always with `image-cache serve`). */
+  writeBudget: boolean;
+  /** Bytes counted against the budget, by part: active entries, `incomplete/`, `invalid/`, reserved by writes beyond what they wrote. */
+  parts: { active: number; incomplete: number; invalid: number; reserved: number };
+  /** The sum of the parts. */
+  usedBytes: number;
+  /** The cache filesystem (statfs): size and free bytes, inodes and free inodes. */
+  disk: { totalBytes: number; freeBytes: number; totalFiles: number; freeFiles: number };
+  /** The free-space thresholds (`run` > `cull` > `stop`), `null` when none are set. */
+  thresholds: { run: ThresholdStatus; cull: ThresholdStatus; stop: ThresholdStatus } | null;
+  /** The free-space watcher: `ok`, `culling` (below `cull`, evicting until `run`), `stopped` (below `stop`: nothing new is cached). */
+  state: SpaceState;
+}
+
 /** The body of `GET /v2/status`, which the status page polls. */
 export interface StatusReport {
   /** When this report was made (ISO 8601). */
@@ -89,6 +115,12 @@ export interface StatusReport {
   topImages: { id: ImageId; hits: number; size: number; lastAccessed: number }[];
   /** Fills running now. */
   fills: FillStatus[];
+  /**
+   * The space policy: the budget by part, the filesystem's free space, the
+   * thresholds and the watcher's state; `null` when it could not be read
+   * (the error is counted in /metrics).
+   */
+  space: SpaceReport | null;
   /**
    * The cluster's nodes; `null` when this server is on its own. When the
    * source failed, `nodes` is empty and `error` says why (code and short message).
@@ -179,7 +211,7 @@ async function counterTotal(counter: { get(): Promise<{ values: { value: number;
 /** Builds the {@link StatusReport} of this node (reads the driver: size, listing, queue). */
 export async function buildStatus(context: ServerContext): Promise<StatusReport> {
   const { cache, metrics, fills, clusterNodes } = context;
-  const [bytes, images, queued, hits, misses, fromCache, fromOrigin, clusterReport] = await Promise.all([
+  const [bytes, images, queued, hits, misses, fromCache, fromOrigin, clusterReport, space] = await Promise.all([
     cache.getCacheSize(),
     cache.getCachedImages(),
     cache.getQueuedImages(),
@@ -188,6 +220,7 @@ export async function buildStatus(context: ServerContext): Promise<StatusReport>
     counterTotal(metrics.servedBytes, ['source', 'cache']),
     counterTotal(metrics.servedBytes, ['source', 'origin']),
     clusterStatus(clusterNodes, context),
+    spaceReport(context),
   ]);
   const driver = cache.driver as CacheDriver & { nodeId?: unknown };
   return {
@@ -216,8 +249,32 @@ export async function buildStatus(context: ServerContext): Promise<StatusReport>
       role: fill.role,
       readers: fill.readers,
     })),
+    space,
     cluster: clusterReport,
   };
+}
+
+async function spaceReport(context: ServerContext): Promise<SpaceReport | null> {
+  try {
+    const now = await context.cache.spaceStatus();
+    const threshold = (t: { bytes: number; files: number | undefined }): ThresholdStatus => ({ bytes: t.bytes, files: t.files ?? null });
+    return {
+      maxBytes: now.maxSize,
+      writeBudget: now.writeBudget,
+      parts: { active: now.active, incomplete: now.incomplete, invalid: now.invalid, reserved: now.reserved },
+      usedBytes: now.active + now.incomplete + now.invalid + now.reserved,
+      disk: { ...now.disk },
+      thresholds:
+        now.thresholds === undefined
+          ? null
+          : { run: threshold(now.thresholds.run), cull: threshold(now.thresholds.cull), stop: threshold(now.thresholds.stop) },
+      state: now.state,
+    };
+  } catch (error) {
+    // The rest of the page still renders; the error is counted (and reaches readiness).
+    context.metrics.countError(error);
+    return null;
+  }
 }
 
 async function clusterStatus(source: ClusterStatusSource | undefined, context: ServerContext): Promise<StatusReport['cluster']> {

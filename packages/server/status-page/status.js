@@ -74,6 +74,8 @@
     $('images').dataset.count = String(cache.images);
     $('queued').textContent = `${cache.queued} queued for prefetch`;
 
+    renderSpace(report.space);
+
     const list = $('fills');
     list.replaceChildren(
       ...fills.map((fill) => {
@@ -141,6 +143,48 @@
 
     document.body.dataset.generatedAt = report.generatedAt;
     $('updated').textContent = `updated ${report.generatedAt.slice(11, 19)} UTC`;
+  }
+
+  /** The space policy: the budget by part, free space on the filesystem, the thresholds and the watcher's state. */
+  function renderSpace(space) {
+    $('space-none').hidden = space !== null;
+    $('space').hidden = space === null;
+    if (space === null) return;
+    const used = $('space-used');
+    used.textContent = `${formatBytes(space.usedBytes)} of ${formatBytes(space.maxBytes)}`;
+    used.dataset.usedBytes = String(space.usedBytes);
+    used.dataset.maxBytes = String(space.maxBytes);
+    $('space-bar').max = Math.max(space.maxBytes, 1);
+    $('space-bar').value = Math.min(space.usedBytes, space.maxBytes);
+    for (const row of $('space-parts').tBodies[0].rows) {
+      const bytes = space.parts[row.dataset.part];
+      row.dataset.bytes = String(bytes);
+      row.cells[1].textContent = formatBytes(bytes);
+    }
+    $('space-budget-mode').textContent = space.writeBudget
+      ? 'held on the write path: every write reserves its space first'
+      : 'enforced by prune only';
+    const free = $('space-free');
+    free.textContent = `${formatBytes(space.disk.freeBytes)} free of ${formatBytes(space.disk.totalBytes)}`;
+    free.dataset.freeBytes = String(space.disk.freeBytes);
+    free.dataset.totalBytes = String(space.disk.totalBytes);
+    $('space-files').textContent = `${space.disk.freeFiles} of ${space.disk.totalFiles} inodes free`;
+    const state = $('space-state');
+    state.dataset.state = space.state;
+    state.textContent = {
+      ok: 'watcher: ok',
+      culling: 'watcher: culling (free space below cull: evicting until run)',
+      stopped: 'watcher: stopped (free space below stop: nothing new is cached)',
+    }[space.state] ?? `watcher: ${space.state}`;
+    const thresholds = $('space-thresholds');
+    thresholds.hidden = space.thresholds === null;
+    $('space-no-thresholds').hidden = space.thresholds !== null;
+    for (const row of thresholds.tBodies[0].rows) {
+      const threshold = space.thresholds?.[row.dataset.threshold];
+      row.dataset.bytes = threshold === undefined ? '' : String(threshold.bytes);
+      row.cells[1].textContent =
+        threshold === undefined ? '–' : `${formatBytes(threshold.bytes)}${threshold.files === null ? '' : ` · ${threshold.files} inodes`}`;
+    }
   }
 
   async function poll() {

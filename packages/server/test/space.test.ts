@@ -8,7 +8,7 @@
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { METRIC_NAMES } from '../src/index.js';
+import { METRIC_NAMES, type AccessLogEntry } from '../src/index.js';
 import { imageBytes, rawRequest, scrape, startHarness, waitFor, type Harness } from './helpers.js';
 
 const MiB = 1024 * 1024;
@@ -42,6 +42,38 @@ describe('space policy in the server', () => {
     expect(m.get(`${METRIC_NAMES.bypassed}{reason="too-large"}`)).toBe(2);
     expect(m.get(METRIC_NAMES.misses)).toBe(2);
     expect(m.get(`${METRIC_NAMES.servedBytes}{source="origin"}`)).toBe(2 * big.length);
+  });
+
+  it('a chunked miss (no length) that outgrows the budget: both clients get every byte, 200; not cached; counted and in the access log', async () => {
+    const lines: (AccessLogEntry & { msg: string })[] = [];
+    h = await startHarness({ maxSize: 2 * MiB, writeBudget: true, accessLog: { write: (line: string) => void lines.push(JSON.parse(line)) } });
+    const big = imageBytes('chunked-big', 5 * MiB + 77);
+    h.origin.images.set('chunked-big', { kind: 'ok', data: big, chunked: true });
+    const responses = await Promise.all([rawRequest(`${h.url}/images/chunked-big`), rawRequest(`${h.url}/images/chunked-big`)]);
+    for (const response of responses) {
+      expect(response.status).toBe(200);
+      expect(response.headers['x-cache']).toBe('MISS');
+      expect(response.headers['transfer-encoding']).toBe('chunked');
+      // The status line went out before the fill outgrew the budget: no x-cache-bypass can say so.
+      expect(response.headers['x-cache-bypass']).toBeUndefined();
+      expect(response.error).toBeUndefined();
+      expect(response.complete).toBe(true);
+      expect(response.body.equals(big), 'every byte, passed through').toBe(true);
+    }
+    expect(h.origin.count('chunked-big'), 'one fill for both clients').toBe(1);
+    expect(await h.cache.isCached('chunked-big')).toBe(false);
+    await waitFor(async () => (await readdir(join(h?.cacheDir as string, 'invalid'))).length === 0, 30_000, 'the partial file deleted');
+    expect(await readdir(join(h.cacheDir, 'incomplete'))).toEqual([]);
+    const m = await scrape(h.url);
+    expect(m.get(`${METRIC_NAMES.bypassed}{reason="too-large"}`)).toBe(1);
+    await waitFor(() => lines.filter((line) => line.id === 'chunked-big').length === 2, 30_000, 'two access log lines');
+    for (const line of lines.filter((l) => l.id === 'chunked-big')) {
+      expect(line).toMatchObject({ status: 200, bytes: big.length, complete: true, bypass: 'too-large' });
+    }
+    // A later request goes to the origin again, and gets every byte too.
+    const again = await rawRequest(`${h.url}/images/chunked-big`);
+    expect(again.body.equals(big)).toBe(true);
+    expect(h.origin.count('chunked-big')).toBe(2);
   });
 
   it('a miss that fits evicts the least recently used entry before it is written; /metrics shows the budget and the disk', async () => {

@@ -130,7 +130,7 @@ describe('the status page in headless Chromium', () => {
       origin.images.set('debian-12', { data: randomImage(MiB) });
       const cacheDir = await mkdtemp(join(tmpdir(), 'server-status-page-'));
       cleanups.push(() => rm(cacheDir, { recursive: true, force: true }));
-      const serve = await startServe({ cacheDir, origin: origin.template, args: ['--token', TOKEN, '--max-size', '64MiB'] });
+      const serve = await startServe({ cacheDir, origin: origin.template, args: ['--token', TOKEN, '--max-size', '64MiB', '--free-run', '3MiB', '--free-cull', '2MiB', '--free-stop', '1MiB'] });
 
       // cirros: a miss and 2 hits; debian-12: a miss and a hit. Then ubuntu's fill, held by the origin after 2 MiB.
       for (const id of ['cirros', 'cirros', 'cirros', 'debian-12', 'debian-12']) {
@@ -193,6 +193,50 @@ describe('the status page in headless Chromium', () => {
       expect(await fill.locator('progress').evaluate(progressOf)).toEqual([2 * MiB, 6 * MiB]);
       expect(await fill.textContent()).toContain('2 MiB of 6 MiB (33.3%)');
       expect(await page.locator('#no-fills').isHidden()).toBe(true);
+
+      // The space policy (serve holds the budget on the write path): the fill reserved its whole announced size.
+      expect(report.space).toMatchObject({
+        maxBytes: 64 * MiB,
+        writeBudget: true,
+        parts: { active: 300 * 1024 + MiB, incomplete: 2 * MiB, invalid: 0, reserved: 4 * MiB },
+        usedBytes: 300 * 1024 + 7 * MiB,
+        thresholds: { run: { bytes: 3 * MiB, files: null }, cull: { bytes: 2 * MiB, files: null }, stop: { bytes: MiB, files: null } },
+        state: 'ok',
+      });
+      for (const part of ['active', 'incomplete', 'invalid', 'reserved'] as const) {
+        expect(scraped.get(`image_cache_used_bytes{part="${part}"}`)).toBe(report.space?.parts[part]);
+      }
+      expect(await page.locator('#space-used').getAttribute('data-used-bytes')).toBe(String(report.space?.usedBytes));
+      expect(await text(page, '#space-used')).toBe('7.3 MiB of 64 MiB');
+      expect(await page.locator('#space-bar').evaluate(progressOf)).toEqual([300 * 1024 + 7 * MiB, 64 * MiB]);
+      const parts = await page.locator('#space-parts tr').evaluateAll((trs) => trs.map((tr) => [tr.getAttribute('data-part'), tr.getAttribute('data-bytes'), tr.textContent]));
+      expect(parts.map(([part, bytes]) => [part, bytes])).toEqual([
+        ['active', String(300 * 1024 + MiB)],
+        ['incomplete', String(2 * MiB)],
+        ['invalid', '0'],
+        ['reserved', String(4 * MiB)],
+      ]);
+      expect(parts.map(([, , shown]) => shown)).toEqual([
+        'active entries1.3 MiB',
+        'incomplete/ (being written)2 MiB',
+        'invalid/ (failed writes)0 B',
+        'reserved ahead of writes4 MiB',
+      ]);
+      // Free space moves with everything else on this disk: the page shows what it polled, of the filesystem's size.
+      const free = page.locator('#space-free');
+      expect(await free.getAttribute('data-total-bytes')).toBe(String(report.space?.disk.totalBytes));
+      const freeBytes = Number(await free.getAttribute('data-free-bytes'));
+      expect(freeBytes).toBeGreaterThan(3 * MiB);
+      expect(freeBytes).toBeLessThanOrEqual(report.space?.disk.totalBytes as number);
+      expect(await free.textContent()).toMatch(/ free of /);
+      expect(await page.locator('#space-state').getAttribute('data-state')).toBe('ok');
+      expect(await page.locator('#space-no-thresholds').isHidden()).toBe(true);
+      const thresholds = await page.locator('#space-thresholds tr').evaluateAll((trs) => trs.map((tr) => [tr.getAttribute('data-threshold'), tr.getAttribute('data-bytes'), tr.querySelector('td')?.textContent]));
+      expect(thresholds).toEqual([
+        ['run', String(3 * MiB), '3 MiB'],
+        ['cull', String(2 * MiB), '2 MiB'],
+        ['stop', String(MiB), '1 MiB'],
+      ]);
 
       // A node on its own (sqlite): the cluster section says so, and lists no nodes.
       expect(report.cluster).toBeNull();

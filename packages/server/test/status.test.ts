@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, statfs } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -8,7 +8,7 @@ import { CacheStorageError, ImageCache } from '@cache/core';
 import { PostgresDriver } from '@cache/driver-postgres';
 import { SqliteDriver } from '@cache/driver-sqlite';
 import { startTestPostgres, TestPostgresUnavailableError, type TestPostgres } from '@cache/postgres-testing';
-import { createCacheServer, type ClusterNodeStatus, type StatusReport } from '../src/index.js';
+import { createCacheServer, METRIC_NAMES, type ClusterNodeStatus, type StatusReport } from '../src/index.js';
 import { imageBytes, scrape, startHarness, waitFor, type Harness } from './helpers.js';
 
 const TOKEN = 'status-secret';
@@ -118,12 +118,62 @@ describe('GET /v2/status', () => {
     ]);
     expect(report.fills).toEqual([]);
     expect(report.node.pid).toBe(process.pid);
+    // The space policy (ADR 0006): the budget by part, the filesystem, no thresholds (none set), the watcher ok.
+    const fs = await statfs(harness.cacheDir);
+    expect(report.space).toEqual({
+      maxBytes: 50 * 1024 * 1024,
+      writeBudget: false,
+      parts: { active: 15000, incomplete: 0, invalid: 0, reserved: 0 },
+      usedBytes: 15000,
+      disk: { totalBytes: fs.blocks * fs.bsize, freeBytes: expect.any(Number), totalFiles: fs.files, freeFiles: expect.any(Number) },
+      thresholds: null,
+      state: 'ok',
+    });
+    expect(report.space?.disk.freeBytes).toBeGreaterThan(0);
+    expect(report.space?.disk.freeBytes).toBeLessThanOrEqual(fs.blocks * fs.bsize);
 
     const metrics = await scrape(harness.url);
     expect(metrics.get('image_cache_size_bytes')).toBe(report.cache.bytes);
     expect(metrics.get('image_cache_max_size_bytes')).toBe(report.cache.maxBytes);
     expect(metrics.get('image_cache_hits_total')).toBe(report.requests.hits);
     expect(metrics.get('image_cache_misses_total')).toBe(report.requests.misses);
+    for (const part of ['active', 'incomplete', 'invalid', 'reserved'] as const) {
+      expect(metrics.get(`${METRIC_NAMES.usedBytes}{part="${part}"}`)).toBe(report.space?.parts[part]);
+    }
+    expect(metrics.get(METRIC_NAMES.fsBytes)).toBe(report.space?.disk.totalBytes);
+  });
+
+  it('shows the free-space thresholds and the watcher state of a cache that has them, and the bytes a running write reserved', async () => {
+    harness = await startHarness({
+      token: TOKEN,
+      maxSize: 8 * 1024 * 1024,
+      writeBudget: true,
+      freeSpace: { run: { bytes: 3 * 1024 * 1024 }, cull: { bytes: 2 * 1024 * 1024 }, stop: { bytes: 1024 * 1024 } },
+    });
+    const data = imageBytes('held', 4 * 1024 * 1024);
+    let release!: () => void;
+    harness.origin.images.set('held', { kind: 'ok', data, until: new Promise<void>((resolve) => (release = resolve)), first: 1024 * 1024 });
+    const downloading = download(harness.url, 'held');
+    const { url } = harness;
+    await waitFor(async () => (await status(url)).fills[0]?.written === 1024 * 1024, 30_000, 'the fill holds at 1 MiB');
+    const report = await status(url);
+    expect(report.space).toMatchObject({
+      maxBytes: 8 * 1024 * 1024,
+      writeBudget: true,
+      // The whole announced size is reserved before the first byte: 1 MiB written, 3 MiB reserved beyond it.
+      parts: { active: 0, incomplete: 1024 * 1024, invalid: 0, reserved: 3 * 1024 * 1024 },
+      usedBytes: 4 * 1024 * 1024,
+      thresholds: {
+        run: { bytes: 3 * 1024 * 1024, files: null },
+        cull: { bytes: 2 * 1024 * 1024, files: null },
+        stop: { bytes: 1024 * 1024, files: null },
+      },
+      state: 'ok',
+    });
+    release();
+    expect((await downloading).equals(data)).toBe(true);
+    await waitFor(async () => (await status(url)).space?.parts.active === data.length, 30_000, 'committed');
+    expect((await status(url)).space?.parts).toEqual({ active: data.length, incomplete: 0, invalid: 0, reserved: 0 });
   });
 
   it('lists a running fill with its bytes written and announced size, and drops it once committed', async () => {

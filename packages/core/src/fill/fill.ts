@@ -1,16 +1,16 @@
 import { EventEmitter } from 'node:events';
 import { createReadStream } from 'node:fs';
-import { lstat } from 'node:fs/promises';
+import { lstat, unlink } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { isErrnoError, storageError } from '../cache-dir.js';
 import { formatChecksum, normalizeChecksum, type Checksum, type NormalizedChecksum } from '../checksum.js';
 import type { CacheDriver, CacheWriter } from '../driver.js';
-import { ChecksumMismatchError, FillAbandonedError, FillAbortedError, InvalidArgumentError, OriginError } from '../errors.js';
+import { CacheFullError, ChecksumMismatchError, FillAbandonedError, FillAbortedError, InvalidArgumentError, OriginError } from '../errors.js';
 import { assertImageId, type ImageId } from '../image-id.js';
 import { assertSource, drainOrClose, rollBackWhole, toBuffer, whenClosed } from '../cache-write.js';
 import { ParallelHash } from '../parallel-hash.js';
-import { cacheFull, type BypassReason, type WriteSpace } from '../space.js';
+import { cacheFull, noSpaceNeed, type BypassReason, type WriteSpace } from '../space.js';
 import type { FetchedImage } from '../read-through.js';
 import { failureFromMessage, FollowerLink, type Announcement, type FillMessage } from './lock.js';
 import { fileKey, lockNameFor, WriteLock } from './owner.js';
@@ -145,14 +145,24 @@ export type FillOutcome =
       /**
        * The space policy did not let the image be cached (ADR 0006): it is
        * larger than the budget, the budget is held by reads and fills, or the
-       * disk is below the `stop` threshold. Nothing was written; readers fail
-       * with a `CacheFullError`. The origin's response is handed over once by
-       * {@link Fill.takeSource}, to stream it uncached.
+       * disk is below the `stop` threshold.
+       *
+       * Decided before the first byte (`streamed` undefined): nothing was
+       * written; readers fail with a `CacheFullError`. The origin's response
+       * is handed over once by {@link Fill.takeSource}, to stream it uncached.
+       *
+       * Decided mid-way (`streamed` set: an image of unknown size outgrew
+       * the budget): the partial file was rolled back, and the fill passed
+       * the rest of the origin's bytes through to the readers it had, which
+       * got every byte (a reader opened later fails with the
+       * `CacheFullError` once it needs bytes no longer held).
        */
       status: 'bypassed';
       reason: BypassReason;
       /** The size the origin announced, when it did. */
       size: number | undefined;
+      /** Bytes the fill delivered to its readers in all when it passed them through; `undefined` when it bypassed before the first byte. */
+      streamed?: number;
       via: 'fetched';
     }
   | {
@@ -171,7 +181,14 @@ interface MutableState {
   file: string | undefined;
   available: number;
   outcome: GrowthSnapshot['outcome'];
+  tail: GrowthSnapshot['tail'];
 }
+
+/**
+ * Bytes a passed-through fill holds in memory ahead of its slowest reader:
+ * the origin is read no faster than that reader (as a tee would).
+ */
+export const PASS_THROUGH_BUFFER = 4 * 1024 * 1024;
 
 /** One attempt of the owner: the source, the writer, what the origin announced and how it ended. */
 interface Attempt {
@@ -184,13 +201,15 @@ interface Attempt {
   cache: boolean;
   /** Set once the commit (or the discard of an uncached file) has begun: too late to stop. */
   ending: boolean;
+  /** Set once the fill stopped caching and passes the rest through: the writer's rollback is no failure. */
+  passing: boolean;
   failure: { error: Error; source: boolean } | undefined;
   fail(error: Error, source: boolean): void;
 }
 
 type AttemptResult =
   | { ok: true; size: number; checksum: string | undefined; cached: boolean }
-  | { ok: 'bypassed'; reason: BypassReason; size: number | undefined }
+  | { ok: 'bypassed'; reason: BypassReason; size: number | undefined; streamed?: number }
   | { ok: false; error: Error; source: boolean };
 
 /**
@@ -205,7 +224,9 @@ type AttemptResult =
  *
  * Events: `role` (the {@link FillRole}), `announced` (the
  * {@link FillAnnouncement}, once the origin has answered), `progress` (bytes
- * in the file), `done` (the {@link FillOutcome}).
+ * in the file), `passThrough` (the {@link BypassReason}: an image of unknown
+ * size outgrew the budget; the fill stopped caching and passes the rest to
+ * its readers, see {@link FillOutcome}), `done` (the {@link FillOutcome}).
  *
  * @example
  * ```ts
@@ -237,7 +258,12 @@ export class Fill extends EventEmitter {
   #resolveStopped!: (error: Error) => void;
   #role: FillRole = 'pending';
   #ownerPid: number | undefined;
-  readonly #state: MutableState = { generation: 0, file: undefined, available: 0, outcome: undefined };
+  readonly #state: MutableState = { generation: 0, file: undefined, available: 0, outcome: undefined, tail: undefined };
+  /** This process's open readers (their positions pace a pass-through). */
+  readonly #readerSet = new Set<GrowingFileReader>();
+  /** The bytes of a pass-through not yet passed by every reader, in order, from {@link #tailBase}. */
+  #tailChunks: Buffer[] = [];
+  #tailBase = 0;
   #pulse: Promise<void> | undefined;
   #wake: (() => void) | undefined;
   #readers = 0;
@@ -289,8 +315,13 @@ export class Fill extends EventEmitter {
       ],
       snapshot: () => ({ ...fill.#state }),
       changed: () => fill.#changed(),
-      readerCount: (delta) => {
+      tail: (position, max) => fill.#tailRead(position, max),
+      consumed: () => fill.#tailConsumed(),
+      readerCount: (delta, reader) => {
         fill.#readers += delta;
+        if (delta > 0) fill.#readerSet.add(reader);
+        else fill.#readerSet.delete(reader);
+        if (fill.#state.tail !== undefined) fill.#update({});
         fill.#checkAbandon();
         fill.emit('readers', fill.#readers);
       },
@@ -467,7 +498,9 @@ export class Fill extends EventEmitter {
         outcome.status === 'failed'
           ? { status: 'failed', error: outcome.error }
           : outcome.status === 'bypassed'
-            ? { status: 'failed', error: cacheFull(this.imageId, outcome.reason) }
+            ? outcome.streamed !== undefined
+              ? { status: 'passed', size: outcome.streamed, error: cacheFull(this.imageId, outcome.reason) }
+              : { status: 'failed', error: cacheFull(this.imageId, outcome.reason) }
             : { status: outcome.status, size: outcome.size },
     });
     if (this.#bypassed !== undefined) {
@@ -610,7 +643,9 @@ export class Fill extends EventEmitter {
       if (result.ok === 'bypassed') {
         // Not cached here: followers look again, and decide for themselves.
         lock.release();
-        return { status: 'bypassed', reason: result.reason, size: result.size, via: 'fetched' };
+        return result.streamed === undefined
+          ? { status: 'bypassed', reason: result.reason, size: result.size, via: 'fetched' }
+          : { status: 'bypassed', reason: result.reason, size: result.size, streamed: result.streamed, via: 'fetched' };
       }
       if (result.ok && !result.cached) {
         lock.uncached(result.size, result.checksum);
@@ -729,6 +764,7 @@ export class Fill extends EventEmitter {
       expectedSize: announced.expectedSize,
       cache: announced.cache,
       ending: false,
+      passing: false,
       failure: undefined,
       fail: (error, fromSource) => {
         if (attempt.failure !== undefined) return;
@@ -752,15 +788,15 @@ export class Fill extends EventEmitter {
     this.#attempt = attempt;
     const space = this.#space;
     if (space !== undefined && typeof writer.setNoSpaceHandler === 'function') {
-      // ENOSPC mid-fill: evict and retry once when the rest of a known size can be made room for.
+      // ENOSPC mid-fill: evict and retry once when the rest of a known size (else one write buffer) can be made room for.
       const expectedSize = announced.expectedSize;
       writer.setNoSpaceHandler((unwritten) =>
-        space.noSpace(id, expectedSize === undefined ? undefined : Math.max(unwritten, expectedSize - writer.bytesWritten)),
+        space.noSpace(id, noSpaceNeed(expectedSize === undefined ? undefined : expectedSize - writer.bytesWritten, unwritten)),
       );
     }
     writer.on('error', (error: Error) => {
       // An uncached file is discarded with an error as the rollback's reason: that is no failure.
-      if (!(attempt.ending && !attempt.cache)) attempt.fail(error, false);
+      if (!(attempt.ending && !attempt.cache) && !attempt.passing) attempt.fail(error, false);
     });
     if (this.#stopped !== undefined) {
       attempt.fail(this.#stopped, false);
@@ -773,8 +809,12 @@ export class Fill extends EventEmitter {
       attempt.fail(error as Error, false);
       return settled;
     }
-    void this.#pump(attempt, iterator, hash).then((size) => {
+    void this.#pump(attempt, iterator, hash, lock).then((size) => {
       if (size === undefined || attempt.failure !== undefined) return;
+      if (typeof size === 'object') {
+        settle({ ok: 'bypassed', reason: size.reason, size: undefined, streamed: size.streamed });
+        return;
+      }
       this.#progress(size);
       settle({ ok: true, size, checksum, cached: attempt.cache });
     });
@@ -782,7 +822,12 @@ export class Fill extends EventEmitter {
   }
 
   /** Copies the source into the writer, verifies and commits. Resolves the size once committed, `undefined` after a failure. */
-  async #pump(attempt: Attempt, iterator: AsyncIterator<unknown>, hash: ParallelHash | undefined): Promise<number | undefined> {
+  async #pump(
+    attempt: Attempt,
+    iterator: AsyncIterator<unknown>,
+    hash: ParallelHash | undefined,
+    lock: WriteLock,
+  ): Promise<number | { reason: BypassReason; streamed: number } | undefined> {
     const { writer, expected, expectedSize } = attempt;
     const id = this.imageId;
     const space = this.#space;
@@ -811,6 +856,10 @@ export class Fill extends EventEmitter {
           const full = await space.grow(id, size);
           if (attempt.failure !== undefined) return undefined;
           if (full !== undefined) {
+            if (expectedSize === undefined) {
+              // Outgrew the budget: stop caching, but the readers still get every byte (ADR 0006).
+              return await this.#passThrough(attempt, iterator, hash, lock, full, chunk, size - chunk.length);
+            }
             attempt.fail(full, false);
             return undefined;
           }
@@ -853,6 +902,140 @@ export class Fill extends EventEmitter {
       // The hash worker, the write or the commit failed: a failure of the cache, not of the origin.
       attempt.fail(error as Error, false);
       return undefined;
+    }
+  }
+
+  // ---- passing through -------------------------------------------------------------------
+
+  /** Up to `max` tail bytes from `position`; `undefined` when they were dropped already. */
+  #tailRead(position: number, max: number): Buffer | undefined {
+    if (position < this.#tailBase) return undefined;
+    let offset = this.#tailBase;
+    for (const chunk of this.#tailChunks) {
+      if (position < offset + chunk.length) {
+        const from = position - offset;
+        return chunk.subarray(from, from + Math.max(1, Math.min(max, chunk.length - from)));
+      }
+      offset += chunk.length;
+    }
+    return undefined;
+  }
+
+  /** The lowest position of this process's readers that still need bytes (`Infinity` without any). */
+  #slowestReader(): number {
+    let min = Number.POSITIVE_INFINITY;
+    for (const reader of this.#readerSet) if (!reader.satisfied && reader.position < min) min = reader.position;
+    return min;
+  }
+
+  /** Drops the tail bytes every reader has passed, and wakes the pump waiting for room. */
+  #tailConsumed(): void {
+    const slowest = this.#slowestReader();
+    while (this.#tailChunks.length > 0) {
+      const first = this.#tailChunks[0] as Buffer;
+      if (this.#tailBase + first.length > slowest) break;
+      this.#tailChunks.shift();
+      this.#tailBase += first.length;
+    }
+    this.#update({});
+  }
+
+  /**
+   * The rest of an image of unknown size that outgrew the budget (ADR 0006):
+   * the partial file (`written` bytes) is rolled back to `invalid/` whole and
+   * its reservation released, the lock given back and the fill forgotten by
+   * `ImageCache.fill` (later requests go to the origin), while the readers of
+   * now get the rest of the origin's bytes from memory, paced by the slowest
+   * (at most {@link PASS_THROUGH_BUFFER} ahead of it). Once the origin has
+   * ended (and its digest, when one was announced, matched) and every reader
+   * has passed the file, the file is deleted. Resolves the bytes streamed in
+   * all, or `undefined` after a failure (of the origin, the digest, or a stop).
+   */
+  async #passThrough(
+    attempt: Attempt,
+    iterator: AsyncIterator<unknown>,
+    hash: ParallelHash | undefined,
+    lock: WriteLock,
+    full: CacheFullError,
+    first: Buffer,
+    written: number,
+  ): Promise<{ reason: BypassReason; streamed: number } | undefined> {
+    const { writer, expected } = attempt;
+    const id = this.imageId;
+    attempt.passing = true;
+    this.#tailBase = written;
+    this.#tailChunks = [];
+    this.#update({ tail: { start: written, end: written, error: full } });
+    this.emit('passThrough', full.reason);
+    // The partial file goes to invalid/ whole (readers behind it keep reading it there), its reservation with it.
+    await rollBackWhole(writer, full).catch(() => undefined);
+    this.#space?.release(id);
+    lock.release();
+    if (attempt.failure !== undefined) return undefined;
+    const inFile = typeof writer.bytesInFile === 'number' ? writer.bytesInFile : written;
+    if (inFile < written) {
+      // The rollback could not keep every byte (the disk failed): the readers behind cannot be served.
+      attempt.fail(full, false);
+      return undefined;
+    }
+    this.#progress(written);
+    let size = written;
+    let chunk: Buffer | undefined = first;
+    for (;;) {
+      if (chunk === undefined) {
+        let step: IteratorResult<unknown>;
+        try {
+          step = await iterator.next();
+        } catch (error) {
+          attempt.fail(error as Error, true);
+          return undefined;
+        }
+        if (attempt.failure !== undefined) return undefined;
+        if (step.done === true) break;
+        chunk = toBuffer(step.value);
+      }
+      const hashing = hash?.update(chunk);
+      if (hashing !== undefined) await hashing;
+      if (attempt.failure !== undefined) return undefined;
+      if (this.#slowestReader() === Number.POSITIVE_INFINITY) {
+        // Nobody to pass it to: stop reading the origin.
+        attempt.fail(full, false);
+        return undefined;
+      }
+      if (chunk.length > 0) {
+        this.#tailChunks.push(chunk);
+        size += chunk.length;
+        this.#update({ tail: { start: written, end: size, error: full } });
+      }
+      chunk = undefined;
+      // Paced by the slowest reader: at most PASS_THROUGH_BUFFER ahead of it.
+      while (attempt.failure === undefined && size - this.#slowestReader() > PASS_THROUGH_BUFFER) await this.#changed();
+      if (attempt.failure !== undefined) return undefined;
+    }
+    if (hash !== undefined && expected !== undefined) {
+      const actual = await hash.digest();
+      if (attempt.failure !== undefined) return undefined;
+      if (actual !== expected.digest) {
+        attempt.fail(new ChecksumMismatchError(id, expected.algorithm, expected.digest, actual), true);
+        return undefined;
+      }
+    }
+    // Deleted once every reader has passed the file (a reader behind may not have opened it yet).
+    while (attempt.failure === undefined && this.#slowestReader() < written) await this.#changed();
+    if (attempt.failure !== undefined) return undefined;
+    attempt.ending = true;
+    await this.#removeRolledBack();
+    return { reason: full.reason, streamed: size };
+  }
+
+  /** Deletes this attempt's file from `invalid/` when it is still there (not replaced since). */
+  async #removeRolledBack(): Promise<void> {
+    const path = this.#driver.getImageFilepath(this.imageId, 'invalid');
+    try {
+      const info = await lstat(path, { bigint: true });
+      if (fileKey(info) === this.#state.file) await unlink(path);
+    } catch {
+      // Gone already (evicted, cleaned): nothing to delete.
     }
   }
 }

@@ -23,7 +23,26 @@ export interface GrowthSnapshot {
     | { readonly status: 'committed'; readonly size: number }
     | { readonly status: 'uncached'; readonly size: number }
     | { readonly status: 'failed'; readonly error: Error }
+    | {
+        /**
+         * The fill stopped caching mid-way and passed the rest through
+         * (ADR 0006): the image is `size` bytes, the first
+         * {@link GrowthSnapshot.tail}`.start` in this attempt's file (now in
+         * `invalid/`), the rest from the tail.
+         */
+        readonly status: 'passed';
+        readonly size: number;
+        /** Why it was not cached: a reader that needs bytes neither the file nor the tail holds fails with it. */
+        readonly error: Error;
+      }
     | undefined;
+  /**
+   * Set once the fill has stopped caching and passes the origin's bytes
+   * through to its readers (an image of unknown size that outgrew the
+   * budget): bytes from `start` on are served from memory ({@link GrowingFile.tail}),
+   * up to `end` (exclusive) so far; below `start` from the file.
+   */
+  readonly tail?: { readonly start: number; readonly end: number; readonly error: Error } | undefined;
 }
 
 /** What a {@link GrowingFileReader} follows: a file being written, and notifications as it grows. */
@@ -37,7 +56,14 @@ export interface GrowingFile {
   /** Resolves at the next change of the state (never rejects). */
   changed(): Promise<void>;
   /** A reader opened (`+1`) or closed (`-1`). */
-  readerCount(delta: 1 | -1): void;
+  readerCount(delta: 1 | -1, reader: GrowingFileReader): void;
+  /**
+   * Up to `max` bytes of the tail from `position`, or `undefined` when the
+   * tail no longer holds them (every reader of the time had passed them).
+   */
+  tail?(position: number, max: number): Buffer | undefined;
+  /** A reader delivered tail bytes (the fill may let more in, and drop what every reader has passed). */
+  consumed?(): void;
 }
 
 /** A byte range of a read: `end` is inclusive, as in HTTP ranges and `fs.createReadStream`. */
@@ -70,6 +96,8 @@ export class GrowingFileReader extends Readable {
   #handleKey: string | undefined;
   #handleSize = 0;
   #reading = false;
+  /** `_read` was called while a read ran. */
+  #again = false;
   #counted = false;
 
   constructor(file: GrowingFile, range: ReadRange = {}) {
@@ -85,7 +113,7 @@ export class GrowingFileReader extends Readable {
     this.#file = file;
     this.#position = start;
     this.#end = end === undefined ? Number.POSITIVE_INFINITY : end + 1;
-    file.readerCount(1);
+    file.readerCount(1, this);
     this.#counted = true;
   }
 
@@ -94,12 +122,23 @@ export class GrowingFileReader extends Readable {
     return this.#position;
   }
 
+  /** True once this reader needs no more bytes: it has reached the end of its range, ended, or was destroyed. */
+  get satisfied(): boolean {
+    return this.destroyed || this.readableEnded || this.#position >= this.#end;
+  }
+
   override _read(): void {
-    if (this.#reading) return;
+    if (this.#reading) {
+      // Asked again while a read runs (a consumer can ask from the push itself): read again once it is done.
+      this.#again = true;
+      return;
+    }
     this.#reading = true;
+    this.#again = false;
     this.#next().then(
       () => {
         this.#reading = false;
+        if (this.#again && !this.destroyed && this.readableLength < this.readableHighWaterMark) this._read();
       },
       (error: Error) => {
         this.#reading = false;
@@ -118,6 +157,34 @@ export class GrowingFileReader extends Readable {
       if (this.#position >= this.#end) {
         this.push(null);
         return;
+      }
+      const tail = state.tail;
+      if (tail !== undefined && this.#position >= tail.start) {
+        // Passed through (not cached): the rest comes from memory, as the origin sends it.
+        if (this.#position < tail.end) {
+          await this.#closeHandle();
+          const room = Math.max(1, this.readableHighWaterMark - this.readableLength);
+          const bytes = this.#file.tail?.(this.#position, Math.min(room, this.#end - this.#position));
+          if (bytes === undefined) {
+            this.destroy(tail.error);
+            return;
+          }
+          this.#position += bytes.length;
+          this.push(bytes);
+          this.#file.consumed?.();
+          return;
+        }
+        if (state.outcome?.status === 'passed') {
+          await this.#closeHandle();
+          this.push(null);
+          return;
+        }
+        if (state.outcome?.status === 'failed') {
+          this.destroy(state.outcome.error);
+          return;
+        }
+        await changed;
+        continue;
       }
       let limit: number;
       if (state.outcome?.status === 'committed') {
@@ -138,6 +205,11 @@ export class GrowingFileReader extends Readable {
           }
           if (state.outcome?.status === 'uncached') {
             this.destroy(new CacheStorageError(`the uncached file of the fill is gone (cleaned or replaced in invalid/) at ${this.#position} bytes`));
+            return;
+          }
+          if (state.tail !== undefined) {
+            // Passed through: the partial file was rolled back and is gone; these bytes cannot be read any more.
+            this.destroy(state.tail.error);
             return;
           }
           await changed; // the file moved (commit, rollback) between the notification and the open
@@ -250,7 +322,7 @@ export class GrowingFileReader extends Readable {
   override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
     if (this.#counted) {
       this.#counted = false;
-      this.#file.readerCount(-1);
+      this.#file.readerCount(-1, this);
     }
     this.#closeHandle().then(
       () => callback(error),

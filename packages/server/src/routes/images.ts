@@ -12,7 +12,7 @@ import {
 import type { Origin } from '@cache/origin';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import parseRange from 'range-parser';
-import { markFillWait, markPeer } from '../access-log.js';
+import { markFill, markFillWait, markPeer } from '../access-log.js';
 import { PEER_HEADER } from '../cluster.js';
 import type { ServerContext } from '../context.js';
 import { digestEtag, ifRangeAllows, isNotModified, statEntry, type EntryInfo } from '../entry.js';
@@ -267,6 +267,8 @@ function sendFill(context: ServerContext, request: ImageRequest, reply: FastifyR
   if (etag !== undefined) reply.header('etag', etag);
   const from: ByteSource = context.fills?.source(fill.imageId) === 'peer' ? 'peer' : 'origin';
   if (from === 'peer') markPeer(request);
+  // A fill of unknown size may outgrow the budget after the status line: the client still gets every byte, the access log says so.
+  markFill(request, fill);
   if (plan.kind === 'full') {
     // A full reader ends only once the fill has committed (or ended uncached) and fails if it failed.
     if (size !== undefined) reply.header('content-length', size);

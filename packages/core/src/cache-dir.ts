@@ -391,7 +391,9 @@ export class CacheDirectory {
   async removeQueueMarker(id: ImageId): Promise<boolean> {
     const path = this.path(id, 'queue');
     try {
-      // One unlink of a usually absent (else empty) file: a synchronous call costs less than a threadpool round trip.
+      // Usually absent: a synchronous lstat that does not throw (an ENOENT error's stack costs more than the call),
+      // then one unlink of the (empty) marker; both cost less than a threadpool round trip.
+      if (lstatSync(path, { throwIfNoEntry: false }) === undefined) return false;
       unlinkSync(path);
       return true;
     } catch (error) {

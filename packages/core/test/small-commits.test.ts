@@ -74,6 +74,26 @@ describe.each(['strict', 'relaxed'] as const)('small commits on the event loop (
     expect(await openUnder(dir), 'the rolled-back file is closed').toEqual([]);
   });
 
+  it('a source that closes before its end (destroyed without an error) fails the write with a premature close and commits nothing', async () => {
+    const source = new Readable({ read() {} });
+    source.push(pattern(2048, 7));
+    const write = cache.cacheImage('cut', source);
+    setImmediate(() => source.destroy());
+    await expect(write).rejects.toMatchObject({ code: 'ERR_STREAM_PREMATURE_CLOSE' });
+    expect(await cache.driver.isCached('cut')).toBe(false);
+    expect(await readdir(join(dir, 'incomplete'))).toEqual([]);
+    expect(await openUnder(dir)).toEqual([]);
+  });
+
+  it('a checksum mismatch rolls the whole small file back to invalid/ and names both digests', async () => {
+    const data = pattern(3000, 4);
+    await expect(cache.cacheImage('bad-sum', Readable.from([data]), { checksum: { algorithm: 'md5', digest: '0'.repeat(32) } })).rejects.toMatchObject({
+      code: 'CACHE_CHECKSUM_MISMATCH',
+    });
+    expect(await cache.driver.isCached('bad-sum')).toBe(false);
+    expect(await readFile(join(dir, 'invalid', 'bad-sum'))).toEqual(data);
+  });
+
   it('a second writer of an id being written gets no file of its own (the exclusive create still holds)', async () => {
     const first = await cache.driver.openForWrite('busy');
     await expect(cache.driver.openForWrite('busy')).rejects.toMatchObject({ code: 'CACHE_IMAGE_BEING_CACHED' });

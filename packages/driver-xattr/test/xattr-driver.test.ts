@@ -6,7 +6,7 @@ import { getAttribute, setAttribute } from 'fs-xattr';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { abortWrite, getTestFilesystems, probeFilesystem, readImage, readPartially, writeImage } from '@cache/conformance';
 import { ImageCache, type CacheWarning } from '@cache/core';
-import { nsToSeconds } from '@cache/core/driver';
+import { nsToSeconds, READ_CHUNK_SIZE } from '@cache/core/driver';
 import { ATIME_SLACK_NS, ATTRIBUTE_CACHE_SLACK_NS, XATTR, XattrDriver } from '../src/index.js';
 import { glanceCache, glanceGetXattr, glanceList, glanceRead } from './glance.js';
 
@@ -138,11 +138,13 @@ describe.each(filesystems)('xattr driver on $name ($root)', (fs) => {
   });
 
   it('our reads leave atime alone (O_NOATIME), partial ones too; a completed read sets it no later than ctime and our attribute', async () => {
-    await writeImage(driver, 'img', Buffer.alloc(1024 * 1024, 3));
+    // Larger than one read chunk (READ_CHUNK_SIZE, 1 MiB), so that a read stopped after its first chunk is partial.
+    const size = 4 * READ_CHUNK_SIZE;
+    await writeImage(driver, 'img', Buffer.alloc(size, 3));
     const path = join(dir, 'img');
     await setAtime(path, secondsAgo(3 * 86_400)); // so that relatime would update it on any read
     const before = await stat(path, { bigint: true });
-    expect(await readPartially(driver, 'img', 1)).toBeLessThan(1024 * 1024);
+    expect(await readPartially(driver, 'img', 1)).toBeLessThan(size);
     expect((await stat(path, { bigint: true })).atimeNs, 'a partial read').toBe(before.atimeNs);
     await readImage(driver, 'img');
     const after = await stat(path, { bigint: true });

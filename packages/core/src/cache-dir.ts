@@ -1,8 +1,22 @@
-import { constants as fsConstants, lstat as lstatCallback, lstatSync, statSync, unlink as unlinkCallback, type BigIntStats } from 'node:fs';
+import { constants as fsConstants, lstat as lstatCallback, lstatSync, openSync, renameSync, statSync, unlink as unlinkCallback, unlinkSync, type BigIntStats } from 'node:fs';
 import { access, mkdir, open, readdir, rename, stat, type FileHandle } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { BadDriverConfigurationError, CacheStorageError, ImageBeingCachedError } from './errors.js';
 import { isValidImageId, type ImageId } from './image-id.js';
+import { FdHandle } from './write-handle.js';
+
+/**
+ * Entries up to this size (64 KiB) are committed with synchronous calls on
+ * the event loop where each asynchronous one would be a threadpool round trip
+ * costing more than the work: the data write (into the page cache), the
+ * fstat, the rename into place, the close, the queue marker's unlink and the
+ * xattr driver's attributes (docs/adr/0007-durability-modes.md, "Small
+ * commits"). The fsyncs of strict mode always stay on the threadpool. A small
+ * commit blocks the event loop for one write of at most this many bytes into
+ * the page cache plus a few metadata calls (microseconds each on a local
+ * disk; longer only when the kernel throttles a writer for dirty pages).
+ */
+export const SMALL_WRITE_BYTES = 64 * 1024;
 
 /** Where an image's file lives: the active set or one of the three sub-directories. */
 export type EntryStatus = 'active' | 'incomplete' | 'invalid' | 'queue';
@@ -377,7 +391,10 @@ export class CacheDirectory {
   async removeQueueMarker(id: ImageId): Promise<boolean> {
     const path = this.path(id, 'queue');
     try {
-      await unlinkFile(path);
+      // Usually absent: a synchronous lstat that does not throw (an ENOENT error's stack costs more than the call),
+      // then one unlink of the (empty) marker; both cost less than a threadpool round trip.
+      if (lstatSync(path, { throwIfNoEntry: false }) === undefined) return false;
+      unlinkSync(path);
       return true;
     } catch (error) {
       if (isErrnoError(error, 'ENOENT', 'ENOTDIR')) return false;
@@ -396,13 +413,15 @@ export class CacheDirectory {
   }
 
   /**
-   * Creates `incomplete/<id>` exclusively and registers it as owned by a live
-   * writer of this process. A second writer gets {@link ImageBeingCachedError}.
+   * Creates `incomplete/<id>` exclusively (a synchronous `open`) and registers
+   * it as owned by a live writer of this process. A second writer gets
+   * {@link ImageBeingCachedError}.
    */
-  async openIncomplete(id: ImageId): Promise<FileHandle> {
+  async openIncomplete(id: ImageId): Promise<FdHandle> {
     const path = this.path(id, 'incomplete');
     try {
-      const handle = await open(path, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL, 0o644);
+      // One synchronous create (a metadata call of a few µs on a local disk) instead of a threadpool round trip.
+      const handle = new FdHandle(openSync(path, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL, 0o644));
       liveWriters.add(path);
       return handle;
     } catch (error) {
@@ -449,12 +468,15 @@ export class CacheDirectory {
    * Renames `incomplete/<id>` over `<id>` atomically, nothing more: the
    * caller decides what is fsynced before and after (see the durability
    * modes of the directory driver; {@link promote} does all of it).
+   * @param size - the file's size: up to {@link SMALL_WRITE_BYTES} the rename is a synchronous call.
    */
-  async activate(id: ImageId): Promise<void> {
+  async activate(id: ImageId, size = Number.POSITIVE_INFINITY): Promise<void> {
     const from = this.path(id, 'incomplete');
     const to = this.path(id, 'active');
     try {
-      await rename(from, to);
+      // A small entry's rename is one metadata call: cheaper on the event loop than a threadpool round trip.
+      if (size <= SMALL_WRITE_BYTES) renameSync(from, to);
+      else await rename(from, to);
     } catch (error) {
       throw storageError('rename', `${from} -> ${to}`, error);
     }

@@ -1,9 +1,8 @@
 import { createReadStream } from 'node:fs';
 import { Transform, type Readable, type TransformCallback } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import { CacheDirectory, fileIdentity, mapLimit, sameFile, type EntryStat, type EntryStatus } from './cache-dir.js';
 import { formatChecksum, normalizeChecksum } from './checksum.js';
-import { assertSource, openWriterIfCacheable, VerifyingTransform, whenClosed, type CacheImageOptions, type ImageSource } from './cache-write.js';
+import { assertSource, openWriterIfCacheable, pipeChain, VerifyingTransform, whenClosed, type CacheImageOptions, type ImageSource } from './cache-write.js';
 import { CachingStream } from './caching-stream.js';
 import { assertEntryStatus, compareByRecency, DEFAULT_STALL_TIME } from './directory-driver.js';
 import { guardDriver } from './guard.js';
@@ -607,12 +606,12 @@ export class ImageCache {
       // The budget's gate only when the write budget is on (reservedFor is then finite): no extra stage otherwise.
       if (Number.isFinite(space.reservedFor(id))) {
         const gate = new SpaceGate(id, space);
-        if (expected === undefined) await pipeline(input, gate, writer);
-        else await pipeline(input, gate, new VerifyingTransform(id, expected, writer), writer);
-      } else if (expected === undefined) await pipeline(input, writer);
-      else await pipeline(input, new VerifyingTransform(id, expected, writer), writer);
+        if (expected === undefined) await pipeChain(input, gate, writer);
+        else await pipeChain(input, gate, new VerifyingTransform(id, expected, writer), writer);
+      } else if (expected === undefined) await pipeChain(input, writer);
+      else await pipeChain(input, new VerifyingTransform(id, expected, writer), writer);
     } catch (error) {
-      // pipeline rejects at the first error; wait until the rollback has moved the file to invalid/.
+      // pipeChain rejects at the first error; wait until the rollback has moved the file to invalid/.
       if (!writer.destroyed) writer.destroy(error as Error);
       await whenClosed(writer);
       // Followers give up on a source failure; on a cache failure they take over.

@@ -18,7 +18,7 @@ export {
   isValidImageId,
   type ImageId,
 } from './image-id.js';
-export { SUBDIRECTORIES, type EntryStatus } from './cache-dir.js';
+export { SMALL_WRITE_BYTES, SUBDIRECTORIES, type EntryStatus } from './cache-dir.js';
 export type {
   CachedImage,
   CacheDriver,

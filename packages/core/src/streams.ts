@@ -1,15 +1,17 @@
+import { writeSync, writevSync } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { Readable, Writable } from 'node:stream';
-import { isErrnoError, storageError } from './cache-dir.js';
+import { isErrnoError, SMALL_WRITE_BYTES, storageError } from './cache-dir.js';
 import type { CacheWriter } from './driver.js';
 import type { ImageId } from './image-id.js';
+import type { WriteHandle } from './write-handle.js';
 
 /** How a {@link CacheWriteStream} ends: the driver supplies both halves. */
 export interface WriteLifecycle {
   /** Makes the written file the active entry; called once, after the last byte. */
-  commit(handle: FileHandle, checksum: string | undefined): Promise<void>;
+  commit(handle: WriteHandle, checksum: string | undefined): Promise<void>;
   /** Moves the partial file out of the way; called once when the write fails or is aborted before commit. */
-  rollback(handle: FileHandle, reason: Error): Promise<void>;
+  rollback(handle: WriteHandle, reason: Error): Promise<void>;
 }
 
 /** Default buffer of a cache writer (bytes): large writes, few syscalls. */
@@ -49,7 +51,7 @@ export const EARLY_FLUSH_BYTES = 64 * 1024 * 1024;
  */
 export class CacheWriteStream extends Writable implements CacheWriter {
   readonly imageId: ImageId;
-  #handle: FileHandle;
+  #handle: WriteHandle;
   #lifecycle: WriteLifecycle;
   #bytes = 0;
   #checksum: string | undefined;
@@ -86,7 +88,7 @@ export class CacheWriteStream extends Writable implements CacheWriter {
   /**
    * @param path - the incomplete file, named in errors (a full disk becomes a `CacheStorageError` saying so).
    */
-  constructor(imageId: ImageId, handle: FileHandle, lifecycle: WriteLifecycle, path: string) {
+  constructor(imageId: ImageId, handle: WriteHandle, lifecycle: WriteLifecycle, path: string) {
     super({ highWaterMark: WRITE_HIGH_WATER_MARK, decodeStrings: true });
     this.imageId = imageId;
     this.#path = path;
@@ -230,9 +232,17 @@ export class CacheWriteStream extends Writable implements CacheWriter {
       while (pending.length > 0) {
         let bytesWritten: number;
         try {
-          ({ bytesWritten } = pending.length === 1
-            ? await this.#handle.write(pending[0] as Buffer, 0, (pending[0] as Buffer).length, at)
-            : await this.#handle.writev(pending, at));
+          const length = pending.reduce((sum, buffer) => sum + buffer.length, 0);
+          if (at + length <= SMALL_WRITE_BYTES) {
+            // Within the first SMALL_WRITE_BYTES of the file: a write into the page cache takes µs, less than a
+            // threadpool round trip. Still reported after an await, as the asynchronous write is.
+            bytesWritten = pending.length === 1 ? writeSync(this.#handle.fd, pending[0] as Buffer, 0, length, at) : writevSync(this.#handle.fd, pending, at);
+            await undefined;
+          } else {
+            ({ bytesWritten } = pending.length === 1
+              ? await this.#handle.write(pending[0] as Buffer, 0, (pending[0] as Buffer).length, at)
+              : await this.#handle.writev(pending, at));
+          }
         } catch (error) {
           // A full disk is the space policy's to handle: it may evict and let this write go on once.
           const handler = this.#onNoSpace;

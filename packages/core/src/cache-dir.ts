@@ -499,17 +499,7 @@ export class CacheDirectory {
 
   /** fsync of a directory, so renames and unlinks in it are durable. */
   async syncDir(status: EntryStatus): Promise<void> {
-    const dir = this.dir(status);
-    let handle: FileHandle | undefined;
-    try {
-      handle = await open(dir, 'r');
-      await handle.sync();
-    } catch (error) {
-      // Some filesystems refuse fsync on directories; the rename is still atomic.
-      if (!isErrnoError(error, 'EINVAL', 'EISDIR', 'ENOTSUP', 'EOPNOTSUPP')) throw storageError('fsync', dir, error);
-    } finally {
-      await handle?.close();
-    }
+    await syncDirectory(this.dir(status));
   }
 
   /** Deletes every file in `invalid/`. A file that cannot be deleted is counted in `errors`, not fatal. */
@@ -581,4 +571,22 @@ export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (it
   };
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
   return results;
+}
+
+/**
+ * fsync of a directory, so renames and unlinks in it are durable. Some
+ * filesystems refuse fsync on directories (EINVAL, EISDIR, ENOTSUP): that is
+ * tolerated, the rename is still atomic; any other failure is a
+ * {@link CacheStorageError}.
+ */
+export async function syncDirectory(dir: string): Promise<void> {
+  let handle: FileHandle | undefined;
+  try {
+    handle = await open(dir, 'r');
+    await handle.sync();
+  } catch (error) {
+    if (!isErrnoError(error, 'EINVAL', 'EISDIR', 'ENOTSUP', 'EOPNOTSUPP')) throw storageError('fsync', dir, error);
+  } finally {
+    await handle?.close().catch(() => undefined);
+  }
 }

@@ -2,7 +2,7 @@ import { closeSync, constants as fsConstants, fstatSync, openSync, readSync, typ
 import { open, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
-import { CacheDirectory, entryStatOf, fileIdentity, isErrnoError, sameFile, SMALL_WRITE_BYTES, storageError, type EntryStat, type EntryStatus } from './cache-dir.js';
+import { CacheDirectory, entryStatOf, fileIdentity, isErrnoError, sameFile, SMALL_WRITE_BYTES, storageError, syncDirectory, type EntryStat, type EntryStatus } from './cache-dir.js';
 import { nowSeconds } from './clock.js';
 import {
   claimAbandonedJournals,
@@ -13,7 +13,6 @@ import {
   RelaxedWindow,
   releaseClaim,
   STATE_DIRECTORY,
-  syncDirectory,
   syncPath,
   type AbandonedJournal,
   type Durability,

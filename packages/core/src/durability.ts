@@ -4,7 +4,7 @@ import { uptime } from 'node:os';
 import { join } from 'node:path';
 import { createHash, randomBytes } from 'node:crypto';
 import { createChecksumHash, parseStoredChecksum } from './checksum.js';
-import { isErrnoError, storageError } from './cache-dir.js';
+import { isErrnoError, storageError, syncDirectory } from './cache-dir.js';
 import { InvalidArgumentError } from './errors.js';
 import type { ImageId } from './image-id.js';
 
@@ -221,19 +221,6 @@ export async function syncPath(path: string): Promise<void> {
     throw storageError('fsync', path, error);
   } finally {
     await handle.close().catch(() => undefined);
-  }
-}
-
-/** fsync of a directory; filesystems that refuse it are tolerated (the rename is still atomic). */
-export async function syncDirectory(dir: string): Promise<void> {
-  let handle: FileHandle | undefined;
-  try {
-    handle = await open(dir, 'r');
-    await handle.sync();
-  } catch (error) {
-    if (!isErrnoError(error, 'EINVAL', 'EISDIR', 'ENOTSUP', 'EOPNOTSUPP')) throw storageError('fsync', dir, error);
-  } finally {
-    await handle?.close().catch(() => undefined);
   }
 }
 

@@ -532,9 +532,13 @@ export class SpacePolicy implements WriteSpace {
       (await this.#serialize(async () => {
         const disk = await diskSpace(this.#host.files.baseDir);
         const missing = remaining - disk.freeBytes;
-        if (missing <= 0) return true;
-        const usage = await this.#usage();
-        return (await this.#evict(usage, missing, 0, 'enospc', false)) >= missing;
+        if (missing > 0 && (await this.#evict(await this.#usage(), missing, 0, 'enospc', false)) < missing) return false;
+        // A journaling filesystem (ext4, xfs) counts the blocks of unlinked files as free at once
+        // (statfs) but hands them to writers only once the transaction holding the unlinks commits
+        // (every few seconds, later on a busy machine): an ENOSPC while statfs shows room is that.
+        // An fsync of the directories commits it, so the retry finds the space.
+        await Promise.all([this.#host.files.syncDir('active'), this.#host.files.syncDir('invalid')]);
+        return true;
       }).catch(() => false));
     this.#emit({ type: 'enospc', imageId: id, retried });
     return retried;

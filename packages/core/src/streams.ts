@@ -6,6 +6,14 @@ import type { CacheWriter } from './driver.js';
 import type { ImageId } from './image-id.js';
 import type { WriteHandle } from './write-handle.js';
 
+
+/**
+ * How many times one write that hits ENOSPC may ask the space policy to make
+ * room and go on (see `setNoSpaceHandler`). Each time the policy evicts what
+ * that write still needs, or says no; writes in flight at once can take each
+ * other's room, so one ask is not always enough.
+ */
+export const MAX_NO_SPACE_RETRIES = 4;
 /** How a {@link CacheWriteStream} ends: the driver supplies both halves. */
 export interface WriteLifecycle {
   /** Makes the written file the active entry; called once, after the last byte. */
@@ -82,7 +90,7 @@ export class CacheWriteStream extends Writable implements CacheWriter {
   #abortReason: Error | undefined;
 
   readonly #path: string;
-  /** Asked once per write that hits ENOSPC whether to retry it (see {@link setNoSpaceHandler}). */
+  /** Asked, for a write that hits ENOSPC, whether to retry it (see {@link setNoSpaceHandler}). */
   #onNoSpace: ((unwritten: number) => Promise<boolean>) | undefined;
 
   /**
@@ -113,8 +121,9 @@ export class CacheWriteStream extends Writable implements CacheWriter {
 
   /**
    * A write that fails with ENOSPC or EDQUOT asks `handler` (with the bytes
-   * of that write still unwritten) whether to retry: true retries it once,
-   * from where it stopped; false (or a second ENOSPC) fails the stream as before.
+   * of that write still unwritten) whether to retry: true retries it from
+   * where it stopped (asking again at a further ENOSPC, up to
+   * {@link MAX_NO_SPACE_RETRIES} times); false fails the stream as before.
    */
   setNoSpaceHandler(handler: (unwritten: number) => Promise<boolean>): void {
     this.#onNoSpace = handler;
@@ -227,7 +236,7 @@ export class CacheWriteStream extends Writable implements CacheWriter {
     let at = position;
     const slot = { at };
     this.#inFlightAt.push(slot);
-    let retried = false;
+    let retries = 0;
     try {
       while (pending.length > 0) {
         let bytesWritten: number;
@@ -244,10 +253,12 @@ export class CacheWriteStream extends Writable implements CacheWriter {
               : await this.#handle.writev(pending, at));
           }
         } catch (error) {
-          // A full disk is the space policy's to handle: it may evict and let this write go on once.
+          // A full disk is the space policy's to handle: it may evict and let this write go on. Writes run
+          // several at a time (write-behind): one's retry can take the room another's eviction made, so a
+          // write may ask again, a few times, as long as the policy still finds something to free.
           const handler = this.#onNoSpace;
-          if (retried || handler === undefined || !isErrnoError(error, 'ENOSPC', 'EDQUOT')) throw error;
-          retried = true;
+          if (retries >= MAX_NO_SPACE_RETRIES || handler === undefined || !isErrnoError(error, 'ENOSPC', 'EDQUOT')) throw error;
+          retries++;
           const unwritten = pending.reduce((sum, buffer) => sum + buffer.length, 0);
           if (await handler(unwritten).catch(() => false)) continue;
           throw error;

@@ -821,6 +821,19 @@ export class Fill extends EventEmitter {
     return settled;
   }
 
+  /**
+   * Whether the origin's bytes match the digest it announced, once it ended:
+   * false when the attempt failed meanwhile, or on a mismatch (which fails
+   * the attempt with a {@link ChecksumMismatchError}).
+   */
+  async #digestMatches(attempt: Attempt, hash: ParallelHash, expected: NormalizedChecksum): Promise<boolean> {
+    const actual = await hash.digest();
+    if (attempt.failure !== undefined) return false;
+    if (actual === expected.digest) return true;
+    attempt.fail(new ChecksumMismatchError(this.imageId, expected.algorithm, expected.digest, actual), true);
+    return false;
+  }
+
   /** Copies the source into the writer, verifies and commits. Resolves the size once committed, `undefined` after a failure. */
   async #pump(
     attempt: Attempt,
@@ -876,12 +889,7 @@ export class Fill extends EventEmitter {
         return undefined;
       }
       if (hash !== undefined && expected !== undefined) {
-        const actual = await hash.digest();
-        if (attempt.failure !== undefined) return undefined;
-        if (actual !== expected.digest) {
-          attempt.fail(new ChecksumMismatchError(id, expected.algorithm, expected.digest, actual), true);
-          return undefined;
-        }
+        if (!(await this.#digestMatches(attempt, hash, expected))) return undefined;
         writer.setChecksum(formatChecksum(expected));
       }
       if (attempt.failure !== undefined) return undefined;
@@ -1012,14 +1020,7 @@ export class Fill extends EventEmitter {
       while (attempt.failure === undefined && size - this.#slowestReader() > PASS_THROUGH_BUFFER) await this.#changed();
       if (attempt.failure !== undefined) return undefined;
     }
-    if (hash !== undefined && expected !== undefined) {
-      const actual = await hash.digest();
-      if (attempt.failure !== undefined) return undefined;
-      if (actual !== expected.digest) {
-        attempt.fail(new ChecksumMismatchError(id, expected.algorithm, expected.digest, actual), true);
-        return undefined;
-      }
-    }
+    if (hash !== undefined && expected !== undefined && !(await this.#digestMatches(attempt, hash, expected))) return undefined;
     // Deleted once every reader has passed the file (a reader behind may not have opened it yet).
     while (attempt.failure === undefined && this.#slowestReader() < written) await this.#changed();
     if (attempt.failure !== undefined) return undefined;

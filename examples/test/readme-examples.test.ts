@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
-import { startTestPostgres, TestPostgresUnavailableError, type TestPostgres } from '@cache/postgres-testing';
+import { tryStartTestPostgres } from '@cache/postgres-testing';
 
 const run = promisify(execFile);
 const here = join(import.meta.dirname, '..');
@@ -36,14 +36,7 @@ async function runExample(readme: string, env: Record<string, string> = {}): Pro
 }
 
 // One throwaway PostgreSQL server for the postgres driver's example, when one can be started.
-let postgres: TestPostgres | undefined;
-let postgresUnavailable: string | undefined;
-try {
-  postgres = await startTestPostgres();
-} catch (error) {
-  if (!(error instanceof TestPostgresUnavailableError)) throw error;
-  postgresUnavailable = error.reason;
-}
+const { pg: postgres, skipReason: postgresUnavailable } = await tryStartTestPostgres();
 afterAll(() => postgres?.stop());
 
 describe('README examples run as written', () => {

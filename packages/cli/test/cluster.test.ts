@@ -7,17 +7,10 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startTestPostgres, TestPostgresUnavailableError, type TestPostgres, type TestPostgresServer } from '@cache/postgres-testing';
+import { tryStartTestPostgres, type TestPostgresServer } from '@cache/postgres-testing';
 import { cli, startServe, tempDir, type ServeProcess } from './helpers.js';
 
-let pg: TestPostgres | undefined;
-let unavailable: string | undefined;
-try {
-  pg = await startTestPostgres();
-} catch (error) {
-  if (!(error instanceof TestPostgresUnavailableError)) throw error;
-  unavailable = error.reason;
-}
+const { pg, skipReason: unavailable } = await tryStartTestPostgres();
 
 const images: Record<string, Buffer> = {
   shared: Buffer.from(Array.from({ length: 700_000 }, (_, i) => (i * 7 + 3) % 251)),

@@ -5,17 +5,10 @@ import { writeFile } from 'node:fs/promises';
 import { finished } from 'node:stream/promises';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { startTestPostgres, TestPostgresUnavailableError, type TestPostgres } from '@cache/postgres-testing';
+import { tryStartTestPostgres } from '@cache/postgres-testing';
 import { BIN, cli, tempDir, withCache } from './helpers.js';
 
-let pg: TestPostgres | undefined;
-let unavailable: string | undefined;
-try {
-  pg = await startTestPostgres();
-} catch (error) {
-  if (!(error instanceof TestPostgresUnavailableError)) throw error;
-  unavailable = error.reason;
-}
+const { pg, skipReason: unavailable } = await tryStartTestPostgres();
 afterAll(() => pg?.stop());
 
 let root: string;

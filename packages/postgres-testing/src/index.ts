@@ -610,6 +610,30 @@ export async function startTestPostgres(options: StartTestPostgresOptions = {}):
 }
 
 /**
+ * {@link startTestPostgres} for a test file that skips its PostgreSQL cases
+ * when no server can be had: `{ pg }` when one started, else `{ skipReason }`
+ * (the {@link TestPostgresUnavailableError}'s reason, for the skipped tests'
+ * titles). Any other failure is thrown.
+ *
+ * @example
+ * ```ts
+ * const { pg, skipReason } = await tryStartTestPostgres();
+ * afterAll(() => pg?.stop());
+ * it.skipIf(pg === undefined)(`lists the nodes${skipReason ? ` [skipped: ${skipReason}]` : ''}`, async () => { ... });
+ * ```
+ */
+export async function tryStartTestPostgres(
+  options: StartTestPostgresOptions = {},
+): Promise<{ pg: TestPostgres; skipReason: undefined } | { pg: undefined; skipReason: string }> {
+  try {
+    return { pg: await startTestPostgres(options), skipReason: undefined };
+  } catch (error) {
+    if (!(error instanceof TestPostgresUnavailableError)) throw error;
+    return { pg: undefined, skipReason: error.reason };
+  }
+}
+
+/**
  * A {@link TestPostgres} started by another process (e.g. a vitest global
  * setup that passed `handle` to its test files): creates databases on its
  * first server and starts servers of its own from the same template. Its

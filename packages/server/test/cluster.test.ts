@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ImageCache, InvalidArgumentError } from '@cache/core';
 import { PostgresDriver } from '@cache/driver-postgres';
 import { createOrigin } from '@cache/origin';
-import { startTestPostgres, TestPostgresUnavailableError, type TestPostgres } from '@cache/postgres-testing';
+import { tryStartTestPostgres } from '@cache/postgres-testing';
 import { createCacheServer, defaultAdvertiseUrl, PEER_HEADER, type CacheServer } from '../src/index.js';
 import { imageBytes, startHarness, TestOrigin } from './helpers.js';
 
@@ -67,14 +67,7 @@ describe('cluster options and the peer header (no database needed)', () => {
 });
 
 // Two in-process nodes on a real PostgreSQL: a peer's copy that fails its digest is not cached, and is not asked again.
-let pg: TestPostgres | undefined;
-let skipReason: string | undefined;
-try {
-  pg = await startTestPostgres();
-} catch (error) {
-  if (!(error instanceof TestPostgresUnavailableError)) throw error;
-  skipReason = error.reason;
-}
+const { pg, skipReason } = await tryStartTestPostgres();
 afterAll(() => pg?.stop());
 
 interface Node {

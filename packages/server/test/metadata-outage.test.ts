@@ -6,19 +6,12 @@ import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { ImageCache, type CacheWarning } from '@cache/core';
 import { PostgresDriver } from '@cache/driver-postgres';
-import { startTestPostgres, TestPostgresUnavailableError, type TestPostgres, type TestPostgresServer } from '@cache/postgres-testing';
+import { tryStartTestPostgres, type TestPostgresServer } from '@cache/postgres-testing';
 import { createCacheServer, type CacheServer } from '../src/index.js';
 import { imageBytes } from './helpers.js';
 
 // A real PostgreSQL server of this file's own, stopped (pg_ctl stop -m immediate) and started again mid-test.
-let cluster: TestPostgres | undefined;
-let skipReason: string | undefined;
-try {
-  cluster = await startTestPostgres();
-} catch (error) {
-  if (!(error instanceof TestPostgresUnavailableError)) throw error;
-  skipReason = error.reason;
-}
+const { pg: cluster, skipReason } = await tryStartTestPostgres();
 
 let pgServer: TestPostgresServer;
 let dir: string;

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { startTestPostgres, TestPostgresUnavailableError, type TestPostgres } from '@cache/postgres-testing';
+import { tryStartTestPostgres, type TestPostgres } from '@cache/postgres-testing';
 import type { StatusReport } from '../src/index.js';
 import { parseMetrics, waitFor } from './helpers.js';
 import { ClientOrigin, Gate, randomImage, sha256, startDownload, startServe, stopAll } from './process-helpers.js';
@@ -32,16 +32,7 @@ const MiB = 1024 * 1024;
 const missing = inject('chromiumMissing');
 
 // A real PostgreSQL of this file's own (@cache/postgres-testing), for the cluster case.
-let pg: TestPostgres | undefined;
-let pgSkip: string | undefined;
-if (missing === '') {
-  try {
-    pg = await startTestPostgres();
-  } catch (error) {
-    if (!(error instanceof TestPostgresUnavailableError)) throw error;
-    pgSkip = error.reason;
-  }
-}
+const { pg, skipReason: pgSkip } = missing === '' ? await tryStartTestPostgres() : { pg: undefined, skipReason: undefined };
 afterAll(async () => void (await pg?.stop()));
 const pgSuffix = pgSkip === undefined ? '' : ` [skipped: ${pgSkip}]`;
 const browserIt = missing === '' ? it : it.skip;

@@ -7,21 +7,14 @@ import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { CacheStorageError, ImageCache } from '@cache/core';
 import { PostgresDriver } from '@cache/driver-postgres';
 import { SqliteDriver } from '@cache/driver-sqlite';
-import { startTestPostgres, TestPostgresUnavailableError, type TestPostgres } from '@cache/postgres-testing';
+import { tryStartTestPostgres } from '@cache/postgres-testing';
 import { createCacheServer, METRIC_NAMES, type ClusterNodeStatus, type StatusReport } from '../src/index.js';
 import { imageBytes, scrape, startHarness, waitFor, type Harness } from './helpers.js';
 
 const TOKEN = 'status-secret';
 
 // A real PostgreSQL of this file's own, for the cluster listing of the postgres driver.
-let pg: TestPostgres | undefined;
-let skipReason: string | undefined;
-try {
-  pg = await startTestPostgres();
-} catch (error) {
-  if (!(error instanceof TestPostgresUnavailableError)) throw error;
-  skipReason = error.reason;
-}
+const { pg, skipReason } = await tryStartTestPostgres();
 const auth = { authorization: `Bearer ${TOKEN}` };
 
 let harness: Harness | undefined;

@@ -6,24 +6,15 @@ import { request as httpsRequest } from 'node:https';
 import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import type { AccessLogEntry } from '@cache/server';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { resolveConfig } from '../src/index.js';
 import { bin, startServe, tempDir, type ServeProcess } from './helpers.js';
 
 const MiB = 1024 * 1024;
 
-interface AccessLine {
-  id: string | null;
-  cache: string | null;
-  status: number;
-  bytes: number;
-  range: string | null;
-  ms: number;
-  method: string;
-  client: string;
-  complete: boolean;
-  msg: string;
-}
+/** A line of the access log as written: the server's entry, and pino's message. */
+type AccessLine = AccessLogEntry & { msg: string };
 
 let root: string;
 let cleanup: () => Promise<void>;

@@ -18,6 +18,7 @@ import { imageRoutes } from './routes/images.js';
 import { managementRoutes } from './routes/management.js';
 import { statusPageRoutes, statusRoutes } from './routes/status.js';
 import { clusterStatusFromDirectory, clusterStatusFromDriver } from './status.js';
+import { WorkerMetricsClient } from './worker-metrics.js';
 import { PeriodicWorker, Serial, runClean, runPrefetch, runPrune } from './workers.js';
 
 /** Options of {@link CacheServer.listen}. */
@@ -189,7 +190,11 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
         },
       })
     : undefined;
+  // A worker of a server of several processes (`workerMetrics`): its primary aggregates every worker's registry.
+  const workerMetrics = config.workerMetrics === undefined ? undefined : new WorkerMetricsClient(metrics.registry, config.workerMetrics.timeout);
   const context: ServerContext = {
+    wholeServerMetrics: () => (workerMetrics === undefined ? metrics.registry.metrics() : workerMetrics.metrics()),
+    aggregatedMetrics: workerMetrics !== undefined,
     cache,
     origin,
     fills,
@@ -233,8 +238,10 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
 
   const metricsAuth = metricsGuard(config);
   app.get('/metrics', { onRequest: metricsAuth ?? [] }, async (_request, reply) => {
-    const text = await metrics.registry.metrics();
-    return reply.type(metrics.registry.contentType).send(text);
+    // A worker of a server of several processes answers the whole server's metrics (its primary aggregates them).
+    const text = await context.wholeServerMetrics();
+    // Which process answered (the metrics are the whole server's either way).
+    return reply.type(metrics.registry.contentType).header('x-image-cache-pid', String(process.pid)).send(text);
   });
 
   // The status page's files (no data: it reads /v2/status with the management token), not rate limited.
@@ -301,6 +308,7 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
         while (pending.size > 0) await Promise.all(pending);
         stopLogging();
         metrics.detach();
+        workerMetrics?.close();
         await hitBatch?.close();
         if (config.closeCache) await cache.close();
         accessLog?.close();

@@ -238,10 +238,11 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
 
   const metricsAuth = metricsGuard(config);
   app.get('/metrics', { onRequest: metricsAuth ?? [] }, async (_request, reply) => {
+    // Which process answered (the metrics are the whole server's either way), on a 503 too.
+    reply.header('x-image-cache-pid', String(process.pid));
     // A worker of a server of several processes answers the whole server's metrics (its primary aggregates them).
     const text = await context.wholeServerMetrics();
-    // Which process answered (the metrics are the whole server's either way).
-    return reply.type(metrics.registry.contentType).header('x-image-cache-pid', String(process.pid)).send(text);
+    return reply.type(metrics.registry.contentType).send(text);
   });
 
   // The status page's files (no data: it reads /v2/status with the management token), not rate limited.

@@ -131,7 +131,7 @@ describe('/metrics of a server of several processes (workerMetrics)', () => {
       expect(all.get(`${METRIC_NAMES.usedBytes}{part="reserved",pid="${process.pid}"}`)).toBe(0);
 
       // Every gauge says how it aggregates (a new one must decide too).
-      const gauges = (await h.server.registry.getMetricsAsJSON()).filter((metric) => metric.type === 'gauge');
+      const gauges = (await h.server.registry.getMetricsAsJSON()).filter((metric) => String(metric.type) === 'gauge');
       expect(gauges.length).toBeGreaterThan(10);
       for (const gauge of gauges) expect([gauge.name, ['sum', 'first'].includes(gauge.aggregator)]).toEqual([gauge.name, true]);
     } finally {

@@ -1,4 +1,5 @@
 import cluster from 'node:cluster';
+import { InvalidArgumentError } from '@cache/core';
 import { AggregatorRegistry, type Registry } from 'prom-client';
 import { HttpError } from './http-errors.js';
 
@@ -34,6 +35,8 @@ type WorkerMetricsMessage =
  * stops answering (requests then go unanswered: the workers' scrapes get
  * their 503 after their timeout).
  *
+ * @throws InvalidArgumentError in a cluster worker.
+ *
  * @example
  * ```ts
  * import cluster from 'node:cluster';
@@ -47,7 +50,7 @@ type WorkerMetricsMessage =
  * ```
  */
 export function serveWorkerMetrics(): () => void {
-  if (!cluster.isPrimary) throw new Error('serveWorkerMetrics() runs in the primary of a node:cluster server');
+  if (!cluster.isPrimary) throw new InvalidArgumentError('serveWorkerMetrics() runs in the primary of a node:cluster server, not in a worker');
   const aggregator = new AggregatorRegistry();
   const onMessage = (worker: { isConnected(): boolean; send(message: WorkerMetricsMessage, callback: (error: Error | null) => void): boolean }, message: WorkerMetricsMessage) => {
     if (message?.type !== WORKER_METRICS_REQUEST) return;

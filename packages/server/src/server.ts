@@ -33,7 +33,7 @@ export interface ListenOptions {
 export interface CacheServer {
   /** The fastify instance (for `inject()`, extra routes before `listen()`, or its logger). */
   readonly app: FastifyInstance;
-  /** This server's own Prometheus registry (what `/metrics` exposes). */
+  /** This server's own Prometheus registry (what `/metrics` exposes; with `workerMetrics` in a cluster worker, aggregated with the other workers'). */
   readonly registry: Registry;
   /**
    * Starts listening; resolves to the URL of the bound address, e.g.

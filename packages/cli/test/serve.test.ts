@@ -248,17 +248,19 @@ describe('image-cache serve --workers', () => {
     // New connections go to the workers in turn: both answer (a bounded number of tries, no clock).
     const seen = new Set<number>();
     for (let i = 0; i < 20 && seen.size < 2; i++) {
-      const body = await new Promise<string>((resolve, reject) => {
+      const { body, pid } = await new Promise<{ body: string; pid: number }>((resolve, reject) => {
         const req = httpRequest(`${url}/metrics`, { agent: false }, (res) => {
           let text = '';
           res.setEncoding('utf8');
           res.on('data', (chunk: string) => (text += chunk));
-          res.on('end', () => resolve(text));
+          res.on('end', () => resolve({ body: text, pid: Number(res.headers['x-image-cache-pid']) }));
         });
         req.on('error', reject);
         req.end();
       });
-      seen.add(Number(/^image_cache_server_process\{pid="(\d+)"\} 1$/m.exec(body)?.[1]));
+      seen.add(pid);
+      // Whichever worker answers, the scrape holds both workers' metrics.
+      expect([...body.matchAll(/^image_cache_server_process\{pid="(\d+)"\} 1$/gm)].map((m) => Number(m[1])).sort()).toEqual([...pids].sort());
     }
     expect([...seen].sort()).toEqual([...pids].sort());
     server.signal('SIGTERM');

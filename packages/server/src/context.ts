@@ -11,6 +11,14 @@ import type { PeriodicWorker, Serial } from './workers.js';
 
 /** What the routes share with the server. */
 export interface ServerContext {
+  /**
+   * The whole server's metrics (Prometheus text): this server's registry, or,
+   * in a worker with `workerMetrics`, every worker's aggregated by the
+   * primary (rejects with a 503 `METRICS_UNAVAILABLE` when they do not arrive).
+   */
+  wholeServerMetrics(): Promise<string>;
+  /** Whether {@link wholeServerMetrics} comes from the primary (a worker of a server of several processes). */
+  aggregatedMetrics: boolean;
   cache: ImageCache;
   origin: Origin | undefined;
   /** The fills of misses and prefetches (one per id), when there is an origin. */

@@ -10,6 +10,7 @@
 export { createCacheServer, type CacheServer, type ListenOptions } from './server.js';
 export { DEFAULTS, type CacheServerOptions, type HttpsOptions, type RateLimitOptions } from './options.js';
 export { type AccessLogDestination, type AccessLogEntry, type CacheStatus } from './access-log.js';
+export { WORKER_METRICS_TIMEOUT, serveWorkerMetrics } from './worker-metrics.js';
 export { METRIC_NAMES, errorLabel, type ByteSource, type PrefetchOutcome, type WorkerName, type WorkerRunResult } from './metrics.js';
 export { HttpError, MAX_ECHO, MAX_MESSAGE, errorBody, errorHeaders, publicMessage, statusFor, type ErrorBody } from './http-errors.js';
 export { isLoopbackHost } from './listen.js';

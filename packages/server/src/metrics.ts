@@ -55,7 +55,16 @@ export function errorLabel(error: unknown, status = 500): string {
   return `HTTP_${Math.floor(status / 100)}XX`;
 }
 
-/** The server's Prometheus metrics, in a registry of its own (never the global one). */
+/**
+ * The server's Prometheus metrics, in a registry of its own (never the
+ * global one). Each metric says how the metrics of a server of several
+ * processes (`serve --workers N`, aggregated by prom-client's
+ * `AggregatorRegistry`) combine: counters and histograms are summed, as are
+ * the per-process gauges (`fills_in_progress`; `server_process` and
+ * `used_bytes{part="reserved"}` are kept per pid); the gauges every process
+ * reads from the same directory or filesystem (size, budget, queue, space)
+ * take one process's value (`first`), never N times it.
+ */
 export class ServerMetrics {
   /** The registry `/metrics` exposes. */
   readonly registry = new Registry();
@@ -148,7 +157,8 @@ export class ServerMetrics {
     });
     this.fillsInProgress = new Gauge({
       name: METRIC_NAMES.fillsInProgress,
-      help: 'Fills of this server running now (misses and prefetches being fetched, or followed from another process).',
+      help: 'Fills of this server running now (misses and prefetches being fetched, or followed from another process); summed over the processes of a server (a fill one process fetches and another follows counts in both).',
+      aggregator: 'sum',
       registers,
     });
     this.requestDuration = new Histogram({
@@ -158,16 +168,19 @@ export class ServerMetrics {
       buckets: [0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120],
       registers,
     });
-    // Which process answered the scrape: with `serve --workers N`, each worker has its own registry.
+    // One series per process whose metrics the scrape holds: every worker of `serve --workers N` (kept per pid).
     new Gauge({
       name: METRIC_NAMES.process,
-      help: 'Always 1; its pid label is the process that answered (each process of a server has its own metrics).',
+      help: 'Always 1, one series per server process whose metrics this scrape holds (pid label): every worker of serve --workers N, or the one process.',
       labelNames: ['pid'],
+      aggregator: 'sum',
       registers,
     }).set({ pid: String(process.pid) }, 1);
     new Gauge({
       name: METRIC_NAMES.size,
       help: 'Bytes in active cache entries (read at scrape time).',
+      // Every process reads the same directory: one value, never N times it.
+      aggregator: 'first',
       registers,
       async collect() {
         try {
@@ -177,7 +190,7 @@ export class ServerMetrics {
         }
       },
     });
-    new Gauge({ name: METRIC_NAMES.maxSize, help: 'The byte budget (prune; every write too with the write budget on).', registers }).set(cache.maxSize);
+    new Gauge({ name: METRIC_NAMES.maxSize, help: 'The byte budget (prune; every write too with the write budget on).', aggregator: 'first', registers }).set(cache.maxSize);
     this.bypassed = new Counter({
       name: METRIC_NAMES.bypassed,
       help: 'Images the space policy did not cache (served uncached), by reason: too-large (over the whole budget), budget-full (the rest read or written), disk-low (free space below stop).',
@@ -210,11 +223,13 @@ export class ServerMetrics {
       status ??= cache.spaceStatus().finally(() => setImmediate(() => (status = undefined)));
       return status;
     };
+    // Directory- and filesystem-wide: every process reads the same, so a server of several processes shows one value ('first').
     const spaceGauge = <L extends string>(name: string, help: string, labelNames: L[], set: (gauge: Gauge<L>, now: SpaceStatus) => void) =>
       new Gauge<L>({
         name,
         help,
         labelNames,
+        aggregator: 'first',
         registers,
         async collect() {
           try {
@@ -224,9 +239,17 @@ export class ServerMetrics {
           }
         },
       });
-    spaceGauge(METRIC_NAMES.usedBytes, 'Bytes counted against the budget, by part: active, incomplete, invalid, reserved (read at scrape time).', ['part'], (gauge, now) => {
-      for (const part of ['active', 'incomplete', 'invalid', 'reserved'] as const) gauge.set({ part }, now[part]);
-    });
+    // `reserved` is held by this process's writes: one series per pid, so that a server of several processes shows each.
+    const pid = String(process.pid);
+    spaceGauge(
+      METRIC_NAMES.usedBytes,
+      'Bytes counted against the budget, by part: active, incomplete, invalid (the directory), reserved (by the writes of the process in the pid label) (read at scrape time).',
+      ['part', 'pid'],
+      (gauge, now) => {
+        for (const part of ['active', 'incomplete', 'invalid'] as const) gauge.set({ part }, now[part]);
+        gauge.set({ part: 'reserved', pid }, now.reserved);
+      },
+    );
     spaceGauge(METRIC_NAMES.freeBytes, 'Bytes available on the cache filesystem (statfs bavail x bsize).', [], (gauge, now) => gauge.set(now.disk.freeBytes));
     spaceGauge(METRIC_NAMES.freeFiles, 'Free inodes on the cache filesystem (statfs ffree).', [], (gauge, now) => gauge.set(now.disk.freeFiles));
     spaceGauge(METRIC_NAMES.fsBytes, 'Size of the cache filesystem (statfs blocks x bsize).', [], (gauge, now) => gauge.set(now.disk.totalBytes));
@@ -242,6 +265,7 @@ export class ServerMetrics {
     new Gauge({
       name: METRIC_NAMES.queueLength,
       help: 'Images queued for prefetch (read at scrape time).',
+      aggregator: 'first',
       registers,
       async collect() {
         try {

@@ -1,8 +1,10 @@
+import cluster from 'node:cluster';
 import { InvalidArgumentError, type ImageCache } from '@cache/core';
 import type { Origin } from '@cache/origin';
 import type { FastifyServerOptions } from 'fastify';
 import type { AccessLogDestination } from './access-log.js';
 import { resolveCluster, type ClusterOptions, type ResolvedCluster } from './cluster.js';
+import { WORKER_METRICS_TIMEOUT, type serveWorkerMetrics } from './worker-metrics.js';
 
 /** TLS material of {@link CacheServerOptions.https} (PEM), as `node:https` takes it. */
 export interface HttpsOptions {
@@ -121,6 +123,21 @@ export interface CacheServerOptions {
    * @default undefined: a standalone server
    */
   cluster?: ClusterOptions | undefined;
+  /**
+   * For a server run in each worker of a node:cluster primary that calls
+   * {@link serveWorkerMetrics} (as `image-cache serve --workers N` does):
+   * every scrape of `/metrics`, on any worker, answers the whole server's
+   * metrics, which the primary aggregates from every worker's registry
+   * (prom-client's `AggregatorRegistry`), and the request figures of
+   * `/v2/status` are the whole server's too. `timeout` (ms) bounds the wait
+   * for the primary: a scrape without the whole server's metrics by then is
+   * a `503` `METRICS_UNAVAILABLE` with `Retry-After` (never one process's
+   * counters), as is one a worker did not answer within prom-client's 5 s.
+   * No effect outside a cluster worker (a server on its own exposes its own
+   * registry). One server per process: prom-client's worker side is global.
+   * @default false
+   */
+  workerMetrics?: boolean | { timeout?: number } | undefined;
 }
 
 /** {@link CacheServerOptions} with every default applied. */
@@ -146,6 +163,8 @@ export interface ResolvedOptions {
   maxConnections: number | undefined;
   rateLimit: RateLimitOptions | undefined;
   cluster: ResolvedCluster | undefined;
+  /** The primary's wait in ms, when `workerMetrics` is on and this process is a cluster worker. */
+  workerMetrics: { timeout: number } | undefined;
 }
 
 /** The defaults of {@link CacheServerOptions}. */
@@ -202,7 +221,18 @@ export function resolveOptions(options: CacheServerOptions): ResolvedOptions {
     maxConnections: options.maxConnections === undefined ? undefined : positiveInteger(options, 'maxConnections', 1),
     rateLimit: rateLimitOption(options.rateLimit),
     cluster: resolveCluster(options.cluster),
+    workerMetrics: workerMetricsOption(options.workerMetrics),
   };
+}
+
+function workerMetricsOption(value: unknown): { timeout: number } | undefined {
+  if (value === undefined || value === false) return undefined;
+  const timeout = value === true ? WORKER_METRICS_TIMEOUT : (value as { timeout?: unknown } | null)?.timeout ?? WORKER_METRICS_TIMEOUT;
+  if ((value !== true && (typeof value !== 'object' || value === null)) || typeof timeout !== 'number' || !Number.isInteger(timeout) || timeout < 1 || timeout > MAX_TIMER) {
+    throw new InvalidArgumentError(`options.workerMetrics must be a boolean or { timeout: milliseconds >= 1 and <= ${MAX_TIMER} }, got ${JSON.stringify(value)}`);
+  }
+  // Outside a cluster worker there is no primary to ask: the server's own registry is the whole server's.
+  return cluster.isWorker ? { timeout } : undefined;
 }
 
 function accessLogOption(value: unknown): AccessLogDestination | undefined {

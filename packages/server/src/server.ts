@@ -18,6 +18,7 @@ import { imageRoutes } from './routes/images.js';
 import { managementRoutes } from './routes/management.js';
 import { statusPageRoutes, statusRoutes } from './routes/status.js';
 import { clusterStatusFromDirectory, clusterStatusFromDriver } from './status.js';
+import { WorkerMetricsClient } from './worker-metrics.js';
 import { PeriodicWorker, Serial, runClean, runPrefetch, runPrune } from './workers.js';
 
 /** Options of {@link CacheServer.listen}. */
@@ -32,7 +33,7 @@ export interface ListenOptions {
 export interface CacheServer {
   /** The fastify instance (for `inject()`, extra routes before `listen()`, or its logger). */
   readonly app: FastifyInstance;
-  /** This server's own Prometheus registry (what `/metrics` exposes). */
+  /** This server's own Prometheus registry (what `/metrics` exposes; with `workerMetrics` in a cluster worker, aggregated with the other workers'). */
   readonly registry: Registry;
   /**
    * Starts listening; resolves to the URL of the bound address, e.g.
@@ -189,7 +190,11 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
         },
       })
     : undefined;
+  // A worker of a server of several processes (`workerMetrics`): its primary aggregates every worker's registry.
+  const workerMetrics = config.workerMetrics === undefined ? undefined : new WorkerMetricsClient(metrics.registry, config.workerMetrics.timeout);
   const context: ServerContext = {
+    wholeServerMetrics: () => (workerMetrics === undefined ? metrics.registry.metrics() : workerMetrics.metrics()),
+    aggregatedMetrics: workerMetrics !== undefined,
     cache,
     origin,
     fills,
@@ -233,7 +238,10 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
 
   const metricsAuth = metricsGuard(config);
   app.get('/metrics', { onRequest: metricsAuth ?? [] }, async (_request, reply) => {
-    const text = await metrics.registry.metrics();
+    // Which process answered (the metrics are the whole server's either way), on a 503 too.
+    reply.header('x-image-cache-pid', String(process.pid));
+    // A worker of a server of several processes answers the whole server's metrics (its primary aggregates them).
+    const text = await context.wholeServerMetrics();
     return reply.type(metrics.registry.contentType).send(text);
   });
 
@@ -301,6 +309,7 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
         while (pending.size > 0) await Promise.all(pending);
         stopLogging();
         metrics.detach();
+        workerMetrics?.close();
         await hitBatch?.close();
         if (config.closeCache) await cache.close();
         accessLog?.close();

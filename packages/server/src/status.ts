@@ -2,7 +2,8 @@ import type { CacheDriver, FillRole, ImageId, SpaceState } from '@cache/core';
 import type { ServerContext } from './context.js';
 import type { ClusterDirectory } from './cluster.js';
 import { publicMessage } from './http-errors.js';
-import { errorLabel } from './metrics.js';
+import { METRIC_NAMES, errorLabel } from './metrics.js';
+import { processPids, sampleSum } from './worker-metrics.js';
 
 /** How many images {@link StatusReport.topImages} lists (the most hit first). */
 export const STATUS_TOP_IMAGES = 10;
@@ -88,8 +89,9 @@ export interface StatusReport {
     driver: string;
     /** The node's identity in a cluster (the postgres driver's `nodeId`), else `null`. */
     nodeId: string | null;
+    /** The process that answered (one of the workers of `serve --workers N`). */
     pid: number;
-    /** Seconds since the process started. */
+    /** Seconds since the process that answered started. */
     uptimeSeconds: number;
   };
   cache: {
@@ -102,8 +104,20 @@ export interface StatusReport {
     /** Images queued for prefetch. */
     queued: number;
   };
-  /** Image responses of this process since it started (the `image_cache_hits_total`/`misses_total` counters). */
+  /**
+   * Image responses since the server started (the `image_cache_hits_total`/`misses_total`
+   * counters): of every process of a server of several processes (`serve --workers N`,
+   * from the metrics its primary aggregates), see `scope`.
+   */
   requests: {
+    /**
+     * `server`: the figures are the whole server's (its one process, or every
+     * worker's summed); `process`: a worker whose primary did not answer in
+     * time reports its own figures only.
+     */
+    scope: 'server' | 'process';
+    /** How many processes the figures sum (the pids of `image_cache_server_process`; 1 for a server on its own). */
+    processes: number;
     hits: number;
     misses: number;
     /** `hits / (hits + misses)`, `null` before the first image response. */
@@ -113,7 +127,7 @@ export interface StatusReport {
   };
   /** The {@link STATUS_TOP_IMAGES} most hit entries (hits recorded by the driver, all time), most hit first. */
   topImages: { id: ImageId; hits: number; size: number; lastAccessed: number }[];
-  /** Fills running now. */
+  /** Fills running now in the process that answered (with `serve --workers N`, each worker lists its own). */
   fills: FillStatus[];
   /**
    * The space policy: the budget by part, the filesystem's free space, the
@@ -208,17 +222,59 @@ async function counterTotal(counter: { get(): Promise<{ values: { value: number;
   return values.filter((v) => label === undefined || v.labels[label[0]] === label[1]).reduce((sum, v) => sum + v.value, 0);
 }
 
-/** Builds the {@link StatusReport} of this node (reads the driver: size, listing, queue). */
-export async function buildStatus(context: ServerContext): Promise<StatusReport> {
-  const { cache, metrics, fills, clusterNodes } = context;
-  const [bytes, images, queued, hits, misses, fromCache, fromOrigin, clusterReport, space] = await Promise.all([
-    cache.getCacheSize(),
-    cache.getCachedImages(),
-    cache.getQueuedImages(),
+/** The request figures of this process's own counters. */
+async function processRequests(context: ServerContext, scope: 'server' | 'process'): Promise<RequestFigures> {
+  const { metrics } = context;
+  const [hits, misses, fromCache, fromOrigin] = await Promise.all([
     counterTotal(metrics.hits),
     counterTotal(metrics.misses),
     counterTotal(metrics.servedBytes, ['source', 'cache']),
     counterTotal(metrics.servedBytes, ['source', 'origin']),
+  ]);
+  return { scope, processes: 1, hits, misses, fromCache, fromOrigin };
+}
+
+interface RequestFigures {
+  scope: 'server' | 'process';
+  processes: number;
+  hits: number;
+  misses: number;
+  fromCache: number;
+  fromOrigin: number;
+}
+
+/**
+ * The request figures of the whole server: this process's counters, or, in a
+ * worker of a server of several processes, the sums in the metrics its
+ * primary aggregated (this process's own, `scope: 'process'`, when they did not arrive).
+ */
+async function requestFigures(context: ServerContext): Promise<RequestFigures> {
+  if (!context.aggregatedMetrics) return processRequests(context, 'server');
+  let text: string;
+  try {
+    text = await context.wholeServerMetrics();
+  } catch (error) {
+    context.metrics.countError(error, 503);
+    return processRequests(context, 'process');
+  }
+  return {
+    scope: 'server',
+    processes: processPids(text, METRIC_NAMES.process).length,
+    hits: sampleSum(text, METRIC_NAMES.hits),
+    misses: sampleSum(text, METRIC_NAMES.misses),
+    fromCache: sampleSum(text, METRIC_NAMES.servedBytes, ['source', 'cache']),
+    fromOrigin: sampleSum(text, METRIC_NAMES.servedBytes, ['source', 'origin']),
+  };
+}
+
+/** Builds the {@link StatusReport} of this node (reads the driver: size, listing, queue). */
+export async function buildStatus(context: ServerContext): Promise<StatusReport> {
+  const { cache, fills, clusterNodes } = context;
+  const [bytes, images, queued, { scope, processes, hits, misses, fromCache, fromOrigin }, clusterReport, space] = await Promise.all([
+    cache.getCacheSize(),
+    cache.getCachedImages(),
+    cache.getQueuedImages(),
+    requestFigures(context),
     clusterStatus(clusterNodes, context),
     spaceReport(context),
   ]);
@@ -233,6 +289,8 @@ export async function buildStatus(context: ServerContext): Promise<StatusReport>
     },
     cache: { bytes, maxBytes: cache.maxSize, images: images.length, queued: queued.length },
     requests: {
+      scope,
+      processes,
       hits,
       misses,
       hitRatio: hits + misses === 0 ? null : hits / (hits + misses),

@@ -1,7 +1,10 @@
 import { Readable } from 'node:stream';
+import { createOrigin } from '@cache/origin';
+import { InvalidArgumentError } from '@cache/core';
+import { AggregatorRegistry } from 'prom-client';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { METRIC_NAMES } from '../src/index.js';
-import { imageBytes, rawRequest, scrape, startHarness, waitFor, type Harness } from './helpers.js';
+import { METRIC_NAMES, createCacheServer, type StatusReport } from '../src/index.js';
+import { imageBytes, parseMetrics, rawRequest, scrape, startHarness, waitFor, type Harness } from './helpers.js';
 
 describe('/metrics', () => {
   let h: Harness;
@@ -85,6 +88,83 @@ describe('/healthz', () => {
       const down = await fetch(`${h.url}/healthz`);
       expect(down.status).toBe(503);
       expect(await down.json()).toMatchObject({ status: 'unavailable', code: 'CACHE_DRIVER_NOT_OPEN' });
+    } finally {
+      await h.close();
+    }
+  });
+});
+
+describe('/metrics of a server of several processes (workerMetrics)', () => {
+  it('two servers on one directory, aggregated as the primary of serve --workers does: counters and histograms summed, directory gauges once, per-process gauges per pid', async () => {
+    const h = await startHarness({ maxSize: 100_000 });
+    // A second process on the same directory (its own registry), as a second worker would be.
+    const second = await createCacheServer({ cache: h.cache, origin: createOrigin(h.origin.template), pruneInterval: 0, cleanInterval: 0, prefetchInterval: 0 });
+    const secondUrl = await second.listen();
+    try {
+      h.origin.images.set('a', { kind: 'ok', data: imageBytes('a', 3000) });
+      expect((await fetch(`${h.url}/images/a`)).status).toBe(200);
+      await waitFor(() => h.cache.isCached('a'));
+      for (const url of [h.url, secondUrl, secondUrl]) await (await fetch(`${url}/images/a`)).arrayBuffer();
+      await h.cache.queueImage('queued-1');
+      // Each process's own registry: 1 miss + 1 hit here, 2 hits there.
+      const own = [await scrape(h.url), await scrape(secondUrl)];
+      expect(own.map((m) => m.get(METRIC_NAMES.hits))).toEqual([1, 2]);
+
+      const registries = [h.server.registry, second.registry];
+      const text = await AggregatorRegistry.aggregate(await Promise.all(registries.map((registry) => registry.getMetricsAsJSON()))).metrics();
+      const all = parseMetrics(text);
+      expect(all.get(METRIC_NAMES.hits)).toBe(3);
+      expect(all.get(METRIC_NAMES.misses)).toBe(1);
+      expect(all.get(`${METRIC_NAMES.servedBytes}{source="cache"}`)).toBe(9000);
+      expect(all.get(`${METRIC_NAMES.servedBytes}{source="origin"}`)).toBe(3000);
+      expect(all.get(`${METRIC_NAMES.requestDuration}_count{method="GET",route="/images/:id",status_code="200"}`)).toBe(4);
+      // The directory's values, not twice them.
+      expect(all.get(METRIC_NAMES.size)).toBe(3000);
+      expect(all.get(`${METRIC_NAMES.usedBytes}{part="active"}`)).toBe(3000);
+      expect(all.get(METRIC_NAMES.maxSize)).toBe(100_000);
+      expect(all.get(METRIC_NAMES.queueLength)).toBe(1);
+      expect(all.get(`${METRIC_NAMES.spaceState}{state="ok"}`)).toBe(1);
+      expect(all.get(METRIC_NAMES.fsBytes)).toBe(own[0]?.get(METRIC_NAMES.fsBytes));
+      // Per process: summed, or one series per pid (here both servers are this process).
+      expect(all.get(METRIC_NAMES.fillsInProgress)).toBe(0);
+      expect(all.get(`${METRIC_NAMES.process}{pid="${process.pid}"}`)).toBe(2);
+      expect(all.get(`${METRIC_NAMES.usedBytes}{part="reserved",pid="${process.pid}"}`)).toBe(0);
+
+      // Every gauge says how it aggregates (a new one must decide too).
+      const gauges = (await h.server.registry.getMetricsAsJSON()).filter((metric) => String(metric.type) === 'gauge');
+      expect(gauges.length).toBeGreaterThan(10);
+      for (const gauge of gauges) expect([gauge.name, ['sum', 'first'].includes(gauge.aggregator)]).toEqual([gauge.name, true]);
+    } finally {
+      await second.close();
+      await h.close();
+    }
+  });
+
+  it('outside a cluster worker, workerMetrics changes nothing: /metrics is this server\'s registry, with the answering pid', async () => {
+    const h = await startHarness({ workerMetrics: true });
+    try {
+      await h.cache.cacheImage('x', Readable.from([Buffer.from('xyz')]));
+      await (await fetch(`${h.url}/images/x`)).arrayBuffer();
+      const response = await fetch(`${h.url}/metrics`);
+      expect(response.status).toBe(200);
+      expect(response.headers.get('x-image-cache-pid')).toBe(String(process.pid));
+      const m = parseMetrics(await response.text());
+      expect(m.get(METRIC_NAMES.hits)).toBe(1);
+      expect(m.get(`${METRIC_NAMES.process}{pid="${process.pid}"}`)).toBe(1);
+      const status = (await (await fetch(`${h.url}/v2/status`)).json()) as StatusReport;
+      expect(status.requests).toMatchObject({ scope: 'server', processes: 1, hits: 1, misses: 0 });
+    } finally {
+      await h.close();
+    }
+  });
+
+  it('a bad workerMetrics option is an InvalidArgumentError naming it', async () => {
+    const h = await startHarness();
+    try {
+      for (const workerMetrics of [{ timeout: 0 }, { timeout: 1.5 }, 'yes', null] as unknown[]) {
+        await expect(createCacheServer({ cache: h.cache, workerMetrics: workerMetrics as boolean })).rejects.toThrow(InvalidArgumentError);
+        await expect(createCacheServer({ cache: h.cache, workerMetrics: workerMetrics as boolean })).rejects.toThrow(/options\.workerMetrics/);
+      }
     } finally {
       await h.close();
     }

@@ -195,7 +195,9 @@ describe('the status page in headless Chromium', () => {
         state: 'ok',
       });
       for (const part of ['active', 'incomplete', 'invalid', 'reserved'] as const) {
-        expect(scraped.get(`image_cache_used_bytes{part="${part}"}`)).toBe(report.space?.parts[part]);
+        // `reserved` is per process: its series carries the pid of the process whose writes hold it.
+        const series = part === 'reserved' ? `image_cache_used_bytes{part="reserved",pid="${serve.pid}"}` : `image_cache_used_bytes{part="${part}"}`;
+        expect(scraped.get(series)).toBe(report.space?.parts[part]);
       }
       expect(await page.locator('#space-used').getAttribute('data-used-bytes')).toBe(String(report.space?.usedBytes));
       expect(await text(page, '#space-used')).toBe('7.3 MiB of 64 MiB');

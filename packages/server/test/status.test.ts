@@ -89,7 +89,7 @@ describe('GET /v2/status', () => {
     const sizes = { a: 3000, b: 5000, c: 7000 };
     for (const [id, size] of Object.entries(sizes)) harness.origin.images.set(id, { kind: 'ok', data: imageBytes(id, size) });
     const empty = await status(harness.url);
-    expect(empty.requests).toEqual({ hits: 0, misses: 0, hitRatio: null, servedBytes: { cache: 0, origin: 0 } });
+    expect(empty.requests).toEqual({ scope: 'server', processes: 1, hits: 0, misses: 0, hitRatio: null, servedBytes: { cache: 0, origin: 0 } });
     expect(empty.topImages).toEqual([]);
     expect(empty.cluster).toBeNull(); // sqlite: a node on its own
 
@@ -131,7 +131,8 @@ describe('GET /v2/status', () => {
     expect(metrics.get('image_cache_hits_total')).toBe(report.requests.hits);
     expect(metrics.get('image_cache_misses_total')).toBe(report.requests.misses);
     for (const part of ['active', 'incomplete', 'invalid', 'reserved'] as const) {
-      expect(metrics.get(`${METRIC_NAMES.usedBytes}{part="${part}"}`)).toBe(report.space?.parts[part]);
+      // `reserved` is per process: its series carries this process's pid.
+      expect(metrics.get(`${METRIC_NAMES.usedBytes}{part="${part}"${part === 'reserved' ? `,pid="${process.pid}"` : ''}}`)).toBe(report.space?.parts[part]);
     }
     expect(metrics.get(METRIC_NAMES.fsBytes)).toBe(report.space?.disk.totalBytes);
   });

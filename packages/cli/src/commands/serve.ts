@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import type { Origin } from '@cache/origin';
 import { diskSpace, InvalidArgumentError, resolveThresholds, suggestedHeadroom, type DiskSpace, type FreeSpaceOptions } from '@cache/core';
-import { createCacheServer, defaultAdvertiseUrl, isLoopbackHost, type ClusterDirectory } from '@cache/server';
+import { createCacheServer, defaultAdvertiseUrl, isLoopbackHost, serveWorkerMetrics, type ClusterDirectory } from '@cache/server';
 import { resolveConfig, type ConfigFlags, type ResolvedConfig } from '../config.js';
 import { DEMO_IMAGES, startDemoOrigin, type DemoOrigin } from '../demo/origin.js';
 import { CliErrorCodes, ExitCode, operationalError, usageError } from '../errors.js';
@@ -205,6 +205,8 @@ export const registerServe: RegisterCommand = (program, ctx) => {
                 },
               }
             : {}),
+          // A worker of `serve --workers N`: every scrape of /metrics answers the whole server's (the primary aggregates them).
+          ...(workerIndex === undefined ? {} : { workerMetrics: true }),
           ...(config.rateLimit === undefined ? {} : { rateLimit: { max: config.rateLimit.max, timeWindow: Math.max(1, Math.round(config.rateLimit.window * 1000)) } }),
         });
       } catch (error) {
@@ -360,7 +362,10 @@ async function printStartup(ctx: Parameters<RegisterCommand>[1], config: Resolve
  * on its own stops the others: the exit code is then 1 (or the worker's own
  * code when it failed before listening, e.g. a port in use). Prune, clean
  * and prefetch timers run in worker 0 only; fills of one id across workers
- * meet through the directory's locks (ADR 0003).
+ * meet through the directory's locks (ADR 0003). A scrape of `/metrics` on
+ * any worker is answered with the whole server's metrics: the worker asks
+ * this process, which aggregates every worker's registry
+ * (`serveWorkerMetrics()`, prom-client's `AggregatorRegistry`).
  */
 async function runPrimary(ctx: Parameters<RegisterCommand>[1], config: ResolvedConfig, options: { demo: boolean; loopback: boolean }): Promise<void> {
   let demoOrigin: DemoOrigin | undefined;
@@ -374,6 +379,8 @@ async function runPrimary(ctx: Parameters<RegisterCommand>[1], config: ResolvedC
     origin = openOrigin(demoOrigin.template, config, warn).description;
   }
   cluster.setupPrimary({ exec: BIN, args: [...ctx.argv] });
+  // A worker that gets a scrape asks this process, which aggregates every worker's metrics (prom-client's AggregatorRegistry).
+  const stopMetrics = serveWorkerMetrics();
   const workers: Worker[] = [];
   const exits: Promise<number>[] = [];
   let stopping = false;
@@ -405,7 +412,9 @@ async function runPrimary(ctx: Parameters<RegisterCommand>[1], config: ResolvedC
     for (const worker of workers) {
       if (worker.isConnected()) worker.send({ type: SHUTDOWN } satisfies WorkerMessage, () => undefined);
     }
-    return Promise.all(exits);
+    const codes = await Promise.all(exits);
+    stopMetrics();
+    return codes;
   };
   const listening = () =>
     Promise.race([Promise.all(urls).then((all) => all[0] as { url: string; nodeId: string | undefined }), unexpected.then((failure) => ({ failure }))]);

@@ -164,6 +164,49 @@ function otherProcessesTicks(): number | undefined {
   return ticks;
 }
 
+/**
+ * CPU time (user + system, seconds) used so far by process `pid` and every
+ * process below it (a server's workers: nginx's, node:cluster's), from
+ * `/proc`; `undefined` without `/proc` or once `pid` has exited. Children
+ * that exit meanwhile drop out of the sum.
+ */
+export function processTreeCpuSeconds(pid: number): number | undefined {
+  let names: string[];
+  try {
+    names = readdirSync('/proc');
+  } catch {
+    return undefined;
+  }
+  const parents = new Map<number, number>();
+  const ticks = new Map<number, number>();
+  for (const name of names) {
+    if (!/^\d+$/.test(name)) continue;
+    let text: string;
+    try {
+      text = readFileSync(`/proc/${name}/stat`, 'utf8');
+    } catch {
+      continue; // exited
+    }
+    const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
+    parents.set(Number(name), Number(fields[1]));
+    ticks.set(Number(name), Number(fields[11]) + Number(fields[12]));
+  }
+  if (!ticks.has(pid)) return undefined;
+  const tree = new Set([pid]);
+  for (let grew = true; grew; ) {
+    grew = false;
+    for (const [child, parent] of parents) {
+      if (!tree.has(child) && tree.has(parent)) {
+        tree.add(child);
+        grew = true;
+      }
+    }
+  }
+  let total = 0;
+  for (const member of tree) total += ticks.get(member) ?? 0;
+  return total / CLOCK_TICKS_PER_SECOND;
+}
+
 /** Waits until other processes use less than a tenth of one CPU (at most 15 s each time, 3 min per run). */
 export async function waitForQuiet(): Promise<void> {
   const start = performance.now();

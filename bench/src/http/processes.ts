@@ -20,6 +20,7 @@ import type { OriginIdStats } from './origin.js';
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ORIGIN_SCRIPT = join(HERE, 'origin.js');
 const CLIENTS_SCRIPT = join(HERE, 'clients.js');
+const NODE_FLOOR_SCRIPT = join(HERE, 'node-floor.js');
 
 /** The `image-cache` binary of the workspace (packages/cli/bin/image-cache.js, built by `pnpm bench`). */
 export const CLI_BIN = join(dirname(createRequire(import.meta.url).resolve('@cache/cli/package.json')), 'bin', 'image-cache.js');
@@ -241,6 +242,30 @@ export async function startServer(options: { cacheDir: string; origin?: string; 
       reject(error);
     });
   });
+  return { url, child, image: (id) => `${url}/images/${encodeURIComponent(id)}`, stop: () => stopProcess(child) };
+}
+
+// ---- the Node floor (figure 16) ------------------------------------------------------------------
+
+/**
+ * Starts the Node floor of figure 16 (http/node-floor.js: a node:cluster
+ * primary and `workers` bare `node:http` workers serving the files of `dir`
+ * under `/images/<id>`) on a free port of 127.0.0.1.
+ */
+export async function startNodeFloor(options: { dir: string; workers: number }): Promise<BenchServer> {
+  const child = track(spawn(process.execPath, [NODE_FLOOR_SCRIPT, options.dir, String(options.workers)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }));
+  const port = await new Promise<number>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('the Node floor server did not start within 30 s')), 30_000);
+    child.once('message', (message: { port: number }) => {
+      clearTimeout(timer);
+      resolve(message.port);
+    });
+    child.once('exit', (code, signal) => {
+      clearTimeout(timer);
+      reject(new Error(`the Node floor server exited (${signal ?? code}) before listening`));
+    });
+  });
+  const url = `http://127.0.0.1:${port}`;
   return { url, child, image: (id) => `${url}/images/${encodeURIComponent(id)}`, stop: () => stopProcess(child) };
 }
 

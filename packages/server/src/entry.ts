@@ -8,6 +8,8 @@ export interface EntryInfo {
   etag: string;
   /** The file's mtime: when its last byte was written, just before the commit. */
   lastModified: Date;
+  /** `lastModified` as the `Last-Modified` header's value (IMF-fixdate), computed once per entry rather than per response. */
+  lastModifiedHeader: string;
   /** The file's identity (`ImageStat.identity`): the body is read from this file only. */
   identity: string;
   /** Set when the metadata store failed (`ImageStat.degraded`): the entry is described by its file alone. */
@@ -39,13 +41,15 @@ export async function statEntry(cache: ImageCache, id: ImageId): Promise<EntryIn
   const stat = await cache.stat(id);
   if (stat === null) return undefined;
   const stored = parseStoredChecksum(stat.storedChecksum);
+  const lastModified = new Date(stat.mtime * 1000);
   return {
     size: stat.size,
     etag:
       stored !== undefined
         ? digestEtag(stored)
         : `W/"${createHash('sha256').update(stat.identity).digest('hex').slice(0, 32)}"`,
-    lastModified: new Date(stat.mtime * 1000),
+    lastModified,
+    lastModifiedHeader: lastModified.toUTCString(),
     identity: stat.identity,
     ...(stat.degraded === undefined ? {} : { degraded: stat.degraded }),
   };

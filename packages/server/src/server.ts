@@ -157,8 +157,10 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
         });
   // From the start of close(), any request that reaches the server (a keep-alive connection's next request) is refused
   // with the same 503 as the requests waiting then: Retry-After and Connection: close.
-  app.addHook('onRequest', async () => {
-    if (draining.signal.aborted) throw shuttingDown();
+  // Callback style (no promise per request: this hook runs on every hit).
+  app.addHook('onRequest', (_request, _reply, done) => {
+    if (draining.signal.aborted) done(shuttingDown());
+    else done();
   });
 
   const pruneSerial = new Serial();
@@ -340,12 +342,14 @@ function installErrorHandling(app: FastifyInstance, metrics: ServerMetrics): voi
     throw routeNotFound(request.method, request.url);
   });
 
-  app.addHook('onResponse', async (request, reply) => {
+  // Callback style (no promise per request: this hook runs on every hit).
+  app.addHook('onResponse', (request, reply, done) => {
     const status = reply.statusCode;
     if (status >= 400 && !counted.has(request)) metrics.errors.inc({ code: errorLabel(undefined, status) });
     metrics.requestDuration.observe(
       { method: request.method, route: request.routeOptions.url ?? 'unmatched', status_code: String(status) },
       reply.elapsedTime / 1000,
     );
+    done();
   });
 }

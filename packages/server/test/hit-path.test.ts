@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createCacheServer } from '../src/index.js';
-import { imageBytes, openCache, startHarness, waitFor, type Harness } from './helpers.js';
+import { imageBytes, openCache, scrape, startHarness, waitFor, type Harness } from './helpers.js';
 
 const sha256 = (data: Buffer) => createHash('sha256').update(data).digest('hex');
 
@@ -80,6 +80,47 @@ describe('hits from remembered entries', () => {
     expect((await get(`${h.url}/images/counted`, { range: 'bytes=0-99' })).status).toBe(206);
     expect((await get(`${h.url}/images/counted`, { range: 'bytes=99000-' })).status).toBe(206);
     await waitFor(async () => (await h.cache.getHitCount('counted')) === 6, 30_000, '6 hits recorded');
+  });
+
+  it('small entries (read at open) go out whole: bytes, lengths, ranges, HEAD, 304, hits and served bytes as for a streamed one', async () => {
+    // 64 KiB is the largest entry core reads at open; one byte more streams from the file.
+    const sizes = { tiny: 1, small: 4096, edge: 64 * 1024, above: 64 * 1024 + 1 };
+    const data = Object.fromEntries(Object.entries(sizes).map(([id, size]) => [id, imageBytes(id, size)])) as Record<keyof typeof sizes, Buffer>;
+    for (const [id, bytes] of Object.entries(data)) await h.cache.cacheImage(id, Readable.from([bytes]));
+    const before = (await scrape(h.url)).get('image_cache_served_bytes_total{source="cache"}') ?? 0;
+    let served = 0;
+    for (const [id, bytes] of Object.entries(data)) {
+      for (let i = 0; i < 3; i++) {
+        const hit = await get(`${h.url}/images/${id}`);
+        expect(hit.status).toBe(200);
+        expect(hit.headers.get('x-cache')).toBe('HIT');
+        expect(hit.headers.get('content-length')).toBe(String(bytes.length));
+        expect(hit.headers.get('accept-ranges')).toBe('bytes');
+        expect(hit.headers.get('content-type')).toBe('application/octet-stream');
+        expect(hit.headers.get('last-modified')).not.toBeNull();
+        expect(hit.body.equals(bytes)).toBe(true);
+        served += bytes.length;
+      }
+      const etag = (await fetch(`${h.url}/images/${id}`, { method: 'HEAD' })).headers.get('etag') as string;
+      expect((await get(`${h.url}/images/${id}`, { 'if-none-match': etag })).status).toBe(304);
+      // A tail range reaches the last byte (one hit); a head range stops short of it (none); a range past the end is 416.
+      const tail = await get(`${h.url}/images/${id}`, { range: `bytes=-1` });
+      expect(tail.status).toBe(206);
+      expect(tail.headers.get('content-range')).toBe(`bytes ${bytes.length - 1}-${bytes.length - 1}/${bytes.length}`);
+      expect(tail.body.equals(bytes.subarray(bytes.length - 1))).toBe(true);
+      served += 1;
+      if (bytes.length > 1) {
+        const head = await get(`${h.url}/images/${id}`, { range: 'bytes=0-0' });
+        expect(head.status).toBe(206);
+        expect(head.body.equals(bytes.subarray(0, 1))).toBe(true);
+        served += 1;
+      }
+      expect((await get(`${h.url}/images/${id}`, { range: `bytes=${bytes.length}-` })).status).toBe(416);
+    }
+    for (const id of Object.keys(data)) {
+      await waitFor(async () => (await h.cache.getHitCount(id)) === 4, 30_000, `4 hits of ${id} recorded`);
+    }
+    expect(((await scrape(h.url)).get('image_cache_served_bytes_total{source="cache"}') ?? 0) - before).toBe(served);
   });
 });
 

@@ -137,14 +137,18 @@ async function serveHit(
   const plan: RangePlan = notModified ? { kind: 'full' } : selectRange(request, entry);
   if (plan.kind === 'unsatisfiable') throw unsatisfiable(request, entry.size);
 
+  const length = plan.kind === 'partial' ? plan.end - plan.start + 1 : entry.size;
+  // A read that delivers the last byte (the whole image, or a range that reaches the end) counts a hit.
+  const toEnd = plan.kind === 'full' || plan.end === entry.size - 1;
+  // With a driver that takes batched hits, the read does not count its own: the server counts it in memory (HitBatch).
+  // Not while the metadata store fails (a degraded entry): that read's hit is the driver's to drop or keep, as before.
+  const batch = entry.degraded === undefined ? context.hits : undefined;
   let source: Readable | undefined;
+  /** The whole body, when the read had it in memory (a small entry with batched hits). */
+  let data: Buffer | undefined;
   if (!head && !notModified) {
-    // Through the cache, pinned to the file the headers describe. A read that delivers the last byte (the whole
-    // image, or a range that reaches the end) counts a hit, even when the client closes right after it.
+    // Through the cache, pinned to the file the headers describe; counted even when the client closes right after.
     const range = plan.kind === 'partial' ? { start: plan.start, end: plan.end } : {};
-    // With a driver that takes batched hits, the read does not count its own: the server counts it in memory (HitBatch).
-    // Not while the metadata store fails (a degraded entry): that read's hit is the driver's to drop or keep, as before.
-    const batch = entry.degraded === undefined ? context.hits : undefined;
     try {
       source = await cache.openForRead(id, { ...range, identity: entry.identity, countHit: batch === undefined });
     } catch (error) {
@@ -154,19 +158,20 @@ async function serveHit(
       }
       throw error;
     }
+    // Core reads a small entry at open (ADR 0008): its bytes are at hand, and go out with the headers in one write.
+    if (batch !== undefined && length > 0 && length <= WHOLE_BODY_BYTES) data = takeWhole(source, length);
   }
 
   metrics.hits.inc();
   // A read that reaches the last byte is a hit for the driver (core's rule); with the metadata store failing it cannot record it now.
-  if (source !== undefined && entry.degraded !== undefined && (plan.kind === 'full' || plan.end === entry.size - 1)) metrics.hitsUnrecorded.inc();
+  if (source !== undefined && entry.degraded !== undefined && toEnd) metrics.hitsUnrecorded.inc();
   setImageHeaders(reply, 'HIT');
   reply.header('etag', entry.etag);
-  reply.header('last-modified', entry.lastModified.toUTCString());
+  reply.header('last-modified', entry.lastModifiedHeader);
   if (notModified) {
     reply.code(304).send();
     return 'sent';
   }
-  const length = plan.kind === 'partial' ? plan.end - plan.start + 1 : entry.size;
   reply.header('content-length', length);
   if (plan.kind === 'partial') {
     reply.code(206).header('content-range', `bytes ${plan.start}-${plan.end}/${entry.size}`);
@@ -175,13 +180,40 @@ async function serveHit(
     reply.send(); // HEAD
     return 'sent';
   }
-  const response = body(context, reply, source, length, 'cache', false);
-  // Counted by the server when the driver takes batched hits (the read was opened with countHit: false).
-  if (context.hits !== undefined && entry.degraded === undefined && (plan.kind === 'full' || plan.end === entry.size - 1)) {
-    countHitAtLastByte(source, context.hits, id, entry.identity, length);
+  if (data !== undefined) {
+    metrics.servedBytes.inc(CACHE_SOURCE, length);
+    // Handed to the response whole: a read that reaches the end has delivered its last byte (core's hit rule).
+    if (batch !== undefined && toEnd) batch.add(id, entry.identity);
+    reply.send(data);
+    return 'sent';
   }
+  const response = body(context, reply, source, length, 'cache', false);
+  if (batch !== undefined && toEnd) countHitAtLastByte(source, batch, id, entry.identity, length);
   reply.send(response);
   return 'sent';
+}
+
+/** Bodies up to this size are taken whole from a read that has them at hand (core reads entries of up to 64 KiB at open). */
+const WHOLE_BODY_BYTES = 64 * 1024;
+const CACHE_SOURCE = { source: 'cache' } as const;
+
+/**
+ * The whole body of a read whose bytes are already in memory (core's read
+ * at open of a small entry, ADR 0008): one synchronous `read()` of the
+ * paused stream, which is then closed (nothing is left to read). `undefined`
+ * when the read has no bytes at hand (it streams from the file: the caller
+ * pipes it, and the read just started stays buffered for the pipe).
+ *
+ * @throws CacheStorageError when the bytes at hand are not `length` (the file was cut short under its identity).
+ */
+function takeWhole(source: Readable, length: number): Buffer | undefined {
+  const data: unknown = source.read();
+  if (data === null) return undefined;
+  source.destroy();
+  if (!Buffer.isBuffer(data) || data.length !== length) {
+    throw new CacheStorageError(`image body read ${Buffer.isBuffer(data) ? data.length : 0} of its ${length} bytes (was the entry cut short?)`);
+  }
+  return data;
 }
 
 /**

@@ -51,6 +51,8 @@ export const ATTRIBUTE_CACHE_SLACK_NS = 50_000_000n;
 interface FileAttributes {
   ino: bigint;
   ctimeNs: bigint;
+  /** False when only `hits` and `recordedFor` were read (by `getHitCount`): a listing reads the rest. */
+  complete: boolean;
   hits: number;
   accessedNs: bigint | undefined;
   committedNs: bigint | undefined;
@@ -264,7 +266,7 @@ export class XattrDriver extends DirectoryCacheDriver {
    */
   #readAttributes(entry: EntryStat): FileAttributes | undefined {
     const known = this.#attributes.get(entry.imageId);
-    if (known !== undefined && entry.ctimeNs !== undefined && known.ino === entry.ino && known.ctimeNs === entry.ctimeNs) return known;
+    if (known !== undefined && known.complete && entry.ctimeNs !== undefined && known.ino === entry.ino && known.ctimeNs === entry.ctimeNs) return known;
     const readAtNs = BigInt(Date.now()) * 1_000_000n;
     const path = this.dir.path(entry.imageId, 'active');
     // A missing attribute (every one of ours on a file Glance wrote) is an exception from fs-xattr: without
@@ -275,7 +277,8 @@ export class XattrDriver extends DirectoryCacheDriver {
     try {
       attributes = {
         ino: entry.ino,
-        ctimeNs: entry.ctimeNs !== undefined && entry.ctimeNs + ATTRIBUTE_CACHE_SLACK_NS < readAtNs ? entry.ctimeNs : -1n,
+        ctimeNs: keptCtime(entry, readAtNs),
+        complete: true,
         recordedFor: readTextSync(path, XATTR.file),
         hits: readCountSync(path),
         accessedNs: parseNs(readTextSync(path, XATTR.lastAccessed)),
@@ -288,15 +291,32 @@ export class XattrDriver extends DirectoryCacheDriver {
     return attributes;
   }
 
-  /** `user.hits` and the identity it belongs to (from memory while the file's ctime has not moved). */
+  /**
+   * `user.hits` and the identity it belongs to: from memory while the file's
+   * inode and ctime have not moved, else two `getxattr`, kept (as a listing
+   * keeps what it reads, by inode and ctime, see
+   * {@link ATTRIBUTE_CACHE_SLACK_NS}) so the next call on an unchanged file
+   * costs its `lstat` only.
+   */
   protected override async readHitCount(entry: EntryStat): Promise<number> {
-    const known = this.#attributes.get(entry.imageId);
-    if (known !== undefined && entry.ctimeNs !== undefined && known.ino === entry.ino && known.ctimeNs === entry.ctimeNs) {
-      return known.recordedFor === undefined || sameFile(known.recordedFor, entry) ? known.hits : 0;
+    let known = this.#attributes.get(entry.imageId);
+    if (known === undefined || entry.ctimeNs === undefined || known.ino !== entry.ino || known.ctimeNs !== entry.ctimeNs) {
+      const readAtNs = BigInt(Date.now()) * 1_000_000n;
+      const path = this.dir.path(entry.imageId, 'active');
+      const recordedFor = readTextSync(path, XATTR.file);
+      known = {
+        ino: entry.ino,
+        ctimeNs: keptCtime(entry, readAtNs),
+        complete: false,
+        recordedFor,
+        hits: readCountSync(path),
+        accessedNs: undefined,
+        committedNs: undefined,
+      };
+      if (known.ctimeNs >= 0n) this.#attributes.set(entry.imageId, known);
+      else this.#attributes.delete(entry.imageId);
     }
-    const path = this.dir.path(entry.imageId, 'active');
-    const recordedFor = readTextSync(path, XATTR.file);
-    return recordedFor === undefined || sameFile(recordedFor, entry) ? readCountSync(path) : 0;
+    return known.recordedFor === undefined || sameFile(known.recordedFor, entry) ? known.hits : 0;
   }
 
   protected override async readStoredChecksum(entry: EntryStat): Promise<Pick<ImageMetadata, 'checksum'> | undefined> {
@@ -305,10 +325,14 @@ export class XattrDriver extends DirectoryCacheDriver {
     return recordedFor === undefined || sameFile(recordedFor, entry) ? { checksum: readTextSync(path, XATTR.checksum) } : undefined;
   }
 
-  /** Metadata lives on the file: deleting the file deleted it. */
-  protected async forgetImage(): Promise<void> {}
+  /** Metadata lives on the file: deleting the file deleted it; what was kept of it in memory goes too. */
+  protected async forgetImage(id: ImageId): Promise<void> {
+    this.#attributes.delete(id);
+  }
 
-  protected async forgetAllImages(): Promise<void> {}
+  protected async forgetAllImages(): Promise<void> {
+    this.#attributes.clear();
+  }
 
   /** Gives files without `user.hits` (dropped in by hand or by another tool) a count of 0. */
   protected override async reconcile(entries: readonly EntryStat[]): Promise<{ orphanRecords: number; adoptedFiles: number }> {
@@ -322,6 +346,15 @@ export class XattrDriver extends DirectoryCacheDriver {
     });
     return { orphanRecords: 0, adoptedFiles: adopted.reduce<number>((sum, n) => sum + n, 0) };
   }
+}
+
+/**
+ * The ctime under which attributes read at `readAtNs` may be kept: the
+ * file's, when it is older than the read by {@link ATTRIBUTE_CACHE_SLACK_NS}
+ * (a later change then always gets a later ctime), else -1 (not to be kept).
+ */
+function keptCtime(entry: EntryStat, readAtNs: bigint): bigint {
+  return entry.ctimeNs !== undefined && entry.ctimeNs + ATTRIBUTE_CACHE_SLACK_NS < readAtNs ? entry.ctimeNs : -1n;
 }
 
 /** An attribute's text, or `undefined` when the file or the attribute is missing. */

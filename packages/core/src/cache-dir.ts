@@ -63,6 +63,10 @@ export function fileIdentity(entry: Pick<EntryStat, 'ino' | 'size' | 'mtimeNs'>)
 
 /** How far (ns) an mtime may move and still be the same file: `utimes` from Node rounds to whole microseconds. */
 const MTIME_SLACK_NS = 5_000n;
+const MTIME_SLACK_NS_NUMBER = Number(MTIME_SLACK_NS);
+/** An identity whose inode and size have at most 15 digits and whose mtime at most 19 (see {@link sameFile}). */
+const SHORT_IDENTITY = /^\d{1,15}:\d{1,15}:\d{1,19}$/;
+const MAX_EXACT_INO = 999_999_999_999_999n;
 
 /**
  * True when an identity recorded with {@link fileIdentity} is that of
@@ -72,6 +76,16 @@ const MTIME_SLACK_NS = 5_000n;
  * format is not ours to judge, and matches.
  */
 export function sameFile(recorded: string, entry: Pick<EntryStat, 'ino' | 'size' | 'mtimeNs'>): boolean {
+  // The common case without a BigInt or a match array (a listing calls this for every file): inode and size
+  // of at most 15 digits compare exactly as doubles, and an mtime in ns of at most 19 digits converts with an
+  // error of at most 128 ns each side, well inside MTIME_SLACK_NS (real rewrites move mtime by far more).
+  if (SHORT_IDENTITY.test(recorded) && entry.ino <= MAX_EXACT_INO) {
+    const first = recorded.indexOf(':');
+    const second = recorded.indexOf(':', first + 1);
+    if (Number(recorded.slice(0, first)) !== Number(entry.ino) || Number(recorded.slice(first + 1, second)) !== entry.size) return false;
+    const drift = Number(recorded.slice(second + 1)) - Number(entry.mtimeNs);
+    return drift > -MTIME_SLACK_NS_NUMBER && drift < MTIME_SLACK_NS_NUMBER;
+  }
   const match = /^(\d+):(\d+):(\d+)$/.exec(recorded);
   if (match === null) return true;
   if (BigInt(match[1] as string) !== entry.ino || Number(match[2]) !== entry.size) return false;

@@ -57,6 +57,16 @@ interface FileAttributes {
   accessedNs: bigint | undefined;
   committedNs: bigint | undefined;
   recordedFor: string | undefined;
+  /**
+   * Whether the attributes describe the file they were read from (no
+   * recorded identity, or {@link sameFile}). Size and mtime cannot change
+   * without moving ctime, so this holds as long as inode and ctime do.
+   */
+  matches: boolean;
+  /** `accessedNs` in seconds and plus {@link ATIME_SLACK_NS} (an atime after that is a later access); `committedNs` in seconds. */
+  accessed: number | undefined;
+  accessedLimitNs: bigint | undefined;
+  committed: number | undefined;
 }
 
 /**
@@ -245,12 +255,12 @@ export class XattrDriver extends DirectoryCacheDriver {
         const attributes = this.#readAttributes(entry);
         if (attributes === undefined) continue;
         if (attributes.ctimeNs >= 0n) kept.set(entry.imageId, attributes);
-        if (attributes.recordedFor !== undefined && !sameFile(attributes.recordedFor, entry)) continue;
-        const accessed = attributes.accessedNs;
+        if (!attributes.matches) continue;
+        const { accessed, accessedLimitNs, committed } = attributes;
         records.set(entry.imageId, {
           hits: attributes.hits,
-          lastAccessed: accessed === undefined || entry.atimeNs > accessed + ATIME_SLACK_NS ? entry.atime : nsToSeconds(accessed),
-          lastModified: attributes.committedNs === undefined ? entry.mtime : nsToSeconds(attributes.committedNs),
+          lastAccessed: accessed === undefined || accessedLimitNs === undefined || entry.atimeNs > accessedLimitNs ? entry.atime : accessed,
+          lastModified: committed ?? entry.mtime,
         });
       }
     }
@@ -275,14 +285,22 @@ export class XattrDriver extends DirectoryCacheDriver {
     Error.stackTraceLimit = 0;
     let attributes: FileAttributes;
     try {
+      const recordedFor = readTextSync(path, XATTR.file);
+      const hits = readCountSync(path);
+      const accessedNs = parseNs(readTextSync(path, XATTR.lastAccessed));
+      const committedNs = parseNs(readTextSync(path, XATTR.committed));
       attributes = {
         ino: entry.ino,
         ctimeNs: keptCtime(entry, readAtNs),
         complete: true,
-        recordedFor: readTextSync(path, XATTR.file),
-        hits: readCountSync(path),
-        accessedNs: parseNs(readTextSync(path, XATTR.lastAccessed)),
-        committedNs: parseNs(readTextSync(path, XATTR.committed)),
+        recordedFor,
+        hits,
+        accessedNs,
+        committedNs,
+        matches: recordedFor === undefined || sameFile(recordedFor, entry),
+        accessed: accessedNs === undefined ? undefined : nsToSeconds(accessedNs),
+        accessedLimitNs: accessedNs === undefined ? undefined : accessedNs + ATIME_SLACK_NS,
+        committed: committedNs === undefined ? undefined : nsToSeconds(committedNs),
       };
     } finally {
       Error.stackTraceLimit = stackTraceLimit;
@@ -312,11 +330,15 @@ export class XattrDriver extends DirectoryCacheDriver {
         hits: readCountSync(path),
         accessedNs: undefined,
         committedNs: undefined,
+        matches: recordedFor === undefined || sameFile(recordedFor, entry),
+        accessed: undefined,
+        accessedLimitNs: undefined,
+        committed: undefined,
       };
       if (known.ctimeNs >= 0n) this.#attributes.set(entry.imageId, known);
       else this.#attributes.delete(entry.imageId);
     }
-    return known.recordedFor === undefined || sameFile(known.recordedFor, entry) ? known.hits : 0;
+    return known.matches ? known.hits : 0;
   }
 
   protected override async readStoredChecksum(entry: EntryStat): Promise<Pick<ImageMetadata, 'checksum'> | undefined> {

@@ -210,6 +210,7 @@ interface OurResult extends WorkloadResult {
  */
 const FLOORS: readonly { phase: WorkloadPhase; driver?: 'sqlite' | 'xattr'; title: string; label: string }[] = [
   { phase: 'isCached', title: 'isCached', label: 'an awaited async function around lstatSync' },
+  { phase: 'getImageSize', title: 'getImageSize', label: 'an awaited async function around lstatSync, its size' },
   { phase: 'getHitCount', driver: 'xattr', title: 'getHitCount', label: 'lstatSync + fs-xattr getAttributeSync of the hits and of the identity they belong to' },
   {
     phase: 'read',
@@ -344,6 +345,14 @@ function floorOf(
       return {
         run: async () => {
           for (const path of paths) if (!(await exists(path))) throw new Error(`${path} is missing`);
+        },
+      };
+    }
+    case 'getImageSize': {
+      const size = async (path: string) => lstatSync(path, { throwIfNoEntry: false })?.size;
+      return {
+        run: async () => {
+          for (const path of paths) if ((await size(path)) !== bytes) throw new Error(`${path} is not ${bytes} bytes`);
         },
       };
     }

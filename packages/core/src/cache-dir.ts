@@ -61,6 +61,10 @@ export function fileIdentity(entry: Pick<EntryStat, 'ino' | 'size' | 'mtimeNs'>)
   return `${entry.ino}:${entry.size}:${entry.mtimeNs}`;
 }
 
+/** `lstatSync` options, made once: the small queries call it per id (an object literal per call is garbage). */
+const NO_THROW = { throwIfNoEntry: false } as const;
+const NO_THROW_BIGINT = { bigint: true, throwIfNoEntry: false } as const;
+
 /** How far (ns) an mtime may move and still be the same file: `utimes` from Node rounds to whole microseconds. */
 const MTIME_SLACK_NS = 5_000n;
 const MTIME_SLACK_NS_NUMBER = Number(MTIME_SLACK_NS);
@@ -282,7 +286,7 @@ export class CacheDirectory {
     const path = this.path(id, status);
     let info: BigIntStats | undefined;
     try {
-      info = lstatSync(path, { bigint: true, throwIfNoEntry: false });
+      info = lstatSync(path, NO_THROW_BIGINT);
     } catch (error) {
       if (isErrnoError(error, 'ENOENT', 'ENOTDIR')) return undefined;
       throw storageError('stat', path, error);
@@ -299,7 +303,7 @@ export class CacheDirectory {
     const path = this.path(id, status);
     let info: Stats | undefined;
     try {
-      info = lstatSync(path, { throwIfNoEntry: false });
+      info = lstatSync(path, NO_THROW);
     } catch (error) {
       if (isErrnoError(error, 'ENOENT', 'ENOTDIR')) return undefined;
       throw storageError('stat', path, error);
@@ -316,7 +320,7 @@ export class CacheDirectory {
   existsSync(id: ImageId, status: EntryStatus = 'active'): boolean {
     const path = this.path(id, status);
     try {
-      return lstatSync(path, { throwIfNoEntry: false })?.isFile() === true;
+      return lstatSync(path, NO_THROW)?.isFile() === true;
     } catch (error) {
       if (isErrnoError(error, 'ENOENT', 'ENOTDIR')) return false;
       throw storageError('stat', path, error);
@@ -424,7 +428,7 @@ export class CacheDirectory {
     try {
       // Usually absent: a synchronous lstat that does not throw (an ENOENT error's stack costs more than the call),
       // then one unlink of the (empty) marker; both cost less than a threadpool round trip.
-      if (lstatSync(path, { throwIfNoEntry: false }) === undefined) return false;
+      if (lstatSync(path, NO_THROW) === undefined) return false;
       unlinkSync(path);
       return true;
     } catch (error) {

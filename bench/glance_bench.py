@@ -17,8 +17,12 @@ Operations (besides glance_driver.py's):
                              isCached, getHitCount, getImageSize
                                      is_cached(id), get_hit_count(id), get_image_size(id)
                              read    with open_for_read(id) as f: f.read() (Glance counts the hit on exit)
-                             list    get_cached_images(), `lists` times
+                             list    get_cached_images() (one listing per pass)
                              prune   image_cache_max_size = half the bytes cached, prune()
+                             Every phase but write and prune (which change what they
+                             measure) runs `passes` + 1 times over the same ids: the
+                             first pass is a warm-up and not counted; the phase's time is
+                             the median of the others (the TypeScript side does the same).
                              -> {"seconds": {phase: s}, "listed": n, "pruned": [files, bytes]}
     list_timed    repeat     get_cached_images() `repeat` times on a directory populated
                              beforehand -> {"seconds": [s, ...], "listed": n}
@@ -33,10 +37,27 @@ import glance_driver  # noqa: E402  (from the path given: @cache/glance-testing)
 CONF = glance_driver.CONF
 
 
+def _median(values):
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def _passes(passes, fn):
+    """Runs fn `passes` + 1 times; the median time of all but the first (warm-up) pass."""
+    clock = time.perf_counter
+    seconds = []
+    for _ in range(passes + 1):
+        start = clock()
+        fn()
+        seconds.append(clock() - start)
+    return _median(seconds[1:])
+
+
 def _workload(cache, request):
     ids = request['ids']
     data = b'\x42' * request['size']
-    lists = request.get('lists', 5)
+    passes = request.get('passes', 5)
     seconds = {}
     clock = time.perf_counter
 
@@ -46,41 +67,41 @@ def _workload(cache, request):
             raise RuntimeError('Glance did not cache %s' % image_id)
     seconds['write'] = clock() - start
 
-    start = clock()
-    for image_id in ids:
-        if not cache.is_cached(image_id):
-            raise RuntimeError('%s is not cached' % image_id)
-    seconds['isCached'] = clock() - start
+    def is_cached():
+        for image_id in ids:
+            if not cache.is_cached(image_id):
+                raise RuntimeError('%s is not cached' % image_id)
+    seconds['isCached'] = _passes(passes, is_cached)
 
-    start = clock()
-    for image_id in ids:
-        cache.get_hit_count(image_id)
-    seconds['getHitCount'] = clock() - start
+    def get_hit_count():
+        for image_id in ids:
+            cache.get_hit_count(image_id)
+    seconds['getHitCount'] = _passes(passes, get_hit_count)
 
-    start = clock()
-    for image_id in ids:
-        cache.get_image_size(image_id)
-    seconds['getImageSize'] = clock() - start
+    def get_image_size():
+        for image_id in ids:
+            cache.get_image_size(image_id)
+    seconds['getImageSize'] = _passes(passes, get_image_size)
 
-    start = clock()
-    for image_id in ids:
-        with cache.open_for_read(image_id) as cache_file:
-            if len(cache_file.read()) != len(data):
-                raise RuntimeError('short read of %s' % image_id)
-    seconds['read'] = clock() - start
+    def read():
+        for image_id in ids:
+            with cache.open_for_read(image_id) as cache_file:
+                if len(cache_file.read()) != len(data):
+                    raise RuntimeError('short read of %s' % image_id)
+    seconds['read'] = _passes(passes, read)
 
-    listed = 0
-    start = clock()
-    for _ in range(lists):
-        listed = len(cache.get_cached_images())
-    seconds['list'] = (clock() - start) / lists
+    listed = [0]
+
+    def listing():
+        listed[0] = len(cache.get_cached_images())
+    seconds['list'] = _passes(passes, listing)
 
     CONF.set_override('image_cache_max_size', len(ids) * len(data) // 2)
     start = clock()
     pruned = cache.prune()
     seconds['prune'] = clock() - start
     CONF.set_override('image_cache_max_size', request['max_size'])
-    return {'seconds': seconds, 'listed': listed, 'pruned': list(pruned)}
+    return {'seconds': seconds, 'listed': listed[0], 'pruned': list(pruned)}
 
 
 def _list_timed(cache, request):

@@ -18,7 +18,12 @@ export const GLANCE_BENCH_SCRIPT = join(BENCH_DIR, 'glance_bench.py');
 export const WORKLOAD_PHASES = ['write', 'isCached', 'getHitCount', 'getImageSize', 'read', 'list', 'prune'] as const;
 export type WorkloadPhase = (typeof WORKLOAD_PHASES)[number];
 
-/** What one workload run took: seconds per phase (`list`: per listing), what the last listing returned, what prune removed. */
+/**
+ * What one workload run took: seconds per phase (`list`: one listing), what
+ * the last listing returned, what prune removed. `write` and `prune` are one
+ * pass each (they change what they measure); every other phase is the median
+ * of its timed passes, after one warm-up pass that is not counted.
+ */
 export interface WorkloadResult {
   seconds: Record<WorkloadPhase, number>;
   listed: number;
@@ -42,9 +47,9 @@ export class GlanceBench {
     return this.#python.request({ op: 'version' });
   }
 
-  /** The small-entry workload on a fresh directory (see {@link WORKLOAD_PHASES}). */
-  workload(dir: string, driver: 'sqlite' | 'xattr', ids: readonly string[], size: number, lists: number): Promise<WorkloadResult> {
-    return this.#python.request({ op: 'workload', dir, driver, max_size: NO_BUDGET, ids, size, lists });
+  /** The small-entry workload on a fresh directory (see {@link WORKLOAD_PHASES}); `passes` timed passes of each repeatable phase, after a warm-up pass. */
+  workload(dir: string, driver: 'sqlite' | 'xattr', ids: readonly string[], size: number, passes: number): Promise<WorkloadResult> {
+    return this.#python.request({ op: 'workload', dir, driver, max_size: NO_BUDGET, ids, size, passes });
   }
 
   /** `get_cached_images()` `repeat` times on a populated directory: seconds of each. */

@@ -1,4 +1,4 @@
-import { constants as fsConstants, lstat as lstatCallback, lstatSync, openSync, renameSync, statSync, unlink as unlinkCallback, unlinkSync, type BigIntStats } from 'node:fs';
+import { constants as fsConstants, lstat as lstatCallback, lstatSync, openSync, renameSync, statSync, unlink as unlinkCallback, unlinkSync, type BigIntStats, type Stats } from 'node:fs';
 import { access, mkdir, open, readdir, rename, stat, type FileHandle } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { BadDriverConfigurationError, CacheStorageError, ImageBeingCachedError } from './errors.js';
@@ -61,8 +61,16 @@ export function fileIdentity(entry: Pick<EntryStat, 'ino' | 'size' | 'mtimeNs'>)
   return `${entry.ino}:${entry.size}:${entry.mtimeNs}`;
 }
 
+/** `lstatSync` options, made once: the small queries call it per id (an object literal per call is garbage). */
+const NO_THROW = { throwIfNoEntry: false } as const;
+const NO_THROW_BIGINT = { bigint: true, throwIfNoEntry: false } as const;
+
 /** How far (ns) an mtime may move and still be the same file: `utimes` from Node rounds to whole microseconds. */
 const MTIME_SLACK_NS = 5_000n;
+const MTIME_SLACK_NS_NUMBER = Number(MTIME_SLACK_NS);
+/** An identity whose inode and size have at most 15 digits and whose mtime at most 19 (see {@link sameFile}). */
+const SHORT_IDENTITY = /^\d{1,15}:\d{1,15}:\d{1,19}$/;
+const MAX_EXACT_INO = 999_999_999_999_999n;
 
 /**
  * True when an identity recorded with {@link fileIdentity} is that of
@@ -72,6 +80,16 @@ const MTIME_SLACK_NS = 5_000n;
  * format is not ours to judge, and matches.
  */
 export function sameFile(recorded: string, entry: Pick<EntryStat, 'ino' | 'size' | 'mtimeNs'>): boolean {
+  // The common case without a BigInt or a match array (a listing calls this for every file): inode and size
+  // of at most 15 digits compare exactly as doubles, and an mtime in ns of at most 19 digits converts with an
+  // error of at most 128 ns each side, well inside MTIME_SLACK_NS (real rewrites move mtime by far more).
+  if (SHORT_IDENTITY.test(recorded) && entry.ino <= MAX_EXACT_INO) {
+    const first = recorded.indexOf(':');
+    const second = recorded.indexOf(':', first + 1);
+    if (Number(recorded.slice(0, first)) !== Number(entry.ino) || Number(recorded.slice(first + 1, second)) !== entry.size) return false;
+    const drift = Number(recorded.slice(second + 1)) - Number(entry.mtimeNs);
+    return drift > -MTIME_SLACK_NS_NUMBER && drift < MTIME_SLACK_NS_NUMBER;
+  }
   const match = /^(\d+):(\d+):(\d+)$/.exec(recorded);
   if (match === null) return true;
   if (BigInt(match[1] as string) !== entry.ino || Number(match[2]) !== entry.size) return false;
@@ -268,12 +286,29 @@ export class CacheDirectory {
     const path = this.path(id, status);
     let info: BigIntStats | undefined;
     try {
-      info = lstatSync(path, { bigint: true, throwIfNoEntry: false });
+      info = lstatSync(path, NO_THROW_BIGINT);
     } catch (error) {
       if (isErrnoError(error, 'ENOENT', 'ENOTDIR')) return undefined;
       throw storageError('stat', path, error);
     }
     return info !== undefined && info.isFile() ? toEntryStat(id, info) : undefined;
+  }
+
+  /**
+   * The size of the regular file for `id`, or `undefined`: one synchronous
+   * `lstat` without nanosecond times (sizes up to 2^53 bytes are exact), for
+   * `getImageSize`, which needs nothing else of the file.
+   */
+  sizeSync(id: ImageId, status: EntryStatus = 'active'): number | undefined {
+    const path = this.path(id, status);
+    let info: Stats | undefined;
+    try {
+      info = lstatSync(path, NO_THROW);
+    } catch (error) {
+      if (isErrnoError(error, 'ENOENT', 'ENOTDIR')) return undefined;
+      throw storageError('stat', path, error);
+    }
+    return info !== undefined && info.isFile() ? info.size : undefined;
   }
 
   /** True when a regular file for `id` exists in that part of the cache. */
@@ -285,7 +320,7 @@ export class CacheDirectory {
   existsSync(id: ImageId, status: EntryStatus = 'active'): boolean {
     const path = this.path(id, status);
     try {
-      return lstatSync(path, { throwIfNoEntry: false })?.isFile() === true;
+      return lstatSync(path, NO_THROW)?.isFile() === true;
     } catch (error) {
       if (isErrnoError(error, 'ENOENT', 'ENOTDIR')) return false;
       throw storageError('stat', path, error);
@@ -393,7 +428,7 @@ export class CacheDirectory {
     try {
       // Usually absent: a synchronous lstat that does not throw (an ENOENT error's stack costs more than the call),
       // then one unlink of the (empty) marker; both cost less than a threadpool round trip.
-      if (lstatSync(path, { throwIfNoEntry: false }) === undefined) return false;
+      if (lstatSync(path, NO_THROW) === undefined) return false;
       unlinkSync(path);
       return true;
     } catch (error) {

@@ -542,9 +542,9 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
     // Not `async`, as isCached.
     try {
       this.guard(id);
-      const entry = this.dir.statFileSync(id, 'active');
-      if (entry === undefined) throw new ImageNotCachedError(id, this.dir.path(id));
-      return Promise.resolve(entry.size);
+      const size = this.dir.sizeSync(id, 'active');
+      if (size === undefined) throw new ImageNotCachedError(id, this.dir.path(id));
+      return Promise.resolve(size);
     } catch (error) {
       return Promise.reject(error);
     }

@@ -128,3 +128,52 @@ describe('guardDriver(): the guards ImageCache.open applies to any driver', () =
     expect(raw.calls.at(-1)).toBe('close');
   });
 });
+
+describe('ImageCache over a DirectoryCacheDriver: the small queries skip the guard, with the same errors', () => {
+  it('rejects a bad id and a closed driver as the guard does; answers from the files', async () => {
+    const { tempDir, write } = await import('./helpers.js');
+    const { MemoryDriver } = await import('../src/index.js');
+    const { dir, cleanup } = await tempDir('guard-direct');
+    try {
+      const driver = new MemoryDriver({ cacheDir: dir });
+      const cache = await ImageCache.open({ driver });
+      await write(cache.driver, 'present', 'four');
+      expect(await cache.isCached('present')).toBe(true);
+      expect(await cache.getImageSize('present')).toBe(4);
+      expect(await cache.getHitCount('present')).toBe(0);
+      for (const bad of ['', '../x', '.hidden', 'a/b', 'queue', 42 as unknown as string]) {
+        for (const call of [cache.isCached(bad), cache.getImageSize(bad), cache.getHitCount(bad)]) {
+          await expect(call).rejects.toMatchObject({ code: ErrorCodes.INVALID_IMAGE_ID });
+        }
+      }
+      await cache.close();
+      for (const call of [cache.isCached('present'), cache.getImageSize('present'), cache.getHitCount('present')]) {
+        await expect(call).rejects.toMatchObject({ code: ErrorCodes.DRIVER_NOT_OPEN });
+      }
+    } finally {
+      await cleanup();
+    }
+  });
+
+  it('a subclass that overrides a query goes through the guard: a bad id never reaches it', async () => {
+    const { tempDir } = await import('./helpers.js');
+    const { MemoryDriver } = await import('../src/index.js');
+    const seen: string[] = [];
+    class Overriding extends MemoryDriver {
+      override isCached(id: string): Promise<boolean> {
+        seen.push(id);
+        return Promise.resolve(false);
+      }
+    }
+    const { dir, cleanup } = await tempDir('guard-override');
+    try {
+      const cache = await ImageCache.open({ driver: new Overriding({ cacheDir: dir }) });
+      await expect(cache.isCached('../escape')).rejects.toMatchObject({ code: ErrorCodes.INVALID_IMAGE_ID });
+      expect(await cache.isCached('fine')).toBe(false);
+      expect(seen).toEqual(['fine']);
+      await cache.close();
+    } finally {
+      await cleanup();
+    }
+  });
+});

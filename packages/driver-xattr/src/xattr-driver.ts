@@ -51,10 +51,22 @@ export const ATTRIBUTE_CACHE_SLACK_NS = 50_000_000n;
 interface FileAttributes {
   ino: bigint;
   ctimeNs: bigint;
+  /** False when only `hits` and `recordedFor` were read (by `getHitCount`): a listing reads the rest. */
+  complete: boolean;
   hits: number;
   accessedNs: bigint | undefined;
   committedNs: bigint | undefined;
   recordedFor: string | undefined;
+  /**
+   * Whether the attributes describe the file they were read from (no
+   * recorded identity, or {@link sameFile}). Size and mtime cannot change
+   * without moving ctime, so this holds as long as inode and ctime do.
+   */
+  matches: boolean;
+  /** `accessedNs` in seconds and plus {@link ATIME_SLACK_NS} (an atime after that is a later access); `committedNs` in seconds. */
+  accessed: number | undefined;
+  accessedLimitNs: bigint | undefined;
+  committed: number | undefined;
 }
 
 /**
@@ -243,12 +255,12 @@ export class XattrDriver extends DirectoryCacheDriver {
         const attributes = this.#readAttributes(entry);
         if (attributes === undefined) continue;
         if (attributes.ctimeNs >= 0n) kept.set(entry.imageId, attributes);
-        if (attributes.recordedFor !== undefined && !sameFile(attributes.recordedFor, entry)) continue;
-        const accessed = attributes.accessedNs;
+        if (!attributes.matches) continue;
+        const { accessed, accessedLimitNs, committed } = attributes;
         records.set(entry.imageId, {
           hits: attributes.hits,
-          lastAccessed: accessed === undefined || entry.atimeNs > accessed + ATIME_SLACK_NS ? entry.atime : nsToSeconds(accessed),
-          lastModified: attributes.committedNs === undefined ? entry.mtime : nsToSeconds(attributes.committedNs),
+          lastAccessed: accessed === undefined || accessedLimitNs === undefined || entry.atimeNs > accessedLimitNs ? entry.atime : accessed,
+          lastModified: committed ?? entry.mtime,
         });
       }
     }
@@ -264,7 +276,7 @@ export class XattrDriver extends DirectoryCacheDriver {
    */
   #readAttributes(entry: EntryStat): FileAttributes | undefined {
     const known = this.#attributes.get(entry.imageId);
-    if (known !== undefined && entry.ctimeNs !== undefined && known.ino === entry.ino && known.ctimeNs === entry.ctimeNs) return known;
+    if (known !== undefined && known.complete && entry.ctimeNs !== undefined && known.ino === entry.ino && known.ctimeNs === entry.ctimeNs) return known;
     const readAtNs = BigInt(Date.now()) * 1_000_000n;
     const path = this.dir.path(entry.imageId, 'active');
     // A missing attribute (every one of ours on a file Glance wrote) is an exception from fs-xattr: without
@@ -273,13 +285,22 @@ export class XattrDriver extends DirectoryCacheDriver {
     Error.stackTraceLimit = 0;
     let attributes: FileAttributes;
     try {
+      const recordedFor = readTextSync(path, XATTR.file);
+      const hits = readCountSync(path);
+      const accessedNs = parseNs(readTextSync(path, XATTR.lastAccessed));
+      const committedNs = parseNs(readTextSync(path, XATTR.committed));
       attributes = {
         ino: entry.ino,
-        ctimeNs: entry.ctimeNs !== undefined && entry.ctimeNs + ATTRIBUTE_CACHE_SLACK_NS < readAtNs ? entry.ctimeNs : -1n,
-        recordedFor: readTextSync(path, XATTR.file),
-        hits: readCountSync(path),
-        accessedNs: parseNs(readTextSync(path, XATTR.lastAccessed)),
-        committedNs: parseNs(readTextSync(path, XATTR.committed)),
+        ctimeNs: keptCtime(entry, readAtNs),
+        complete: true,
+        recordedFor,
+        hits,
+        accessedNs,
+        committedNs,
+        matches: recordedFor === undefined || sameFile(recordedFor, entry),
+        accessed: accessedNs === undefined ? undefined : nsToSeconds(accessedNs),
+        accessedLimitNs: accessedNs === undefined ? undefined : accessedNs + ATIME_SLACK_NS,
+        committed: committedNs === undefined ? undefined : nsToSeconds(committedNs),
       };
     } finally {
       Error.stackTraceLimit = stackTraceLimit;
@@ -288,15 +309,36 @@ export class XattrDriver extends DirectoryCacheDriver {
     return attributes;
   }
 
-  /** `user.hits` and the identity it belongs to (from memory while the file's ctime has not moved). */
+  /**
+   * `user.hits` and the identity it belongs to: from memory while the file's
+   * inode and ctime have not moved, else two `getxattr`, kept (as a listing
+   * keeps what it reads, by inode and ctime, see
+   * {@link ATTRIBUTE_CACHE_SLACK_NS}) so the next call on an unchanged file
+   * costs its `lstat` only.
+   */
   protected override async readHitCount(entry: EntryStat): Promise<number> {
-    const known = this.#attributes.get(entry.imageId);
-    if (known !== undefined && entry.ctimeNs !== undefined && known.ino === entry.ino && known.ctimeNs === entry.ctimeNs) {
-      return known.recordedFor === undefined || sameFile(known.recordedFor, entry) ? known.hits : 0;
+    let known = this.#attributes.get(entry.imageId);
+    if (known === undefined || entry.ctimeNs === undefined || known.ino !== entry.ino || known.ctimeNs !== entry.ctimeNs) {
+      const readAtNs = BigInt(Date.now()) * 1_000_000n;
+      const path = this.dir.path(entry.imageId, 'active');
+      const recordedFor = readTextSync(path, XATTR.file);
+      known = {
+        ino: entry.ino,
+        ctimeNs: keptCtime(entry, readAtNs),
+        complete: false,
+        recordedFor,
+        hits: readCountSync(path),
+        accessedNs: undefined,
+        committedNs: undefined,
+        matches: recordedFor === undefined || sameFile(recordedFor, entry),
+        accessed: undefined,
+        accessedLimitNs: undefined,
+        committed: undefined,
+      };
+      if (known.ctimeNs >= 0n) this.#attributes.set(entry.imageId, known);
+      else this.#attributes.delete(entry.imageId);
     }
-    const path = this.dir.path(entry.imageId, 'active');
-    const recordedFor = readTextSync(path, XATTR.file);
-    return recordedFor === undefined || sameFile(recordedFor, entry) ? readCountSync(path) : 0;
+    return known.matches ? known.hits : 0;
   }
 
   protected override async readStoredChecksum(entry: EntryStat): Promise<Pick<ImageMetadata, 'checksum'> | undefined> {
@@ -305,10 +347,14 @@ export class XattrDriver extends DirectoryCacheDriver {
     return recordedFor === undefined || sameFile(recordedFor, entry) ? { checksum: readTextSync(path, XATTR.checksum) } : undefined;
   }
 
-  /** Metadata lives on the file: deleting the file deleted it. */
-  protected async forgetImage(): Promise<void> {}
+  /** Metadata lives on the file: deleting the file deleted it; what was kept of it in memory goes too. */
+  protected async forgetImage(id: ImageId): Promise<void> {
+    this.#attributes.delete(id);
+  }
 
-  protected async forgetAllImages(): Promise<void> {}
+  protected async forgetAllImages(): Promise<void> {
+    this.#attributes.clear();
+  }
 
   /** Gives files without `user.hits` (dropped in by hand or by another tool) a count of 0. */
   protected override async reconcile(entries: readonly EntryStat[]): Promise<{ orphanRecords: number; adoptedFiles: number }> {
@@ -322,6 +368,15 @@ export class XattrDriver extends DirectoryCacheDriver {
     });
     return { orphanRecords: 0, adoptedFiles: adopted.reduce<number>((sum, n) => sum + n, 0) };
   }
+}
+
+/**
+ * The ctime under which attributes read at `readAtNs` may be kept: the
+ * file's, when it is older than the read by {@link ATTRIBUTE_CACHE_SLACK_NS}
+ * (a later change then always gets a later ctime), else -1 (not to be kept).
+ */
+function keptCtime(entry: EntryStat, readAtNs: bigint): bigint {
+  return entry.ctimeNs !== undefined && entry.ctimeNs + ATTRIBUTE_CACHE_SLACK_NS < readAtNs ? entry.ctimeNs : -1n;
 }
 
 /** An attribute's text, or `undefined` when the file or the attribute is missing. */

@@ -222,6 +222,31 @@ describe.each(filesystems)('xattr driver on $name ($root)', (fs) => {
     ]);
   });
 
+  it('getHitCount keeps what it read per (inode, ctime) too, and never hides a change: hits set by another program, a file replaced, a listing after it', async () => {
+    await writeImage(driver, 'counted', Buffer.from('counted bytes'));
+    const path = join(dir, 'counted');
+    const ctimeNs = (await stat(path, { bigint: true })).ctimeNs;
+    while (BigInt(Date.now()) * 1_000_000n <= ctimeNs + ATTRIBUTE_CACHE_SLACK_NS + 1_000_000n) await new Promise((resolve) => setTimeout(resolve, 10));
+    expect(await driver.getHitCount('counted')).toBe(0); // read from the file, and kept
+    expect(await driver.getHitCount('counted')).toBe(0); // from memory
+    // Only hits and identity were read: a listing still reads the times from the file.
+    expect((await driver.getCachedImages()).find((image) => image.imageId === 'counted')).toMatchObject({ hits: 0, size: 13 });
+    await setAttribute(path, XATTR.hits, '9');
+    expect(await driver.getHitCount('counted')).toBe(9);
+    await readImage(driver, 'counted');
+    expect(await driver.getHitCount('counted')).toBe(10);
+    // Rewritten in place by another program (same inode, new size and mtime): the kept count is not its own.
+    const again = (await stat(path, { bigint: true })).ctimeNs;
+    while (BigInt(Date.now()) * 1_000_000n <= again + ATTRIBUTE_CACHE_SLACK_NS + 1_000_000n) await new Promise((resolve) => setTimeout(resolve, 10));
+    expect(await driver.getHitCount('counted')).toBe(10);
+    await writeFile(path, 'rewritten in place, longer');
+    expect(await driver.getHitCount('counted')).toBe(0);
+    // Deleted through the driver: nothing kept answers for it.
+    await driver.deleteCachedImage('counted');
+    expect(await driver.getHitCount('counted')).toBe(0);
+    expect(await driver.isCached('counted')).toBe(false);
+  });
+
   it('stores the verified checksum on the file', async () => {
     const cache = await ImageCache.open({ driver });
     const digest = createHash('sha256').update('hello').digest('hex');

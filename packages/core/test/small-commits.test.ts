@@ -165,7 +165,7 @@ describe.each(['strict', 'relaxed'] as const)('small commits from memory: cacheI
     const data = pattern(5000, 6);
     const digest = createHash('sha256').update(data).digest('hex');
     expect(await cache.cacheImage('summed', data, { checksum: { algorithm: 'sha256', digest } })).toBe(true);
-    expect(await cache.driver.getStoredChecksum('summed')).toBe(`sha256:${digest}`);
+    expect(await cache.driver.getStoredChecksum?.('summed')).toBe(`sha256:${digest}`);
     expect(await readFile(join(dir, 'summed'))).toEqual(data);
   });
 

@@ -23,6 +23,9 @@
  * - 32 concurrent strict `cacheImage` calls ÷ 32 sequential ones (group
  *   commit), beside its floor: 32 concurrent raw durable writes ÷ 32
  *   sequential ones (how far the filesystem itself overlaps fsyncs).
+ *
+ * Each side's rate is the median of its rounds' rates (a burst of another
+ * process's load slows one round of one side, and counts once).
  */
 import { closeSync, constants as fsConstants, fstatSync, lstatSync, openSync, renameSync, statSync, writeSync } from 'node:fs';
 import { mkdir, open, rename, rm } from 'node:fs/promises';
@@ -139,15 +142,21 @@ async function writeThroughDriver(driver: CacheDriver, id: string, bytes: Buffer
   await pipeline(Readable.from([bytes]), await driver.openForWrite(id));
 }
 
-/** Adds the time of `fn` to `totals[key]` and `count` to `counts[key]`. */
-async function timed(totals: Map<string, { ms: number; ops: number }>, key: string, ops: number, fn: () => Promise<unknown>): Promise<void> {
+/** Appends the rate (ops/s) of one timed batch of `fn` to `rates[key]`. */
+async function timed(rates: Map<string, number[]>, key: string, ops: number, fn: () => Promise<unknown>): Promise<void> {
   const start = performance.now();
   await fn();
   const ms = performance.now() - start;
-  const total = totals.get(key) ?? { ms: 0, ops: 0 };
-  total.ms += ms;
-  total.ops += ops;
-  totals.set(key, total);
+  const list = rates.get(key) ?? [];
+  list.push((ops * 1000) / ms);
+  rates.set(key, list);
+}
+
+/** The median of a non-empty list. */
+function median(values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? (sorted[mid] as number) : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2;
 }
 
 export async function durabilityFigures(ctx: SuiteContext): Promise<void> {
@@ -209,7 +218,7 @@ export async function durabilityFigures(ctx: SuiteContext): Promise<void> {
       ];
       // Warm-up: one batch of each, untimed.
       for (const side of sides) await side.run();
-      const totals = new Map<string, { ms: number; ops: number }>();
+      const totals = new Map<string, number[]>();
       for (let round = 0; round < rounds; round++) {
         collectGarbage();
         await waitForQuiet();
@@ -217,10 +226,11 @@ export async function durabilityFigures(ctx: SuiteContext): Promise<void> {
         const order = round % 2 === 0 ? sides : [...sides].reverse();
         for (const side of order) await timed(totals, side.key, side.ops, side.run);
       }
+      // The median of the rounds' rates: a round that another process's burst of load slowed is one vote, not a sum.
       const rate = (key: string) => {
-        const total = totals.get(key);
-        if (total === undefined) throw new Error(`no measurement for ${key}`);
-        return (total.ops * 1000) / total.ms;
+        const rates = totals.get(key);
+        if (rates === undefined || rates.length === 0) throw new Error(`no measurement for ${key}`);
+        return median(rates);
       };
       const add = (title: string, oursLabel: string, ours: number, baseLabel: string, baseline: number, goal: number | null) =>
         ctx.add(

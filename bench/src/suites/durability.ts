@@ -37,7 +37,7 @@ import Database from 'better-sqlite3';
 import { setAttributeSync } from 'fs-xattr';
 import type { CacheDriver, Durability, ImageCache } from '@cache/core';
 import { DRIVERS, openCache, type DriverName } from '../drivers.js';
-import { collectGarbage, makeChunk, waitForQuiet } from '../measure.js';
+import { collectGarbage, makeChunk, median, waitForQuiet } from '../measure.js';
 import { figure } from '../report.js';
 import type { SuiteContext } from '../run.js';
 
@@ -88,7 +88,7 @@ function rawSqlite(dir: string): { run: (name: string, bytes: Buffer) => Promise
  * driver's row (one upsert in its own transaction, rollback journal,
  * `synchronous = NORMAL`).
  */
-function rawRelaxedFloor(dir: string, driver: DriverName): { run: (name: string, bytes: Buffer) => Promise<void>; close: () => void } {
+export function rawRelaxedFloor(dir: string, driver: DriverName): { run: (name: string, bytes: Buffer) => Promise<void>; close: () => void } {
   const journal = openSync(join(dir, 'journal'), 'a');
   let db: Database.Database | undefined;
   let upsert: Database.Statement | undefined;
@@ -152,12 +152,6 @@ async function timed(rates: Map<string, number[]>, key: string, ops: number, fn:
   rates.set(key, list);
 }
 
-/** The median of a non-empty list. */
-function median(values: readonly number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 === 1 ? (sorted[mid] as number) : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2;
-}
 
 export async function durabilityFigures(ctx: SuiteContext): Promise<void> {
   if (!ctx.wanted(15)) return;

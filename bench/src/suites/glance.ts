@@ -20,7 +20,7 @@
  *   alternately.
  */
 import { lstatSync } from 'node:fs';
-import { readdir, rm } from 'node:fs/promises';
+import { mkdir, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { ensureGlance, type GlanceSetup } from '@cache/glance-testing';
@@ -29,6 +29,7 @@ import { createDriver, DRIVERS, openCache, populate, type DriverName } from '../
 import { GlanceBench, WORKLOAD_PHASES, type WorkloadPhase, type WorkloadResult } from '../glance.js';
 import { collectGarbage, ignoreProcessTree, makeChunk, median, waitForQuiet } from '../measure.js';
 import { countLabel, figure, type Goal } from '../report.js';
+import { rawRelaxedFloor } from './durability.js';
 import type { SuiteContext } from '../run.js';
 
 export const GLANCE_FIGURE = 14;
@@ -94,7 +95,22 @@ async function smallWorkload(ctx: SuiteContext, glance: GlanceBench, version: st
   const data = makeChunk(IMAGE_BYTES);
   const theirs: WorkloadResult[] = [];
   const ours = OUR_WRITE_MODES.map(() => [] as WorkloadResult[]);
+  // The floor of our relaxed write: its own system calls made raw (figure 15's `rawRelaxedFloor`), ms per round.
+  const floorMs: number[] = [];
   const sides = [
+    async (round: number) => {
+      const dir = join(ctx.fs.path, `glance-${driver}-floor-${round}`);
+      for (const sub of ['incomplete', 'queue']) await mkdir(join(dir, sub), { recursive: true });
+      const floor = rawRelaxedFloor(dir, driver);
+      try {
+        const start = performance.now();
+        for (const id of ids('f', round)) await floor.run(id, data);
+        floorMs.push(performance.now() - start);
+      } finally {
+        floor.close();
+        await rm(dir, { recursive: true, force: true });
+      }
+    },
     async (round: number) => {
       const dir = join(ctx.fs.path, `glance-${driver}-glance-${round}`);
       try {
@@ -132,6 +148,7 @@ async function smallWorkload(ctx: SuiteContext, glance: GlanceBench, version: st
     }
   }
   const perPhase = (results: WorkloadResult[], phase: WorkloadPhase) => results.map((r) => r.seconds[phase] * 1000);
+  floorRow(ctx, driver, version, floorMs, perPhase(theirs, 'write'));
   for (const phase of WORKLOAD_PHASES) {
     const modes = phase === 'write' ? OUR_WRITE_MODES.map((_, m) => m) : [0];
     for (const m of modes) {
@@ -166,6 +183,25 @@ async function smallWorkload(ctx: SuiteContext, glance: GlanceBench, version: st
       );
     }
   }
+}
+
+/**
+ * The write's floor row: our relaxed commit's own system calls made raw, beside
+ * Glance's whole write (same rounds). Below 1, ours cannot reach 1 × Glance on
+ * that filesystem whatever its JavaScript costs.
+ */
+function floorRow(ctx: SuiteContext, driver: 'sqlite' | 'xattr', version: string, floorMs: number[], glanceMs: number[]): void {
+  ctx.add(
+    figure({
+      figure: GLANCE_FIGURE,
+      title: 'write of a 4 KiB image: the floor of ours relaxed (its own system calls raw) (vs Glance)',
+      fs: ctx.fs.name,
+      driver,
+      ours: { label: `relaxed commit's system calls raw (lock socket, checks, create, write, fstat, ${driver === 'xattr' ? '4 setxattr' : 'SQLite upsert'}, journal line, rename, close)`, value: (IMAGES * 1000) / median(floorMs), unit: 'ops/s', samples: floorMs },
+      baseline: { label: `Glance ${version} ${driver}`, value: (IMAGES * 1000) / median(glanceMs), unit: 'ops/s', samples: glanceMs },
+      goal: null,
+    }),
+  );
 }
 
 /** Ids of one round of one side (distinct across rounds, so no directory state carries over). */

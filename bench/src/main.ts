@@ -126,7 +126,10 @@ const measuring = spawn(process.execPath, ['--expose-gc', join(BENCH_DIR, 'dist'
   stdio: ['ignore', 'inherit', 'inherit'],
   // A process group of its own (see killMeasuringGroup); signals reach it through the handlers above.
   detached: true,
-  env: { ...process.env, CACHE_BENCH_CONFIG: JSON.stringify(config) },
+  // libuv's threadpool as the `image-cache` binary sets it (16 unless set): the figures measure what `serve` runs,
+  // and 32 concurrent strict commits' fsyncs are not queued behind 4 threads (docs/adr/0007). Ours and the raw
+  // baselines run in this one process, so both get the same pool.
+  env: { ...process.env, UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? '16', CACHE_BENCH_CONFIG: JSON.stringify(config) },
 });
 child = measuring;
 

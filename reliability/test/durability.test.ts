@@ -11,10 +11,10 @@ import { open, readFile, stat, truncate, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { afterAll, describe, expect, it } from 'vitest';
-import { ImageCache, STATE_DIRECTORY, type CacheDriver, type CacheWarning, type Durability } from '@cache/core';
+import { ImageCache, SMALL_WRITE_BYTES, STATE_DIRECTORY, type CacheDriver, type CacheWarning, type Durability } from '@cache/core';
 import { SqliteDriver } from '@cache/driver-sqlite';
 import { XattrDriver } from '@cache/driver-xattr';
-import { contentForId, sha256Hex } from './fixtures/content.mjs';
+import { contentForId, sha256Hex, sizeForId } from './fixtures/content.mjs';
 import { activeFileIds, DRIVER_NAMES, freshDir, namesIn, reliabilityTarget, removeDir, startFixture, type DriverName } from './helpers.js';
 
 const target = await reliabilityTarget();
@@ -44,8 +44,8 @@ function openDriver(
 }
 
 /** Runs the relaxed-writer fixture until it has committed `images`, then returns it (alive). */
-async function relaxedChild(name: DriverName, cacheDir: string, images: { id: string; digest: boolean }[]) {
-  const child = startFixture('relaxed-writer.mjs', [JSON.stringify({ driver: name, cacheDir, images })]);
+async function relaxedChild(name: DriverName, cacheDir: string, images: { id: string; digest: boolean }[], via: 'stream' | 'bytes' = 'stream') {
+  const child = startFixture('relaxed-writer.mjs', [JSON.stringify({ driver: name, cacheDir, images, via })]);
   for (const image of images) expect(await child.nextLine()).toBe(`committed ${image.id}`);
   expect(await child.nextLine()).toBe('done');
   return child;
@@ -123,6 +123,39 @@ describe.each(DRIVER_NAMES)('durability modes, %s driver', (name) => {
     await again.configure();
     await again.close();
     expect(warnings).toHaveLength(1);
+  });
+
+  test(`relaxed commits of bytes in memory (writeSmallImage) of a SIGKILLed process: recovered as streamed ones${suffix}`, async () => {
+    const dir = await newDir(`${name}-kill-bytes`);
+    // Ids whose content is small enough for writeSmallImage (sizes are fixed per id).
+    const small = (prefix: string) => {
+      for (let i = 0; ; i++) if (sizeForId(`${prefix}-${i}`) <= SMALL_WRITE_BYTES) return `${prefix}-${i}`;
+    };
+    const withDigest = small('bytes-digest');
+    const noDigest = small('bytes-plain');
+    const child = await relaxedChild(
+      name,
+      dir,
+      [
+        { id: withDigest, digest: true },
+        { id: noDigest, digest: false },
+      ],
+      'bytes',
+    );
+    expect(await namesIn(join(dir, STATE_DIRECTORY)), 'the journal of unsynced commits is there while the writer lives').toHaveLength(1);
+    await kill(child);
+
+    const warnings: CacheWarning[] = [];
+    const driver = openDriver(name, dir, { warnings });
+    await driver.configure();
+    try {
+      await expectServedIntact(driver, withDigest);
+      await expectNotServed(driver, noDigest);
+      expect(await namesIn(join(dir, 'invalid'))).toEqual([noDigest]);
+      expect(warnings.map((warning) => warning.code)).toEqual(['CACHE_UNSYNCED_RECOVERED']);
+    } finally {
+      await driver.close();
+    }
   });
 
   test(`torn files in place of relaxed commits (truncated, garbage, zeros; identity kept) are never served${suffix}`, async () => {

@@ -125,6 +125,37 @@ export function pipeChain(first: Readable | AsyncIterable<Uint8Array>, ...rest: 
   });
 }
 
+/**
+ * Writes `bytes` as the whole content of `writer` and ends it: resolves once
+ * it has finished (committed), rejects with its error, or with a premature
+ * close when it closes first. For bytes already in memory: no source stream
+ * and no pipe.
+ */
+export function endWith(writer: CacheWriter, bytes: Buffer): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const onError = (error: Error) => {
+      writer.off('finish', onFinish);
+      writer.off('close', onClose);
+      reject(error);
+    };
+    const onFinish = () => {
+      writer.off('error', onError);
+      writer.off('close', onClose);
+      resolve();
+    };
+    const onClose = () => {
+      if (writer.writableFinished) return;
+      writer.off('error', onError);
+      writer.off('finish', onFinish);
+      reject(Object.assign(new Error('Premature close'), { code: 'ERR_STREAM_PREMATURE_CLOSE' }));
+    };
+    writer.once('error', onError);
+    writer.once('finish', onFinish);
+    writer.once('close', onClose);
+    writer.end(bytes);
+  });
+}
+
 /** Resolves once `writer` has drained or closed (a writer that failed never drains). */
 export function drainOrClose(writer: CacheWriter): Promise<void> {
   return new Promise((resolve) => {

@@ -183,6 +183,17 @@ export interface DriverSupports {
   readonly metadataStore: 'separate' | 'files';
 }
 
+/** Options of {@link CacheDriver.writeSmallImage}. */
+export interface WriteSmallImageOptions {
+  /** The digest to store with the entry, in its stored form (as `CacheWriter.setChecksum`). */
+  checksum?: string;
+  /**
+   * Asked, when the write fails with ENOSPC or EDQUOT, whether to retry
+   * (with the bytes still unwritten), as `CacheWriter.setNoSpaceHandler`.
+   */
+  onNoSpace?: (unwritten: number) => Promise<boolean>;
+}
+
 /**
  * The writable end of a cache write, from {@link CacheDriver.openForWrite}.
  * Finishing it commits the entry; an error or `destroy(err)` rolls it back.
@@ -274,6 +285,17 @@ export interface CacheDriver {
   getLeastRecentlyAccessed(): Promise<LeastRecentlyAccessed | null>;
   /** Opens an exclusive writer; see {@link CacheWriter}. `ImageBeingCachedError` when another writer has the id. */
   openForWrite(id: ImageId): Promise<CacheWriter>;
+  /**
+   * Optional: commits `bytes` (at most `SMALL_WRITE_BYTES`, 64 KiB) as the
+   * whole content of `id`, as `openForWrite` and `end(bytes)` would, with the
+   * same durability, but without a stream (docs/adr/0007, "Small commits
+   * from memory"). Resolves true once committed, false when nothing was
+   * written because `id` is cached or another writer has it. A failure
+   * rolls back as a failed writer does (the partial file moves to
+   * `invalid/`) and rejects with a `CacheStorageError`. The caller verifies
+   * the bytes and passes the stored form of their digest.
+   */
+  writeSmallImage?(id: ImageId, bytes: Uint8Array, options?: WriteSmallImageOptions): Promise<boolean>;
   /**
    * Opens an active entry for reading, all of it or a byte range, and counts
    * a hit when the reader has been handed the image's last byte (the rule and

@@ -13,6 +13,7 @@ const ID_METHODS = new Set<PropertyKey>([
   'getImageSize',
   'getHitCount',
   'openForWrite',
+  'writeSmallImage',
   'openForRead',
   'deleteCachedImage',
   'deleteQueuedImage',

@@ -1,8 +1,9 @@
+import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { Transform, type Readable, type TransformCallback } from 'node:stream';
-import { CacheDirectory, fileIdentity, mapLimit, sameFile, type EntryStat, type EntryStatus } from './cache-dir.js';
+import { Readable, Transform, type TransformCallback } from 'node:stream';
+import { CacheDirectory, fileIdentity, mapLimit, sameFile, SMALL_WRITE_BYTES, type EntryStat, type EntryStatus } from './cache-dir.js';
 import { formatChecksum, normalizeChecksum } from './checksum.js';
-import { assertSource, openWriterIfCacheable, pipeChain, VerifyingTransform, whenClosed, type CacheImageOptions, type ImageSource } from './cache-write.js';
+import { assertSource, endWith, openWriterIfCacheable, pipeChain, toBuffer, VerifyingTransform, whenClosed, type CacheImageOptions, type ImageSource } from './cache-write.js';
 import { CachingStream } from './caching-stream.js';
 import { assertEntryStatus, compareByRecency, DEFAULT_STALL_TIME, DirectoryCacheDriver } from './directory-driver.js';
 import { guardDriver } from './guard.js';
@@ -18,7 +19,7 @@ import type {
   ReadOptions,
   RecordHitsOptions,
 } from './driver.js';
-import { BadDriverConfigurationError, CacheStorageError, ImageBeingCachedError, InvalidArgumentError } from './errors.js';
+import { BadDriverConfigurationError, CacheStorageError, ChecksumMismatchError, ImageBeingCachedError, InvalidArgumentError } from './errors.js';
 import { Fill, type FillOptions } from './fill/fill.js';
 import { WriteLock } from './fill/owner.js';
 import { assertImageId, type ImageId } from './image-id.js';
@@ -570,11 +571,31 @@ export class ImageCache {
    * policy refuses it (ADR 0006): before any byte (the disk is below the
    * `stop` threshold; the source is left unread), or once it outgrows what
    * the budget can make room for (the partial file is in `invalid/`).
+   *
+   * `source` may also be the image's bytes in memory (a `Buffer` or any
+   * `Uint8Array`, not copied). Up to {@link SMALL_WRITE_BYTES} (64 KiB) they
+   * are verified before anything is written (a mismatch rejects with
+   * `ChecksumMismatchError` and leaves nothing on disk) and written with one
+   * call, without a stream (docs/adr/0007, "Small commits from memory");
+   * larger ones go through the stream path.
    */
-  async cacheImage(id: ImageId, source: ImageSource, options: CacheImageOptions = {}): Promise<boolean> {
+  async cacheImage(id: ImageId, source: ImageSource | Uint8Array, options: CacheImageOptions = {}): Promise<boolean> {
     assertImageId(id);
     const expected = normalizeChecksum(options.checksum);
-    assertSource(source);
+    let bytes: Buffer | undefined;
+    if (source instanceof Uint8Array) {
+      bytes = toBuffer(source);
+      if (bytes.length > SMALL_WRITE_BYTES) {
+        source = Readable.from([bytes]);
+        bytes = undefined;
+      } else if (expected !== undefined) {
+        // A few µs for 64 KiB at most: on the event loop, before any file is touched.
+        const actual = createHash(expected.algorithm).update(bytes).digest('hex');
+        if (actual !== expected.digest) throw new ChecksumMismatchError(id, expected.algorithm, expected.digest, actual);
+      }
+    } else {
+      assertSource(source);
+    }
     // The host's write lock of the id (ADR 0003): a fill or writer of another process has it -> not cacheable now.
     const lock = await WriteLock.acquire(this.driver, id).catch((error: unknown) => {
       if (ImageBeingCachedError.isInstance(error)) return undefined;
@@ -590,6 +611,10 @@ export class ImageCache {
     if (bypass !== undefined) {
       lock.release();
       throw cacheFull(id, bypass);
+    }
+    // Bytes in memory, no write budget (its gate is a stream stage), a driver that commits them without a stream.
+    if (bytes !== undefined && !Number.isFinite(space.reservedFor(id)) && typeof this.driver.writeSmallImage === 'function') {
+      return this.#cacheSmall(id, bytes, expected === undefined ? undefined : formatChecksum(expected), lock);
     }
     let writer: CacheWriter | undefined;
     try {
@@ -610,11 +635,18 @@ export class ImageCache {
       lock.release();
       return false;
     }
-    const input = typeof source === 'string' ? createReadStream(source, { highWaterMark: 1024 * 1024 }) : source;
+    const budget = Number.isFinite(space.reservedFor(id));
+    // Bytes in memory: the write budget's gate is a stream stage, so with the budget on they are streamed.
+    if (bytes !== undefined && budget) source = Readable.from([bytes]);
+    const input = typeof source === 'string' ? createReadStream(source, { highWaterMark: 1024 * 1024 }) : (source as Readable | AsyncIterable<Uint8Array>);
     try {
       writer.setNoSpaceHandler?.((unwritten) => space.noSpace(id, noSpaceNeed(undefined, unwritten)));
-      // The budget's gate only when the write budget is on (reservedFor is then finite): no extra stage otherwise.
-      if (Number.isFinite(space.reservedFor(id))) {
+      if (bytes !== undefined && !budget) {
+        // Verified above: one write and the commit, no source stream, no pipe.
+        if (expected !== undefined) writer.setChecksum(formatChecksum(expected));
+        await endWith(writer, bytes);
+      } else if (budget) {
+        // The budget's gate only when the write budget is on (reservedFor is then finite): no extra stage otherwise.
         const gate = new SpaceGate(id, space);
         if (expected === undefined) await pipeChain(input, gate, writer);
         else await pipeChain(input, gate, new VerifyingTransform(id, expected, writer), writer);
@@ -632,6 +664,33 @@ export class ImageCache {
     space.release(id);
     lock.committed(writer.bytesWritten, expected === undefined ? undefined : formatChecksum(expected));
     return true;
+  }
+
+  /**
+   * {@link cacheImage} of verified bytes (at most {@link SMALL_WRITE_BYTES})
+   * through the driver's `writeSmallImage`, under the write lock and the
+   * space admission `cacheImage` took. Followers of the lock are told the
+   * outcome; the file is not announced while it is written (it is written
+   * at once).
+   */
+  async #cacheSmall(id: ImageId, bytes: Buffer, checksum: string | undefined, lock: WriteLock): Promise<boolean> {
+    const space = this.#space;
+    let committed: boolean;
+    try {
+      committed = await (this.driver.writeSmallImage as NonNullable<CacheDriver['writeSmallImage']>)(id, bytes, {
+        checksum,
+        onNoSpace: (unwritten) => space.noSpace(id, noSpaceNeed(undefined, unwritten)),
+      });
+    } catch (error) {
+      space.release(id);
+      // As the stream path: a cache failure lets followers take over.
+      lock.failed(error as Error, !CacheStorageError.isInstance(error));
+      throw error;
+    }
+    space.release(id);
+    if (committed) lock.committed(bytes.length, checksum);
+    else lock.release();
+    return committed;
   }
 
   /**

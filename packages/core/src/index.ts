@@ -32,6 +32,7 @@ export type {
   QuarantineOptions,
   ReadOptions,
   RecordHitsOptions,
+  WriteSmallImageOptions,
 } from './driver.js';
 export { DEFAULT_STALL_TIME, compareByRecency, type CacheWarning } from './directory-driver.js';
 export { DEFAULT_SYNC_INTERVAL_MS, STATE_DIRECTORY, type Durability } from './durability.js';

@@ -665,37 +665,21 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
     const read = normalizeReadOptions(options);
     const path = this.dir.path(id, 'active');
     const noAtime = this.noAtimeReads || !read.countHit;
-    const small = this.#readSmall(id, path, read, noAtime);
-    if (small !== undefined) return small;
-    const handle = await openActive(id, path, noAtime);
-    let file: EntryStat;
-    try {
-      const info = await handle.stat({ bigint: true }).catch((error: unknown) => {
-        throw storageError('stat', path, error);
-      });
-      file = this.#checkOpened(id, path, read, info);
-    } catch (error) {
-      await handle.close().catch(() => undefined);
-      throw error;
-    }
-    // The size lets the stream size its buffers and end without an extra read (see CacheReadStream).
-    return new CacheReadStream(id, handle, {
-      size: file.size,
-      start: read.start,
-      end: read.end,
-      onComplete: read.countHit ? this.#hitRecorder(id, file) : undefined,
-    });
+    return this.#openRead(id, path, read, noAtime);
   }
 
   /**
-   * A read of an entry of at most {@link SMALL_READ_BYTES}, done at open with
-   * synchronous calls (open, fstat, read, close: a few µs each, where each
-   * asynchronous one is a thread-pool round trip); `undefined` for a larger
-   * entry, which streams from an asynchronous handle. Refusals (missing,
-   * changed, unsatisfiable range) are the same as the streaming path's.
+   * Opens an entry for reading with synchronous `open` and `fstat` (a few µs
+   * each, where each asynchronous call is a thread-pool round trip). An entry
+   * of at most {@link SMALL_READ_BYTES} is read and closed right here
+   * (synchronous `read` and `close`); a larger one streams from the same
+   * descriptor, which the stream owns (callback `fs.read` in
+   * 1 MiB chunks). Refusals (missing, changed,
+   * unsatisfiable range) are thrown before anything is read.
    */
-  #readSmall(id: ImageId, path: string, read: ReturnType<typeof normalizeReadOptions>, noAtime: boolean): Readable | undefined {
+  #openRead(id: ImageId, path: string, read: ReturnType<typeof normalizeReadOptions>, noAtime: boolean): Readable {
     const fd = openActiveSync(id, path, noAtime);
+    let owned = false;
     try {
       let info: BigIntStats;
       try {
@@ -704,7 +688,17 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
         throw storageError('stat', path, error);
       }
       const file = this.#checkOpened(id, path, read, info);
-      if (file.size > SMALL_READ_BYTES) return undefined;
+      if (file.size > SMALL_READ_BYTES) {
+        // The size lets the stream size its buffers and end without an extra read (see CacheReadStream).
+        const stream = new CacheReadStream(id, fd, {
+          size: file.size,
+          start: read.start,
+          end: read.end,
+          onComplete: read.countHit ? this.#hitRecorder(id, file) : undefined,
+        });
+        owned = true;
+        return stream;
+      }
       const stop = read.end === undefined ? file.size : Math.min(file.size, read.end + 1);
       const data = Buffer.allocUnsafe(Math.max(0, stop - read.start));
       let got = 0;
@@ -725,10 +719,12 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
         onComplete: read.countHit ? this.#hitRecorder(id, file) : undefined,
       });
     } finally {
-      try {
-        closeSync(fd);
-      } catch {
-        // A read-only descriptor: nothing is lost if close reports an error.
+      if (!owned) {
+        try {
+          closeSync(fd);
+        } catch {
+          // A read-only descriptor: nothing is lost if close reports an error.
+        }
       }
     }
   }
@@ -1065,24 +1061,3 @@ function openActiveSync(id: ImageId, path: string, noAtime: boolean): number {
     throw storageError('open', path, error);
   }
 }
-
-/** Opens an active file read-only without following a symlink; `noAtime` asks the kernel not to touch its atime (when allowed). */
-async function openActive(id: ImageId, path: string, noAtime: boolean): Promise<FileHandle> {
-  const flags = fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW;
-  const NOATIME = (fsConstants as { O_NOATIME?: number }).O_NOATIME;
-  try {
-    if (noAtime && NOATIME !== undefined) {
-      try {
-        return await open(path, flags | NOATIME);
-      } catch (error) {
-        // O_NOATIME needs the file's owner (or CAP_FOWNER): fall back to a plain open.
-        if (!isErrnoError(error, 'EPERM')) throw error;
-      }
-    }
-    return await open(path, flags);
-  } catch (error) {
-    if (isErrnoError(error, 'ENOENT', 'ELOOP', 'ENOTDIR')) throw new ImageNotCachedError(id, path, error);
-    throw storageError('open', path, error);
-  }
-}
-

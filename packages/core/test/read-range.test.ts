@@ -1,7 +1,7 @@
 import { once } from 'node:events';
-import { rename, writeFile } from 'node:fs/promises';
+import { readdir, readlink, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
+import { Writable, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ErrorCodes, ImageCache, MemoryDriver, type ReadOptions } from '../src/index.js';
@@ -255,5 +255,79 @@ describe('openForRead(id, { identity }): only the file stat() described', () => 
 
     await cache.deleteCachedImage('img');
     await expect(cache.openForRead('img', { identity: second?.identity })).rejects.toMatchObject({ code: ErrorCodes.IMAGE_NOT_CACHED });
+  });
+});
+
+/** Resolves once `stream` has emitted `close` (at once if it already has). */
+async function closed(stream: Readable): Promise<void> {
+  if (!stream.closed) await once(stream, 'close');
+}
+
+/** Descriptors of this process open on files under `dir` (Linux `/proc/self/fd`). */
+async function openUnder(dir: string): Promise<string[]> {
+  const open: string[] = [];
+  for (const fd of await readdir('/proc/self/fd')) {
+    const target = await readlink(`/proc/self/fd/${fd}`).catch(() => '');
+    if (target.startsWith(`${dir}/`) && !target.startsWith(`${dir}/.image-cache/`)) open.push(target);
+  }
+  return open;
+}
+
+describe('openForRead of an entry larger than a small read: the stream owns the descriptor it was opened with', () => {
+  let dir: string;
+  let cleanup: () => Promise<void>;
+  let cache: ImageCache;
+  const SIZE = 2 * READ_CHUNK_SIZE + 77;
+  const data = bytes(SIZE);
+
+  beforeEach(async () => {
+    ({ dir, cleanup } = await tempDir('read-fd'));
+    cache = await ImageCache.open({ driver: new MemoryDriver({ cacheDir: dir }) });
+    await write(cache.driver, 'big', data);
+  });
+  afterEach(async () => {
+    await cache.close();
+    await cleanup();
+  });
+
+  it.skipIf(process.platform !== 'linux')('closes it after a whole read, after a range, and after a reader that leaves early', async () => {
+    expect(await openUnder(dir)).toEqual([]);
+    const whole = await cache.openForRead('big');
+    expect(await openUnder(dir)).toEqual([join(dir, 'big')]);
+    expect((await collect(whole)).equals(data)).toBe(true);
+    await closed(whole);
+    expect(await openUnder(dir)).toEqual([]);
+
+    const range = await cache.openForRead('big', { start: READ_CHUNK_SIZE - 5, end: READ_CHUNK_SIZE + 5 });
+    expect((await collect(range)).equals(data.subarray(READ_CHUNK_SIZE - 5, READ_CHUNK_SIZE + 6))).toBe(true);
+    await closed(range);
+    expect(await openUnder(dir)).toEqual([]);
+
+    const early = await cache.openForRead('big');
+    const [first] = (await once(early, 'data')) as [Buffer];
+    expect(first.equals(data.subarray(0, first.length))).toBe(true);
+    early.destroy();
+    await closed(early);
+    expect(await openUnder(dir)).toEqual([]);
+    // Nothing was counted for the reads that stopped before the last byte; the whole read counted one.
+    expect(await cache.getHitCount('big')).toBe(1);
+  });
+
+  it.skipIf(process.platform !== 'linux')('a refused read (range past the end, changed file) leaves no descriptor open', async () => {
+    await expect(cache.openForRead('big', { start: SIZE })).rejects.toMatchObject({ code: ErrorCodes.RANGE_NOT_SATISFIABLE });
+    const before = await cache.stat('big');
+    expect(before).not.toBeNull();
+    await writeFile(join(dir, 'replacement'), bytes(SIZE + 1));
+    await rename(join(dir, 'replacement'), join(dir, 'big'));
+    await expect(cache.openForRead('big', { identity: before!.identity })).rejects.toMatchObject({ code: ErrorCodes.IMAGE_CHANGED });
+    expect(await openUnder(dir)).toEqual([]);
+  });
+
+  it('reads the bytes of a file replaced after the open from the file it opened (the descriptor, not the name)', async () => {
+    const reader = await cache.openForRead('big');
+    const other = bytes(SIZE).reverse();
+    await writeFile(join(dir, 'replacement'), other);
+    await rename(join(dir, 'replacement'), join(dir, 'big'));
+    expect((await collect(reader)).equals(data)).toBe(true);
   });
 });

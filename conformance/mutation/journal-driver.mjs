@@ -27,7 +27,7 @@
  * this is a correct driver that passes the whole kit. Each bug is an
  * `if (bug === '<name>')` branch in the driver's own code.
  */
-import { open, readFile, rm, writeFile, appendFile } from 'node:fs/promises';
+import { open, readFile, rename, rm, writeFile, appendFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   BadDriverConfigurationError,
@@ -67,7 +67,7 @@ import {
 /** The journal's file name in the cache directory. */
 export const JOURNAL_NAME = '.journal.jsonl';
 
-/** @typedef {'persistence' | 'deletion' | 'identity' | 'reconcile' | 'digest' | 'concurrency' | 'lru' | 'protocol' | 'lifecycle'} MutantKind */
+/** @typedef {'persistence' | 'deletion' | 'identity' | 'reconcile' | 'digest' | 'concurrency' | 'lru' | 'protocol' | 'lifecycle' | 'small-write'} MutantKind */
 
 /**
  * Kinds of seeded bugs:
@@ -79,7 +79,8 @@ export const JOURNAL_NAME = '.journal.jsonl';
  * - concurrency: hits lost under concurrent reads in one process or across processes;
  * - lru: the times the driver returns break least-recently-used order (ordering itself is core's);
  * - protocol: ids, the read/write protocol and the driver's own files in the cache directory;
- * - lifecycle: configure()/close() and the writability probe.
+ * - lifecycle: configure()/close() and the writability probe;
+ * - small-write: writeSmallImage() does not commit as openForWrite() and end(bytes) would.
  * @type {Readonly<Record<MutantKind, string>>}
  */
 export const KINDS = Object.freeze({
@@ -92,6 +93,7 @@ export const KINDS = Object.freeze({
   lru: 'the access and commit times behind least-recently-used order',
   protocol: 'ids, read/write protocol, driver files in the cache directory',
   lifecycle: 'configure(), close(), the writability probe',
+  'small-write': 'writeSmallImage() commits as openForWrite() would, or refuses and changes nothing',
 });
 
 /**
@@ -100,6 +102,14 @@ export const KINDS = Object.freeze({
  * @type {Readonly<Record<string, { kind: MutantKind, description: string }>>}
  */
 export const MUTANTS = Object.freeze({
+  // small-write
+  'small-true-when-cached': { kind: 'small-write', description: 'writeSmallImage() of a cached id resolves true without committing anything (the caller thinks its bytes are cached)' },
+  'small-commits-over-writer': { kind: 'small-write', description: "writeSmallImage() of an id an openForWrite writer has writes the active file itself (temp file + rename) and records it: it commits over the writer, whose commit then replaces it" },
+  'small-checksum-dropped': { kind: 'small-write', description: 'writeSmallImage() ignores options.checksum: the entry is committed without its stored digest' },
+  'small-stale-hits': { kind: 'small-write', description: 'writeSmallImage() of a re-cached id resumes the hit count the id had when it was deleted (kept in memory by forgetImage)' },
+  'small-leaves-incomplete': { kind: 'small-write', description: 'writeSmallImage() also leaves a copy of the bytes in incomplete/ (written there, then copied to the active file instead of renamed)' },
+  'small-no-metadata': { kind: 'small-write', description: 'writeSmallImage() writes the file but records no commit line: no digest, and the entry has no metadata of its own' },
+  'small-ignores-view-offset': { kind: 'small-write', description: 'writeSmallImage() writes from the start of bytes.buffer, ignoring byteOffset: a view into a larger buffer commits the wrong bytes' },
   // persistence
   'compact-on-open': { kind: 'persistence', description: 'openMetadata() compacts the journal by re-emitting each live record as a commit line: hits and last access reset on every reopen' },
   'journal-truncated-on-open': { kind: 'persistence', description: "openMetadata() opens the journal with flag 'w' instead of 'a': every configure() wipes the metadata, and appends lose O_APPEND" },
@@ -335,6 +345,10 @@ export class JournalDriver extends DirectoryCacheDriver {
   #checksums = new Map();
   /** 'cached-state': the fold, kept after configure(). @type {State | undefined} */
   #cached;
+  /** 'small-stale-hits': hits of deleted ids; 'small-no-metadata': ids whose commit is not recorded. @type {Map<string, number>} */
+  #smallHits = new Map();
+  /** @type {Set<string>} */
+  #smallUnrecorded = new Set();
   /** 'delete-all-own-ids': ids this instance committed. @type {Set<string>} */
   #committedHere = new Set();
   /** 'batch-flush-race': the batch and its flush in flight. @type {JournalLine[]} */
@@ -523,6 +537,11 @@ export class JournalDriver extends DirectoryCacheDriver {
     }
     if (bug === 'ignore-identity') delete line.identity;
     if (bug === 'commit-counts-hit') line.hits = 1;
+    if (bug === 'small-no-metadata' && this.#smallUnrecorded.delete(id)) return;
+    if (bug === 'small-stale-hits' && this.#smallHits.has(id)) {
+      line.hits = this.#smallHits.get(id);
+      this.#smallHits.delete(id);
+    }
     if (bug === 'access-not-persisted') this.#accessTimes.delete(id);
     if (bug === 'delete-all-own-ids') this.#committedHere.add(id);
     await this.#append([line]);
@@ -653,6 +672,10 @@ export class JournalDriver extends DirectoryCacheDriver {
   async forgetImage(/** @type {string} */ id) {
     const bug = this.#bug;
     if (bug === 'forget-noop') return;
+    if (bug === 'small-stale-hits') {
+      const record = (await this.#readState()).store.get(id);
+      if (record !== undefined) this.#smallHits.set(id, record.hits);
+    }
     this.#accessTimes.delete(id);
     this.#checksums.delete(id);
     this.#committedHere.delete(id);
@@ -748,6 +771,39 @@ export class JournalDriver extends DirectoryCacheDriver {
   }
 
   // ---- public overrides -----------------------------------------------------------
+
+  /**
+   * Small commits from memory: the base class's, with the seeded bugs of kind 'small-write'.
+   * @param {string} id
+   * @param {Uint8Array} bytes
+   * @param {import('@cache/core').WriteSmallImageOptions} [options]
+   * @returns {Promise<boolean>}
+   */
+  async writeSmallImage(id, bytes, options = {}) {
+    const bug = this.#bug;
+    if (!bug.startsWith('small-')) return super.writeSmallImage(id, bytes, options);
+    this.guard(id);
+    if (bug === 'small-true-when-cached' && (await this.isCached(id))) return true;
+    if (bug === 'small-commits-over-writer' && (await this.isBeingCached(id))) {
+      // "The incomplete file must be a leftover": write the active file directly.
+      const temp = join(this.cacheDir, `.small-${process.pid}-${Date.now()}`);
+      await writeFile(temp, bytes);
+      await rename(temp, this.getImageFilepath(id));
+      const file = await this.dir.statFile(id, 'active');
+      if (file === undefined) return false;
+      await this.recordCommit(id, { size: file.size, time: nowSeconds(), checksum: options.checksum, identity: fileIdentity(file) });
+      return true;
+    }
+    if (bug === 'small-checksum-dropped') return super.writeSmallImage(id, bytes, { ...options, checksum: undefined });
+    if (bug === 'small-ignores-view-offset' && bytes instanceof Uint8Array) {
+      return super.writeSmallImage(id, new Uint8Array(bytes.buffer, 0, bytes.byteLength), options);
+    }
+    if (bug === 'small-no-metadata') this.#smallUnrecorded.add(id);
+    const committed = await super.writeSmallImage(id, bytes, options);
+    this.#smallUnrecorded.delete(id);
+    if (bug === 'small-leaves-incomplete' && committed) await writeFile(this.getImageFilepath(id, 'incomplete'), bytes);
+    return committed;
+  }
 
   /**
    * Fast path: one stat and one journal read.

@@ -54,6 +54,7 @@ const SAMPLE = Object.freeze([
   'hit-on-open', // protocol: counts abandoned reads (old self-test)
   'fast-path-skips-guard', // protocol: no id validation (old self-test)
   'close-deletes-journal', // lifecycle: close() deletes the metadata
+  'small-commits-over-writer', // small-write: writeSmallImage() commits over an openForWrite writer
 ]);
 
 function usage(message) {

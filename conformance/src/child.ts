@@ -3,6 +3,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 /** One operation a child process runs against its own driver instance. */
 export type ChildOp =
   | { op: 'write'; id: string; size: number; seed: number; checksum?: boolean }
+  /** `driver.writeSmallImage(id, makeBytes(size, seed), { checksum })`; the outcome is `'ok'` when it resolved true, `'false'` when false. */
+  | { op: 'small-write'; id: string; size: number; seed: number; checksum?: boolean }
   | { op: 'read'; id: string }
   | { op: 'delete'; id: string }
   | { op: 'queue'; id: string };
@@ -56,6 +58,10 @@ const run = (op) => outcome(async () => {
     const chunks = [];
     for (let o = 0; o < data.length; o += 65536) chunks.push(data.subarray(o, o + 65536));
     await pipeline(Readable.from(chunks.length ? chunks : [data]), writer);
+  } else if (op.op === 'small-write') {
+    const data = makeBytes(op.size, op.seed);
+    const checksum = op.checksum ? 'sha256:' + createHash('sha256').update(data).digest('hex') : undefined;
+    if (!(await driver.writeSmallImage(op.id, data, checksum === undefined ? {} : { checksum }))) throw new Error('false');
   } else if (op.op === 'read') {
     const stream = await driver.openForRead(op.id);
     for await (const _ of stream) { /* drain */ }

@@ -47,7 +47,9 @@ import { rangedReadCases } from './cases/ranged-read.js';
 import { readCases } from './cases/read.js';
 import { unknownIdCases } from './cases/unknown-ids.js';
 import { writeCases } from './cases/write.js';
-import { createRunKit, createSkipKit, safeName, type CaseGroup, type ConformanceKit, type DriverFactory } from './kit.js';
+import { createRunKit, createSkipKit, OPTIONAL_DRIVER_METHODS, safeName, type CaseGroup, type ConformanceKit, type DriverFactory, type OptionalDriverMethod } from './kit.js';
+import { probeNoSpace } from './scratch-mount.js';
+import { smallWriteCases } from './cases/small-write.js';
 import { describeProbe, missingCapabilities, probeFilesystem, type CapabilityName, type FilesystemProbe } from './probes.js';
 import { FILESYSTEMS_ENV, getTestFilesystems, type TestFilesystem } from './targets.js';
 
@@ -73,7 +75,9 @@ export { readCases } from './cases/read.js';
 export { statQuarantineCases } from './cases/stat-quarantine.js';
 export { unknownIdCases } from './cases/unknown-ids.js';
 export { writeCases } from './cases/write.js';
-export type { CaseEnv, CaseFn, CaseGroup, ConformanceKit, DriverFactory } from './kit.js';
+export { smallWriteCases } from './cases/small-write.js';
+export { OPTIONAL_DRIVER_METHODS, type CaseEnv, type CaseFn, type CaseGroup, type ConformanceKit, type DriverFactory, type OptionalDriverMethod } from './kit.js';
+export { SCRATCH_MOUNT_BYTES, fillUp, mountScratch, probeNoSpace, type ScratchMount } from './scratch-mount.js';
 export {
   ATIME_PROBE_DELAY_MS,
   XATTR_PROBE_ATTRIBUTE,
@@ -115,6 +119,7 @@ export const allCaseGroups: readonly CaseGroup[] = Object.freeze([
   listingCases,
   unknownIdCases,
   writeCases,
+  smallWriteCases,
   readCases,
   rangedReadCases,
   statQuarantineCases,
@@ -183,6 +188,7 @@ async function probeOnce(fs: TestFilesystem): Promise<FilesystemProbe> {
 interface Declaration {
   capabilities: Partial<DriverCapabilities>;
   supports: unknown;
+  optionalMethods: ReadonlySet<OptionalDriverMethod>;
 }
 
 async function declarationOf(create: DriverFactory, name: string, root: string): Promise<Declaration> {
@@ -191,11 +197,16 @@ async function declarationOf(create: DriverFactory, name: string, root: string):
     const driver = await create(dir);
     const capabilities = (driver as { capabilities?: Partial<DriverCapabilities> }).capabilities ?? {};
     const supports = (driver as { supports?: unknown }).supports;
+    const optionalMethods = new Set(OPTIONAL_DRIVER_METHODS.filter((method) => typeof (driver as unknown as Record<string, unknown>)[method] === 'function'));
     await Promise.resolve(driver.close()).catch(() => undefined);
-    return { capabilities: { ...capabilities }, supports: typeof supports === 'object' && supports !== null ? { ...supports } : supports };
+    return {
+      capabilities: { ...capabilities },
+      supports: typeof supports === 'object' && supports !== null ? { ...supports } : supports,
+      optionalMethods,
+    };
   } catch {
     // A factory that fails here fails again, visibly, in every case.
-    return { capabilities: {}, supports: undefined };
+    return { capabilities: {}, supports: undefined, optionalMethods: new Set() };
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
@@ -374,6 +385,9 @@ export function describeDriverConformance(options: DriverConformanceOptions): vo
     const declared = await declarationOf(create, options.name, (targets[0] as TestFilesystem).root);
     const required = requiredCapabilities(undefined, declared.capabilities);
     const supports = usableSupports(declared.supports);
+    const { optionalMethods } = declared;
+    // Only drivers with writeSmallImage have a case that fills a filesystem up.
+    const noSpace = optionalMethods.has('writeSmallImage') ? await probeNoSpace(required) : undefined;
     for (const fs of targets) {
       const probe = await probeOnce(fs);
       const missing = missingCapabilities(required, probe);
@@ -382,7 +396,7 @@ export function describeDriverConformance(options: DriverConformanceOptions): vo
           registerRefusal({ ...options, create }, fs, probe, missing, supports, driverModule);
           return;
         }
-        const kit = createRunKit({ name: options.name, create, fs, probe, configure: true, supports, driverModule });
+        const kit = createRunKit({ name: options.name, create, fs, probe, configure: true, supports, driverModule, optionalMethods, noSpace });
         describe('manifest', () => registerManifestCase(kit));
         for (const group of options.groups ?? allCaseGroups) describe(group.name, () => group.register(kit));
       });

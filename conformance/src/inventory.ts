@@ -1,6 +1,6 @@
 import { tmpdir } from 'node:os';
 import type { DriverSupports } from '@cache/core';
-import type { CaseGroup, ConformanceKit } from './kit.js';
+import { OPTIONAL_DRIVER_METHODS, type CaseGroup, type ConformanceKit } from './kit.js';
 
 /** One group's cases, as the kit registers them for a driver with the given manifest. */
 export interface GroupInventory {
@@ -33,6 +33,8 @@ export function inventory(groups: readonly CaseGroup[], supports: DriverSupports
       supports,
       persistent: supports.persistent,
       driverModule: 'file:///inventory-only.js',
+      optionalMethods: new Set(OPTIONAL_DRIVER_METHODS),
+      noSpace: { supported: true, reason: '' },
       it: (title) => titles.push(title),
       skip: (title) => titles.push(title),
     };

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import type { CacheDriver, DriverSupports } from '@cache/core';
 import { afterEach, beforeEach, it } from 'vitest';
 import { dumpTree } from './helpers.js';
-import type { FilesystemProbe } from './probes.js';
+import type { CapabilityProbe, FilesystemProbe } from './probes.js';
 import type { TestFilesystem } from './targets.js';
 
 /** Creates a driver for a cache directory; the kit configures and closes it. */
@@ -25,6 +25,15 @@ export interface CaseEnv {
    */
   create(cacheDir?: string): Promise<CacheDriver>;
 }
+
+/**
+ * Optional methods of `CacheDriver` whose case groups run only when the driver
+ * has them (and are registered as skipped, with the reason, when it does not).
+ */
+export type OptionalDriverMethod = 'writeSmallImage';
+
+/** Every {@link OptionalDriverMethod}. */
+export const OPTIONAL_DRIVER_METHODS: readonly OptionalDriverMethod[] = Object.freeze(['writeSmallImage']);
 
 /** A case body. */
 export type CaseFn = (env: CaseEnv) => Promise<void> | void;
@@ -50,6 +59,18 @@ export interface ConformanceKit {
    * `DriverConformanceOptions.driverModule`), as a URL string, or undefined.
    */
   readonly driverModule: string | undefined;
+  /**
+   * The optional methods the driver has ({@link OptionalDriverMethod}), read
+   * from a throwaway instance like the manifest: a group for an optional
+   * method registers its cases as skipped when the method is missing.
+   */
+  readonly optionalMethods: ReadonlySet<OptionalDriverMethod>;
+  /**
+   * Whether the kit can run a driver on a filesystem it fills up itself, to
+   * provoke ENOSPC: a small tmpfs it mounts per case (Linux, root, and the
+   * driver's capabilities available there). `reason` says why not.
+   */
+  readonly noSpace: CapabilityProbe;
   /** Registers one case; title it with the call, e.g. `"openForWrite(id) rejects a second writer ..."`. */
   it(title: string, fn: CaseFn): void;
   /** Registers a case that cannot apply to this driver as skipped, with the reason in its title. */
@@ -93,6 +114,8 @@ export function createRunKit(options: {
   configure: boolean;
   supports: DriverSupports;
   driverModule?: string | undefined;
+  optionalMethods?: ReadonlySet<OptionalDriverMethod>;
+  noSpace?: CapabilityProbe;
 }): ConformanceKit {
   const states = new WeakMap<object, CaseState>();
   const prefix = join(options.fs.root, `${safeName(options.name)}-${options.fs.name}-`);
@@ -140,6 +163,8 @@ export function createRunKit(options: {
     supports: options.supports,
     persistent: options.supports.persistent,
     driverModule: options.driverModule,
+    optionalMethods: options.optionalMethods ?? new Set(),
+    noSpace: options.noSpace ?? NO_SPACE_UNPROBED,
     skip: skipCase,
     it(title, fn) {
       it(title, async (context) => {
@@ -150,6 +175,8 @@ export function createRunKit(options: {
     },
   };
 }
+
+const NO_SPACE_UNPROBED: CapabilityProbe = Object.freeze({ supported: false, reason: 'was not probed for a scratch mount' });
 
 function skipCase(title: string, reason: string): void {
   it.skip(`${title} [skipped: ${reason}]`, () => undefined);
@@ -163,6 +190,7 @@ export function createSkipKit(options: {
   reason: string;
   supports: DriverSupports;
   driverModule?: string | undefined;
+  optionalMethods?: ReadonlySet<OptionalDriverMethod>;
 }): ConformanceKit {
   return {
     name: options.name,
@@ -171,6 +199,8 @@ export function createSkipKit(options: {
     supports: options.supports,
     persistent: options.supports.persistent,
     driverModule: options.driverModule,
+    optionalMethods: options.optionalMethods ?? new Set(),
+    noSpace: { supported: false, reason: options.reason },
     skip(title) {
       skipCase(title, options.reason);
     },

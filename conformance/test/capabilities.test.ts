@@ -6,6 +6,7 @@ import {
   getTestFilesystems,
   listingCases,
   probeAtime,
+  smallWriteCases,
   probeXattr,
   readCases,
   type CapabilityProbe,
@@ -51,6 +52,17 @@ describeDriverConformance({
   groups: [listingCases, readCases],
 });
 
+/** A MemoryDriver without the optional writeSmallImage: its cases must all be skipped, with the reason. */
+describeDriverConformance({
+  name: 'no-small-write',
+  create: (dir) => {
+    const driver = new MemoryDriver({ cacheDir: dir });
+    Object.defineProperty(driver, 'writeSmallImage', { value: undefined });
+    return driver;
+  },
+  groups: [smallWriteCases],
+});
+
 interface TaskLike {
   type: string;
   name: string;
@@ -81,10 +93,13 @@ async function checkPlan(
       expect(all.length).toBeGreaterThan(0);
       // Every case runs, except those that do not apply to a per-instance store (supports.persistent: false).
       const ran = (t: TaskLike) => t.mode === 'run' && t.result?.state !== undefined && t.result.state !== 'skip';
+      // ...and the onNoSpace case where the kit cannot mount the small tmpfs it fills up (not root).
       const notApplicable = (t: TaskLike) =>
-        t.mode === 'skip' && t.name.endsWith('[skipped: the driver keeps metadata per instance (supports.persistent: false)]');
+        t.mode === 'skip' &&
+        (t.name.endsWith('[skipped: the driver keeps metadata per instance (supports.persistent: false)]') ||
+          /\[skipped: the (kit cannot mount a small tmpfs|small tmpfs the kit fills up lacks)/.test(t.name));
       expect(all.every((t) => ran(t) || notApplicable(t)), `${suiteName} runs every case`).toBe(true);
-      expect(all.filter(notApplicable).length).toBeLessThanOrEqual(8);
+      expect(all.filter(notApplicable).length).toBeLessThanOrEqual(11);
       expect(all.some((t) => t.name.startsWith('configure() rejects with BadDriverConfigurationError: the driver needs'))).toBe(false);
       continue;
     }
@@ -111,6 +126,17 @@ describe('capability gating', () => {
     expect(() => describeDriverConformance({ name: 'old', create: (dir: string) => new MemoryDriver({ cacheDir: dir }), persistent: true } as never)).toThrow(
       /persistent.*moved to the driver.*supports/,
     );
+  });
+
+  it('a driver without writeSmallImage gets every writeSmallImage case registered as skipped, with the reason in its title', (context) => {
+    const suite = (context.task.file as unknown as TaskLike).tasks?.find((task) => task.name === 'no-small-write driver conformance');
+    expect(suite, 'suite no-small-write driver conformance').toBeDefined();
+    const all = tests(suite as TaskLike).filter((t) => t.name.startsWith('writeSmallImage('));
+    expect(all.length, 'every case of the group is registered').toBe(12);
+    for (const t of all) {
+      expect(t.mode, t.name).toBe('skip');
+      expect(t.name).toContain('[skipped: the driver has no writeSmallImage');
+    }
   });
 
   it('a driver that declares capabilities.xattr runs every case where user xattrs work, and refuses where they do not', async (context) => {

@@ -101,7 +101,7 @@ describe('mutation suite (node mutation/run.mjs --sample)', () => {
     const errors = report.results.filter((r) => r.status === 'error').map((r) => `${r.name}: ${r.errors.join('; ')}`);
     expect(errors, 'runs that produced no case result').toEqual([]);
     const kinds = new Set(report.results.map((r) => r.kind));
-    expect([...kinds].sort()).toEqual(['concurrency', 'deletion', 'digest', 'identity', 'lifecycle', 'lru', 'persistence', 'protocol', 'reconcile']);
+    expect([...kinds].sort()).toEqual(['concurrency', 'deletion', 'digest', 'identity', 'lifecycle', 'lru', 'persistence', 'protocol', 'reconcile', 'small-write']);
   });
 
   it('kills the seeded bugs that stand for the five broken drivers of the kit\'s first self-test', () => {

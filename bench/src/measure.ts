@@ -132,23 +132,25 @@ export function forgetProcessTree(pid: number): void {
   ownProcessTrees.delete(pid);
 }
 
-/**
- * CPU time (clock ticks) used so far by every user-space process but this
- * one. Kernel threads are left out: writeback, journal and loop-device
- * threads work for our own writes, and so does the bench's PostgreSQL server
- * ({@link ignoreProcessTree}). Processes that exit meanwhile drop out of
- * the sum, so this can only underestimate.
- */
-function otherProcessesTicks(): number | undefined {
+/** One process as `/proc/<pid>/stat` describes it: its parent, its flags and its CPU time (user + system, clock ticks). */
+interface ProcStat {
+  pid: number;
+  ppid: number;
+  flags: number;
+  ticks: number;
+}
+
+/** Every process `/proc` lists (those that exit while it is read are left out); `undefined` without `/proc`. */
+function procStats(): ProcStat[] | undefined {
   let names: string[];
   try {
     names = readdirSync('/proc');
   } catch {
     return undefined;
   }
-  let ticks = 0;
+  const stats: ProcStat[] = [];
   for (const name of names) {
-    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue;
+    if (!/^\d+$/.test(name)) continue;
     let text: string;
     try {
       text = readFileSync(`/proc/${name}/stat`, 'utf8');
@@ -157,9 +159,26 @@ function otherProcessesTicks(): number | undefined {
     }
     // Fields after "(comm)": state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt cmajflt utime stime ...
     const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
-    if ((Number(fields[6]) & PF_KTHREAD) !== 0) continue;
-    if (ownProcessTrees.size > 0 && (ownProcessTrees.has(Number(name)) || ownProcessTrees.has(Number(fields[1])))) continue;
-    ticks += Number(fields[11]) + Number(fields[12]);
+    stats.push({ pid: Number(name), ppid: Number(fields[1]), flags: Number(fields[6]), ticks: Number(fields[11]) + Number(fields[12]) });
+  }
+  return stats;
+}
+
+/**
+ * CPU time (clock ticks) used so far by every user-space process but this
+ * one. Kernel threads are left out: writeback, journal and loop-device
+ * threads work for our own writes, and so does the bench's PostgreSQL server
+ * ({@link ignoreProcessTree}). Processes that exit meanwhile drop out of
+ * the sum, so this can only underestimate.
+ */
+function otherProcessesTicks(): number | undefined {
+  const stats = procStats();
+  if (stats === undefined) return undefined;
+  let ticks = 0;
+  for (const stat of stats) {
+    if (stat.pid === process.pid || (stat.flags & PF_KTHREAD) !== 0) continue;
+    if (ownProcessTrees.size > 0 && (ownProcessTrees.has(stat.pid) || ownProcessTrees.has(stat.ppid))) continue;
+    ticks += stat.ticks;
   }
   return ticks;
 }
@@ -171,39 +190,20 @@ function otherProcessesTicks(): number | undefined {
  * that exit meanwhile drop out of the sum.
  */
 export function processTreeCpuSeconds(pid: number): number | undefined {
-  let names: string[];
-  try {
-    names = readdirSync('/proc');
-  } catch {
-    return undefined;
-  }
-  const parents = new Map<number, number>();
-  const ticks = new Map<number, number>();
-  for (const name of names) {
-    if (!/^\d+$/.test(name)) continue;
-    let text: string;
-    try {
-      text = readFileSync(`/proc/${name}/stat`, 'utf8');
-    } catch {
-      continue; // exited
-    }
-    const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
-    parents.set(Number(name), Number(fields[1]));
-    ticks.set(Number(name), Number(fields[11]) + Number(fields[12]));
-  }
-  if (!ticks.has(pid)) return undefined;
+  const stats = procStats();
+  if (stats === undefined || !stats.some((stat) => stat.pid === pid)) return undefined;
   const tree = new Set([pid]);
   for (let grew = true; grew; ) {
     grew = false;
-    for (const [child, parent] of parents) {
-      if (!tree.has(child) && tree.has(parent)) {
-        tree.add(child);
+    for (const stat of stats) {
+      if (!tree.has(stat.pid) && tree.has(stat.ppid)) {
+        tree.add(stat.pid);
         grew = true;
       }
     }
   }
   let total = 0;
-  for (const member of tree) total += ticks.get(member) ?? 0;
+  for (const stat of stats) if (tree.has(stat.pid)) total += stat.ticks;
   return total / CLOCK_TICKS_PER_SECOND;
 }
 

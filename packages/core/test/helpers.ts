@@ -1,4 +1,4 @@
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, readlink, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -32,4 +32,18 @@ export async function tree(dir: string): Promise<string[]> {
 /** Chunks of `size` bytes each, `count` of them, every chunk different. */
 export function chunks(count: number, size: number): Buffer[] {
   return Array.from({ length: count }, (_, i) => Buffer.alloc(size, i % 251));
+}
+
+/**
+ * Files under `dir` this process has open (Linux `/proc/self/fd`), leaving
+ * out the driver's own state under `.image-cache/` (the relaxed journal);
+ * the directory itself, held open for strict group fsyncs, is not under it.
+ */
+export async function openUnder(dir: string): Promise<string[]> {
+  const open: string[] = [];
+  for (const fd of await readdir('/proc/self/fd')) {
+    const target = await readlink(`/proc/self/fd/${fd}`).catch(() => '');
+    if (target.startsWith(`${dir}/`) && !target.startsWith(`${dir}/.image-cache/`)) open.push(target);
+  }
+  return open;
 }

@@ -1,12 +1,12 @@
 import { once } from 'node:events';
-import { readdir, readlink, rename, writeFile } from 'node:fs/promises';
+import { rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Writable, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ErrorCodes, ImageCache, MemoryDriver, type ReadOptions } from '../src/index.js';
 import { READ_CHUNK_SIZE } from '../src/driver-api.js';
-import { collect, tempDir, write } from './helpers.js';
+import { collect, openUnder, tempDir, write } from './helpers.js';
 
 /** Deterministic bytes: every offset has its own value pattern, so a shifted range never matches. */
 function bytes(size: number): Buffer {
@@ -261,16 +261,6 @@ describe('openForRead(id, { identity }): only the file stat() described', () => 
 /** Resolves once `stream` has emitted `close` (at once if it already has). */
 async function closed(stream: Readable): Promise<void> {
   if (!stream.closed) await once(stream, 'close');
-}
-
-/** Descriptors of this process open on files under `dir` (Linux `/proc/self/fd`). */
-async function openUnder(dir: string): Promise<string[]> {
-  const open: string[] = [];
-  for (const fd of await readdir('/proc/self/fd')) {
-    const target = await readlink(`/proc/self/fd/${fd}`).catch(() => '');
-    if (target.startsWith(`${dir}/`) && !target.startsWith(`${dir}/.image-cache/`)) open.push(target);
-  }
-  return open;
 }
 
 describe('openForRead of an entry larger than a small read: the stream owns the descriptor it was opened with', () => {

@@ -1,26 +1,12 @@
 import { createHash } from 'node:crypto';
-import { readdir, readFile, readlink } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { FdHandle } from '../src/driver-api.js';
 import { ImageCache, MemoryDriver, SMALL_WRITE_BYTES } from '../src/index.js';
-import { tempDir } from './helpers.js';
-
-/**
- * Paths of this process's open descriptors on entries under `dir` (the base
- * directory itself, held open for strict group fsyncs, and the relaxed
- * journal under `.image-cache/` are the driver's own).
- */
-async function openUnder(dir: string): Promise<string[]> {
-  const open: string[] = [];
-  for (const fd of await readdir('/proc/self/fd')) {
-    const target = await readlink(`/proc/self/fd/${fd}`).catch(() => '');
-    if (target.startsWith(`${dir}/`) && !target.startsWith(`${dir}/.image-cache/`)) open.push(target);
-  }
-  return open;
-}
+import { openUnder, tempDir } from './helpers.js';
 
 /** `size` bytes, each position distinct enough that a misplaced chunk shows. */
 function pattern(size: number, seed: number): Buffer {

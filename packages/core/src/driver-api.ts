@@ -47,7 +47,7 @@ export {
   type DirectoryDriverOptions,
   type ImageMetadata,
 } from './directory-driver.js';
-export { CacheReadStream, CacheWriteStream, READ_CHUNK_SIZE, type CacheReadStreamOptions, type WriteLifecycle } from './streams.js';
+export { CacheReadStream, CacheWriteStream, READ_CHUNK_SIZE, releaseReadChunk, type CacheReadStreamOptions, type WriteLifecycle } from './streams.js';
 export { FdHandle, type WriteHandle } from './write-handle.js';
 export type {
   CachedImage,

@@ -353,6 +353,37 @@ function skipBytes(buffers: Buffer[], count: number): Buffer[] {
  */
 export const READ_CHUNK_SIZE = 1024 * 1024;
 
+/** Reads larger than this take a {@link READ_CHUNK_SIZE} buffer from the pool (see {@link releaseReadChunk}). */
+const POOLED_READ_BYTES = 64 * 1024;
+/** Free read buffers kept for reuse (at most this many: 32 MiB). */
+const POOL_LIMIT = 32;
+const freeChunks: Buffer[] = [];
+/** The memory of every buffer the pool has handed out, so only those come back. */
+const pooledMemory = new WeakSet<ArrayBufferLike>();
+
+function takeChunk(): Buffer {
+  const chunk = freeChunks.pop();
+  if (chunk !== undefined) return chunk;
+  const fresh = Buffer.allocUnsafeSlow(READ_CHUNK_SIZE);
+  pooledMemory.add(fresh.buffer);
+  return fresh;
+}
+
+/**
+ * Gives a chunk a {@link CacheReadStream} delivered back for reuse by later
+ * reads, once the caller is done with it for good (e.g. when the HTTP
+ * response that sent it has finished): a fresh 1 MiB buffer per read costs
+ * more than the read itself (V8's collection of external memory). Chunks of
+ * reads of up to 64 KiB, and anything the pool did not hand out, are
+ * ignored. Never release a chunk something may still read: the next read
+ * overwrites it.
+ */
+export function releaseReadChunk(chunk: Uint8Array): void {
+  if (!pooledMemory.has(chunk.buffer) || freeChunks.length >= POOL_LIMIT) return;
+  const whole = Buffer.from(chunk.buffer, 0, READ_CHUNK_SIZE);
+  if (!freeChunks.some((free) => free.buffer === whole.buffer)) freeChunks.push(whole);
+}
+
 /** Options of a {@link CacheReadStream}. */
 export interface CacheReadStreamOptions {
   /**
@@ -476,7 +507,9 @@ export class CacheReadStream extends Readable {
     }
     this.#reading = true;
     const handle = this.#handle;
-    const buffer = Buffer.allocUnsafe(Math.min(Math.max(size, READ_CHUNK_SIZE), left));
+    const wanted = Math.min(Math.max(size, READ_CHUNK_SIZE), left);
+    // A read of more than 64 KiB reads into a pooled 1 MiB buffer (the chunk pushed is its first `bytesRead` bytes).
+    const buffer = wanted > POOLED_READ_BYTES && wanted <= READ_CHUNK_SIZE ? takeChunk().subarray(0, wanted) : Buffer.allocUnsafe(wanted);
     if (typeof handle === 'number') {
       readFd(handle, buffer, 0, buffer.length, this.#position, (error, bytesRead) => {
         if (error !== null) this.destroy(error);

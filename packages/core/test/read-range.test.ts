@@ -5,7 +5,7 @@ import { Writable, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ErrorCodes, ImageCache, MemoryDriver, type ReadOptions } from '../src/index.js';
-import { READ_CHUNK_SIZE } from '../src/driver-api.js';
+import { READ_CHUNK_SIZE, releaseReadChunk } from '../src/driver-api.js';
 import { collect, openUnder, tempDir, write } from './helpers.js';
 
 /** Deterministic bytes: every offset has its own value pattern, so a shifted range never matches. */
@@ -321,3 +321,45 @@ describe('openForRead of an entry larger than a small read: the stream owns the 
     expect((await collect(reader)).equals(data)).toBe(true);
   });
 });
+
+describe('releaseReadChunk: read buffers of more than 64 KiB come from a pool', () => {
+  let dir: string;
+  let cleanup: () => Promise<void>;
+  let cache: ImageCache;
+
+  beforeEach(async () => {
+    ({ dir, cleanup } = await tempDir('read-pool'));
+    cache = await ImageCache.open({ driver: new MemoryDriver({ cacheDir: dir }) });
+  });
+  afterEach(async () => {
+    await cache.close();
+    await cleanup();
+  });
+
+  it('a released chunk is reused by a later read, which overwrites it with its own bytes; unreleased and foreign buffers are not', async () => {
+    const a = bytes(200_000);
+    const b = Buffer.from(bytes(300_000)).reverse();
+    await write(cache.driver, 'a', a);
+    await write(cache.driver, 'b', b);
+    const first = await collectChunks(await cache.openForRead('a'));
+    expect(first).toHaveLength(1);
+    expect((first[0] as Buffer).equals(a)).toBe(true);
+    releaseReadChunk(first[0] as Buffer);
+    releaseReadChunk(Buffer.alloc(READ_CHUNK_SIZE)); // not the pool's: ignored
+    const second = await collectChunks(await cache.openForRead('b'));
+    expect((second[0] as Buffer).buffer, 'the released memory is reused').toBe((first[0] as Buffer).buffer);
+    expect((second[0] as Buffer).equals(b)).toBe(true);
+    // Not released: the next read gets other memory, and the chunk it holds keeps its bytes.
+    const third = await collectChunks(await cache.openForRead('a'));
+    expect((third[0] as Buffer).buffer).not.toBe((second[0] as Buffer).buffer);
+    expect((second[0] as Buffer).equals(b)).toBe(true);
+    expect((third[0] as Buffer).equals(a)).toBe(true);
+  });
+});
+
+/** Every chunk a stream delivers, as delivered. */
+async function collectChunks(stream: Readable): Promise<Buffer[]> {
+  const out: Buffer[] = [];
+  for await (const chunk of stream) out.push(chunk as Buffer);
+  return out;
+}

@@ -1,3 +1,4 @@
+import http from 'node:http';
 // The hit path without a metadata round trip (issue 12): entries remembered by file identity are
 // checked against the opened file, so a deleted or replaced file is never described or served from
 // memory; hits are counted in memory and written to the driver in batches, and on close().
@@ -82,9 +83,45 @@ describe('hits from remembered entries', () => {
     await waitFor(async () => (await h.cache.getHitCount('counted')) === 6, 30_000, '6 hits recorded');
   });
 
-  it('small entries (read at open) go out whole: bytes, lengths, ranges, HEAD, 304, hits and served bytes as for a streamed one', async () => {
-    // 64 KiB is the largest entry core reads at open; one byte more streams from the file.
-    const sizes = { tiny: 1, small: 4096, edge: 64 * 1024, above: 64 * 1024 + 1 };
+  it('concurrent hits of different entries of up to one read chunk each get their own bytes (pooled read buffers are reused only after a response is done)', async () => {
+    const ids = ['pool-a', 'pool-b', 'pool-c'];
+    const data = ids.map((id, i) => imageBytes(id, 1024 * 1024 - i * 100_000));
+    for (const [i, id] of ids.entries()) await h.cache.cacheImage(id, Readable.from([data[i] as Buffer]));
+    // Every client holds its body unread until all have their headers: the server's writes of the first ones are still
+    // pending (the socket buffers are full) while it serves the later ones, so a buffer reused too early shows.
+    for (let round = 0; round < 3; round++) {
+      const agent = new http.Agent({ keepAlive: false, maxSockets: 64 });
+      try {
+        const responses = await Promise.all(
+          Array.from(
+            { length: 24 },
+            (_, n) =>
+              new Promise<http.IncomingMessage>((resolve, reject) => {
+                http
+                  .get(`${h.url}/images/${ids[n % ids.length]}`, { agent }, (response) => {
+                    response.pause();
+                    resolve(response);
+                  })
+                  .once('error', reject);
+              }),
+          ),
+        );
+        for (const [n, response] of responses.entries()) {
+          expect(response.statusCode).toBe(200);
+          const chunks: Buffer[] = [];
+          for await (const chunk of response) chunks.push(chunk as Buffer);
+          expect(Buffer.concat(chunks).equals(data[n % ids.length] as Buffer), `round ${round}, request ${n}`).toBe(true);
+        }
+      } finally {
+        agent.destroy();
+      }
+    }
+  });
+
+  it('entries of up to one read chunk go out whole: bytes, lengths, ranges, HEAD, 304, hits and served bytes as for a streamed one', async () => {
+    // 64 KiB is the largest entry core reads at open; above it, a body of up to one read chunk (1 MiB) is taken
+    // whole from its one read (a pooled buffer, reused by the next such read), and one byte more streams.
+    const sizes = { tiny: 1, small: 4096, edge: 64 * 1024, above: 64 * 1024 + 1, chunk: 1024 * 1024, streamed: 1024 * 1024 + 1 };
     const data = Object.fromEntries(Object.entries(sizes).map(([id, size]) => [id, imageBytes(id, size)])) as Record<keyof typeof sizes, Buffer>;
     for (const [id, bytes] of Object.entries(data)) await h.cache.cacheImage(id, Readable.from([bytes]));
     const before = (await scrape(h.url)).get('image_cache_served_bytes_total{source="cache"}') ?? 0;

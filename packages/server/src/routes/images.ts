@@ -1,4 +1,4 @@
-import { Readable } from 'node:stream';
+import { Readable, finished } from 'node:stream';
 import {
   CacheStorageError,
   ImageChangedError,
@@ -9,6 +9,7 @@ import {
   type FillAnnouncement,
   type ImageId,
 } from '@cache/core';
+import { READ_CHUNK_SIZE, releaseReadChunk } from '@cache/core/driver';
 import type { Origin } from '@cache/origin';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import parseRange from 'range-parser';
@@ -158,8 +159,9 @@ async function serveHit(
       }
       throw error;
     }
-    // Core reads a small entry at open (ADR 0008): its bytes are at hand, and go out with the headers in one write.
-    if (batch !== undefined && length > 0 && length <= WHOLE_BODY_BYTES) data = takeWhole(source, length);
+    // Core reads a small entry at open (ADR 0008), and a body of up to one read chunk in one read: its bytes go out
+    // with the headers in one write, and the chunk goes back to core's pool once the response is done with it.
+    if (batch !== undefined && length > 0 && length <= WHOLE_BODY_BYTES) data = await readWhole(source, length);
   }
 
   metrics.hits.inc();
@@ -184,7 +186,10 @@ async function serveHit(
     metrics.servedBytes.inc(CACHE_SOURCE, length);
     // Handed to the response whole: a read that reaches the end has delivered its last byte (core's hit rule).
     if (batch !== undefined && toEnd) batch.add(id, entry.identity);
-    reply.send(data);
+    const body = data;
+    // Finished or closed, the response no longer reads the chunk: later reads may reuse it.
+    finished(reply.raw, () => releaseReadChunk(body));
+    reply.send(body);
     return 'sent';
   }
   const response = body(context, reply, source, length, 'cache', false);
@@ -193,8 +198,13 @@ async function serveHit(
   return 'sent';
 }
 
-/** Bodies up to this size are taken whole from a read that has them at hand (core reads entries of up to 64 KiB at open). */
-const WHOLE_BODY_BYTES = 64 * 1024;
+/**
+ * Bodies up to this size are taken whole from the read and sent with one
+ * `reply.send(buffer)`: core reads entries of up to 64 KiB at open, and a
+ * larger body of at most one read chunk (1 MiB) in one `fs.read` into a
+ * pooled buffer, released when the response is done with it.
+ */
+const WHOLE_BODY_BYTES = READ_CHUNK_SIZE;
 const CACHE_SOURCE = { source: 'cache' } as const;
 
 /**
@@ -206,6 +216,35 @@ const CACHE_SOURCE = { source: 'cache' } as const;
  *
  * @throws CacheStorageError when the bytes at hand are not `length` (the file was cut short under its identity).
  */
+/**
+ * The whole body of a read of at most one read chunk: what the read has at
+ * hand, or its one chunk once read. A failed read rejects (before any header
+ * is sent, so the client gets an error status, not a cut body).
+ */
+async function readWhole(source: Readable, length: number): Promise<Buffer> {
+  const ready = takeWhole(source, length);
+  if (ready !== undefined) return ready;
+  await new Promise<void>((resolve, reject) => {
+    const settle = (error?: Error) => {
+      source.off('readable', onReadable);
+      source.off('end', onReadable);
+      source.off('error', settle);
+      if (error === undefined) resolve();
+      else reject(error);
+    };
+    const onReadable = () => settle();
+    source.on('readable', onReadable);
+    source.on('end', onReadable);
+    source.on('error', settle);
+  });
+  const data = takeWhole(source, length);
+  if (data === undefined) {
+    source.destroy();
+    throw new CacheStorageError(`image body ended before its ${length} bytes (was the entry cut short?)`);
+  }
+  return data;
+}
+
 function takeWhole(source: Readable, length: number): Buffer | undefined {
   const data: unknown = source.read();
   if (data === null) return undefined;

@@ -809,27 +809,7 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
 
   async openForWrite(id: ImageId): Promise<CacheWriter> {
     this.guard(id);
-    const relaxed = this.durability === 'relaxed';
-    let handle: FdHandle;
-    if (relaxed) {
-      // Counted first, so no sync closes the window while this writer opens: the window's journal is
-      // durable before the first byte of a write in it (its start bounds their mtimes).
-      this.#relaxedWriters++;
-      try {
-        await this.#relaxedWindow();
-        handle = await this.dir.openIncomplete(id);
-      } catch (error) {
-        this.#relaxedWriters--;
-        throw error;
-      }
-    } else {
-      handle = await this.dir.openIncomplete(id);
-    }
-    let settled = false;
-    const settle = () => {
-      if (relaxed && !settled) this.#relaxedWriters--;
-      settled = true;
-    };
+    const { handle, settle } = await this.#openWriter(id);
     return new CacheWriteStream(
       id,
       handle,
@@ -839,6 +819,32 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
       },
       this.dir.path(id, 'incomplete'),
     );
+  }
+
+  /**
+   * Creates `id`'s incomplete file for a writer (`ImageBeingCachedError` when
+   * another writer has it). In relaxed mode the writer is counted first, so no
+   * sync closes the window while it opens: the window's journal is durable
+   * before the first byte of a write in it (its start bounds their mtimes).
+   * `settle` uncounts it once its commit or rollback has ended (once, however
+   * often it is called).
+   */
+  async #openWriter(id: ImageId): Promise<{ handle: FdHandle; settle: () => void }> {
+    const relaxed = this.durability === 'relaxed';
+    if (!relaxed) return { handle: await this.dir.openIncomplete(id), settle: () => undefined };
+    this.#relaxedWriters++;
+    let settled = false;
+    const settle = () => {
+      if (!settled) this.#relaxedWriters--;
+      settled = true;
+    };
+    try {
+      await this.#relaxedWindow();
+      return { handle: await this.dir.openIncomplete(id), settle };
+    } catch (error) {
+      settle();
+      throw error;
+    }
   }
 
   /**
@@ -855,22 +861,11 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
       throw new InvalidArgumentError(`writeSmallImage takes a Uint8Array of at most ${SMALL_WRITE_BYTES} bytes; stream larger images through openForWrite`);
     }
     if (this.dir.existsSync(id, 'active')) return false;
-    const relaxed = this.durability === 'relaxed';
     let handle: FdHandle;
-    if (relaxed) {
-      // As openForWrite: counted before the window is asked for.
-      this.#relaxedWriters++;
-    }
-    let settled = false;
-    const settle = () => {
-      if (relaxed && !settled) this.#relaxedWriters--;
-      settled = true;
-    };
+    let settle: () => void;
     try {
-      if (relaxed) await this.#relaxedWindow();
-      handle = await this.dir.openIncomplete(id);
+      ({ handle, settle } = await this.#openWriter(id));
     } catch (error) {
-      settle();
       if (ImageBeingCachedError.isInstance(error)) return false;
       throw error;
     }

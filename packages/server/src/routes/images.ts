@@ -208,15 +208,6 @@ const WHOLE_BODY_BYTES = READ_CHUNK_SIZE;
 const CACHE_SOURCE = { source: 'cache' } as const;
 
 /**
- * The whole body of a read whose bytes are already in memory (core's read
- * at open of a small entry, ADR 0008): one synchronous `read()` of the
- * paused stream, which is then closed (nothing is left to read). `undefined`
- * when the read has no bytes at hand (it streams from the file: the caller
- * pipes it, and the read just started stays buffered for the pipe).
- *
- * @throws CacheStorageError when the bytes at hand are not `length` (the file was cut short under its identity).
- */
-/**
  * The whole body of a read of at most one read chunk: what the read has at
  * hand, or its one chunk once read. A failed read rejects (before any header
  * is sent, so the client gets an error status, not a cut body).
@@ -245,6 +236,16 @@ async function readWhole(source: Readable, length: number): Promise<Buffer> {
   return data;
 }
 
+/**
+ * The whole body of a read whose bytes are in memory (core's read at open
+ * of a small entry, ADR 0008, or the one chunk of a larger body once read):
+ * one synchronous `read()` of the paused stream, which is then closed
+ * (nothing is left to read). `undefined` when the read has no bytes at hand
+ * yet (the `read()` has just started its read from the file: {@link readWhole}
+ * waits for it).
+ *
+ * @throws CacheStorageError when the bytes at hand are not `length` (the file was cut short under its identity).
+ */
 function takeWhole(source: Readable, length: number): Buffer | undefined {
   const data: unknown = source.read();
   if (data === null) return undefined;

@@ -268,6 +268,12 @@ export class XattrDriver extends DirectoryCacheDriver {
     return records;
   }
 
+  /** What was kept of `entry`'s file's attributes, while its inode and ctime are those they were read under. */
+  #kept(entry: EntryStat): FileAttributes | undefined {
+    const known = this.#attributes.get(entry.imageId);
+    return known !== undefined && entry.ctimeNs !== undefined && known.ino === entry.ino && known.ctimeNs === entry.ctimeNs ? known : undefined;
+  }
+
   /**
    * The attributes of `entry`'s file: from memory when its inode and ctime
    * are those of the last read, else read (and kept, with `ctimeNs` set,
@@ -275,8 +281,8 @@ export class XattrDriver extends DirectoryCacheDriver {
    * `ctimeNs` -1 otherwise, not to be kept).
    */
   #readAttributes(entry: EntryStat): FileAttributes | undefined {
-    const known = this.#attributes.get(entry.imageId);
-    if (known !== undefined && known.complete && entry.ctimeNs !== undefined && known.ino === entry.ino && known.ctimeNs === entry.ctimeNs) return known;
+    const known = this.#kept(entry);
+    if (known?.complete === true) return known;
     const readAtNs = BigInt(Date.now()) * 1_000_000n;
     const path = this.dir.path(entry.imageId, 'active');
     // A missing attribute (every one of ours on a file Glance wrote) is an exception from fs-xattr: without
@@ -289,19 +295,7 @@ export class XattrDriver extends DirectoryCacheDriver {
       const hits = readCountSync(path);
       const accessedNs = parseNs(readTextSync(path, XATTR.lastAccessed));
       const committedNs = parseNs(readTextSync(path, XATTR.committed));
-      attributes = {
-        ino: entry.ino,
-        ctimeNs: keptCtime(entry, readAtNs),
-        complete: true,
-        recordedFor,
-        hits,
-        accessedNs,
-        committedNs,
-        matches: recordedFor === undefined || sameFile(recordedFor, entry),
-        accessed: accessedNs === undefined ? undefined : nsToSeconds(accessedNs),
-        accessedLimitNs: accessedNs === undefined ? undefined : accessedNs + ATIME_SLACK_NS,
-        committed: committedNs === undefined ? undefined : nsToSeconds(committedNs),
-      };
+      attributes = attributesOf(entry, readAtNs, true, { recordedFor, hits, accessedNs, committedNs });
     } finally {
       Error.stackTraceLimit = stackTraceLimit;
     }
@@ -317,24 +311,12 @@ export class XattrDriver extends DirectoryCacheDriver {
    * costs its `lstat` only.
    */
   protected override async readHitCount(entry: EntryStat): Promise<number> {
-    let known = this.#attributes.get(entry.imageId);
-    if (known === undefined || entry.ctimeNs === undefined || known.ino !== entry.ino || known.ctimeNs !== entry.ctimeNs) {
+    let known = this.#kept(entry);
+    if (known === undefined) {
       const readAtNs = BigInt(Date.now()) * 1_000_000n;
       const path = this.dir.path(entry.imageId, 'active');
       const recordedFor = readTextSync(path, XATTR.file);
-      known = {
-        ino: entry.ino,
-        ctimeNs: keptCtime(entry, readAtNs),
-        complete: false,
-        recordedFor,
-        hits: readCountSync(path),
-        accessedNs: undefined,
-        committedNs: undefined,
-        matches: recordedFor === undefined || sameFile(recordedFor, entry),
-        accessed: undefined,
-        accessedLimitNs: undefined,
-        committed: undefined,
-      };
+      known = attributesOf(entry, readAtNs, false, { recordedFor, hits: readCountSync(path) });
       if (known.ctimeNs >= 0n) this.#attributes.set(entry.imageId, known);
       else this.#attributes.delete(entry.imageId);
     }
@@ -368,6 +350,33 @@ export class XattrDriver extends DirectoryCacheDriver {
     });
     return { orphanRecords: 0, adoptedFiles: adopted.reduce<number>((sum, n) => sum + n, 0) };
   }
+}
+
+/**
+ * The record of attributes read from `entry`'s file at `readAtNs`: complete
+ * when the times were read too (a listing), else `hits` and `recordedFor`
+ * only (`getHitCount`).
+ */
+function attributesOf(
+  entry: EntryStat,
+  readAtNs: bigint,
+  complete: boolean,
+  read: { recordedFor: string | undefined; hits: number; accessedNs?: bigint | undefined; committedNs?: bigint | undefined },
+): FileAttributes {
+  const { recordedFor, hits, accessedNs, committedNs } = read;
+  return {
+    ino: entry.ino,
+    ctimeNs: keptCtime(entry, readAtNs),
+    complete,
+    recordedFor,
+    hits,
+    accessedNs,
+    committedNs,
+    matches: recordedFor === undefined || sameFile(recordedFor, entry),
+    accessed: accessedNs === undefined ? undefined : nsToSeconds(accessedNs),
+    accessedLimitNs: accessedNs === undefined ? undefined : accessedNs + ATIME_SLACK_NS,
+    committed: committedNs === undefined ? undefined : nsToSeconds(committedNs),
+  };
 }
 
 /**

@@ -612,8 +612,15 @@ export class ImageCache {
       lock.release();
       throw cacheFull(id, bypass);
     }
-    // Bytes in memory, no write budget (its gate is a stream stage), a driver that commits them without a stream.
-    if (bytes !== undefined && !Number.isFinite(space.reservedFor(id)) && typeof this.driver.writeSmallImage === 'function') {
+    // The write budget is on for this write when the admission reserved room for it (reservedFor is then finite).
+    const budget = Number.isFinite(space.reservedFor(id));
+    if (bytes !== undefined && budget) {
+      // Bytes in memory: the write budget's gate is a stream stage, so with the budget on they are streamed.
+      source = Readable.from([bytes]);
+      bytes = undefined;
+    }
+    // Bytes in memory and a driver that commits them without a stream.
+    if (bytes !== undefined && typeof this.driver.writeSmallImage === 'function') {
       return this.#cacheSmall(id, bytes, expected === undefined ? undefined : formatChecksum(expected), lock);
     }
     let writer: CacheWriter | undefined;
@@ -635,18 +642,15 @@ export class ImageCache {
       lock.release();
       return false;
     }
-    const budget = Number.isFinite(space.reservedFor(id));
-    // Bytes in memory: the write budget's gate is a stream stage, so with the budget on they are streamed.
-    if (bytes !== undefined && budget) source = Readable.from([bytes]);
     const input = typeof source === 'string' ? createReadStream(source, { highWaterMark: 1024 * 1024 }) : (source as Readable | AsyncIterable<Uint8Array>);
     try {
       writer.setNoSpaceHandler?.((unwritten) => space.noSpace(id, noSpaceNeed(undefined, unwritten)));
-      if (bytes !== undefined && !budget) {
+      if (bytes !== undefined) {
         // Verified above: one write and the commit, no source stream, no pipe.
         if (expected !== undefined) writer.setChecksum(formatChecksum(expected));
         await endWith(writer, bytes);
       } else if (budget) {
-        // The budget's gate only when the write budget is on (reservedFor is then finite): no extra stage otherwise.
+        // The budget's gate only when the write budget is on: no extra stage otherwise.
         const gate = new SpaceGate(id, space);
         if (expected === undefined) await pipeChain(input, gate, writer);
         else await pipeChain(input, gate, new VerifyingTransform(id, expected, writer), writer);

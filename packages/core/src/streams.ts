@@ -6,7 +6,6 @@ import type { CacheWriter } from './driver.js';
 import type { ImageId } from './image-id.js';
 import type { WriteHandle } from './write-handle.js';
 
-
 /**
  * How many times one write that hits ENOSPC may ask the space policy to make
  * room and go on (see `setNoSpaceHandler`). Each time the policy evicts what
@@ -14,6 +13,7 @@ import type { WriteHandle } from './write-handle.js';
  * other's room, so one ask is not always enough.
  */
 export const MAX_NO_SPACE_RETRIES = 4;
+
 /** How a {@link CacheWriteStream} ends: the driver supplies both halves. */
 export interface WriteLifecycle {
   /** Makes the written file the active entry; called once, after the last byte. */

@@ -65,6 +65,22 @@ export function fileIdentity(entry: Pick<EntryStat, 'ino' | 'size' | 'mtimeNs'>)
 const NO_THROW = { throwIfNoEntry: false } as const;
 const NO_THROW_BIGINT = { bigint: true, throwIfNoEntry: false } as const;
 
+/**
+ * `lstat` (synchronous, without nanosecond times) of `path` when it is a
+ * regular file; `undefined` when it is missing or something else; a
+ * {@link CacheStorageError} when the `lstat` fails otherwise.
+ */
+function regularFileSync(path: string): Stats | undefined {
+  let info: Stats | undefined;
+  try {
+    info = lstatSync(path, NO_THROW);
+  } catch (error) {
+    if (isErrnoError(error, 'ENOENT', 'ENOTDIR')) return undefined;
+    throw storageError('stat', path, error);
+  }
+  return info !== undefined && info.isFile() ? info : undefined;
+}
+
 /** How far (ns) an mtime may move and still be the same file: `utimes` from Node rounds to whole microseconds. */
 const MTIME_SLACK_NS = 5_000n;
 const MTIME_SLACK_NS_NUMBER = Number(MTIME_SLACK_NS);
@@ -300,15 +316,7 @@ export class CacheDirectory {
    * `getImageSize`, which needs nothing else of the file.
    */
   sizeSync(id: ImageId, status: EntryStatus = 'active'): number | undefined {
-    const path = this.path(id, status);
-    let info: Stats | undefined;
-    try {
-      info = lstatSync(path, NO_THROW);
-    } catch (error) {
-      if (isErrnoError(error, 'ENOENT', 'ENOTDIR')) return undefined;
-      throw storageError('stat', path, error);
-    }
-    return info !== undefined && info.isFile() ? info.size : undefined;
+    return regularFileSync(this.path(id, status))?.size;
   }
 
   /** True when a regular file for `id` exists in that part of the cache. */
@@ -318,13 +326,7 @@ export class CacheDirectory {
 
   /** {@link exists} without the promise: one synchronous `lstat` without nanosecond times. */
   existsSync(id: ImageId, status: EntryStatus = 'active'): boolean {
-    const path = this.path(id, status);
-    try {
-      return lstatSync(path, NO_THROW)?.isFile() === true;
-    } catch (error) {
-      if (isErrnoError(error, 'ENOENT', 'ENOTDIR')) return false;
-      throw storageError('stat', path, error);
-    }
+    return regularFileSync(this.path(id, status)) !== undefined;
   }
 
   /**

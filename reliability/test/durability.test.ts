@@ -95,44 +95,15 @@ describe.each(DRIVER_NAMES)('durability modes, %s driver', (name) => {
     expect(await namesIn(dir)).toEqual([]);
   });
 
-  test(`relaxed commits of a SIGKILLed process: verified ones stay, ones without a digest move to invalid/${suffix}`, async () => {
-    const dir = await newDir(`${name}-kill`);
-    const child = await relaxedChild(name, dir, [
-      { id: 'with-digest', digest: true },
-      { id: 'no-digest', digest: false },
-    ]);
-    expect(await namesIn(join(dir, STATE_DIRECTORY)), 'the journal of unsynced commits is there while the writer lives').toHaveLength(1);
-    await kill(child);
-
-    const warnings: CacheWarning[] = [];
-    const driver = openDriver(name, dir, { warnings });
-    await driver.configure();
-    try {
-      await expectServedIntact(driver, 'with-digest');
-      await expectNotServed(driver, 'no-digest');
-      expect(await namesIn(join(dir, 'invalid'))).toEqual(['no-digest']);
-      expect((await driver.getCachedImages()).map((image) => image.imageId)).toEqual(['with-digest']);
-      expect(await namesIn(join(dir, STATE_DIRECTORY)), 'the journal is gone once recovered').toEqual([]);
-      expect(warnings.map((warning) => warning.code)).toEqual(['CACHE_UNSYNCED_RECOVERED']);
-      expect(warnings[0]?.message).toContain('1 entry verified, 1 moved to invalid/ (no-digest)');
-    } finally {
-      await driver.close();
-    }
-    // Recovered once: the next open finds nothing to do.
-    const again = openDriver(name, dir, { warnings });
-    await again.configure();
-    await again.close();
-    expect(warnings).toHaveLength(1);
-  });
-
-  test(`relaxed commits of bytes in memory (writeSmallImage) of a SIGKILLed process: recovered as streamed ones${suffix}`, async () => {
-    const dir = await newDir(`${name}-kill-bytes`);
-    // Ids whose content is small enough for writeSmallImage (sizes are fixed per id).
-    const small = (prefix: string) => {
-      for (let i = 0; ; i++) if (sizeForId(`${prefix}-${i}`) <= SMALL_WRITE_BYTES) return `${prefix}-${i}`;
-    };
-    const withDigest = small('bytes-digest');
-    const noDigest = small('bytes-plain');
+  // Ids whose content is small enough for writeSmallImage (sizes are fixed per id).
+  const small = (prefix: string) => {
+    for (let i = 0; ; i++) if (sizeForId(`${prefix}-${i}`) <= SMALL_WRITE_BYTES) return `${prefix}-${i}`;
+  };
+  test.each([
+    { via: 'stream' as const, how: 'streamed', withDigest: 'with-digest', noDigest: 'no-digest' },
+    { via: 'bytes' as const, how: 'bytes in memory (writeSmallImage)', withDigest: small('bytes-digest'), noDigest: small('bytes-plain') },
+  ])(`relaxed commits ($how) of a SIGKILLed process: verified ones stay, ones without a digest move to invalid/${suffix}`, async ({ via, withDigest, noDigest }) => {
+    const dir = await newDir(`${name}-kill-${via}`);
     const child = await relaxedChild(
       name,
       dir,
@@ -140,7 +111,7 @@ describe.each(DRIVER_NAMES)('durability modes, %s driver', (name) => {
         { id: withDigest, digest: true },
         { id: noDigest, digest: false },
       ],
-      'bytes',
+      via,
     );
     expect(await namesIn(join(dir, STATE_DIRECTORY)), 'the journal of unsynced commits is there while the writer lives').toHaveLength(1);
     await kill(child);
@@ -152,10 +123,18 @@ describe.each(DRIVER_NAMES)('durability modes, %s driver', (name) => {
       await expectServedIntact(driver, withDigest);
       await expectNotServed(driver, noDigest);
       expect(await namesIn(join(dir, 'invalid'))).toEqual([noDigest]);
+      expect((await driver.getCachedImages()).map((image) => image.imageId)).toEqual([withDigest]);
+      expect(await namesIn(join(dir, STATE_DIRECTORY)), 'the journal is gone once recovered').toEqual([]);
       expect(warnings.map((warning) => warning.code)).toEqual(['CACHE_UNSYNCED_RECOVERED']);
+      expect(warnings[0]?.message).toContain(`1 entry verified, 1 moved to invalid/ (${noDigest})`);
     } finally {
       await driver.close();
     }
+    // Recovered once: the next open finds nothing to do.
+    const again = openDriver(name, dir, { warnings });
+    await again.configure();
+    await again.close();
+    expect(warnings).toHaveLength(1);
   });
 
   test(`torn files in place of relaxed commits (truncated, garbage, zeros; identity kept) are never served${suffix}`, async () => {

@@ -11,24 +11,82 @@
  * `/`, no metadata, no hit counting, no metrics, no logs, no framework.
  *
  * - a file of at most {@link WHOLE_READ_BYTES}: `openSync`, `fstatSync`,
- *   `readSync` of the whole file into a new buffer, `closeSync`, then
- *   `res.end(buffer)` with the headers nginx sends (Content-Type,
- *   Content-Length, Last-Modified, ETag, Accept-Ranges): one `write` of
- *   headers and body;
- * - a larger one: `fs.createReadStream(path, { highWaterMark: 1 MiB })`
- *   piped into the response (Node has no `sendfile`).
+ *   `readSync` of the whole file, `closeSync`, then `res.end(buffer)` with
+ *   the headers nginx sends (Content-Type, Content-Length, Last-Modified,
+ *   ETag, Accept-Ranges): one `write` of headers and body;
+ * - a larger one: `fs.read` of 1 MiB at a time, each chunk written with
+ *   `res.write(chunk, callback)`, the read paused while the response is
+ *   full (Node has no `sendfile`).
+ *
+ * Buffers above 64 KiB come from a pool of 1 MiB buffers and go back to it
+ * once the response has finished (whole reads) or the socket has written
+ * the chunk (streamed ones): a fresh 1 MiB buffer per response costs more
+ * CPU than the read itself, and the floor must be the best a Node server
+ * can do, not a naive one (our server pools its read chunks the same way).
  *
  * Usage: `node node-floor.js <dir> <workers>`; sends `{ port }` over the IPC
  * channel once every worker listens.
  */
 import cluster from 'node:cluster';
-import { closeSync, createReadStream, fstatSync, openSync, readSync } from 'node:fs';
+import { close, closeSync, fstatSync, openSync, read, readSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { join } from 'node:path';
 
 /** Files up to this size are read whole and sent with one `res.end(buffer)`. */
 export const WHOLE_READ_BYTES = 1024 * 1024;
 const CHUNK = 1024 * 1024;
+/** Reads above this size use a pooled {@link CHUNK} buffer. */
+const POOLED = 64 * 1024;
+const pool: Buffer[] = [];
+const take = (size: number) => (size > POOLED ? (pool.pop() ?? Buffer.allocUnsafeSlow(CHUNK)) : Buffer.allocUnsafe(size));
+const give = (buffer: Buffer) => {
+  if (buffer.length === CHUNK && pool.length < 32) pool.push(buffer);
+};
+
+/** Sends `size` bytes of `fd` from pooled chunks, each back in the pool once the socket has written it; closes `fd`. */
+function stream(fd: number, size: number, res: import('node:http').ServerResponse): void {
+  let position = 0;
+  let reading = false;
+  let done = false;
+  const finish = () => {
+    if (done) return;
+    done = true;
+    close(fd, () => undefined);
+  };
+  const next = () => {
+    if (reading || done) return;
+    if (position >= size) {
+      finish();
+      res.end();
+      return;
+    }
+    reading = true;
+    const chunk = take(CHUNK);
+    read(fd, chunk, 0, Math.min(CHUNK, size - position), position, (error, bytes) => {
+      reading = false;
+      if (res.destroyed) {
+        give(chunk);
+        finish();
+        return;
+      }
+      if (error !== null || bytes === 0) {
+        give(chunk);
+        finish();
+        res.destroy(error ?? undefined);
+        return;
+      }
+      position += bytes;
+      // One chunk read ahead while the socket writes the last (as a piped stream's buffer does).
+      if (res.write(bytes === CHUNK ? chunk : chunk.subarray(0, bytes), () => give(chunk)) || res.writableLength <= CHUNK) next();
+    });
+  };
+  res.on('drain', next);
+  // Not while a read is in flight (its callback closes the file): the descriptor could be reused under it.
+  res.once('close', () => {
+    if (!reading) finish();
+  });
+  next();
+}
 
 const [dir = '', workersArg = '1'] = process.argv.slice(2);
 
@@ -81,19 +139,21 @@ if (cluster.isPrimary) {
       return;
     }
     if (stat.size <= WHOLE_READ_BYTES) {
-      const buffer = Buffer.allocUnsafe(stat.size);
-      let read = 0;
-      while (read < buffer.length) {
-        const n = readSync(fd, buffer, read, buffer.length - read, read);
+      const whole = take(stat.size);
+      const buffer = whole.subarray(0, stat.size);
+      let done = 0;
+      while (done < buffer.length) {
+        const n = readSync(fd, buffer, done, buffer.length - done, done);
         if (n === 0) break;
-        read += n;
+        done += n;
       }
       closeSync(fd);
-      res.writeHead(200, headers).end(read === buffer.length ? buffer : buffer.subarray(0, read));
+      res.once('close', () => give(whole));
+      res.writeHead(200, headers).end(done === buffer.length ? buffer : buffer.subarray(0, done));
       return;
     }
     res.writeHead(200, headers);
-    createReadStream('', { fd, highWaterMark: CHUNK }).pipe(res);
+    stream(fd, stat.size, res);
   });
   server.keepAliveTimeout = 65_000;
   server.listen(0, '127.0.0.1', () => {

@@ -34,17 +34,20 @@ import type {
 import { CacheError, CacheStorageError, DriverNotOpenError, ImageBeingCachedError, ImageChangedError, ImageNotCachedError, InvalidArgumentError } from './errors.js';
 import { assertImageId, isValidImageId, type ImageId } from './image-id.js';
 import { assertSatisfiable, normalizeQuarantineOptions, normalizeReadOptions } from './options.js';
-import { CacheReadStream, CacheWriteStream, MAX_NO_SPACE_RETRIES } from './streams.js';
+import { CacheReadStream, CacheWriteStream, MAX_NO_SPACE_RETRIES, READ_CHUNK_SIZE, readBuffer } from './streams.js';
 import type { FdHandle, WriteHandle } from './write-handle.js';
 
 /**
- * Entries up to this size (64 KiB) are read whole when opened, with
- * synchronous calls, instead of streamed from an asynchronous handle: four
- * thread-pool round trips (open, fstat, read, close) cost more than the
- * bytes. A read from a cold page cache then blocks the event loop for one
- * disk read of at most this size.
+ * Reads of up to this many bytes (one read chunk, 1 MiB: a whole entry of
+ * at most that size, or a range of at most that length) are read when
+ * opened, with one synchronous `read`, instead of streamed: a thread-pool
+ * round trip costs more than the copy (a 1 MiB read from the page cache in
+ * a pool thread cost 2.5 times the CPU of the same read on the event loop,
+ * ADR 0008). Above 64 KiB the bytes go into a pooled buffer
+ * (`releaseReadChunk`). A read from a cold page cache then blocks the event
+ * loop for one disk read of at most this size.
  */
-export const SMALL_READ_BYTES = 64 * 1024;
+export const READ_AT_OPEN_BYTES = READ_CHUNK_SIZE;
 
 /** Default age (seconds) after which `clean()` deletes an incomplete file, as in Glance. */
 export const DEFAULT_STALL_TIME = 86_400;
@@ -670,12 +673,12 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
 
   /**
    * Opens an entry for reading with synchronous `open` and `fstat` (a few µs
-   * each, where each asynchronous call is a thread-pool round trip). An entry
-   * of at most {@link SMALL_READ_BYTES} is read and closed right here
-   * (synchronous `read` and `close`); a larger one streams from the same
-   * descriptor, which the stream owns (callback `fs.read` in
-   * 1 MiB chunks). Refusals (missing, changed,
-   * unsatisfiable range) are thrown before anything is read.
+   * each, where each asynchronous call is a thread-pool round trip). A read
+   * of at most {@link READ_AT_OPEN_BYTES} (the whole entry or the range) is
+   * read and closed right here (synchronous `read` and `close`); a larger
+   * one streams from the same descriptor, which the stream owns (callback
+   * `fs.read` in 1 MiB chunks). Refusals (missing, changed, unsatisfiable
+   * range) are thrown before anything is read.
    */
   #openRead(id: ImageId, path: string, read: ReturnType<typeof normalizeReadOptions>, noAtime: boolean): Readable {
     const fd = openActiveSync(id, path, noAtime);
@@ -688,7 +691,9 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
         throw storageError('stat', path, error);
       }
       const file = this.#checkOpened(id, path, read, info);
-      if (file.size > SMALL_READ_BYTES) {
+      const stop = read.end === undefined ? file.size : Math.min(file.size, read.end + 1);
+      const length = Math.max(0, stop - read.start);
+      if (length > READ_AT_OPEN_BYTES) {
         // The size lets the stream size its buffers and end without an extra read (see CacheReadStream).
         const stream = new CacheReadStream(id, fd, {
           size: file.size,
@@ -699,8 +704,7 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
         owned = true;
         return stream;
       }
-      const stop = read.end === undefined ? file.size : Math.min(file.size, read.end + 1);
-      const data = Buffer.allocUnsafe(Math.max(0, stop - read.start));
+      const data = readBuffer(length);
       let got = 0;
       try {
         while (got < data.length) {

@@ -370,6 +370,15 @@ function takeChunk(): Buffer {
 }
 
 /**
+ * A buffer for one read of `size` bytes: the first `size` bytes of a pooled
+ * {@link READ_CHUNK_SIZE} buffer for a read of more than 64 KiB and at most
+ * one chunk (see {@link releaseReadChunk}), else a new buffer.
+ */
+export function readBuffer(size: number): Buffer {
+  return size > POOLED_READ_BYTES && size <= READ_CHUNK_SIZE ? takeChunk().subarray(0, size) : Buffer.allocUnsafe(size);
+}
+
+/**
  * Gives a chunk a {@link CacheReadStream} delivered back for reuse by later
  * reads, once the caller is done with it for good (e.g. when the HTTP
  * response that sent it has finished): a fresh 1 MiB buffer per read costs
@@ -509,7 +518,7 @@ export class CacheReadStream extends Readable {
     const handle = this.#handle;
     const wanted = Math.min(Math.max(size, READ_CHUNK_SIZE), left);
     // A read of more than 64 KiB reads into a pooled 1 MiB buffer (the chunk pushed is its first `bytesRead` bytes).
-    const buffer = wanted > POOLED_READ_BYTES && wanted <= READ_CHUNK_SIZE ? takeChunk().subarray(0, wanted) : Buffer.allocUnsafe(wanted);
+    const buffer = readBuffer(wanted);
     if (typeof handle === 'number') {
       readFd(handle, buffer, 0, buffer.length, this.#position, (error, bytesRead) => {
         if (error !== null) this.destroy(error);

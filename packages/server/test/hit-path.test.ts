@@ -3,7 +3,7 @@ import http from 'node:http';
 // checked against the opened file, so a deleted or replaced file is never described or served from
 // memory; hits are counted in memory and written to the driver in batches, and on close().
 import { createHash } from 'node:crypto';
-import { rename, unlink, writeFile } from 'node:fs/promises';
+import { readdir, readlink, rename, truncate, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -116,6 +116,117 @@ describe('hits from remembered entries', () => {
         agent.destroy();
       }
     }
+  });
+
+  it('concurrent streamed hits (bodies of several read chunks) get their own bytes: a chunk goes back to the pool only once the socket has written it', async () => {
+    const ids = ['stream-a', 'stream-b', 'stream-c'];
+    const data = ids.map((id, i) => imageBytes(id, 8 * 1024 * 1024 + 12_345 * (i + 1)));
+    for (const [i, id] of ids.entries()) await h.cache.cacheImage(id, Readable.from([data[i] as Buffer]));
+    // As above: every client holds its body unread until all have their headers, so each response has a chunk the
+    // socket has not finished writing while the other responses read theirs; a chunk released early is overwritten.
+    for (let round = 0; round < 2; round++) {
+      const agent = new http.Agent({ keepAlive: round === 1, maxSockets: 64 });
+      try {
+        const responses = await Promise.all(
+          Array.from(
+            { length: 18 },
+            (_, n) =>
+              new Promise<http.IncomingMessage>((resolve, reject) => {
+                const range = n % 4 === 3 ? { range: `bytes=${1000 + n}-` } : undefined;
+                http
+                  .get(`${h.url}/images/${ids[n % ids.length]}`, { agent, headers: range }, (response) => {
+                    response.pause();
+                    resolve(response);
+                  })
+                  .once('error', reject);
+              }),
+          ),
+        );
+        for (const [n, response] of responses.entries()) {
+          const whole = data[n % ids.length] as Buffer;
+          const expected = n % 4 === 3 ? whole.subarray(1000 + n) : whole;
+          expect(response.statusCode).toBe(n % 4 === 3 ? 206 : 200);
+          expect(response.headers['content-length']).toBe(String(expected.length));
+          const chunks: Buffer[] = [];
+          for await (const chunk of response) chunks.push(chunk as Buffer);
+          expect(Buffer.concat(chunks).equals(expected), `round ${round}, request ${n}`).toBe(true);
+        }
+      } finally {
+        agent.destroy();
+      }
+    }
+    // Each whole read and each range to the end is one hit.
+    for (const id of ids) await waitFor(async () => (await h.cache.getHitCount(id)) === 12, 30_000, `12 hits of ${id} recorded`);
+  });
+
+  it('a streamed hit whose file is cut short under the server ends with a body visibly short of its Content-Length, counted as an error', async () => {
+    // Larger than what the socket buffers of a paused client hold, so the server is still reading when the file is cut.
+    const size = 32 * 1024 * 1024;
+    const data = imageBytes('cut', size);
+    await h.cache.cacheImage('cut', Readable.from([data]));
+    const errorsBefore = [...(await scrape(h.url)).entries()].filter(([name]) => name.startsWith('image_cache_errors_total')).reduce((sum, [, v]) => sum + v, 0);
+    const response = await new Promise<http.IncomingMessage>((resolve, reject) => {
+      http
+        .get(`${h.url}/images/cut`, { agent: false }, (res) => {
+          res.pause();
+          resolve(res);
+        })
+        .once('error', reject);
+    });
+    expect(response.statusCode).toBe(200);
+    expect(response.headers['content-length']).toBe(String(size));
+    // The same file (same inode) cut to 20 MiB while the server is still sending it: the read ends early.
+    await truncate(join(h.cacheDir, 'cut'), 20 * 1024 * 1024);
+    let received = 0;
+    const outcome = await new Promise<string>((resolve) => {
+      response.on('data', (chunk: Buffer) => {
+        received += chunk.length;
+      });
+      response.once('end', () => resolve('end'));
+      response.once('error', (error) => resolve(`error: ${error.message}`));
+      response.once('aborted', () => resolve('aborted'));
+      response.resume();
+    });
+    expect(outcome).not.toBe('end');
+    expect(received).toBeLessThan(size);
+    await waitFor(
+      async () =>
+        [...(await scrape(h.url)).entries()].filter(([name]) => name.startsWith('image_cache_errors_total')).reduce((sum, [, v]) => sum + v, 0) > errorsBefore,
+      10_000,
+      'the cut response counted as an error',
+    );
+  });
+
+  it('a client that leaves in the middle of a streamed hit closes the read: no descriptor of the file stays open', async () => {
+    const data = imageBytes('left', 32 * 1024 * 1024);
+    await h.cache.cacheImage('left', Readable.from([data]));
+    const path = join(h.cacheDir, 'left');
+    const openOnFile = async () => {
+      let count = 0;
+      for (const fd of await readdir('/proc/self/fd')) {
+        const target = await readlink(`/proc/self/fd/${fd}`).catch(() => '');
+        if (target === path) count++;
+      }
+      return count;
+    };
+    for (let i = 0; i < 4; i++) {
+      await new Promise<void>((resolve, reject) => {
+        const request = http.get(`${h.url}/images/left`, { agent: false }, (response) => {
+          response.once('data', () => {
+            // One chunk in: the server has the file open and more to send.
+            request.destroy();
+            resolve();
+          });
+        });
+        request.once('error', (error) => {
+          if (!request.destroyed) reject(error);
+        });
+      });
+    }
+    await waitFor(async () => (await openOnFile()) === 0, 10_000, 'every read of the file closed');
+    // The server still serves it whole, and the abandoned reads counted no hit.
+    expect((await get(`${h.url}/images/left`)).body.equals(data)).toBe(true);
+    await waitFor(async () => (await h.cache.getHitCount('left')) === 1, 30_000, '1 hit recorded');
   });
 
   it('entries of up to one read chunk go out whole: bytes, lengths, ranges, HEAD, 304, hits and served bytes as for a streamed one', async () => {

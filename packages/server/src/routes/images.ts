@@ -21,6 +21,7 @@ import { originFill, untilVerdict } from '../fill.js';
 import type { HitBatch } from '../hit-batch.js';
 import { HttpError } from '../http-errors.js';
 import type { ByteSource } from '../metrics.js';
+import { sendCacheRead } from '../pooled-body.js';
 import { responseBody } from '../response-body.js';
 
 type ImageRequest = FastifyRequest<{ Params: { id: string } }>;
@@ -192,9 +193,16 @@ async function serveHit(
     reply.send(body);
     return 'sent';
   }
-  const response = body(context, reply, source, length, 'cache', false);
   if (batch !== undefined && toEnd) countHitAtLastByte(source, batch, id, entry.identity, length);
-  reply.send(response);
+  // Written on the response itself, each chunk back to core's read pool once the socket has it (pooled-body.ts).
+  await sendCacheRead(reply, source, {
+    expected: length,
+    onBytes: (bytes) => metrics.servedBytes.inc(CACHE_SOURCE, bytes),
+    onError: (error) => {
+      metrics.countError(error);
+      reply.log.warn({ err: error }, 'image response cut short');
+    },
+  });
   return 'sent';
 }
 

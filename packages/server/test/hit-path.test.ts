@@ -12,6 +12,18 @@ import { imageBytes, openCache, scrape, startHarness, waitFor, type Harness } fr
 
 const sha256 = (data: Buffer) => createHash('sha256').update(data).digest('hex');
 
+/** A GET whose response is paused as soon as its headers are in: the body stays unread (in the socket buffers, then the server's) until the caller reads it. */
+function pausedGet(url: string, options: http.RequestOptions): Promise<http.IncomingMessage> {
+  return new Promise((resolve, reject) => {
+    http
+      .get(url, options, (response) => {
+        response.pause();
+        resolve(response);
+      })
+      .once('error', reject);
+  });
+}
+
 async function get(url: string, headers: Record<string, string> = {}) {
   const response = await fetch(url, { headers });
   return { status: response.status, headers: response.headers, body: Buffer.from(await response.arrayBuffer()) };
@@ -93,18 +105,7 @@ describe('hits from remembered entries', () => {
       const agent = new http.Agent({ keepAlive: false, maxSockets: 64 });
       try {
         const responses = await Promise.all(
-          Array.from(
-            { length: 24 },
-            (_, n) =>
-              new Promise<http.IncomingMessage>((resolve, reject) => {
-                http
-                  .get(`${h.url}/images/${ids[n % ids.length]}`, { agent }, (response) => {
-                    response.pause();
-                    resolve(response);
-                  })
-                  .once('error', reject);
-              }),
-          ),
+          Array.from({ length: 24 }, (_, n) => pausedGet(`${h.url}/images/${ids[n % ids.length]}`, { agent })),
         );
         for (const [n, response] of responses.entries()) {
           expect(response.statusCode).toBe(200);
@@ -128,18 +129,8 @@ describe('hits from remembered entries', () => {
       const agent = new http.Agent({ keepAlive: round === 1, maxSockets: 64 });
       try {
         const responses = await Promise.all(
-          Array.from(
-            { length: 18 },
-            (_, n) =>
-              new Promise<http.IncomingMessage>((resolve, reject) => {
-                const range = n % 4 === 3 ? { range: `bytes=${1000 + n}-` } : undefined;
-                http
-                  .get(`${h.url}/images/${ids[n % ids.length]}`, { agent, headers: range }, (response) => {
-                    response.pause();
-                    resolve(response);
-                  })
-                  .once('error', reject);
-              }),
+          Array.from({ length: 18 }, (_, n) =>
+            pausedGet(`${h.url}/images/${ids[n % ids.length]}`, { agent, headers: n % 4 === 3 ? { range: `bytes=${1000 + n}-` } : undefined }),
           ),
         );
         for (const [n, response] of responses.entries()) {
@@ -165,14 +156,7 @@ describe('hits from remembered entries', () => {
     const data = imageBytes('cut', size);
     await h.cache.cacheImage('cut', Readable.from([data]));
     const errorsBefore = [...(await scrape(h.url)).entries()].filter(([name]) => name.startsWith('image_cache_errors_total')).reduce((sum, [, v]) => sum + v, 0);
-    const response = await new Promise<http.IncomingMessage>((resolve, reject) => {
-      http
-        .get(`${h.url}/images/cut`, { agent: false }, (res) => {
-          res.pause();
-          resolve(res);
-        })
-        .once('error', reject);
-    });
+    const response = await pausedGet(`${h.url}/images/cut`, { agent: false });
     expect(response.statusCode).toBe(200);
     expect(response.headers['content-length']).toBe(String(size));
     // The same file (same inode) cut to 20 MiB while the server is still sending it: the read ends early.

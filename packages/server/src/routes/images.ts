@@ -21,8 +21,7 @@ import { originFill, untilVerdict } from '../fill.js';
 import type { HitBatch } from '../hit-batch.js';
 import { HttpError } from '../http-errors.js';
 import type { ByteSource } from '../metrics.js';
-import { sendCacheRead } from '../pooled-body.js';
-import { responseBody } from '../response-body.js';
+import { responseBody, sendCacheRead } from '../response-body.js';
 
 type ImageRequest = FastifyRequest<{ Params: { id: string } }>;
 
@@ -195,15 +194,8 @@ async function serveHit(
     return 'sent';
   }
   if (batch !== undefined && toEnd) countHitAtLastByte(source, batch, id, entry.identity, length);
-  // Written on the response itself, each chunk back to core's read pool once the socket has it (pooled-body.ts).
-  await sendCacheRead(reply, source, {
-    expected: length,
-    onBytes: (bytes) => metrics.servedBytes.inc(CACHE_SOURCE, bytes),
-    onError: (error) => {
-      metrics.countError(error);
-      reply.log.warn({ err: error }, 'image response cut short');
-    },
-  });
+  // Written on the response itself, each chunk back to core's read pool once the socket has it.
+  await sendCacheRead(reply, source, { expected: length, ...bodyReports(context, reply, 'cache') });
   return 'sent';
 }
 
@@ -481,17 +473,21 @@ async function beforeStatusLine<T>(context: ServerContext, start: (signal: Abort
  *   a client never gets a whole-looking body that failed verification.
  */
 function body(context: ServerContext, reply: FastifyReply, source: Readable, expected: number | undefined, from: ByteSource, holdLast: boolean): Readable {
+  return responseBody(source, { expected, holdLast, ...bodyReports(context, reply, from) });
+}
+
+/** What an image body reports: its bytes to the served-bytes counter, and a failure that cut the response. */
+function bodyReports(context: ServerContext, reply: FastifyReply, from: ByteSource): { onBytes: (bytes: number) => void; onError: (error: Error) => void } {
   const { metrics } = context;
-  return responseBody(source, {
-    expected,
-    holdLast,
-    onBytes: (bytes) => metrics.servedBytes.inc({ source: from }, bytes),
+  const labels = { source: from };
+  return {
+    onBytes: (bytes) => metrics.servedBytes.inc(labels, bytes),
     onError: (error) => {
       // Before the headers, fastify's error handler answers (and counts) it; after them the response is cut.
       if (!reply.raw.headersSent) return;
       metrics.countError(error);
       reply.log.warn({ err: error }, 'image response cut short');
     },
-  });
+  };
 }
 

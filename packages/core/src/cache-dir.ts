@@ -66,14 +66,17 @@ const NO_THROW = { throwIfNoEntry: false } as const;
 const NO_THROW_BIGINT = { bigint: true, throwIfNoEntry: false } as const;
 
 /**
- * `lstat` (synchronous, without nanosecond times) of `path` when it is a
- * regular file; `undefined` when it is missing or something else; a
- * {@link CacheStorageError} when the `lstat` fails otherwise.
+ * `lstat` (synchronous; with BigInt nanosecond times only when `bigint`) of
+ * `path` when it is a regular file; `undefined` when it is missing or
+ * something else; a {@link CacheStorageError} when the `lstat` fails
+ * otherwise. The one rule of every synchronous stat of an entry.
  */
-function regularFileSync(path: string): Stats | undefined {
-  let info: Stats | undefined;
+function regularFileSync(path: string): Stats | undefined;
+function regularFileSync(path: string, bigint: true): BigIntStats | undefined;
+function regularFileSync(path: string, bigint = false): Stats | BigIntStats | undefined {
+  let info: Stats | BigIntStats | undefined;
   try {
-    info = lstatSync(path, NO_THROW);
+    info = bigint ? lstatSync(path, NO_THROW_BIGINT) : lstatSync(path, NO_THROW);
   } catch (error) {
     if (isErrnoError(error, 'ENOENT', 'ENOTDIR')) return undefined;
     throw storageError('stat', path, error);
@@ -299,15 +302,8 @@ export class CacheDirectory {
    * listings are made of these, so they pay the syscall only.
    */
   statFileSync(id: ImageId, status: EntryStatus = 'active'): EntryStat | undefined {
-    const path = this.path(id, status);
-    let info: BigIntStats | undefined;
-    try {
-      info = lstatSync(path, NO_THROW_BIGINT);
-    } catch (error) {
-      if (isErrnoError(error, 'ENOENT', 'ENOTDIR')) return undefined;
-      throw storageError('stat', path, error);
-    }
-    return info !== undefined && info.isFile() ? toEntryStat(id, info) : undefined;
+    const info = regularFileSync(this.path(id, status), true);
+    return info === undefined ? undefined : toEntryStat(id, info);
   }
 
   /**

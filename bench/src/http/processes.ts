@@ -154,20 +154,30 @@ export interface BenchOrigin {
   stop(): Promise<void>;
 }
 
-/** Starts the throttled origin (http/origin.js) in a child process. */
-export async function startOrigin(): Promise<BenchOrigin> {
-  const child = track(spawn(process.execPath, [ORIGIN_SCRIPT], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }));
+/**
+ * Starts a bench script of ours in a tracked child process with an IPC
+ * channel, and waits (30 s at most) for the `{ port }` it sends once it
+ * listens. `what` names it in the errors.
+ */
+async function startListening(script: string, args: readonly string[], what: string): Promise<{ child: ChildProcess; port: number }> {
+  const child = track(spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }));
   const port = await new Promise<number>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('the bench origin did not start within 30 s')), 30_000);
+    const timer = setTimeout(() => reject(new Error(`${what} did not start within 30 s`)), 30_000);
     child.once('message', (message: { port: number }) => {
       clearTimeout(timer);
       resolve(message.port);
     });
     child.once('exit', (code, signal) => {
       clearTimeout(timer);
-      reject(new Error(`the bench origin exited (${signal ?? code}) before listening`));
+      reject(new Error(`${what} exited (${signal ?? code}) before listening`));
     });
   });
+  return { child, port };
+}
+
+/** Starts the throttled origin (http/origin.js) in a child process. */
+export async function startOrigin(): Promise<BenchOrigin> {
+  const { child, port } = await startListening(ORIGIN_SCRIPT, [], 'the bench origin');
   const base = `http://127.0.0.1:${port}`;
   const query = (size: number, rate: number) => `size=${size}&rate=${Math.round(rate)}`;
   return {
@@ -253,18 +263,7 @@ export async function startServer(options: { cacheDir: string; origin?: string; 
  * under `/images/<id>`) on a free port of 127.0.0.1.
  */
 export async function startNodeFloor(options: { dir: string; workers: number }): Promise<BenchServer> {
-  const child = track(spawn(process.execPath, [NODE_FLOOR_SCRIPT, options.dir, String(options.workers)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }));
-  const port = await new Promise<number>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('the Node floor server did not start within 30 s')), 30_000);
-    child.once('message', (message: { port: number }) => {
-      clearTimeout(timer);
-      resolve(message.port);
-    });
-    child.once('exit', (code, signal) => {
-      clearTimeout(timer);
-      reject(new Error(`the Node floor server exited (${signal ?? code}) before listening`));
-    });
-  });
+  const { child, port } = await startListening(NODE_FLOOR_SCRIPT, [options.dir, String(options.workers)], 'the Node floor server');
   const url = `http://127.0.0.1:${port}`;
   return { url, child, image: (id) => `${url}/images/${encodeURIComponent(id)}`, stop: () => stopProcess(child) };
 }

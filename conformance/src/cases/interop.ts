@@ -4,7 +4,7 @@ import { ImageCache } from '@cache/core';
 import { expect } from 'vitest';
 import { makeBytes, readImage, writeImage } from '../helpers.js';
 import type { CaseGroup } from '../kit.js';
-import { writeFromAnotherProcess } from './shared.js';
+import { requiredCase, SKIP_REASONS, writeFromAnotherProcess } from './shared.js';
 
 const run = promisify(execFile);
 
@@ -57,8 +57,7 @@ export const interopCases: CaseGroup = {
     });
 
     const shared = "getCachedImages() of a second driver instance on the same directory sees the first one's commits and hits";
-    if (!kit.persistent) kit.skip(shared, 'the driver keeps metadata per instance (supports.persistent: false)');
-    else kit.it(shared, async ({ driver, dir, create }) => {
+    requiredCase(kit, shared, [!kit.persistent && SKIP_REASONS.notPersistent], async ({ driver, dir, create }) => {
       const other = await create(dir);
       await other.configure();
       await writeImage(driver, 'shared', makeBytes(64));

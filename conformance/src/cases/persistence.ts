@@ -2,7 +2,7 @@ import { expect } from 'vitest';
 import { runChildThenKill } from '../child.js';
 import { makeBytes, readImage, sha256, writeImage } from '../helpers.js';
 import type { CaseGroup } from '../kit.js';
-import { childCase, readTimes, recencyOrder, reopen, storedDigest, writeVerified } from './shared.js';
+import { childCase, readTimes, recencyOrder, reopen, requiredCase, SKIP_REASONS, storedDigest, writeVerified } from './shared.js';
 
 /**
  * Persistence: what one driver instance recorded is there for the next one,
@@ -14,63 +14,56 @@ export const persistenceCases: CaseGroup = {
   description:
     'After `close()` and a new driver on the same directory, and after a process that wrote is SIGKILLed: every entry keeps its size, hits, `lastAccessed`, `lastModified` order and stored digest; the queue keeps its order; opening and closing changes nothing (no compaction that loses counts). Skipped for `supports.persistent: false`.',
   register(kit) {
-    const notPersistent = 'the driver keeps metadata per instance (supports.persistent: false)';
     const reopenTitle =
       'close() then a new driver on the same directory: every entry keeps its size, hits, lastAccessed, lastModified order and stored digest';
-    if (!kit.persistent) kit.skip(reopenTitle, notPersistent);
-    else
-      kit.it(reopenTitle, async (env) => {
-        const { driver } = env;
-        const digests = new Map<string, string>();
-        digests.set('old', await writeVerified(driver, 'old', makeBytes(3000, 1)));
-        await writeImage(driver, 'mid', makeBytes(2000, 2));
-        digests.set('new', await writeVerified(driver, 'new', makeBytes(1000, 3)));
-        await readTimes(driver, 'mid', 3);
-        await readTimes(driver, 'old', 2);
-        const before = await driver.getCachedImages();
-        const beforeDigests = await Promise.all(['mid', 'new', 'old'].map((id) => storedDigest(driver, id)));
-        await driver.close();
+    requiredCase(kit, reopenTitle, [!kit.persistent && SKIP_REASONS.notPersistent], async (env) => {
+      const { driver } = env;
+      const digests = new Map<string, string>();
+      digests.set('old', await writeVerified(driver, 'old', makeBytes(3000, 1)));
+      await writeImage(driver, 'mid', makeBytes(2000, 2));
+      digests.set('new', await writeVerified(driver, 'new', makeBytes(1000, 3)));
+      await readTimes(driver, 'mid', 3);
+      await readTimes(driver, 'old', 2);
+      const before = await driver.getCachedImages();
+      const beforeDigests = await Promise.all(['mid', 'new', 'old'].map((id) => storedDigest(driver, id)));
+      await driver.close();
 
-        const again = await reopen(env);
-        const after = await again.getCachedImages();
-        expect(after.map((i) => [i.imageId, i.size, i.hits]), 'ids, sizes and hits after reopen').toEqual(
-          before.map((i) => [i.imageId, i.size, i.hits]),
-        );
-        expect(after.map((i) => i.lastAccessed), 'lastAccessed after reopen').toEqual(before.map((i) => i.lastAccessed));
-        expect(after.map((i) => i.lastModified), 'lastModified after reopen').toEqual(before.map((i) => i.lastModified));
-        expect(recencyOrder(after), 'eviction order after reopen').toEqual(['new', 'mid', 'old']);
-        expect((await again.getLeastRecentlyAccessed())?.imageId).toBe('new');
-        const afterDigests = await Promise.all(['mid', 'new', 'old'].map((id) => storedDigest(again, id)));
-        expect(afterDigests, 'stored digests after reopen').toEqual(beforeDigests);
-        if (kit.supports.storedChecksum) expect(afterDigests).toEqual([undefined, digests.get('new'), digests.get('old')]);
-        await readImage(again, 'new');
-        expect(await again.getHitCount('new'), 'hits go on counting from where they were').toBe(1);
-        expect(await again.getHitCount('mid')).toBe(3);
-      });
+      const again = await reopen(env);
+      const after = await again.getCachedImages();
+      expect(after.map((i) => [i.imageId, i.size, i.hits]), 'ids, sizes and hits after reopen').toEqual(
+        before.map((i) => [i.imageId, i.size, i.hits]),
+      );
+      expect(after.map((i) => i.lastAccessed), 'lastAccessed after reopen').toEqual(before.map((i) => i.lastAccessed));
+      expect(after.map((i) => i.lastModified), 'lastModified after reopen').toEqual(before.map((i) => i.lastModified));
+      expect(recencyOrder(after), 'eviction order after reopen').toEqual(['new', 'mid', 'old']);
+      expect((await again.getLeastRecentlyAccessed())?.imageId).toBe('new');
+      const afterDigests = await Promise.all(['mid', 'new', 'old'].map((id) => storedDigest(again, id)));
+      expect(afterDigests, 'stored digests after reopen').toEqual(beforeDigests);
+      if (kit.supports.storedChecksum) expect(afterDigests).toEqual([undefined, digests.get('new'), digests.get('old')]);
+      await readImage(again, 'new');
+      expect(await again.getHitCount('new'), 'hits go on counting from where they were').toBe(1);
+      expect(await again.getHitCount('mid')).toBe(3);
+    });
 
     const queueTitle = 'getQueuedImages() of a new driver after close() keeps the queue and its order';
-    if (!kit.persistent) kit.skip(queueTitle, notPersistent);
-    else
-      kit.it(queueTitle, async (env) => {
-        for (const id of ['q3', 'q1', 'q2']) expect(await env.driver.queueImage(id)).toBe(true);
-        await env.driver.close();
-        const again = await reopen(env);
-        expect(await again.getQueuedImages()).toEqual(['q3', 'q1', 'q2']);
-      });
+    requiredCase(kit, queueTitle, [!kit.persistent && SKIP_REASONS.notPersistent], async (env) => {
+      for (const id of ['q3', 'q1', 'q2']) expect(await env.driver.queueImage(id)).toBe(true);
+      await env.driver.close();
+      const again = await reopen(env);
+      expect(await again.getQueuedImages()).toEqual(['q3', 'q1', 'q2']);
+    });
 
     const hitsOnlyTitle = 'close() right after reads: a new driver sees every hit (hits are recorded before the read ends, not buffered until later)';
-    if (!kit.persistent) kit.skip(hitsOnlyTitle, notPersistent);
-    else
-      kit.it(hitsOnlyTitle, async (env) => {
-        await writeImage(env.driver, 'hot', makeBytes(500, 4));
-        await readTimes(env.driver, 'hot', 5);
-        await env.driver.close();
-        const again = await reopen(env);
-        expect(await again.getHitCount('hot')).toBe(5);
-        await again.close();
-        const third = await reopen(env);
-        expect(await third.getHitCount('hot'), 'opening and closing a driver changes nothing (no compaction that loses counts)').toBe(5);
-      });
+    requiredCase(kit, hitsOnlyTitle, [!kit.persistent && SKIP_REASONS.notPersistent], async (env) => {
+      await writeImage(env.driver, 'hot', makeBytes(500, 4));
+      await readTimes(env.driver, 'hot', 5);
+      await env.driver.close();
+      const again = await reopen(env);
+      expect(await again.getHitCount('hot')).toBe(5);
+      await again.close();
+      const third = await reopen(env);
+      expect(await third.getHitCount('hot'), 'opening and closing a driver changes nothing (no compaction that loses counts)').toBe(5);
+    });
 
     childCase(
       kit,

@@ -56,10 +56,27 @@ export async function expectConsistent(driver: CacheDriver, context: string): Pr
   }
 }
 
+/** The reasons the groups give when they skip a case for what the driver declares. */
+export const SKIP_REASONS = {
+  notPersistent: 'the driver keeps metadata per instance (supports.persistent: false)',
+  noStoredChecksum: 'the driver does not declare supports.storedChecksum',
+} as const;
+
+/**
+ * Registers a case that runs only when the driver has what it needs: each of
+ * `unmet` is `false` (that need is met) or the reason to skip the case; the
+ * first reason given is the one reported.
+ */
+export function requiredCase(kit: ConformanceKit, title: string, unmet: readonly (string | false)[], fn: Parameters<ConformanceKit['it']>[1]): void {
+  const reason = unmet.find((item): item is string => item !== false);
+  if (reason !== undefined) kit.skip(title, reason);
+  else kit.it(title, fn);
+}
+
 /** Registers a case that needs the driver to be loadable in other processes (`driverModule`). */
 export function childCase(kit: ConformanceKit, title: string, fn: (env: CaseEnv, driverModule: string) => Promise<void>): void {
   if (!kit.persistent) {
-    kit.skip(title, 'the driver keeps metadata per instance (supports.persistent: false)');
+    kit.skip(title, SKIP_REASONS.notPersistent);
     return;
   }
   const driverModule = kit.driverModule;

@@ -10,7 +10,7 @@ import { fillUp, mountScratch } from '../scratch-mount.js';
 import { verifyCacheDir } from '../verify.js';
 import { HOSTILE_IDS } from './image-ids.js';
 import { ErrorCodes, expectEpochSecondsBetween, expectFails, layout, listedIds, namesIn, nowSeconds, whereOnDisk } from './common.js';
-import { childCase, readTimes, reopen, rows, storedDigest } from './shared.js';
+import { childCase, readTimes, reopen, requiredCase, rows, SKIP_REASONS, storedDigest } from './shared.js';
 
 /** The driver's `writeSmallImage`, called as a method (the group runs only for drivers that have it). */
 function writeSmall(driver: CacheDriver, id: string, bytes: Uint8Array, options?: WriteSmallImageOptions): Promise<boolean> {
@@ -54,10 +54,8 @@ export const smallWriteCases: CaseGroup = {
   register(kit) {
     const missing = 'the driver has no writeSmallImage (optional: ImageCache streams small images through openForWrite instead)';
     const has = kit.optionalMethods.has('writeSmallImage');
-    const smallCase = (title: string, fn: CaseFn) => {
-      if (!has) kit.skip(title, missing);
-      else kit.it(title, fn);
-    };
+    const noMethod = !has && missing;
+    const smallCase = (title: string, fn: CaseFn) => requiredCase(kit, title, [noMethod], fn);
 
     smallCase(
       'writeSmallImage(id, bytes) commits exactly the bytes given: empty, 1 byte, 4 KiB, SMALL_WRITE_BYTES, and a Uint8Array view at an offset into a larger buffer',
@@ -136,27 +134,24 @@ export const smallWriteCases: CaseGroup = {
 
     const digestTitle =
       'writeSmallImage(id, bytes, { checksum }) stores the digest as given (sha256 and bare md5); without it, and for a re-cached id without it, none';
-    if (!has) kit.skip(digestTitle, missing);
-    else if (!kit.supports.storedChecksum) kit.skip(digestTitle, 'the driver does not declare supports.storedChecksum');
-    else
-      kit.it(digestTitle, async ({ driver }) => {
-        expect(typeof driver.getStoredChecksum, 'a driver that declares storedChecksum implements getStoredChecksum').toBe('function');
-        const data = makeBytes(4096, 1);
-        const digest = `sha256:${sha256(data)}`;
-        expect(await writeSmall(driver, 'verified', data, { checksum: digest })).toBe(true);
-        const md5Data = makeBytes(100, 2);
-        const md5 = createHash('md5').update(md5Data).digest('hex');
-        expect(await writeSmall(driver, 'md5', md5Data, { checksum: md5 })).toBe(true);
-        expect(await writeSmall(driver, 'plain', makeBytes(100, 3))).toBe(true);
-        expect(await storedDigest(driver, 'verified')).toBe(digest);
-        expect(await storedDigest(driver, 'md5'), 'a bare md5 hex (Glance style) is stored as given').toBe(md5);
-        expect(await storedDigest(driver, 'plain')).toBeUndefined();
-        await readImage(driver, 'verified');
-        expect(await storedDigest(driver, 'verified'), 'reads leave the digest as it is').toBe(digest);
-        await driver.deleteCachedImage('verified');
-        expect(await writeSmall(driver, 'verified', data)).toBe(true);
-        expect(await storedDigest(driver, 'verified'), 'a re-cached id without a checksum does not inherit the old digest').toBeUndefined();
-      });
+    requiredCase(kit, digestTitle, [noMethod, !kit.supports.storedChecksum && SKIP_REASONS.noStoredChecksum], async ({ driver }) => {
+      expect(typeof driver.getStoredChecksum, 'a driver that declares storedChecksum implements getStoredChecksum').toBe('function');
+      const data = makeBytes(4096, 1);
+      const digest = `sha256:${sha256(data)}`;
+      expect(await writeSmall(driver, 'verified', data, { checksum: digest })).toBe(true);
+      const md5Data = makeBytes(100, 2);
+      const md5 = createHash('md5').update(md5Data).digest('hex');
+      expect(await writeSmall(driver, 'md5', md5Data, { checksum: md5 })).toBe(true);
+      expect(await writeSmall(driver, 'plain', makeBytes(100, 3))).toBe(true);
+      expect(await storedDigest(driver, 'verified')).toBe(digest);
+      expect(await storedDigest(driver, 'md5'), 'a bare md5 hex (Glance style) is stored as given').toBe(md5);
+      expect(await storedDigest(driver, 'plain')).toBeUndefined();
+      await readImage(driver, 'verified');
+      expect(await storedDigest(driver, 'verified'), 'reads leave the digest as it is').toBe(digest);
+      await driver.deleteCachedImage('verified');
+      expect(await writeSmall(driver, 'verified', data)).toBe(true);
+      expect(await storedDigest(driver, 'verified'), 'a re-cached id without a checksum does not inherit the old digest').toBeUndefined();
+    });
 
     smallCase(
       'writeSmallImage(id, bytes) of a cached id resolves false and changes nothing: bytes, file, size, hits, times, digest',
@@ -239,27 +234,24 @@ export const smallWriteCases: CaseGroup = {
     );
 
     const reopenTitle = 'writeSmallImage(id, bytes) entries survive close() and a new driver on the directory: bytes, size, hits and stored digest';
-    if (!has) kit.skip(reopenTitle, missing);
-    else if (!kit.persistent) kit.skip(reopenTitle, 'the driver keeps metadata per instance (supports.persistent: false)');
-    else
-      kit.it(reopenTitle, async (env) => {
-        const data = makeBytes(4096, 1);
-        const digest = `sha256:${sha256(data)}`;
-        expect(await writeSmall(env.driver, 'kept', data, { checksum: digest })).toBe(true);
-        expect(await writeSmall(env.driver, 'read', makeBytes(10, 2))).toBe(true);
-        await readTimes(env.driver, 'read', 2);
-        const before = await env.driver.getCachedImages();
-        await env.driver.close();
-        const again = await reopen(env);
-        expect(await again.getCachedImages()).toEqual(before);
-        expect(await rows(again)).toEqual([
-          ['kept', 4096, 0],
-          ['read', 10, 2],
-        ]);
-        if (kit.supports.storedChecksum) expect(await storedDigest(again, 'kept')).toBe(digest);
-        await expectCommitted(again, env.dir, 'kept', data, 'after reopen');
-        expect(await again.writeSmallImage?.('kept', makeBytes(10, 3)), 'still cached after reopen').toBe(false);
-      });
+    requiredCase(kit, reopenTitle, [noMethod, !kit.persistent && SKIP_REASONS.notPersistent], async (env) => {
+      const data = makeBytes(4096, 1);
+      const digest = `sha256:${sha256(data)}`;
+      expect(await writeSmall(env.driver, 'kept', data, { checksum: digest })).toBe(true);
+      expect(await writeSmall(env.driver, 'read', makeBytes(10, 2))).toBe(true);
+      await readTimes(env.driver, 'read', 2);
+      const before = await env.driver.getCachedImages();
+      await env.driver.close();
+      const again = await reopen(env);
+      expect(await again.getCachedImages()).toEqual(before);
+      expect(await rows(again)).toEqual([
+        ['kept', 4096, 0],
+        ['read', 10, 2],
+      ]);
+      if (kit.supports.storedChecksum) expect(await storedDigest(again, 'kept')).toBe(digest);
+      await expectCommitted(again, env.dir, 'kept', data, 'after reopen');
+      expect(await again.writeSmallImage?.('kept', makeBytes(10, 3)), 'still cached after reopen').toBe(false);
+    });
 
     const killTitle = 'writeSmallImage(id, bytes) in a process that is then SIGKILLed: every entry it reported true is committed, with hits 0 and its digest';
     if (!has) kit.skip(killTitle, missing);
@@ -291,54 +283,51 @@ export const smallWriteCases: CaseGroup = {
 
     const noSpaceTitle =
       'writeSmallImage(id, bytes, { onNoSpace }) on a full filesystem asks onNoSpace with the unwritten bytes: true (space freed) retries and commits; false, or no handler, rejects with CacheStorageError and commits nothing';
-    if (!has) kit.skip(noSpaceTitle, missing);
-    else if (!kit.noSpace.supported) kit.skip(noSpaceTitle, kit.noSpace.reason);
-    else
-      kit.it(noSpaceTitle, async (env) => {
-        const mount = await mountScratch();
-        let driver: CacheDriver | undefined;
-        try {
-          const cacheDir = join(mount.path, 'cache');
-          driver = await env.create(cacheDir);
-          await driver.configure();
-          // Metadata of an entry first, so the store has what it needs before the disk is full.
-          expect(await writeSmall(driver, 'first', makeBytes(100, 1))).toBe(true);
-          const filler = join(mount.path, 'filler');
-          const data = makeBytes(SMALL_WRITE_BYTES, 2);
+    requiredCase(kit, noSpaceTitle, [noMethod, !kit.noSpace.supported && kit.noSpace.reason], async (env) => {
+      const mount = await mountScratch();
+      let driver: CacheDriver | undefined;
+      try {
+        const cacheDir = join(mount.path, 'cache');
+        driver = await env.create(cacheDir);
+        await driver.configure();
+        // Metadata of an entry first, so the store has what it needs before the disk is full.
+        expect(await writeSmall(driver, 'first', makeBytes(100, 1))).toBe(true);
+        const filler = join(mount.path, 'filler');
+        const data = makeBytes(SMALL_WRITE_BYTES, 2);
 
-          await fillUp(filler);
-          const asked: number[] = [];
-          const committed = await writeSmall(driver, 'retried', data, {
-            onNoSpace: async (unwritten) => {
-              asked.push(unwritten);
-              await rm(filler, { force: true });
-              return true;
-            },
-          });
-          expect(asked.length, 'onNoSpace was asked once (it freed the space)').toBe(1);
-          expect(asked[0], 'onNoSpace is told the bytes still unwritten').toBeGreaterThan(0);
-          expect(asked[0]).toBeLessThanOrEqual(SMALL_WRITE_BYTES);
-          expect(committed, 'the retried write commits').toBe(true);
-          await expectCommitted(driver, cacheDir, 'retried', data, 'after onNoSpace freed space');
-
-          for (const [id, options] of [
-            ['refused', { onNoSpace: async () => false }],
-            ['unhandled', {}],
-          ] as const) {
-            await fillUp(filler);
-            await expectFails(() => writeSmall(driver as CacheDriver, id, data, options), ErrorCodes.STORAGE, `writeSmallImage('${id}') on a full filesystem`);
+        await fillUp(filler);
+        const asked: number[] = [];
+        const committed = await writeSmall(driver, 'retried', data, {
+          onNoSpace: async (unwritten) => {
+            asked.push(unwritten);
             await rm(filler, { force: true });
-            expect(await driver.isCached(id), `'${id}' is not cached`).toBe(false);
-            expect(await whereOnDisk(cacheDir, id), `'${id}': nothing active or incomplete (a partial file goes to invalid/)`).not.toContain('active');
-            expect(await namesIn(cacheDir, 'incomplete')).toEqual([]);
-            expect(await listedIds(driver)).toEqual(['first', 'retried']);
-          }
-          expect(await driver.isBeingCached('refused')).toBe(false);
-          expect(await writeSmall(driver, 'refused', data), 'the id can be written once there is space').toBe(true);
-        } finally {
-          await driver?.close();
-          await mount.unmount();
+            return true;
+          },
+        });
+        expect(asked.length, 'onNoSpace was asked once (it freed the space)').toBe(1);
+        expect(asked[0], 'onNoSpace is told the bytes still unwritten').toBeGreaterThan(0);
+        expect(asked[0]).toBeLessThanOrEqual(SMALL_WRITE_BYTES);
+        expect(committed, 'the retried write commits').toBe(true);
+        await expectCommitted(driver, cacheDir, 'retried', data, 'after onNoSpace freed space');
+
+        for (const [id, options] of [
+          ['refused', { onNoSpace: async () => false }],
+          ['unhandled', {}],
+        ] as const) {
+          await fillUp(filler);
+          await expectFails(() => writeSmall(driver as CacheDriver, id, data, options), ErrorCodes.STORAGE, `writeSmallImage('${id}') on a full filesystem`);
+          await rm(filler, { force: true });
+          expect(await driver.isCached(id), `'${id}' is not cached`).toBe(false);
+          expect(await whereOnDisk(cacheDir, id), `'${id}': nothing active or incomplete (a partial file goes to invalid/)`).not.toContain('active');
+          expect(await namesIn(cacheDir, 'incomplete')).toEqual([]);
+          expect(await listedIds(driver)).toEqual(['first', 'retried']);
         }
-      });
+        expect(await driver.isBeingCached('refused')).toBe(false);
+        expect(await writeSmall(driver, 'refused', data), 'the id can be written once there is space').toBe(true);
+      } finally {
+        await driver?.close();
+        await mount.unmount();
+      }
+    });
   },
 };

@@ -4,7 +4,7 @@ import { ImageCache, type CacheDriver } from '@cache/core';
 import { expect } from 'vitest';
 import { makeBytes, writeImage, inspectFile } from '../helpers.js';
 import type { CaseGroup } from '../kit.js';
-import { readTimes, reopen, writeVerified } from './shared.js';
+import { readTimes, reopen, requiredCase, SKIP_REASONS, writeVerified } from './shared.js';
 
 /** The facade over the case's driver (it uses the driver's `statImage`/`quarantineImage` when it has them). */
 function facade(driver: CacheDriver): Promise<ImageCache> {
@@ -87,19 +87,17 @@ export const statQuarantineCases: CaseGroup = {
     });
 
     const reopenTitle = 'quarantine(id) is seen by a new driver on the same directory: the entry is not listed and has no hits';
-    if (!kit.persistent) kit.skip(reopenTitle, 'the driver keeps metadata per instance (supports.persistent: false)');
-    else
-      kit.it(reopenTitle, async (env) => {
-        const cache = await facade(env.driver);
-        await writeImage(env.driver, 'img', makeBytes(800, 40));
-        await readTimes(env.driver, 'img', 2);
-        expect(await cache.quarantine('img', { reason: 'mismatch' })).toBe(true);
-        await env.driver.close();
-        const other = await reopen(env);
-        expect(await other.getCachedImages()).toEqual([]);
-        expect(await other.getHitCount('img')).toBe(0);
-        await writeImage(other, 'img', makeBytes(800, 41));
-        expect(await other.getHitCount('img')).toBe(0);
-      });
+    requiredCase(kit, reopenTitle, [!kit.persistent && SKIP_REASONS.notPersistent], async (env) => {
+      const cache = await facade(env.driver);
+      await writeImage(env.driver, 'img', makeBytes(800, 40));
+      await readTimes(env.driver, 'img', 2);
+      expect(await cache.quarantine('img', { reason: 'mismatch' })).toBe(true);
+      await env.driver.close();
+      const other = await reopen(env);
+      expect(await other.getCachedImages()).toEqual([]);
+      expect(await other.getHitCount('img')).toBe(0);
+      await writeImage(other, 'img', makeBytes(800, 41));
+      expect(await other.getHitCount('img')).toBe(0);
+    });
   },
 };

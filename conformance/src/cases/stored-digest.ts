@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { expect } from 'vitest';
 import { endWrite, makeBytes, readImage, sha256, writeImage } from '../helpers.js';
 import type { CaseGroup } from '../kit.js';
-import { reopen, storedDigest, writeVerified } from './shared.js';
+import { reopen, requiredCase, SKIP_REASONS, storedDigest, writeVerified } from './shared.js';
 
 /**
  * Stored digests, for drivers that declare `supports.storedChecksum`: the
@@ -14,11 +14,8 @@ export const storedDigestCases: CaseGroup = {
   description:
     'For `supports.storedChecksum`: the digest of a checksum-verified write (sha256 via `ImageCache.cacheImage`, bare md5 via `setChecksum`) comes back from `getStoredChecksum`, is unchanged by reads, survives reopening, is `undefined` for unverified entries and absent ids, and is gone after delete, delete-all and an unverified re-cache.',
   register(kit) {
-    const reason = 'the driver does not declare supports.storedChecksum';
-    const digestCase = (title: string, fn: Parameters<typeof kit.it>[1]) => {
-      if (!kit.supports.storedChecksum) kit.skip(title, reason);
-      else kit.it(title, fn);
-    };
+    const noDigest = !kit.supports.storedChecksum && SKIP_REASONS.noStoredChecksum;
+    const digestCase = (title: string, fn: Parameters<typeof kit.it>[1]) => requiredCase(kit, title, [noDigest], fn);
 
     digestCase('getStoredChecksum(id) returns the digest of a checksum-verified write, exactly as formatted, and undefined for an unverified one', async ({ driver }) => {
       expect(typeof driver.getStoredChecksum, 'a driver that declares storedChecksum implements getStoredChecksum').toBe('function');
@@ -39,14 +36,11 @@ export const storedDigestCases: CaseGroup = {
     });
 
     const reopenTitle = 'getStoredChecksum(id) of a new driver on the same directory after close() returns the same digest';
-    if (!kit.supports.storedChecksum) kit.skip(reopenTitle, reason);
-    else if (!kit.persistent) kit.skip(reopenTitle, 'the driver keeps metadata per instance (supports.persistent: false)');
-    else
-      kit.it(reopenTitle, async (env) => {
-        const digest = await writeVerified(env.driver, 'd', makeBytes(2048, 4));
-        await env.driver.close();
-        expect(await storedDigest(await reopen(env), 'd')).toBe(digest);
-      });
+    requiredCase(kit, reopenTitle, [noDigest, !kit.persistent && SKIP_REASONS.notPersistent], async (env) => {
+      const digest = await writeVerified(env.driver, 'd', makeBytes(2048, 4));
+      await env.driver.close();
+      expect(await storedDigest(await reopen(env), 'd')).toBe(digest);
+    });
 
     digestCase('getStoredChecksum(id) after deleteCachedImage(id), after an unverified rewrite of a cached id, and after delete-all: undefined', async ({ driver }) => {
       await writeVerified(driver, 'x', makeBytes(100, 5));

@@ -95,6 +95,17 @@ export interface CacheServerOptions {
   /** Fastify's logger: `true`, `false` or pino options. @default false */
   logger?: FastifyServerOptions['logger'];
   /**
+   * Answer a plain hit directly on `node:http`, below fastify's routing: a
+   * `GET /images/<id>` (an id of letters, digits, `.`, `_` and `-`; no
+   * query, no `Range`, no conditional, no request body) of an entry this
+   * process has served before, of at most 1 MiB, with a driver that takes
+   * batched hits. It gets exactly what the route sends (status, headers,
+   * body, hit, metrics); any other request, and one whose entry fails to
+   * open, goes through fastify. Off whenever something must see every
+   * request: `logger`, `accessLog` or `rateLimit`. @default true
+   */
+  directHits?: boolean;
+  /**
    * An access log: one pino JSON line per request when its response ends
    * (`id`, `cache`: HIT / MISS / FILL-WAIT, `status`, `bytes`, `range`, `ms`,
    * `method`, `client`, `url`, `complete`). `true` writes to stdout, a string
@@ -158,6 +169,8 @@ export interface ResolvedOptions {
   readinessWindow: number;
   closeCache: boolean;
   logger: FastifyServerOptions['logger'];
+  /** {@link CacheServerOptions.directHits}, already off when the logger, the access log or the rate limit is on. */
+  directHits: boolean;
   accessLog: AccessLogDestination | undefined;
   https: HttpsOptions | undefined;
   maxConnections: number | undefined;
@@ -199,6 +212,9 @@ export function resolveOptions(options: CacheServerOptions): ResolvedOptions {
       throw new InvalidArgumentError(`options.${name} must be a non-empty string of visible ASCII characters (no spaces)`);
     }
   }
+  const logger = options.logger ?? false;
+  const accessLog = accessLogOption(options.accessLog);
+  const rateLimit = rateLimitOption(options.rateLimit);
   return {
     cache,
     origin,
@@ -215,11 +231,12 @@ export function resolveOptions(options: CacheServerOptions): ResolvedOptions {
     fillAbandonAfter: abandonAfter(options.fillAbandonAfter),
     readinessWindow: milliseconds(options, 'readinessWindow', DEFAULTS.readinessWindow, false),
     closeCache: flag(options, 'closeCache', false),
-    logger: options.logger ?? false,
-    accessLog: accessLogOption(options.accessLog),
+    logger,
+    directHits: flag(options, 'directHits', true) && (logger === false || logger === undefined) && accessLog === undefined && rateLimit === undefined,
+    accessLog,
     https: httpsOption(options.https),
     maxConnections: options.maxConnections === undefined ? undefined : positiveInteger(options, 'maxConnections', 1),
-    rateLimit: rateLimitOption(options.rateLimit),
+    rateLimit,
     cluster: resolveCluster(options.cluster),
     workerMetrics: workerMetricsOption(options.workerMetrics),
   };

@@ -1,4 +1,6 @@
 import { setMaxListeners } from 'node:events';
+import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import rateLimit from '@fastify/rate-limit';
 import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify';
 import type { Registry } from 'prom-client';
@@ -14,7 +16,7 @@ import { resolveOptions, type CacheServerOptions } from './options.js';
 import { Readiness } from './readiness.js';
 import { ClusterMember } from './cluster.js';
 import { ServerFills } from './fill.js';
-import { imageRoutes } from './routes/images.js';
+import { directHit, imageRoutes } from './routes/images.js';
 import { managementRoutes } from './routes/management.js';
 import { statusPageRoutes, statusRoutes } from './routes/status.js';
 import { clusterStatusFromDirectory, clusterStatusFromDriver } from './status.js';
@@ -62,6 +64,24 @@ export interface CacheServer {
 /** Response headers that describe an image and must not survive on an error response. */
 const IMAGE_HEADERS = ['etag', 'last-modified', 'accept-ranges', 'content-range', 'content-type'];
 
+/**
+ * The HTTP/1.1 server fastify would make for these (its own, resolved)
+ * options, with `handler` in front of fastify's: plain HTTP or HTTPS, and
+ * the keep-alive, request and connection timeouts and the requests per
+ * socket fastify applies to a server it makes.
+ */
+function nodeServer(options: Record<string, unknown>, handler: (req: IncomingMessage, res: ServerResponse) => void): Server {
+  const https = options.https as object | true | undefined;
+  const server: Server =
+    https === undefined ? createHttpServer((options.http as object | undefined) ?? {}, handler) : createHttpsServer(https === true ? {} : https, handler);
+  server.keepAliveTimeout = options.keepAliveTimeout as number;
+  server.requestTimeout = options.requestTimeout as number;
+  server.setTimeout(options.connectionTimeout as number);
+  const perSocket = options.maxRequestsPerSocket as number;
+  if (perSocket > 0) server.maxRequestsPerSocket = perSocket;
+  return server;
+}
+
 /** Why the space policy did not cache an image, for the log. */
 const SPACE_REASONS = {
   'too-large': 'the image is larger than the whole cache budget',
@@ -89,8 +109,18 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
   const config = resolveOptions(options);
   const { cache, origin } = config;
   // With `https`, fastify builds an https.Server: the instance is typed as the plain one (the routes see the same request and reply).
+  /** Set once the routes' context exists, when plain hits are answered below fastify ({@link CacheServerOptions.directHits}). */
+  let directContext: ServerContext | undefined;
   const app = Fastify({
     ...(config.https === undefined ? {} : { https: config.https }),
+    ...(config.directHits
+      ? {
+          serverFactory: (handler: (req: IncomingMessage, res: ServerResponse) => void, options: Record<string, unknown>) =>
+            nodeServer(options, (req, res) => {
+              if (directContext === undefined || !directHit(directContext, req, res, handler)) handler(req, res);
+            }),
+        }
+      : {}),
     logger: config.logger,
     // Image ids may be up to 255 bytes (more once percent-encoded); longer ones get a 400, not a 404.
     routerOptions: { maxParamLength: 1024 },
@@ -216,6 +246,7 @@ export async function createCacheServer(options: CacheServerOptions): Promise<Ca
     track,
   };
 
+  if (config.directHits) directContext = context;
   installErrorHandling(app, metrics);
   const guard = config.token === undefined ? undefined : bearerGuard(config.token);
 

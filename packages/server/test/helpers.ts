@@ -236,6 +236,8 @@ export function rawRequest(
     method?: string;
     headers?: Record<string, string>;
     path?: string;
+    /** A request body, sent with its Content-Length. */
+    body?: string;
     /** Called when the response headers have arrived, before the body is read. */
     onResponse?: (response: IncomingMessage) => void;
   } = {},
@@ -262,7 +264,7 @@ export function rawRequest(
       },
     );
     req.on('error', reject);
-    req.end();
+    req.end(options.body);
   });
 }
 

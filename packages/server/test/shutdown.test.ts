@@ -162,8 +162,11 @@ describe('graceful shutdown', () => {
     expect(await readdir(`${h.cacheDir}/invalid`)).toEqual(['left']);
   });
 
-  it('a request arriving on an open keep-alive connection during shutdown gets 503 with Retry-After and Connection: close', async () => {
+  // The second request: a probe, and a hit of an entry the server remembers (which a direct hit would answer, ADR 0008).
+  it.each(['/healthz', '/images/small'])('a request arriving on an open keep-alive connection during shutdown gets 503 with Retry-After and Connection: close (%s)', async (next) => {
     h = await startHarness({ shutdownTimeout: 30_000 });
+    await h.cache.cacheImage('small', imageBytes('small', 2000));
+    expect((await rawRequest(`${h.url}/images/small`)).status).toBe(200); // described and remembered
     const data = imageBytes('kept', 300_000);
     let release!: () => void;
     const held = new Promise<void>((resolve) => (release = resolve));
@@ -181,7 +184,7 @@ describe('graceful shutdown', () => {
     const closing = h.server.close();
     const listener = h.server.app.server;
     await waitFor(() => !listener.listening); // shutdown has begun (the 503s are on)
-    socket.write(`GET /healthz HTTP/1.1\r\nHost: ${hostname}\r\nConnection: keep-alive\r\n\r\n`);
+    socket.write(`GET ${next} HTTP/1.1\r\nHost: ${hostname}\r\nConnection: keep-alive\r\n\r\n`);
     release();
     await ended;
     await closing;

@@ -18,6 +18,8 @@ import type { RegisterCommand } from './types.js';
 interface ServeOptions {
   demo?: boolean;
   log?: boolean;
+  /** False with `--no-direct-hits`. */
+  directHits?: boolean;
 }
 
 /** Cache directory of `serve --demo` when none is configured, relative to the working directory. */
@@ -66,6 +68,7 @@ export const registerServe: RegisterCommand = (program, ctx) => {
     .option('--free-stop <percent-or-size>', 'below this free space nothing new is cached: misses are served uncached, e.g. 3% (env IMAGE_CACHE_FREE_STOP)')
     .option('--demo', `try it out: start a demo origin, cache into ./${DEMO_CACHE_DIR} unless a cache dir is configured`)
     .option('--log', 'log every request (JSON lines on stdout)')
+    .option('--no-direct-hits', 'send every request through the HTTP framework; by default a plain GET hit of up to 1 MiB is answered on node:http directly, with the same response and metrics (off anyway with --log, --access-log or --rate-limit)')
     .option('--access-log [path]', 'access log: one JSON line per request (image id, HIT/MISS/FILL-WAIT, status, bytes, range, ms) to the file, or stdout without one (env IMAGE_CACHE_ACCESS_LOG)')
     .option('--tls-cert <file>', 'serve HTTPS with this PEM certificate (chain); needs --tls-key (env IMAGE_CACHE_TLS_CERT)')
     .option('--tls-key <file>', 'the PEM private key of --tls-cert (env IMAGE_CACHE_TLS_KEY)')
@@ -191,6 +194,7 @@ export const registerServe: RegisterCommand = (program, ctx) => {
           ...(fillAbandonAfter === undefined ? {} : { fillAbandonAfter }),
           closeCache: true,
           logger: options.log === true,
+          directHits: options.directHits !== false,
           ...(config.accessLog === undefined ? {} : { accessLog: config.accessLog }),
           ...(https === undefined ? {} : { https }),
           ...(config.maxConnections === undefined ? {} : { maxConnections: config.maxConnections }),

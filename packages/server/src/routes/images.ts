@@ -70,9 +70,9 @@ const DIRECT_HIT_LABELS = { method: 'GET', route: IMAGE_ROUTE, status_code: '200
 
 /**
  * The plain hit answered on `node:http`, below fastify
- * ({@link CacheServerOptions.directHits}, ADR 0008): fastify's routing,
- * request and reply objects and hooks cost a hit of 64 KiB about a sixth of
- * its CPU. Takes the request (returns true) only when the route would send
+ * ({@link CacheServerOptions.directHits}, ADR 0008): without fastify's
+ * routing, request and reply objects and hooks, a 64 KiB hit costs about
+ * 5 % less CPU (9 % more hits per second on one worker). Takes the request (returns true) only when the route would send
  * a 200 with the whole body of an entry this process remembers, of at most
  * one read chunk, with batched hits: a `GET /images/<id>` with a plain id
  * and no query, no `Range`, `If-None-Match` or `If-Modified-Since`, no

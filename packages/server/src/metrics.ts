@@ -176,6 +176,13 @@ export class ServerMetrics {
       aggregator: 'sum',
       registers,
     }).set({ pid: String(process.pid) }, 1);
+    // The size and the space gauges come from one spaceStatus() per scrape (one listing of the directory, where
+    // getCacheSize() would be a second), shared by the gauges that collect at once.
+    let status: Promise<SpaceStatus> | undefined;
+    const space = (): Promise<SpaceStatus> => {
+      status ??= cache.spaceStatus().finally(() => setImmediate(() => (status = undefined)));
+      return status;
+    };
     new Gauge({
       name: METRIC_NAMES.size,
       help: 'Bytes in active cache entries (read at scrape time).',
@@ -184,7 +191,7 @@ export class ServerMetrics {
       registers,
       async collect() {
         try {
-          this.set(await cache.getCacheSize());
+          this.set((await space()).active);
         } catch (error) {
           onCollectError(error);
         }
@@ -217,12 +224,6 @@ export class ServerMetrics {
         this.evictedBytes.inc({ cause: event.cause }, event.bytes);
       } else if (event.type === 'enospc') this.noSpace.inc({ retried: String(event.retried) });
     });
-    // The space gauges come from one spaceStatus() per scrape, shared by the gauges that collect at once.
-    let status: Promise<SpaceStatus> | undefined;
-    const space = (): Promise<SpaceStatus> => {
-      status ??= cache.spaceStatus().finally(() => setImmediate(() => (status = undefined)));
-      return status;
-    };
     // Directory- and filesystem-wide: every process reads the same, so a server of several processes shows one value ('first').
     const spaceGauge = <L extends string>(name: string, help: string, labelNames: L[], set: (gauge: Gauge<L>, now: SpaceStatus) => void) =>
       new Gauge<L>({

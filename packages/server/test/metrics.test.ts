@@ -1,4 +1,5 @@
 import { Readable } from 'node:stream';
+import { SqliteDriver } from '@cache/driver-sqlite';
 import { createOrigin } from '@cache/origin';
 import { InvalidArgumentError } from '@cache/core';
 import { AggregatorRegistry } from 'prom-client';
@@ -61,6 +62,30 @@ describe('/metrics', () => {
     await expect(response.arrayBuffer()).rejects.toThrow();
     await waitFor(async () => (await scrape(h.url)).get(`${METRIC_NAMES.errors}{code="CACHE_ORIGIN_ERROR"}`) === 1);
     expect((await scrape(h.url)).get(METRIC_NAMES.misses)).toBe(1);
+  });
+
+  it('a scrape lists the cache directory once: the size and the space gauges share one listing', async () => {
+    await h.cache.cacheImage('x', Readable.from([imageBytes('x', 3000)]));
+    await h.cache.cacheImage('y', Readable.from([imageBytes('y', 2000)]));
+    // Counted on the driver's class (the cache holds it behind its guard), for this scrape only.
+    const prototype = SqliteDriver.prototype as unknown as Record<'getCachedImages' | 'getCacheSize', (...args: unknown[]) => Promise<unknown>>;
+    const calls = { getCachedImages: 0, getCacheSize: 0 };
+    const originals = { getCachedImages: prototype.getCachedImages, getCacheSize: prototype.getCacheSize };
+    for (const name of ['getCachedImages', 'getCacheSize'] as const) {
+      prototype[name] = function (this: unknown, ...args: unknown[]) {
+        calls[name]++;
+        return originals[name].apply(this, args);
+      };
+    }
+    let m: Map<string, number>;
+    try {
+      m = await scrape(h.url);
+    } finally {
+      Object.assign(prototype, originals);
+    }
+    expect(m.get(METRIC_NAMES.size)).toBe(5000);
+    expect(m.get(`${METRIC_NAMES.usedBytes}{part="active"}`)).toBe(5000);
+    expect(calls).toEqual({ getCachedImages: 1, getCacheSize: 0 });
   });
 
   it('each server has its own registry', async () => {

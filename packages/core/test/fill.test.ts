@@ -3,34 +3,24 @@ import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { createHash } from 'node:crypto';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import {
   ChecksumMismatchError,
   ErrorCodes,
   FillAbandonedError,
   ImageCache,
-  MemoryDriver,
   OriginError,
   type Fill,
 } from '../src/index.js';
-import { collect, tempDir } from './helpers.js';
+import { collect, memoryCacheEach } from './helpers.js';
 import { collector, controlledSource, failureOf, imageBytes, split, expectRolledBack, whenRole, whenWritten } from './fill-helpers.js';
 
 const C = 64 * 1024;
 
 let dir: string;
-let cleanup: () => Promise<void>;
 let cache: ImageCache;
 
-beforeEach(async () => {
-  ({ dir, cleanup } = await tempDir('fill'));
-  cache = await ImageCache.open({ driver: new MemoryDriver({ cacheDir: dir }) });
-});
-
-afterEach(async () => {
-  await cache.close();
-  await cleanup();
-});
+memoryCacheEach('fill', (opened) => ({ cache, dir } = opened));
 
 /**
  * A caching stream of `img` (4 chunks of a 4-chunk image, from a source the

@@ -3,12 +3,40 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import type { CacheDriver } from '../src/index.js';
+import { afterEach, beforeEach } from 'vitest';
+import type { DirectoryDriverOptions } from '../src/driver-api.js';
+import { ImageCache, MemoryDriver, type CacheDriver } from '../src/index.js';
 
 /** A fresh directory on the OS temp filesystem (real files; no mocked fs). */
 export async function tempDir(prefix: string): Promise<{ dir: string; cleanup: () => Promise<void> }> {
   const dir = await mkdtemp(join(tmpdir(), `${prefix}-`));
   return { dir, cleanup: () => rm(dir, { recursive: true, force: true }) };
+}
+
+/**
+ * For each test of the enclosing `describe` (or file): a fresh {@link tempDir}
+ * with an `ImageCache` on a `MemoryDriver` (plus `driverOptions`), handed to
+ * `use` before the test (a `beforeEach` registered after this call runs after
+ * it, and may seed entries); closed and removed after the test.
+ */
+export function memoryCacheEach(
+  prefix: string,
+  use: (opened: { cache: ImageCache; dir: string }) => void,
+  driverOptions: Omit<DirectoryDriverOptions, 'cacheDir'> = {},
+): void {
+  let opened: { cache?: ImageCache; cleanup: () => Promise<void> } | undefined;
+  beforeEach(async () => {
+    const { dir, cleanup } = await tempDir(prefix);
+    opened = { cleanup };
+    const cache = await ImageCache.open({ driver: new MemoryDriver({ ...driverOptions, cacheDir: dir }) });
+    opened.cache = cache;
+    use({ cache, dir });
+  });
+  afterEach(async () => {
+    await opened?.cache?.close();
+    await opened?.cleanup();
+    opened = undefined;
+  });
 }
 
 export async function write(driver: CacheDriver, id: string, data: Buffer | string): Promise<void> {

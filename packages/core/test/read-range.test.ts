@@ -3,10 +3,10 @@ import { rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Writable, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { beforeEach, describe, expect, it } from 'vitest';
 import { ErrorCodes, ImageCache, MemoryDriver, type ReadOptions } from '../src/index.js';
 import { READ_CHUNK_SIZE, releaseReadChunk } from '../src/driver-api.js';
-import { collect, openUnder, tempDir, write } from './helpers.js';
+import { collect, memoryCacheEach, openUnder, write } from './helpers.js';
 
 /** Deterministic bytes: every offset has its own value pattern, so a shifted range never matches. */
 function bytes(size: number): Buffer {
@@ -17,19 +17,13 @@ function bytes(size: number): Buffer {
 
 describe('openForRead(id, { start, end }): ranged reads', () => {
   let dir: string;
-  let cleanup: () => Promise<void>;
   let cache: ImageCache;
   const SIZE = 2 * READ_CHUNK_SIZE + 1234; // three reads of the file
   const data = bytes(SIZE);
 
+  memoryCacheEach('read-range', (opened) => ({ cache, dir } = opened));
   beforeEach(async () => {
-    ({ dir, cleanup } = await tempDir('read-range'));
-    cache = await ImageCache.open({ driver: new MemoryDriver({ cacheDir: dir }) });
     await write(cache.driver, 'img', data);
-  });
-  afterEach(async () => {
-    await cache.close();
-    await cleanup();
   });
 
   const read = async (options: ReadOptions) => collect(await cache.openForRead('img', options));
@@ -103,20 +97,13 @@ describe('openForRead(id, { start, end }): ranged reads', () => {
 });
 
 describe('the hit rule: a read counts one hit when the reader has been handed the last byte', () => {
-  let dir: string;
-  let cleanup: () => Promise<void>;
   let cache: ImageCache;
   const SIZE = 3 * READ_CHUNK_SIZE + 77;
   const data = bytes(SIZE);
 
+  memoryCacheEach('hit-rule', (opened) => ({ cache } = opened));
   beforeEach(async () => {
-    ({ dir, cleanup } = await tempDir('hit-rule'));
-    cache = await ImageCache.open({ driver: new MemoryDriver({ cacheDir: dir }) });
     await write(cache.driver, 'img', data);
-  });
-  afterEach(async () => {
-    await cache.close();
-    await cleanup();
   });
 
   it('a range that reaches the last byte counts one; a range that stops before it counts none', async () => {
@@ -227,16 +214,8 @@ describe('the hit rule: a read counts one hit when the reader has been handed th
 
 describe('openForRead(id, { identity }): only the file stat() described', () => {
   let dir: string;
-  let cleanup: () => Promise<void>;
   let cache: ImageCache;
-  beforeEach(async () => {
-    ({ dir, cleanup } = await tempDir('read-identity'));
-    cache = await ImageCache.open({ driver: new MemoryDriver({ cacheDir: dir }) });
-  });
-  afterEach(async () => {
-    await cache.close();
-    await cleanup();
-  });
+  memoryCacheEach('read-identity', (opened) => ({ cache, dir } = opened));
 
   it('reads the file it names; rejects with ImageChangedError once another file is under the id, ImageNotCachedError once none is', async () => {
     await write(cache.driver, 'img', 'first');
@@ -265,19 +244,13 @@ async function closed(stream: Readable): Promise<void> {
 
 describe('openForRead of an entry larger than a small read: the stream owns the descriptor it was opened with', () => {
   let dir: string;
-  let cleanup: () => Promise<void>;
   let cache: ImageCache;
   const SIZE = 2 * READ_CHUNK_SIZE + 77;
   const data = bytes(SIZE);
 
+  memoryCacheEach('read-fd', (opened) => ({ cache, dir } = opened));
   beforeEach(async () => {
-    ({ dir, cleanup } = await tempDir('read-fd'));
-    cache = await ImageCache.open({ driver: new MemoryDriver({ cacheDir: dir }) });
     await write(cache.driver, 'big', data);
-  });
-  afterEach(async () => {
-    await cache.close();
-    await cleanup();
   });
 
   it.skipIf(process.platform !== 'linux')('closes it after a whole read, after a range, and after a reader that leaves early', async () => {
@@ -323,18 +296,9 @@ describe('openForRead of an entry larger than a small read: the stream owns the 
 });
 
 describe('releaseReadChunk: read buffers of more than 64 KiB come from a pool', () => {
-  let dir: string;
-  let cleanup: () => Promise<void>;
   let cache: ImageCache;
 
-  beforeEach(async () => {
-    ({ dir, cleanup } = await tempDir('read-pool'));
-    cache = await ImageCache.open({ driver: new MemoryDriver({ cacheDir: dir }) });
-  });
-  afterEach(async () => {
-    await cache.close();
-    await cleanup();
-  });
+  memoryCacheEach('read-pool', (opened) => ({ cache } = opened));
 
   it('a released chunk is reused by a later read, which overwrites it with its own bytes; unreleased and foreign buffers are not', async () => {
     const a = bytes(200_000);

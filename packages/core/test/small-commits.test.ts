@@ -6,7 +6,7 @@ import { pipeline } from 'node:stream/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { FdHandle } from '../src/driver-api.js';
 import { ImageCache, MemoryDriver, SMALL_WRITE_BYTES } from '../src/index.js';
-import { openUnder, tempDir } from './helpers.js';
+import { memoryCacheEach, openUnder, tempDir } from './helpers.js';
 
 /** `size` bytes, each position distinct enough that a misplaced chunk shows. */
 function pattern(size: number, seed: number): Buffer {
@@ -17,18 +17,9 @@ function pattern(size: number, seed: number): Buffer {
 
 describe.each(['strict', 'relaxed'] as const)('small commits on the event loop (%s)', (durability) => {
   let dir: string;
-  let cleanup: () => Promise<void>;
   let cache: ImageCache;
 
-  beforeEach(async () => {
-    ({ dir, cleanup } = await tempDir(`small-commits-${durability}`));
-    cache = await ImageCache.open({ driver: new MemoryDriver({ cacheDir: dir, durability, syncInterval: 0 }) });
-  });
-
-  afterEach(async () => {
-    await cache.close();
-    await cleanup();
-  });
+  memoryCacheEach(`small-commits-${durability}`, (opened) => ({ cache, dir } = opened), { durability, syncInterval: 0 });
 
   it('commits entries below, at and above SMALL_WRITE_BYTES byte for byte, and in chunks that cross it', async () => {
     const cases: [string, Buffer[]][] = [
@@ -115,18 +106,9 @@ describe('FdHandle', () => {
 
 describe.each(['strict', 'relaxed'] as const)('small commits from memory: cacheImage of bytes, driver.writeSmallImage (%s)', (durability) => {
   let dir: string;
-  let cleanup: () => Promise<void>;
   let cache: ImageCache;
 
-  beforeEach(async () => {
-    ({ dir, cleanup } = await tempDir(`small-bytes-${durability}`));
-    cache = await ImageCache.open({ driver: new MemoryDriver({ cacheDir: dir, durability, syncInterval: 0 }) });
-  });
-
-  afterEach(async () => {
-    await cache.close();
-    await cleanup();
-  });
+  memoryCacheEach(`small-bytes-${durability}`, (opened) => ({ cache, dir } = opened), { durability, syncInterval: 0 });
 
   it('commits a Buffer, a Uint8Array view into a larger buffer, and bytes above SMALL_WRITE_BYTES, byte for byte', async () => {
     const big = pattern(10_000, 11);

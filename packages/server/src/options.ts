@@ -232,7 +232,7 @@ export function resolveOptions(options: CacheServerOptions): ResolvedOptions {
     readinessWindow: milliseconds(options, 'readinessWindow', DEFAULTS.readinessWindow, false),
     closeCache: flag(options, 'closeCache', false),
     logger,
-    directHits: flag(options, 'directHits', true) && (logger === false || logger === undefined) && accessLog === undefined && rateLimit === undefined,
+    directHits: flag(options, 'directHits', true) && logger === false && accessLog === undefined && rateLimit === undefined,
     accessLog,
     https: httpsOption(options.https),
     maxConnections: options.maxConnections === undefined ? undefined : positiveInteger(options, 'maxConnections', 1),

@@ -83,7 +83,9 @@ export interface DirectoryDriverOptions {
    * commits share one directory fsync and one metadata transaction.
    * `relaxed`: no fsync, as Glance: the file is renamed into place once its
    * bytes are written and becomes durable at the next sync point (every
-   * `syncInterval` ms, {@link DirectoryCacheDriver.sync}, `close()`). After an
+   * `syncInterval` ms, {@link DirectoryCacheDriver.sync}, `close()`), and so
+   * does metadata the driver writes without waiting for the disk (the
+   * sqlite driver's rows; see `syncMetadata`). After an
    * unclean shutdown, entries committed since the last sync point are
    * re-verified against their stored digest or moved to `invalid/`, so a torn
    * file is never served.
@@ -400,11 +402,21 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
     const notes = window.notes;
     await window.syncCommitted();
     await syncDirectory(this.dir.baseDir);
+    await this.syncMetadata();
     // A writer under way keeps the window (its file's mtime may precede a new window's start).
     if (this.#window !== window || this.#relaxedWriters > 0 || window.notes !== notes) return;
     this.#window = undefined;
     await window.close(this.#stateDir);
   }
+
+  /**
+   * Relaxed mode: makes the metadata the driver wrote without waiting for
+   * the disk since the last sync point durable. Called at every sync point
+   * after the files and the directory are fsynced and before the journal of
+   * unsynced commits is cleared, so a clean point covers files and metadata
+   * alike. The default does nothing (metadata written durably, or none).
+   */
+  protected async syncMetadata(): Promise<void> {}
 
   get #stateDir(): string {
     return join(this.dir.baseDir, STATE_DIRECTORY);

@@ -179,9 +179,10 @@ export class RelaxedWindow {
     this.notes++;
     try {
       // A few bytes into the page cache: done at once instead of a threadpool round trip per commit.
-      const line = Buffer.from(`${id}\n`);
+      const line = `${id}\n`;
+      const length = Buffer.byteLength(line);
       const written = writeSync(this.handle.fd, line);
-      if (written !== line.length) throw new Error(`short write (${written} of ${line.length} bytes)`);
+      if (written !== length) throw new Error(`short write (${written} of ${length} bytes)`);
     } catch (error) {
       throw storageError('write', this.path, error);
     }

@@ -106,6 +106,8 @@ export class SqliteDriver extends DirectoryCacheDriver {
   readonly #busyTimeout: number;
   #db: Database.Database | undefined;
   #statements: Record<keyof typeof SQL, Statement> | undefined;
+  /** Rows were written with `synchronous = OFF` since the last {@link syncMetadata}. */
+  #unsyncedWrites = false;
 
   constructor(options: SqliteDriverOptions) {
     const cacheDir = options?.cacheDir;
@@ -189,9 +191,17 @@ export class SqliteDriver extends DirectoryCacheDriver {
     }
   }
 
+  /**
+   * A commit's row. Strict mode: `synchronous = NORMAL`, durable before the
+   * commit settles. Relaxed mode: `synchronous = OFF`, as the file itself is
+   * written without `fsync`; {@link syncMetadata} makes it durable at the
+   * next sync point (docs/adr/0007).
+   */
   protected async recordCommit(id: ImageId, info: CommitInfo): Promise<void> {
     this.#run('record commit', (s) =>
-      s.upsert.run({ id, time: info.time, size: info.size, checksum: info.checksum ?? null, fid: info.identity }),
+      this.#withSync(s, this.durability !== 'relaxed', () =>
+        s.upsert.run({ id, time: info.time, size: info.size, checksum: info.checksum ?? null, fid: info.identity }),
+      ),
     );
   }
 
@@ -200,11 +210,13 @@ export class SqliteDriver extends DirectoryCacheDriver {
     const [only] = commits;
     if (commits.length === 1 && only !== undefined) return this.recordCommit(only.id, only.info);
     this.#run('record commits', (s, db) =>
-      db.transaction(() => {
-        for (const { id, info } of commits) {
-          s.upsert.run({ id, time: info.time, size: info.size, checksum: info.checksum ?? null, fid: info.identity });
-        }
-      })(),
+      this.#withSync(s, this.durability !== 'relaxed', () =>
+        db.transaction(() => {
+          for (const { id, info } of commits) {
+            s.upsert.run({ id, time: info.time, size: info.size, checksum: info.checksum ?? null, fid: info.identity });
+          }
+        })(),
+      ),
     );
   }
 
@@ -234,13 +246,46 @@ export class SqliteDriver extends DirectoryCacheDriver {
 
   /** Runs `fn` with `synchronous = OFF` unless {@link syncHits} (see the option), then back to `NORMAL`; for hits and row deletes. */
   #unsynced<T>(s: Record<keyof typeof SQL, Statement>, fn: () => T): T {
-    if (this.syncHits) return fn();
+    return this.#withSync(s, this.syncHits, fn);
+  }
+
+  /**
+   * Runs `fn` as it is (`synchronous = NORMAL`) when `sync`, else with
+   * `synchronous = OFF` and then back to `NORMAL`, noting that the database
+   * has writes the next {@link syncMetadata} makes durable.
+   */
+  #withSync<T>(s: Record<keyof typeof SQL, Statement>, sync: boolean, fn: () => T): T {
+    if (sync) return fn();
+    this.#unsyncedWrites = true;
     s.syncOff.run();
     try {
       return fn();
     } finally {
       s.syncNormal.run();
     }
+  }
+
+  /**
+   * The relaxed sync point's share (see `DirectoryCacheDriver.syncMetadata`):
+   * when rows were written with `synchronous = OFF` since the last one, one
+   * small write transaction with `synchronous = FULL` (the database header's
+   * `user_version` rewritten to its own value) makes SQLite `fsync` its
+   * journal or WAL and the database, and with them every earlier write.
+   */
+  protected override async syncMetadata(): Promise<void> {
+    if (!this.#unsyncedWrites) return;
+    this.#run('sync metadata', (s, db) => {
+      s.syncFull.run();
+      try {
+        db.transaction(() => {
+          const version = db.pragma('user_version', { simple: true }) as number;
+          db.pragma(`user_version = ${Math.trunc(version)}`);
+        }).immediate();
+      } finally {
+        s.syncNormal.run();
+      }
+    });
+    this.#unsyncedWrites = false;
   }
 
   /** `hits` and the identity it belongs to, from the primary key: one row, two columns. */

@@ -79,6 +79,7 @@ export const SQL = {
   selectIdList: `SELECT image_id FROM cached_images`,
   syncOff: `PRAGMA synchronous = OFF`,
   syncNormal: `PRAGMA synchronous = NORMAL`,
+  syncFull: `PRAGMA synchronous = FULL`,
   selectAll: `SELECT image_id, last_accessed, last_modified, size, hits, checksum, file_id FROM cached_images`,
   selectIds: `SELECT image_id, size FROM cached_images`,
   // What a listing needs of every row (not the digest), as arrays (see ListingRow).

@@ -278,6 +278,50 @@ describe('hit durability (syncHits)', () => {
   });
 });
 
+describe('relaxed commits: rows written without fsync, made durable at the sync point (docs/adr/0007)', () => {
+  /** The database header's file change counter: SQLite adds one for every write transaction (rollback journal). */
+  const changeCounter = async () => (await readFile(join(dir, 'cache.db'))).readUInt32BE(24);
+
+  it('sync() runs one durable write transaction when rows were written since the last one, none otherwise, and keeps user_version', async () => {
+    const outside = new Database(join(dir, 'cache.db'));
+    outside.pragma('user_version = 7');
+    outside.close();
+    const d = await driver({ durability: 'relaxed', syncInterval: 0 });
+    await writeImage(d, 'a', Buffer.from('first'));
+    // A write under way keeps the journal of unsynced commits open, so every sync below reaches the database.
+    const pending = await d.openForWrite('pending');
+    const afterCommit = await changeCounter();
+    await d.sync();
+    expect(await changeCounter()).toBe(afterCommit + 1);
+    // Nothing written since: no transaction.
+    await d.sync();
+    expect(await changeCounter()).toBe(afterCommit + 1);
+    pending.destroy();
+    await new Promise((resolve) => pending.once('close', resolve));
+    // A hit and a commit: their own transactions, then one for the sync point.
+    await readImage(d, 'a');
+    await writeImage(d, 'b', Buffer.from('second'));
+    await d.sync();
+    expect(await changeCounter()).toBe(afterCommit + 4);
+    const reader = new Database(join(dir, 'cache.db'), { readonly: true });
+    try {
+      expect(reader.pragma('user_version', { simple: true })).toBe(7);
+      expect(reader.prepare('SELECT hits, size FROM cached_images WHERE image_id = ?').get('a')).toEqual({ hits: 1, size: 5 });
+    } finally {
+      reader.close();
+    }
+  });
+
+  it('a strict driver writes no extra transaction (its commits are durable when they settle)', async () => {
+    const d = await driver({ durability: 'strict' });
+    await writeImage(d, 'a', Buffer.from('first'));
+    const afterCommit = await changeCounter();
+    await d.sync();
+    await d.close();
+    expect(await changeCounter()).toBe(afterCommit);
+  });
+});
+
 describe('database failures are typed errors, never silent wrong answers', () => {
   it('a corrupt cache.db refuses configure() with BadDriverConfigurationError saying how to recover', async () => {
     await writeFile(join(dir, 'cache.db'), Buffer.alloc(8192, 'garbage!'));

@@ -26,7 +26,7 @@
  * A connection that ends without `committed` or `failed` means the owner died
  * or gave up without an outcome: followers try to take over (one wins `listen()`).
  */
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { ChecksumMismatchError, ErrorCodes, OriginError } from '../errors.js';
@@ -41,7 +41,8 @@ export const HOST_LOCKS = process.platform === 'linux';
  * @param realCacheDir - the cache directory after `realpath()`, so every spelling of it maps to one lock.
  */
 export function fillLockName(realCacheDir: string, id: string): string {
-  const digest = createHash('sha256').update(`${realCacheDir}\0${id}`).digest('hex');
+  // One-shot `hash` (Node >= 20.12): a third of `createHash().update().digest()` on every write's lock.
+  const digest = hash('sha256', `${realCacheDir}\0${id}`, 'hex');
   return `\0image-cache/fill/${digest}`;
 }
 

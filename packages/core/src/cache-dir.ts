@@ -2,7 +2,7 @@ import { constants as fsConstants, lstat as lstatCallback, lstatSync, openSync, 
 import { access, mkdir, open, readdir, rename, stat, type FileHandle } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { BadDriverConfigurationError, CacheStorageError, ImageBeingCachedError } from './errors.js';
-import { isValidImageId, type ImageId } from './image-id.js';
+import { assertImageId, isValidImageId, type ImageId } from './image-id.js';
 import { FdHandle } from './write-handle.js';
 
 /**
@@ -23,6 +23,9 @@ export type EntryStatus = 'active' | 'incomplete' | 'invalid' | 'queue';
 
 /** The sub-directories of a cache directory, as Glance names them. */
 export const SUBDIRECTORIES = ['incomplete', 'invalid', 'queue'] as const;
+
+/** How many checked ids {@link CacheDirectory.checkedActivePath} remembers before it starts over. */
+const CHECKED_PATHS = 4096;
 
 /** What one directory scan knows about a file in the cache directory. */
 export interface EntryStat {
@@ -243,6 +246,27 @@ export class CacheDirectory {
     this.#reserved = options.reservedNames ?? [];
   }
 
+  /** Active paths of ids that passed the id check (see {@link checkedActivePath}). */
+  readonly #checked = new Map<string, string>();
+
+  /**
+   * The active path of `id` once it passes the id check (`InvalidImageIdError`
+   * otherwise, as `assertImageId` with this directory's reserved names). The
+   * answer is remembered for the next {@link CHECKED_PATHS} ids asked: a valid
+   * id stays valid and its path the same, so a repeated query skips the check
+   * and builds no string.
+   */
+  checkedActivePath(id: unknown): string {
+    let path = this.#checked.get(id as string);
+    if (path === undefined) {
+      assertImageId(id, this.#reserved);
+      path = this.#prefixes.active + id;
+      if (this.#checked.size >= CHECKED_PATHS) this.#checked.clear();
+      this.#checked.set(id, path);
+    }
+    return path;
+  }
+
   /** Extra reserved names given at construction. */
   get reservedNames(): readonly string[] {
     return this.#reserved;
@@ -304,6 +328,16 @@ export class CacheDirectory {
   statFileSync(id: ImageId, status: EntryStatus = 'active'): EntryStat | undefined {
     const info = regularFileSync(this.path(id, status), true);
     return info === undefined ? undefined : toEntryStat(id, info);
+  }
+
+  /** The size of the regular file at `path` (from {@link checkedActivePath}), or `undefined`: as {@link sizeSync}. */
+  sizeAtSync(path: string): number | undefined {
+    return regularFileSync(path)?.size;
+  }
+
+  /** True when a regular file is at `path` (from {@link checkedActivePath}): as {@link existsSync}. */
+  existsAtSync(path: string): boolean {
+    return regularFileSync(path) !== undefined;
   }
 
   /**

@@ -509,8 +509,9 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
   isCached(id: ImageId): Promise<boolean> {
     // Not `async` (one syscall; no await): a resolved promise, or a rejection for a bad id, a closed driver, a failed lstat.
     try {
-      this.guard(id);
-      return Promise.resolve(this.dir.existsSync(id, 'active'));
+      const path = this.dir.checkedActivePath(id);
+      this.guardOpen();
+      return Promise.resolve(this.dir.existsAtSync(path));
     } catch (error) {
       return Promise.reject(error);
     }
@@ -557,9 +558,10 @@ export abstract class DirectoryCacheDriver implements CacheDriver {
   getImageSize(id: ImageId): Promise<number> {
     // Not `async`, as isCached.
     try {
-      this.guard(id);
-      const size = this.dir.sizeSync(id, 'active');
-      if (size === undefined) throw new ImageNotCachedError(id, this.dir.path(id));
+      const path = this.dir.checkedActivePath(id);
+      this.guardOpen();
+      const size = this.dir.sizeAtSync(path);
+      if (size === undefined) throw new ImageNotCachedError(id, path);
       return Promise.resolve(size);
     } catch (error) {
       return Promise.reject(error);

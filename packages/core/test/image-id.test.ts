@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { assertImageId, ErrorCodes, imageIdProblem, InvalidImageIdError, isValidImageId, RESERVED_NAMES } from '../src/index.js';
+import { CacheDirectory } from '../src/cache-dir.js';
 
 describe('image ids', () => {
   it.each([
@@ -52,5 +53,24 @@ describe('image ids', () => {
 
   it('says what to do in the message', () => {
     expect(() => assertImageId('../etc')).toThrow(/one path segment of at most 255 bytes/);
+  });
+});
+
+describe('CacheDirectory.checkedActivePath: the id check, remembered for valid ids', () => {
+  const dir = new CacheDirectory('/var/cache/images', { driverName: 'test', reservedNames: ['my.db'] });
+
+  it('gives the active path of a valid id, the same on every call', () => {
+    expect(dir.checkedActivePath('img-1')).toBe('/var/cache/images/img-1');
+    expect(dir.checkedActivePath('img-1')).toBe(dir.path('img-1'));
+  });
+
+  it.each(['', '.hidden', 'a/b', 'incomplete', 'MY.DB', '\ud800'])('refuses %j with InvalidImageIdError, every time (nothing remembered)', (id) => {
+    for (let i = 0; i < 2; i++) expect(() => dir.checkedActivePath(id)).toThrow(InvalidImageIdError);
+  });
+
+  it('stays right past its bound (it starts over, it never answers for another id)', () => {
+    for (let i = 0; i < 10_000; i++) expect(dir.checkedActivePath(`id-${i}`)).toBe(`/var/cache/images/id-${i}`);
+    expect(() => dir.checkedActivePath('queue')).toThrow(InvalidImageIdError);
+    expect(dir.checkedActivePath('id-3')).toBe('/var/cache/images/id-3');
   });
 });

@@ -43,7 +43,7 @@ export interface SqliteDriverOptions extends DirectoryDriverOptions {
   journalMode?: SqliteJournalMode;
   /**
    * Whether recording a hit (and deleting the row of a file already gone)
-   * waits for the disk (`PRAGMA synchronous = NORMAL`, as commits always
+   * waits for the disk (`PRAGMA synchronous = NORMAL`, as strict commits
    * do). By default a hit's `UPDATE` runs with `synchronous = OFF`: SQLite hands its writes to the kernel
    * and returns without `fsync`, which is safe when the process crashes
    * (the journal protocol still runs; the kernel has every byte), but a

@@ -346,7 +346,7 @@ export class CacheDirectory {
    * `getImageSize`, which needs nothing else of the file.
    */
   sizeSync(id: ImageId, status: EntryStatus = 'active'): number | undefined {
-    return regularFileSync(this.path(id, status))?.size;
+    return this.sizeAtSync(this.path(id, status));
   }
 
   /** True when a regular file for `id` exists in that part of the cache. */
@@ -356,7 +356,7 @@ export class CacheDirectory {
 
   /** {@link exists} without the promise: one synchronous `lstat` without nanosecond times. */
   existsSync(id: ImageId, status: EntryStatus = 'active'): boolean {
-    return regularFileSync(this.path(id, status)) !== undefined;
+    return this.existsAtSync(this.path(id, status));
   }
 
   /**

@@ -22,17 +22,23 @@
  *   close, the queue-marker check), with nothing around them;
  * - 32 concurrent strict `cacheImage` calls ÷ 32 sequential ones (group
  *   commit), beside its floor: 32 concurrent raw durable writes ÷ 32
- *   sequential ones (how far the filesystem itself overlaps fsyncs).
+ *   sequential ones (how far the filesystem itself overlaps fsyncs);
+ * - the same for the strict commit's own system calls made raw
+ *   (`rawCommitFloor(…, durable)`: the lock socket, the checks, the
+ *   driver's attributes or row, the fsyncs), and ours 32 at once ÷ them 32
+ *   at once: a driver whose sequential commit is cheaper than its floor's
+ *   overlaps less in proportion, so the absolute rate is the other check.
  *
  * Each side's rate is the median of its rounds' rates (a burst of another
  * process's load slows one round of one side, and counts once).
  */
-import { closeSync, constants as fsConstants, fstatSync, lstatSync, openSync, renameSync, statSync, writeSync } from 'node:fs';
+import { closeSync, constants as fsConstants, fstatSync, fsync, lstatSync, openSync, renameSync, statSync, writeSync } from 'node:fs';
 import { mkdir, open, rename, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { promisify } from 'node:util';
 import Database from 'better-sqlite3';
 import { setAttributeSync } from 'fs-xattr';
 import type { CacheDriver, Durability, ImageCache } from '@cache/core';
@@ -87,15 +93,23 @@ function rawSqlite(dir: string): { run: (name: string, bytes: Buffer) => Promise
  * order. `driver` adds the xattr driver's four attributes, or the sqlite
  * driver's row (one upsert in its own transaction, rollback journal,
  * `synchronous = OFF`, as a relaxed commit's row: docs/adr/0007).
+ *
+ * With `durable`, the floor of a strict commit of bytes in memory instead:
+ * no journal line; the file's fsync and, after the rename and close, an
+ * fsync of the directory (an open handle on it, as the driver keeps) run on
+ * the threadpool as ours do, but once per write (no group commit); the
+ * sqlite row is upserted with `synchronous = NORMAL`, in its own transaction.
  */
-export function rawRelaxedFloor(dir: string, driver: DriverName): { run: (name: string, bytes: Buffer) => Promise<void>; close: () => void } {
-  const journal = openSync(join(dir, 'journal'), 'a');
+export function rawCommitFloor(dir: string, driver: DriverName, durable = false): { run: (name: string, bytes: Buffer) => Promise<void>; close: () => Promise<void> } {
+  const journal = durable ? undefined : openSync(join(dir, 'journal'), 'a');
+  const dirHandle = durable ? open(dir, 'r') : undefined;
+  dirHandle?.catch(() => undefined);
   let db: Database.Database | undefined;
   let upsert: Database.Statement | undefined;
   if (driver === 'sqlite') {
     db = new Database(join(dir, 'raw.db'));
     db.pragma('journal_mode = DELETE');
-    db.pragma('synchronous = OFF');
+    db.pragma(durable ? 'synchronous = NORMAL' : 'synchronous = OFF');
     db.exec('CREATE TABLE IF NOT EXISTS t (id TEXT PRIMARY KEY, size INTEGER, at REAL, checksum TEXT, fid TEXT)');
     upsert = db.prepare(
       'INSERT INTO t (id, size, at, checksum, fid) VALUES (?, ?, ?, NULL, ?) ON CONFLICT(id) DO UPDATE SET size = excluded.size, at = excluded.at, fid = excluded.fid',
@@ -124,16 +138,19 @@ export function rawRelaxedFloor(dir: string, driver: DriverName): { run: (name: 
         setAttributeSync(incomplete, 'user.image_cache.committed_ns', at);
         setAttributeSync(incomplete, 'user.image_cache.file', `${info.ino}:${info.size}:${info.mtimeNs}`);
       }
-      writeSync(journal, `${name}\n`);
+      if (journal !== undefined) writeSync(journal, `${name}\n`);
+      if (dirHandle !== undefined) await promisify(fsync)(fd);
       renameSync(incomplete, active);
       closeSync(fd);
+      if (dirHandle !== undefined) await (await dirHandle).sync();
       lstatSync(join(dir, 'queue', name), { throwIfNoEntry: false });
       upsert?.run(name, bytes.length, Date.now() / 1000, `${info.ino}:${info.size}:${info.mtimeNs}`);
       server.close();
     },
-    close: () => {
+    close: async () => {
       db?.close();
-      closeSync(journal);
+      if (journal !== undefined) closeSync(journal);
+      if (dirHandle !== undefined) await (await dirHandle).close();
     },
   };
 }
@@ -164,7 +181,8 @@ export async function durabilityFigures(ctx: SuiteContext): Promise<void> {
     const base = join(fs.path, `durability-${driver}`);
     const caches: Partial<Record<Durability, ImageCache>> = {};
     let sqliteRaw: ReturnType<typeof rawSqlite> | undefined;
-    let floorRaw: ReturnType<typeof rawRelaxedFloor> | undefined;
+    let floorRaw: ReturnType<typeof rawCommitFloor> | undefined;
+    let strictFloorRaw: ReturnType<typeof rawCommitFloor> | undefined;
     try {
       for (const mode of ['strict', 'relaxed'] as const) {
         const cache = await openCache(driver, join(base, mode), Number.MAX_SAFE_INTEGER, undefined, mode);
@@ -186,8 +204,12 @@ export async function durabilityFigures(ctx: SuiteContext): Promise<void> {
       }
       const floorDir = join(base, 'raw-floor');
       for (const sub of ['incomplete', 'queue']) await mkdir(join(floorDir, sub), { recursive: true });
-      const floor = rawRelaxedFloor(floorDir, driver);
+      const floor = rawCommitFloor(floorDir, driver);
       floorRaw = floor;
+      const strictFloorDir = join(base, 'raw-strict-floor');
+      for (const sub of ['incomplete', 'queue']) await mkdir(join(strictFloorDir, sub), { recursive: true });
+      const strictFloor = rawCommitFloor(strictFloorDir, driver, true);
+      strictFloorRaw = strictFloor;
       const sqlite = sqliteRaw;
       let n = 0;
       const next = (prefix: string) => `${prefix}-${++n}`;
@@ -202,6 +224,8 @@ export async function durabilityFigures(ctx: SuiteContext): Promise<void> {
         { key: 'relaxed-floor', ops: perBatch, run: async () => { for (let i = 0; i < perBatch; i++) await floor.run(next('f'), small); } },
         { key: 'strict-32-seq-bytes', ops: CONCURRENCY, run: async () => { for (let i = 0; i < CONCURRENCY; i++) await strict.cacheImage(next('qb'), small); } },
         { key: 'strict-32-conc-bytes', ops: CONCURRENCY, run: () => Promise.all(Array.from({ length: CONCURRENCY }, () => strict.cacheImage(next('cb'), small))) },
+        { key: 'strict-floor-32-seq', ops: CONCURRENCY, run: async () => { for (let i = 0; i < CONCURRENCY; i++) await strictFloor.run(next('fq'), small); } },
+        { key: 'strict-floor-32-conc', ops: CONCURRENCY, run: () => Promise.all(Array.from({ length: CONCURRENCY }, () => strictFloor.run(next('fc'), small))) },
         { key: 'raw-durable-32-seq', ops: CONCURRENCY, run: async () => { for (let i = 0; i < CONCURRENCY; i++) await rawWrite(join(raw, 'staging'), join(raw, 'active'), next('rq'), small, true); } },
         { key: 'raw-durable-32-conc', ops: CONCURRENCY, run: () => Promise.all(Array.from({ length: CONCURRENCY }, () => rawWrite(join(raw, 'staging'), join(raw, 'active'), next('rc'), small, true))) },
         { key: 'strict-32-seq', ops: CONCURRENCY, run: async () => { for (let i = 0; i < CONCURRENCY; i++) await strict.cacheImage(next('q'), Readable.from([small])); } },
@@ -251,9 +275,13 @@ export async function durabilityFigures(ctx: SuiteContext): Promise<void> {
       add(`${CONCURRENCY} concurrent strict 4 KiB commits`, `${CONCURRENCY} cacheImage of a stream at once, strict`, rate('strict-32-conc'), `${CONCURRENCY} strict cacheImage one after the other`, rate('strict-32-seq'), 4);
       add(`${CONCURRENCY} concurrent strict 4 KiB commits, from memory`, `${CONCURRENCY} cacheImage of a Buffer at once, strict`, rate('strict-32-conc-bytes'), `${CONCURRENCY} strict cacheImage of a Buffer one after the other`, rate('strict-32-seq-bytes'), 4);
       add(`${CONCURRENCY} concurrent raw durable writes (floor)`, `${CONCURRENCY} raw durable writes at once`, rate('raw-durable-32-conc'), `${CONCURRENCY} raw durable writes one after the other`, rate('raw-durable-32-seq'), null);
+      const strictCalls = `lock socket, checks, create, write, fstat, ${driver === 'xattr' ? '4 setxattr' : 'SQLite upsert'}, fsync, rename, close, fsync dir`;
+      add(`${CONCURRENCY} concurrent strict commits' own system calls (floor)`, `${CONCURRENCY} at once: the same system calls raw (${strictCalls}; no group commit)`, rate('strict-floor-32-conc'), `${CONCURRENCY} of them one after the other`, rate('strict-floor-32-seq'), null);
+      add(`${CONCURRENCY} concurrent strict 4 KiB commits, from memory, beside their floor`, `${CONCURRENCY} cacheImage of a Buffer at once, strict`, rate('strict-32-conc-bytes'), `${CONCURRENCY} at once: the same system calls raw (no group commit)`, rate('strict-floor-32-conc'), null);
     } finally {
       sqliteRaw?.close();
-      floorRaw?.close();
+      await floorRaw?.close();
+      await strictFloorRaw?.close();
       for (const cache of Object.values(caches)) await cache?.close();
       await rm(base, { recursive: true, force: true });
     }

@@ -44,7 +44,7 @@ import { createDriver, dbPathOf, DRIVERS, openCache, populate, type DriverName }
 import { GlanceBench, WORKLOAD_PHASES, type WorkloadPhase, type WorkloadResult } from '../glance.js';
 import { collectGarbage, ignoreProcessTree, makeChunk, median, settle, waitForQuiet } from '../measure.js';
 import { countLabel, figure, type Goal } from '../report.js';
-import { rawRelaxedFloor } from './durability.js';
+import { rawCommitFloor } from './durability.js';
 import type { SuiteContext } from '../run.js';
 
 export const GLANCE_FIGURE = 14;
@@ -110,19 +110,19 @@ async function smallWorkload(ctx: SuiteContext, glance: GlanceBench, version: st
   const data = makeChunk(IMAGE_BYTES);
   const theirs: WorkloadResult[] = [];
   const ours = OUR_WRITE_MODES.map(() => [] as OurResult[]);
-  // The floor of our relaxed write: its own system calls made raw (figure 15's `rawRelaxedFloor`), ms per round.
+  // The floor of our relaxed write: its own system calls made raw (figure 15's `rawCommitFloor`), ms per round.
   const floorMs: number[] = [];
   const sides = [
     async (round: number) => {
       const dir = join(ctx.fs.path, `glance-${driver}-floor-${round}`);
       for (const sub of ['incomplete', 'queue']) await mkdir(join(dir, sub), { recursive: true });
-      const floor = rawRelaxedFloor(dir, driver);
+      const floor = rawCommitFloor(dir, driver);
       try {
         const start = performance.now();
         for (const id of ids('f', round)) await floor.run(id, data);
         floorMs.push(performance.now() - start);
       } finally {
-        floor.close();
+        await floor.close();
         await rm(dir, { recursive: true, force: true });
       }
     },

@@ -1,5 +1,5 @@
 import { Transform, type Readable, type TransformCallback } from 'node:stream';
-import { OriginError, normalizeChecksum, type FetchedFill, type Fill, type ImageCache, type ImageId } from '@cache/core';
+import { OriginError, normalizeChecksum, type FetchedFill, type Fill, type FillRole, type ImageCache, type ImageId } from '@cache/core';
 import { expectedChecksum, type Origin, type OriginImage } from '@cache/origin';
 import type { FastifyBaseLogger } from 'fastify';
 import { digestEtag } from './entry.js';
@@ -126,7 +126,15 @@ export class ServerFills {
     });
     if (this.#fills.get(id) === fill) return fill;
     this.#fills.set(id, fill);
-    metrics.fillsInProgress.inc();
+    // Counted under its role, moved when the role changes (a follower that takes over becomes the owner).
+    let role: FillRole = fill.role;
+    metrics.fillsInProgress.inc({ role });
+    const onRole = (next: FillRole) => {
+      metrics.fillsInProgress.dec({ role });
+      role = next;
+      metrics.fillsInProgress.inc({ role });
+    };
+    fill.on('role', onRole);
     fill.on('announced', (announcement: { cache: boolean }) => {
       if (!announcement.cache) {
         // Nothing can tell a cut of this close-delimited body from its end: the clients get the bytes, the cache does not.
@@ -139,7 +147,8 @@ export class ServerFills {
         this.#fills.delete(id);
         this.#sources.delete(id);
       }
-      metrics.fillsInProgress.dec();
+      fill.off('role', onRole);
+      metrics.fillsInProgress.dec({ role });
       if (outcome.status === 'failed') log.warn({ err: outcome.error, imageId: id }, 'fill failed; nothing was cached');
     });
     track(done);

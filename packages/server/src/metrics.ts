@@ -1,4 +1,4 @@
-import { CacheError, type ImageCache, type SpaceEvent, type SpaceStatus } from '@cache/core';
+import { CacheError, type FillRole, type ImageCache, type SpaceEvent, type SpaceStatus } from '@cache/core';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 
 /** Where the bytes of an image response came from (label `source`). */
@@ -55,12 +55,15 @@ export function errorLabel(error: unknown, status = 500): string {
   return `HTTP_${Math.floor(status / 100)}XX`;
 }
 
+/** The values of `fills_in_progress`'s `role` label: core's {@link FillRole}s. */
+const FILL_ROLES: readonly FillRole[] = ['pending', 'owner', 'follower', 'cached'];
+
 /**
  * The server's Prometheus metrics, in a registry of its own (never the
  * global one). Each metric says how the metrics of a server of several
  * processes (`serve --workers N`, aggregated by prom-client's
  * `AggregatorRegistry`) combine: counters and histograms are summed, as are
- * the per-process gauges (`fills_in_progress`; `server_process` and
+ * the per-process gauges (`fills_in_progress`, by role; `server_process` and
  * `used_bytes{part="reserved"}` are kept per pid); the gauges every process
  * reads from the same directory or filesystem (size, budget, queue, space)
  * take one process's value (`first`), never N times it.
@@ -157,10 +160,14 @@ export class ServerMetrics {
     });
     this.fillsInProgress = new Gauge({
       name: METRIC_NAMES.fillsInProgress,
-      help: 'Fills of this server running now (misses and prefetches being fetched, or followed from another process); summed over the processes of a server (a fill one process fetches and another follows counts in both).',
+      help:
+        'Fills of this server running now (misses and prefetches), by role: owner (this process fetches it), follower (another process or writer fetches it; this one reads its file), pending (deciding), cached (found cached, ending); summed over the processes of a server, so role="owner" counts each fill being fetched once.',
+      labelNames: ['role'],
       aggregator: 'sum',
       registers,
     });
+    // Every role's series from the start: a scrape shows 0, not nothing, before the first fill.
+    for (const role of FILL_ROLES) this.fillsInProgress.set({ role }, 0);
     this.requestDuration = new Histogram({
       name: METRIC_NAMES.requestDuration,
       help: 'Time to the end of the response, by method, route pattern and status code.',

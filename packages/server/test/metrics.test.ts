@@ -151,7 +151,7 @@ describe('/metrics of a server of several processes (workerMetrics)', () => {
       expect(all.get(`${METRIC_NAMES.spaceState}{state="ok"}`)).toBe(1);
       expect(all.get(METRIC_NAMES.fsBytes)).toBe(own[0]?.get(METRIC_NAMES.fsBytes));
       // Per process: summed, or one series per pid (here both servers are this process).
-      expect(all.get(METRIC_NAMES.fillsInProgress)).toBe(0);
+      for (const role of ['pending', 'owner', 'follower', 'cached']) expect(all.get(`${METRIC_NAMES.fillsInProgress}{role="${role}"}`)).toBe(0);
       expect(all.get(`${METRIC_NAMES.process}{pid="${process.pid}"}`)).toBe(2);
       expect(all.get(`${METRIC_NAMES.usedBytes}{part="reserved",pid="${process.pid}"}`)).toBe(0);
 

@@ -259,7 +259,8 @@ describe('a GET miss is read from the fill', () => {
     const clients = await Promise.all(Array.from({ length: 20 }, () => download(url, { atLeast: 100_000 })));
     expect(await h.cache.isCached('twenty')).toBe(false);
     const metrics = await scrape(h.url);
-    expect(metrics.get(METRIC_NAMES.fillsInProgress)).toBe(1);
+    expect(metrics.get(`${METRIC_NAMES.fillsInProgress}{role="owner"}`)).toBe(1);
+    expect(metrics.get(`${METRIC_NAMES.fillsInProgress}{role="follower"}`)).toBe(0);
     for (const client of clients) expect(client.headers['x-cache']).toBe('MISS');
     tail.release();
     for (const client of clients) {
@@ -270,10 +271,45 @@ describe('a GET miss is read from the fill', () => {
     expect(h.origin.count('twenty')).toBe(1);
     expect(await h.cache.isCached('twenty')).toBe(true);
     const after = await scrape(h.url);
-    expect(after.get(METRIC_NAMES.fillsInProgress)).toBe(0);
+    expect(after.get(`${METRIC_NAMES.fillsInProgress}{role="owner"}`)).toBe(0);
     expect(after.get(METRIC_NAMES.misses)).toBe(20);
     expect(after.get(METRIC_NAMES.originFetches)).toBe(1);
     expect(after.get(`${METRIC_NAMES.servedBytes}{source="origin"}`)).toBe(20 * data.length);
+  });
+
+  it('fills_in_progress counts a fill by role: owner where it is fetched, follower where another cache on the directory reads it', async () => {
+    h = await startHarness();
+    const harness = h;
+    // A second cache on the same directory, as a second worker would be: its fill follows the first's.
+    const otherCache = await ImageCache.open({ driver: new SqliteDriver({ cacheDir: harness.cacheDir }) });
+    const other = await createCacheServer({ cache: otherCache, origin: createOrigin(harness.origin.template), pruneInterval: 0, cleanInterval: 0, prefetchInterval: 0 });
+    try {
+      const otherUrl = await other.listen();
+      const data = imageBytes('shared', 2 * MiB);
+      const tail = gate();
+      harness.origin.images.set('shared', { kind: 'ok', data, until: tail.held, first: 500_000 });
+      const fetching = await download(`${harness.url}/images/shared`, { atLeast: 100_000 });
+      const following = await download(`${otherUrl}/images/shared`, { atLeast: 100_000 });
+      const role = (metrics: Map<string, number>, name: string) => metrics.get(`${METRIC_NAMES.fillsInProgress}{role="${name}"}`);
+      const here = await scrape(harness.url);
+      const there = await scrape(otherUrl);
+      expect([role(here, 'owner'), role(here, 'follower')]).toEqual([1, 0]);
+      expect([role(there, 'owner'), role(there, 'follower')]).toEqual([0, 1]);
+      tail.release();
+      for (const client of [fetching, following]) {
+        const end = await client.done;
+        expect(sha256(end.body)).toBe(sha256(data));
+      }
+      expect(harness.origin.count('shared')).toBe(1);
+      const idle = async (url: string) => {
+        const metrics = await scrape(url);
+        return ['pending', 'owner', 'follower', 'cached'].every((name) => role(metrics, name) === 0);
+      };
+      await waitFor(async () => (await idle(harness.url)) && (await idle(otherUrl)), 30_000, 'both fills ended');
+    } finally {
+      await other.close();
+      await otherCache.close();
+    }
   });
 
   it('HEAD during a running fill answers from its announcement, without another origin request', async () => {

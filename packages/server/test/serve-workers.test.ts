@@ -218,7 +218,9 @@ describe('image-cache serve --workers', () => {
       expect(lines(body, 'image_cache_max_size_bytes')).toHaveLength(1);
       expect(sample(body, 'image_cache_used_bytes', 'part="active"')).toBe(size);
       expect(lines(body, 'image_cache_queue_length')).toEqual(['image_cache_queue_length 0']);
-      expect(lines(body, 'image_cache_fills_in_progress')).toEqual(['image_cache_fills_in_progress 0']);
+      expect(lines(body, 'image_cache_fills_in_progress').sort()).toEqual(
+        ['cached', 'follower', 'owner', 'pending'].map((role) => `image_cache_fills_in_progress{role="${role}"} 0`),
+      );
       // Per process: one reserved series per worker.
       expect(lines(body, 'image_cache_used_bytes').filter((line) => line.includes('part="reserved"'))).toHaveLength(2);
     }

@@ -249,6 +249,34 @@ export class ClusterMember {
   }
 
   /**
+   * What a HEAD of a miss can answer without any request: the size and
+   * digest that a live peer recorded for the copy a GET would read first
+   * (see {@link fetch}), or `undefined` when there is none (or the cluster
+   * could not be asked): then the origin is asked.
+   */
+  async describe(id: ImageId): Promise<{ size: number; checksum?: string } | undefined> {
+    let copies: PeerCopyInfo[];
+    try {
+      copies = await this.#options.directory.getPeerCopies(id);
+    } catch (error) {
+      this.#log.warn({ err: error, imageId: id }, 'could not ask the cluster which peers hold the image; asking the origin');
+      return undefined;
+    }
+    const copy = copies.find((candidate) => this.#skipReason(id, candidate) === undefined);
+    if (copy === undefined) return undefined;
+    return copy.checksum === undefined ? { size: copy.size } : { size: copy.size, checksum: copy.checksum };
+  }
+
+  /** Why a miss does not read `copy`, or `undefined` when it may: not distrusted, and a digest to verify it against unless `allowUnverified`. */
+  #skipReason(id: ImageId, copy: PeerCopyInfo): string | undefined {
+    if (this.#distrusted.has(`${copy.nodeId}\n${id}`)) return 'an earlier fetch of it failed';
+    if (parseStoredChecksum(copy.checksum) === undefined && !this.#options.allowUnverified) {
+      return 'it has no recorded digest to verify it against (allowUnverified is off)';
+    }
+    return undefined;
+  }
+
+  /**
    * The image from a live peer that holds it, verified against the digest
    * that peer recorded (the fill checks it while caching: a mismatch fails
    * the fill and nothing is committed), or `undefined` when no peer could
@@ -267,12 +295,9 @@ export class ClusterMember {
     for (const copy of copies) {
       signal.throwIfAborted();
       const checksum = parseStoredChecksum(copy.checksum);
-      if (this.#distrusted.has(`${copy.nodeId}\n${id}`)) {
-        this.#log.info({ imageId: id, peer: copy.nodeId }, 'peer copy skipped: an earlier fetch of it failed');
-        continue;
-      }
-      if (checksum === undefined && !allowUnverified) {
-        this.#log.info({ imageId: id, peer: copy.nodeId }, 'peer copy skipped: it has no recorded digest to verify it against (allowUnverified is off)');
+      const skipped = this.#skipReason(id, copy);
+      if (skipped !== undefined) {
+        this.#log.info({ imageId: id, peer: copy.nodeId }, `peer copy skipped: ${skipped}`);
         continue;
       }
       const origin = new HttpOrigin(`${copy.url}/images/{id}`, {

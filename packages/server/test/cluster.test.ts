@@ -144,4 +144,29 @@ describe(`peer copies are verified by their digest${skipReason === undefined ? '
     const metrics = await (await fetch(`${b.url}/metrics`)).text();
     expect(metrics).toMatch(/^image_cache_peer_fetches_total\{result="ok"\} 1$/m);
   }, 60_000);
+
+  it('HEAD of a miss on a node whose peer holds the image: the size and digest ETag its peer recorded, without asking the origin or the peer', async () => {
+    const data = imageBytes('described', 50_000);
+    const hex = createHash('sha256').update(data).digest('hex');
+    origin.images.set('described', { kind: 'ok', data, headers: { 'repr-digest': `sha-256=:${createHash('sha256').update(data).digest('base64')}:` } });
+    const c = await startNode('node-c');
+    const d = await startNode('node-d');
+    // Not held by any peer yet: the origin answers the HEAD.
+    const before = await fetch(`${d.url}/images/described`, { method: 'HEAD' });
+    expect(before.status).toBe(200);
+    expect(origin.count('described')).toBe(1);
+    const onC = await fetch(`${c.url}/images/described`);
+    expect(Buffer.from(await onC.arrayBuffer()).equals(data)).toBe(true);
+    expect(origin.count('described')).toBe(2);
+
+    const head = await fetch(`${d.url}/images/described`, { method: 'HEAD' });
+    expect(head.status).toBe(200);
+    expect(head.headers.get('x-cache')).toBe('MISS');
+    expect(head.headers.get('content-length')).toBe(String(data.length));
+    expect(head.headers.get('etag')).toBe(`"sha256:${hex}"`);
+    expect(origin.count('described')).toBe(2);
+    expect(await d.cache.isCached('described')).toBe(false);
+    const metrics = await (await fetch(`${d.url}/metrics`)).text();
+    expect(metrics).not.toMatch(/^image_cache_peer_fetches_total\{result="ok"\} [1-9]/m);
+  }, 60_000);
 });

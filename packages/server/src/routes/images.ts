@@ -477,17 +477,22 @@ async function sendUncached(context: ServerContext, reply: FastifyReply, id: Ima
   return 'sent';
 }
 
-/** HEAD on a miss: the headers of a running fill's announcement, else the origin's (its body is not fetched, nothing is cached). */
+/**
+ * HEAD on a miss: the headers of a running fill's announcement, else (a
+ * cluster node) what a live peer recorded for the copy a GET would read,
+ * else the origin's (its body is not fetched, nothing is cached).
+ */
 async function serveHeadMiss(context: ServerContext, reply: FastifyReply, id: ImageId): Promise<Served> {
-  const { origin, fills, metrics } = context;
+  const { origin, fills, metrics, cluster } = context;
   metrics.misses.inc();
   reply.header('x-cache', 'MISS');
   let size: number | undefined;
   let etag: string | undefined;
   const announcement = fills?.running(id)?.announcement;
-  if (announcement !== undefined) {
-    size = announcement.expectedSize;
-    const digest = parseStoredChecksum(announcement.checksum);
+  const recorded = announcement === undefined ? await cluster?.describe(id) : undefined;
+  if (announcement !== undefined || recorded !== undefined) {
+    size = announcement !== undefined ? announcement.expectedSize : recorded?.size;
+    const digest = parseStoredChecksum(announcement !== undefined ? announcement.checksum : recorded?.checksum);
     etag = digest === undefined ? undefined : digestEtag(digest);
   } else {
     metrics.originFetches.inc();

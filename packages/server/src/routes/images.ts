@@ -489,10 +489,11 @@ async function serveHeadMiss(context: ServerContext, reply: FastifyReply, id: Im
   let size: number | undefined;
   let etag: string | undefined;
   const announcement = fills?.running(id)?.announcement;
-  const recorded = announcement === undefined ? await cluster?.describe(id) : undefined;
-  if (announcement !== undefined || recorded !== undefined) {
-    size = announcement !== undefined ? announcement.expectedSize : recorded?.size;
-    const digest = parseStoredChecksum(announcement !== undefined ? announcement.checksum : recorded?.checksum);
+  const known: { size?: number | undefined; checksum?: string | undefined } | undefined =
+    announcement !== undefined ? { size: announcement.expectedSize, checksum: announcement.checksum } : await cluster?.describe(id);
+  if (known !== undefined) {
+    size = known.size;
+    const digest = parseStoredChecksum(known.checksum);
     etag = digest === undefined ? undefined : digestEtag(digest);
   } else {
     metrics.originFetches.inc();

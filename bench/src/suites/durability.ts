@@ -48,6 +48,7 @@ import { figure } from '../report.js';
 import type { SuiteContext } from '../run.js';
 
 const SMALL = 4096;
+const fsyncAsync = promisify(fsync);
 const CONCURRENCY = 32;
 
 async function rawWrite(staging: string, active: string, name: string, bytes: Buffer, durable: boolean): Promise<void> {
@@ -139,7 +140,7 @@ export function rawCommitFloor(dir: string, driver: DriverName, durable = false)
         setAttributeSync(incomplete, 'user.image_cache.file', `${info.ino}:${info.size}:${info.mtimeNs}`);
       }
       if (journal !== undefined) writeSync(journal, `${name}\n`);
-      if (dirHandle !== undefined) await promisify(fsync)(fd);
+      if (dirHandle !== undefined) await fsyncAsync(fd);
       renameSync(incomplete, active);
       closeSync(fd);
       if (dirHandle !== undefined) await (await dirHandle).sync();

@@ -255,16 +255,19 @@ export class ClusterMember {
    * could not be asked): then the origin is asked.
    */
   async describe(id: ImageId): Promise<{ size: number; checksum?: string } | undefined> {
-    let copies: PeerCopyInfo[];
-    try {
-      copies = await this.#options.directory.getPeerCopies(id);
-    } catch (error) {
-      this.#log.warn({ err: error, imageId: id }, 'could not ask the cluster which peers hold the image; asking the origin');
-      return undefined;
-    }
-    const copy = copies.find((candidate) => this.#skipReason(id, candidate) === undefined);
+    const copy = (await this.#peerCopies(id, 'asking the origin'))?.find((candidate) => this.#skipReason(id, candidate) === undefined);
     if (copy === undefined) return undefined;
     return copy.checksum === undefined ? { size: copy.size } : { size: copy.size, checksum: copy.checksum };
+  }
+
+  /** The live peers' copies of `id`, or `undefined` (logged, ending with `instead`) when the cluster could not be asked. */
+  async #peerCopies(id: ImageId, instead: string): Promise<PeerCopyInfo[] | undefined> {
+    try {
+      return await this.#options.directory.getPeerCopies(id);
+    } catch (error) {
+      this.#log.warn({ err: error, imageId: id }, `could not ask the cluster which peers hold the image; ${instead}`);
+      return undefined;
+    }
   }
 
   /** Why a miss does not read `copy`, or `undefined` when it may: not distrusted, and a digest to verify it against unless `allowUnverified`. */
@@ -285,13 +288,8 @@ export class ClusterMember {
    */
   async fetch(id: ImageId, signal: AbortSignal): Promise<FetchedFill | undefined> {
     const { directory, peerTimeout, allowUnverified } = this.#options;
-    let copies: PeerCopyInfo[];
-    try {
-      copies = await directory.getPeerCopies(id);
-    } catch (error) {
-      this.#log.warn({ err: error, imageId: id }, 'could not ask the cluster which peers hold the image; reading the origin');
-      return undefined;
-    }
+    const copies = await this.#peerCopies(id, 'reading the origin');
+    if (copies === undefined) return undefined;
     for (const copy of copies) {
       signal.throwIfAborted();
       const checksum = parseStoredChecksum(copy.checksum);
